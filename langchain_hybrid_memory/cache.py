@@ -1,0 +1,429 @@
+"""The Redis side: the per-session window, its Lua scripts, and the write-behind outbox streams.
+
+Each public method is one round trip. Connection failures surface as `CacheDown`, which the facade turns into
+a fallback to PostgreSQL; the caller never sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis as syncredis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.retry import Retry as SyncRetry
+from redis.exceptions import RedisError, ResponseError
+
+from .config import HybridConfig
+from .keys import KeyLayout
+
+# Every script takes KEYS = window, meta, ids, outbox, active and starts its ARGV with
+# 1 session_id, 2 ttl_ms, 3 window_max. The meta hash's presence means "this window is complete".
+#
+# `fill(b)` loads a window from the store. Its ARGV block starts at index b: base_seq, owner, partial (1/0),
+# n, then n pairs (message id, element). It merges in the session's entries still in the bucket's outbox
+# (acknowledged by some process, maybe not yet in PostgreSQL), so a reload never loses a recent write.
+_COMMON = """
+local function touch(ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ttl) end
+  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ttl) end
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[5], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[1])
+end
+local function seq_of(el)
+  return tonumber(string.match(el, '^(%d+):'))
+end
+local function fill(b)
+  local n = tonumber(ARGV[b + 3])
+  local byseq, order = {}, {}
+  local base = tonumber(ARGV[b])
+  for k = 0, n - 1 do
+    local id, el = ARGV[b + 4 + 2 * k], ARGV[b + 5 + 2 * k]
+    local s = seq_of(el)
+    byseq[s] = {id, el}
+    order[#order + 1] = s
+  end
+  for _, e in ipairs(redis.call('XRANGE', KEYS[4], '-', '+')) do
+    local f = e[2]
+    if f[2] == ARGV[1] then
+      for j = 5, #f, 2 do
+        local s = seq_of(f[j + 1])
+        if not byseq[s] then
+          byseq[s] = {f[j], f[j + 1]}
+          order[#order + 1] = s
+        end
+      end
+    end
+  end
+  table.sort(order)
+  redis.call('DEL', KEYS[1], KEYS[3])
+  local first = math.max(1, #order - tonumber(ARGV[3]) + 1)
+  for k = first, #order do
+    local s = order[k]
+    redis.call('RPUSH', KEYS[1], byseq[s][2])
+    redis.call('ZADD', KEYS[3], s, byseq[s][1])
+    if s > base then base = s end
+  end
+  redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', base))
+  if ARGV[b + 1] ~= '' then redis.call('HSET', KEYS[2], 'uid', ARGV[b + 1]) end
+  if ARGV[b + 2] == '1' then redis.call('HSET', KEYS[2], 'partial', '1') else redis.call('HDEL', KEYS[2], 'partial') end
+  return b + 4 + 2 * n
+end
+"""
+
+# ARGV: 4 idempotency_keep, 5 persist (1/0), 6 user_id ('' = none), 7 has_init (1/0),
+#       [fill block if has_init], then n, then n pairs (id, payload).
+# Returns {-1} when the window is not cached and no init data was given, {-2, owner} on an ownership
+# conflict, else {1 or 2 (2: the user was bound now), outbox entry id or '', seq_1..seq_n, new_1..new_n}.
+APPEND = _COMMON + """
+local i = 8
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  if ARGV[7] ~= '1' then return {-1} end
+  i = fill(8)
+elseif ARGV[7] == '1' then
+  i = 8 + 4 + 2 * tonumber(ARGV[11])
+end
+local status = 1
+local owner = redis.call('HGET', KEYS[2], 'uid')
+if ARGV[6] ~= '' then
+  if owner and owner ~= ARGV[6] then return {-2, owner} end
+  if not owner then
+    redis.call('HSET', KEYS[2], 'uid', ARGV[6])
+    status = 2
+  end
+end
+local last = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = tonumber(ARGV[i])
+local seqs, news, fields = {}, {}, {}
+for k = 0, n - 1 do
+  local id, payload = ARGV[i + 1 + 2 * k], ARGV[i + 2 + 2 * k]
+  local old = redis.call('ZSCORE', KEYS[3], id)
+  if old then
+    seqs[k + 1] = old
+    news[k + 1] = '0'
+  else
+    -- A hybrid logical clock: strictly increasing per session, close to server time, so a session that
+    -- lost its cached counter (restart, eviction) never reuses a number.
+    local seq = math.max(last + 1, now)
+    last = seq
+    local s = string.format('%.0f', seq)
+    local el = s .. ':' .. payload
+    redis.call('RPUSH', KEYS[1], el)
+    redis.call('ZADD', KEYS[3], s, id)
+    seqs[k + 1] = s
+    news[k + 1] = '1'
+    fields[#fields + 1] = id
+    fields[#fields + 1] = el
+  end
+end
+redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', last))
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[4]) - 1)
+touch(tonumber(ARGV[2]))
+local xid = ''
+if ARGV[5] == '1' and #fields > 0 then
+  xid = redis.call('XADD', KEYS[4], '*', 's', ARGV[1], 'u', ARGV[6], unpack(fields))
+end
+local out = {status, xid}
+for k = 1, n do out[#out + 1] = seqs[k] end
+for k = 1, n do out[#out + 1] = news[k] end
+return out
+"""
+
+# ARGV: 4 limit. Returns false on a miss, the last seq (an integer) when the window is partial (written
+# while PostgreSQL was down, so older history is missing), else {owner or '', element_1..element_k}.
+READ = _COMMON + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return false end
+if redis.call('HEXISTS', KEYS[2], 'partial') == 1 then return tonumber(redis.call('HGET', KEYS[2], 'seq')) end
+touch(tonumber(ARGV[2]))
+local out = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[4]), -1)
+table.insert(out, 1, redis.call('HGET', KEYS[2], 'uid') or '')
+return out
+"""
+
+# ARGV: 4 expected seq ('' = load only if not cached; else replace a partial window whose last seq is still
+# this one), then the fill block. Returns 1 if loaded, 0 if somebody wrote meanwhile (their data is newer).
+FILL = _COMMON + """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if ARGV[4] == '' or redis.call('HGET', KEYS[2], 'partial') ~= '1' then return 0 end
+  if redis.call('HGET', KEYS[2], 'seq') ~= ARGV[4] then return 0 end
+end
+fill(5)
+touch(tonumber(ARGV[2]))
+return 1
+"""
+
+
+class CacheDown(Exception):
+    """Redis could not be reached (or timed out)."""
+
+
+class OwnershipConflict(Exception):
+    def __init__(self, owner: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
+
+
+@dataclass(slots=True)
+class Fill:
+    """A window as loaded from PostgreSQL, ready to cache."""
+
+    base_seq: int
+    owner: str | None
+    pairs: list[tuple[str, bytes]]  # (message id, element b"<seq>:<payload>") oldest first
+    partial: bool = False  # PostgreSQL was unreachable: older history is missing from this window
+
+
+@dataclass(slots=True)
+class AppendResult:
+    bound: bool  # the session was bound to the user by this call
+    xid: str
+    seqs: list[int]
+    new: list[bool]
+
+
+def _pool_kwargs(config: HybridConfig, retry: Any) -> tuple[str, dict[str, Any]]:
+    kwargs: dict[str, Any] = {
+        "socket_timeout": config.redis_timeout,
+        "socket_connect_timeout": min(config.connect_timeout, max(config.redis_timeout, 0.1) * 4),
+        "max_connections": config.redis_max_connections,
+        "timeout": config.redis_timeout * 4,  # waiting for a free pooled connection
+        "retry": retry,  # one quick retry, so failover is detected within the timeout
+    }
+    if config.redis_password is not None:
+        kwargs["password"] = config.redis_password.get_secret_value()
+    url = config.redis_dsn()
+    path = url.split("://", 1)[1].split("?", 1)[0]
+    if "/" not in path or path.endswith("/"):
+        kwargs["db"] = config.redis_db
+    return url, kwargs
+
+
+class _Calls:
+    """Arguments and result parsing of the hot-path scripts, shared by the async and sync clients."""
+
+    def __init__(self, config: HybridConfig, keys: KeyLayout) -> None:
+        self.config = config
+        self.keys = keys
+        self._ttl_ms = int(config.session_ttl * 1000)
+
+    def head(self, session_id: str) -> tuple[list[str], list[Any]]:
+        k = self.keys.session(session_id)
+        return list(k.all), [session_id, self._ttl_ms, self.config.max_session_messages]
+
+    @staticmethod
+    def fill_args(fill: Fill) -> list[Any]:
+        args: list[Any] = [fill.base_seq, fill.owner or "", 1 if fill.partial else 0, len(fill.pairs)]
+        for msg_id, element in fill.pairs:
+            args += (msg_id, element)
+        return args
+
+    @staticmethod
+    def read_result(out: Any) -> tuple[str, list[bytes]] | int | None:
+        if out is None or isinstance(out, int):
+            return out
+        return out[0].decode("utf-8"), out[1:]
+
+    def append_args(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str],
+                    persist: bool, init: Fill | None) -> tuple[list[str], list[Any]]:
+        keys, args = self.head(session_id)
+        args += [self.config.idempotency_window, 1 if persist else 0, user_id or "", 1 if init else 0]
+        if init is not None:
+            args += self.fill_args(init)
+        args.append(len(ids))
+        for msg_id, payload in zip(ids, payloads, strict=True):
+            args += (msg_id, payload)
+        return keys, args
+
+    @staticmethod
+    def append_result(out: Any, n: int) -> AppendResult | None:
+        status = out[0]
+        if status == -1:
+            return None
+        if status == -2:
+            raise OwnershipConflict(out[1].decode("utf-8"))
+        return AppendResult(bound=status == 2, xid=out[1].decode() if out[1] else "",
+                            seqs=[int(s) for s in out[2:2 + n]], new=[s == b"1" for s in out[2 + n:2 + 2 * n]])
+
+
+class SyncHotPath(_Calls):
+    """The two hot calls (read a window, append) on a blocking client, for the sync API.
+
+    A sync caller then pays one Redis round trip, not a hop to the engine thread and back.
+    """
+
+    def __init__(self, config: HybridConfig, keys: KeyLayout) -> None:
+        super().__init__(config, keys)
+        url, kwargs = _pool_kwargs(config, SyncRetry(NoBackoff(), 1))
+        self.client = syncredis.Redis(connection_pool=syncredis.BlockingConnectionPool.from_url(url, **kwargs))
+        self._append = self.client.register_script(APPEND)
+        self._read = self.client.register_script(READ)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
+        keys, args = self.head(session_id)
+        try:
+            out = self._read(keys=keys, args=[*args, limit])
+        except ResponseError:
+            raise
+        except (RedisError, OSError) as exc:
+            raise CacheDown(type(exc).__name__) from None
+        return self.read_result(out)
+
+    def append(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str], *,
+               persist: bool) -> AppendResult | None:
+        keys, args = self.append_args(session_id, user_id, ids, payloads, persist, None)
+        try:
+            out = self._append(keys=keys, args=args)
+        except ResponseError:
+            raise
+        except (RedisError, OSError) as exc:
+            raise CacheDown(type(exc).__name__) from None
+        return self.append_result(out, len(ids))
+
+
+class RedisCache(_Calls):
+    """Every Redis call of the engine, on redis.asyncio (one instance per event loop)."""
+
+    def __init__(self, config: HybridConfig, keys: KeyLayout) -> None:
+        super().__init__(config, keys)
+        url, kwargs = _pool_kwargs(config, Retry(NoBackoff(), 1))
+        self.client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(url, **kwargs))
+        self._append = self.client.register_script(APPEND)
+        self._read = self.client.register_script(READ)
+        self._fill = self.client.register_script(FILL)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except ResponseError:
+            raise
+        except (RedisError, OSError) as exc:
+            raise CacheDown(type(exc).__name__) from None
+
+    async def ping(self) -> None:
+        await self._call(self.client.ping())
+
+    async def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
+        """None on a miss; the last seq (int) if the window is partial; else (owner, elements)."""
+        keys, args = self.head(session_id)
+        return self.read_result(await self._call(self._read(keys=keys, args=[*args, limit])))
+
+    async def append(self, session_id: str, user_id: str | None, ids: Sequence[str],
+                     payloads: Sequence[str], *, persist: bool, init: Fill | None = None) -> AppendResult | None:
+        """Append atomically; None means "not cached: load a Fill from the store and call again"."""
+        keys, args = self.append_args(session_id, user_id, ids, payloads, persist, init)
+        return self.append_result(await self._call(self._append(keys=keys, args=args)), len(ids))
+
+    async def fill(self, session_id: str, fill: Fill, expect_seq: int | None = None) -> bool:
+        keys, args = self.head(session_id)
+        args += ["" if expect_seq is None else str(expect_seq), *self.fill_args(fill)]
+        return bool(await self._call(self._fill(keys=keys, args=args)))
+
+    async def fill_many(self, fills: dict[str, Fill]) -> int:
+        if not fills:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for sid, fill in fills.items():
+            keys, args = self.head(sid)
+            await self._fill(keys=keys, args=[*args, "", *self.fill_args(fill)], client=pipe)
+        return sum(int(x) for x in await self._call(pipe.execute()))
+
+    async def last_seqs(self, session_ids: Sequence[str]) -> list[int]:
+        pipe = self.client.pipeline(transaction=False)
+        for sid in session_ids:
+            pipe.hget(self.keys.session(sid).meta, "seq")
+        return [int(v) if v else 0 for v in await self._call(pipe.execute())]
+
+    async def owners(self, session_ids: Sequence[str]) -> list[str | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for sid in session_ids:
+            pipe.hget(self.keys.session(sid).meta, "uid")
+        return [v.decode("utf-8") if v else None for v in await self._call(pipe.execute())]
+
+    async def drop(self, session_ids: Sequence[str]) -> None:
+        """Forget the cached windows (cache only; PostgreSQL is untouched)."""
+        if not session_ids:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for sid in session_ids:
+            k = self.keys.session(sid)
+            pipe.delete(k.window, k.meta, k.ids)
+            pipe.zrem(k.active, sid)
+        await self._call(pipe.execute())
+
+    async def index_user(self, user_id: str, session_id: str) -> None:
+        key = self.keys.user(user_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(key, session_id)
+        pipe.pexpire(key, self._ttl_ms)
+        await self._call(pipe.execute())
+
+    async def user_sessions(self, user_id: str) -> list[str]:
+        members = await self._call(self.client.smembers(self.keys.user(user_id)))
+        return sorted(m.decode("utf-8") for m in members)
+
+    async def forget_user(self, user_id: str) -> None:
+        await self._call(self.client.delete(self.keys.user(user_id)))
+
+    async def ack(self, entries: dict[str, list[str]]) -> None:
+        """Remove persisted entries from the outbox streams."""
+        if not entries:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for stream, xids in entries.items():
+            pipe.xdel(stream, *xids)
+        await self._call(pipe.execute())
+
+    async def orphans(self, older_than_s: float, count: int
+                      ) -> list[tuple[str, str, str, str, list[tuple[bytes, bytes]]]]:
+        """Outbox entries older than `older_than_s`: their writer died or lost its connection.
+
+        Stream ids are Redis-clock milliseconds, so age needs no extra bookkeeping.
+        """
+        secs, micros = await self._call(self.client.time())
+        cutoff = int(secs * 1000 + micros // 1000 - older_than_s * 1000)
+        if cutoff <= 0:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        streams = self.keys.all_outboxes()
+        for stream in streams:
+            pipe.xrange(stream, "-", str(cutoff), count=count)
+        found: list[tuple[str, str, str, str, list[tuple[bytes, bytes]]]] = []
+        for stream, entries in zip(streams, await self._call(pipe.execute()), strict=True):
+            for xid, fields in entries:
+                sid = fields.pop(b"s").decode("utf-8")
+                uid = fields.pop(b"u").decode("utf-8")
+                found.append((stream, xid.decode(), sid, uid, list(fields.items())))
+        return found
+
+    async def outbox_depth(self) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.keys.all_outboxes():
+            pipe.xlen(stream)
+        return sum(await self._call(pipe.execute()))
+
+    async def cached_sessions(self) -> int:
+        secs, _ = await self._call(self.client.time())
+        cutoff = (secs - self.config.session_ttl) * 1000
+        pipe = self.client.pipeline(transaction=False)
+        for key in self.keys.all_active():
+            pipe.zremrangebyscore(key, "-inf", cutoff)
+            pipe.zcard(key)
+        out = await self._call(pipe.execute())
+        return sum(out[1::2])
+
+    async def memory_mb(self) -> float:
+        info = await self._call(self.client.info("memory"))
+        return float(info.get("used_memory", 0)) / (1024 * 1024)

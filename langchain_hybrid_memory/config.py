@@ -1,0 +1,153 @@
+"""Configuration: one pydantic model, read from arguments or the environment."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from .errors import ConfigurationError
+
+_NAMESPACE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+
+
+class Mode(StrEnum):
+    """Where messages live, as in the seed design."""
+
+    SESSION_ONLY = "session_only"  # Redis only: fast, nothing survives the TTL
+    PERSISTENT = "persistent"  # PostgreSQL only: durable, every read is a query
+    HYBRID = "hybrid"  # Redis window over PostgreSQL
+
+
+def redact_url(url: str | None) -> str:
+    """Return `url` with any password replaced by `***` (safe for logs, reprs and errors)."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    netloc = f"{user}:***@{hostport}" if user else f"***@{hostport}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def _seconds(value: Any) -> Any:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+class HybridConfig(BaseModel):
+    """Everything `HybridMemory` needs; secrets are `SecretStr` and never appear in `repr`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Mode = Mode.HYBRID
+    database_url: SecretStr | None = None
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_password: SecretStr | None = None
+    redis_db: int = Field(0, ge=0)
+    namespace: str = "hybrid_memory"
+
+    max_session_messages: int = Field(30, ge=1, le=10_000)
+    session_ttl: float = Field(7200.0, gt=0)
+    async_writes: bool = True
+    write_behind_delay: float = Field(0.05, ge=0)
+
+    # Limits on input: refused with a typed error before anything is written.
+    max_message_bytes: int = Field(1_000_000, ge=64)
+    max_messages_per_add: int = Field(1000, ge=1)
+    max_session_id_length: int = Field(256, ge=1, le=4096)
+
+    # Write-behind.
+    max_backlog: int = Field(100_000, ge=1)
+    persist_batch_size: int = Field(5000, ge=1)
+    outbox_shards: int = Field(64, ge=1, le=16384)
+    reclaim_after: float = Field(30.0, gt=0)  # an outbox entry this old belongs to a dead writer
+    reclaim_interval: float = Field(5.0, gt=0)
+    idempotency_window: int = Field(1024, ge=1)  # message ids remembered per session in Redis
+
+    # Timeouts (every network call has one) and health.
+    redis_timeout: float = Field(0.5, gt=0)
+    pg_timeout: float = Field(5.0, gt=0)
+    connect_timeout: float = Field(3.0, gt=0)
+    health_check_interval: float = Field(1.0, gt=0)
+    pg_pool_min: int = Field(1, ge=0)
+    pg_pool_max: int = Field(10, ge=1)
+    redis_max_connections: int = Field(64, ge=1)
+    auto_migrate: bool = True
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            # pydantic's message echoes input values, which may hold a password: rebuild it without them.
+            lines = [f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
+            raise ConfigurationError("; ".join(lines)) from None
+
+    @field_validator("session_ttl", "write_behind_delay", "reclaim_after", mode="before")
+    @classmethod
+    def _timedelta_ok(cls, v: Any) -> Any:
+        return _seconds(v)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_ok(cls, v: str) -> str:
+        if not _NAMESPACE_RE.match(v):
+            raise ValueError("namespace must match ^[a-z_][a-z0-9_]{0,47}$ (it names a PostgreSQL schema)")
+        return v
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url_ok(cls, v: Any) -> Any:
+        raw = v.get_secret_value() if isinstance(v, SecretStr) else v
+        if isinstance(raw, str) and "://" not in raw:
+            # The seed accepts a bare host:port.
+            raw = f"redis://{raw}"
+        return raw
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> HybridConfig:
+        if self.mode is not Mode.SESSION_ONLY and self.database_url is None:
+            raise ValueError(f"mode {self.mode.value!r} needs database_url (or env DATABASE_URL)")
+        if self.pg_pool_min > self.pg_pool_max:
+            raise ValueError("pg_pool_min must not exceed pg_pool_max")
+        return self
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> HybridConfig:
+        """Build from DATABASE_URL, REDIS_URL, REDIS_PASSWORD, HYBRID_MEMORY_* and `overrides`."""
+        env: dict[str, Any] = {}
+        for key, name in (("database_url", "DATABASE_URL"), ("redis_url", "REDIS_URL"),
+                          ("redis_password", "REDIS_PASSWORD")):
+            if os.environ.get(name):
+                env[key] = os.environ[name]
+        for field in cls.model_fields:
+            value = os.environ.get(f"HYBRID_MEMORY_{field.upper()}")
+            if value is not None:
+                env[field] = value
+        env.update(overrides)
+        return cls(**env)
+
+    # Plain accessors for the connection code: the only places secrets are unwrapped.
+    def database_dsn(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None
+
+    def redis_dsn(self) -> str:
+        return self.redis_url.get_secret_value()
+
+    def describe(self) -> dict[str, Any]:
+        """A dict safe to print: URLs redacted, passwords omitted."""
+        out = self.model_dump(exclude={"database_url", "redis_url", "redis_password"})
+        out["mode"] = self.mode.value
+        out["database_url"] = redact_url(self.database_dsn())
+        out["redis_url"] = redact_url(self.redis_dsn())
+        out["redis_password"] = "***" if self.redis_password else None
+        return out

@@ -1,0 +1,63 @@
+"""The Redis key layout, in one place.
+
+Every key of a session carries the hash tag of its *bucket* (`{<n>}`, n = crc32(session id) mod
+`outbox_shards`), and so does the bucket's write-behind outbox stream and activity index. One Lua script can
+therefore update the window and enqueue for persistence atomically, on a single server or a Redis Cluster.
+Session ids are percent-encoded in keys: the mapping is injective (no two ids share a key) and no id can
+inject `{`, `}` or `:` into the layout.
+
+    {ns}:{n}:s:<quoted id>:w   LIST   the recent window, elements b"<seq>:<json>"
+    {ns}:{n}:s:<quoted id>:m   HASH   seq (last assigned), uid (owner); its presence means "window complete"
+    {ns}:{n}:s:<quoted id>:i   ZSET   recent message ids -> seq, for idempotent retries
+    {ns}:{n}:outbox            STREAM acknowledged writes not yet committed to PostgreSQL
+    {ns}:{n}:active            ZSET   session id -> last access (ms), for stats without KEYS
+    {ns}:{u<n>}:u:<quoted uid> SET    session ids of a user (cache index for invalidate_user)
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from urllib.parse import quote
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    window: str
+    meta: str
+    ids: str
+    outbox: str
+    active: str
+
+    @property
+    def all(self) -> tuple[str, str, str, str, str]:
+        return (self.window, self.meta, self.ids, self.outbox, self.active)
+
+
+class KeyLayout:
+    def __init__(self, namespace: str, shards: int) -> None:
+        self.namespace = namespace
+        self.shards = shards
+
+    def bucket(self, ident: str) -> int:
+        return zlib.crc32(ident.encode("utf-8")) % self.shards
+
+    def session(self, session_id: str) -> SessionKeys:
+        n = self.bucket(session_id)
+        base = f"{self.namespace}:{{{n}}}:s:{quote(session_id, safe='')}"
+        return SessionKeys(f"{base}:w", f"{base}:m", f"{base}:i", self.outbox(n), self.active(n))
+
+    def outbox(self, bucket: int) -> str:
+        return f"{self.namespace}:{{{bucket}}}:outbox"
+
+    def active(self, bucket: int) -> str:
+        return f"{self.namespace}:{{{bucket}}}:active"
+
+    def user(self, user_id: str) -> str:
+        return f"{self.namespace}:{{u{self.bucket(user_id)}}}:u:{quote(user_id, safe='')}"
+
+    def all_outboxes(self) -> list[str]:
+        return [self.outbox(n) for n in range(self.shards)]
+
+    def all_active(self) -> list[str]:
+        return [self.active(n) for n in range(self.shards)]

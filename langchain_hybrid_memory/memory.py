@@ -1,0 +1,864 @@
+"""`HybridMemory`: the facade. Read path, write path and failover live here; I/O lives in cache/store.
+
+Every public operation has a sync and an async form. Both run the same coroutine on the engine loop
+(`_loop.py`), so there is one implementation of each behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import time
+import weakref
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._loop import EngineLoop
+from .cache import AppendResult, CacheDown, Fill, OwnershipConflict, RedisCache, SyncHotPath
+from .config import HybridConfig, Mode, redact_url
+from .errors import (
+    BacklogFullError,
+    MemoryClosedError,
+    SessionOwnershipError,
+    StorageUnavailableError,
+)
+from .keys import KeyLayout
+from .messages import Message, check_session_id, check_user_id, decode, decode_element, prepare
+from .outbox import Pending, WriteBehind
+from .stats import CacheStats, Stats
+from .store import PostgresStore, Row, StoreDown
+
+log = logging.getLogger("langchain_hybrid_memory")
+T = TypeVar("T")
+_UNKNOWN: Any = object()  # "the hot path did not learn what Redis holds for this session"
+ProgressFn = Callable[[int, int], None]
+
+
+class HybridMemory:
+    """Chat memory on a Redis window over PostgreSQL. No I/O happens until the first call."""
+
+    def __init__(self, config: HybridConfig | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = HybridConfig.from_env(**overrides)
+        elif overrides:
+            config = HybridConfig(**{**dict(config), **overrides})
+        self.config = config
+        self.keys = KeyLayout(config.namespace, config.outbox_shards)
+        self._engine = EngineLoop()
+        self._stats = Stats()
+        self._cache: RedisCache | None = None  # the engine loop's client
+        self._sync: SyncHotPath | None = None  # blocking client for the sync hot path
+        self._loop_caches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisCache] = (
+            weakref.WeakKeyDictionary())
+        self._store: PostgresStore | None = None
+        self._wb: WriteBehind | None = None
+        self._started = False
+        self._closed = False
+        self._start_lock: asyncio.Lock | None = None
+        self._redis_up = config.mode is not Mode.PERSISTENT
+        self._pg_up = config.mode is not Mode.SESSION_ONLY
+        self._probe: asyncio.Task[None] | None = None
+        self._dirty: set[str] = set()  # sessions written to PostgreSQL directly while Redis was down
+        self._atexit = _register_atexit(self)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"HybridMemory(mode={c.mode.value!r}, namespace={c.namespace!r}, "
+                f"redis={redact_url(c.redis_dsn())!r}, database={redact_url(c.database_dsn())!r})")
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    async def _ensure_started(self) -> None:
+        if self._started:
+            return
+        if self._closed:
+            raise MemoryClosedError("this HybridMemory is closed")
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            cfg = self.config
+            if cfg.mode is not Mode.PERSISTENT:
+                self._cache = RedisCache(cfg, self.keys)
+                self._sync = SyncHotPath(cfg, self.keys)
+            if cfg.mode is not Mode.SESSION_ONLY:
+                self._store = PostgresStore(cfg)
+                try:
+                    await self._store.connect()
+                    if cfg.auto_migrate:
+                        await self._store.migrate()
+                except StoreDown as exc:
+                    self._store = None
+                    raise StorageUnavailableError(
+                        f"PostgreSQL at {redact_url(cfg.database_dsn())} is unreachable ({exc})") from None
+                self._wb = WriteBehind(cfg, self._cache, self._store, self._stats,
+                                       lambda: self._redis_up, self._set_pg_up)
+                self._wb.start()
+            self._started = True
+
+    async def _start(self) -> None:
+        await self._ensure_started()
+        if self._cache is not None:
+            try:
+                await self._cache.ping()
+            except CacheDown:
+                self._redis_failed()
+
+    def start(self) -> None:
+        """Connect now (optional: every call connects lazily)."""
+        self._engine.run(self._start())
+
+    async def astart(self) -> None:
+        await self._engine.arun(self._start())
+
+    async def _close(self, flush_timeout: float) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._started:
+            return
+        if self._probe is not None:
+            self._probe.cancel()
+        if self._wb is not None:
+            if not await self._wb.flush(flush_timeout):
+                log.warning("hybrid-memory: closing with %d acknowledged messages not yet in PostgreSQL; "
+                            "they stay in the Redis outbox and the next process persists them",
+                            self._wb.backlog)
+            await self._wb.stop()
+        if self._cache is not None:
+            await self._cache.close()
+        if self._sync is not None:
+            self._sync.close()
+        if self._store is not None:
+            await self._store.close()
+
+    def close(self, flush_timeout: float = 10.0) -> None:
+        """Flush the write-behind queue (bounded by `flush_timeout`), then close connections."""
+        if self._engine.in_loop():
+            raise RuntimeError("use aclose() from the engine loop")
+        try:
+            self._engine.run(self._close(flush_timeout))
+        finally:
+            self._engine.stop()
+            atexit.unregister(self._atexit)
+
+    async def aclose(self, flush_timeout: float = 10.0) -> None:
+        mine = self._loop_caches.pop(asyncio.get_running_loop(), None)
+        if mine is not None:
+            await mine.close()
+        try:
+            await self._engine.arun(self._close(flush_timeout))
+        finally:
+            self._engine.stop()
+            atexit.unregister(self._atexit)
+
+    def __enter__(self) -> HybridMemory:
+        self.start()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    async def __aenter__(self) -> HybridMemory:
+        await self.astart()
+        return self
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._engine.run(coro)
+
+    async def _arun(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await self._engine.arun(coro)
+
+    # -- health ------------------------------------------------------------------------------------------
+    @property
+    def redis_available(self) -> bool:
+        return self._redis_up
+
+    @property
+    def postgres_available(self) -> bool:
+        return self._pg_up
+
+    def _set_pg_up(self, up: bool) -> None:
+        self._pg_up = up
+
+    def _redis_failed(self) -> None:
+        self._stats.redis_errors += 1
+        if self.config.mode is not Mode.HYBRID:
+            return
+        if self._redis_up:
+            log.warning("hybrid-memory: Redis unreachable; serving from PostgreSQL until it answers again")
+        self._redis_up = False
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._probe_redis())
+
+    async def _probe_redis(self) -> None:
+        assert self._cache is not None
+        while not self._closed:
+            await asyncio.sleep(self.config.health_check_interval)
+            try:
+                await self._cache.ping()
+                # Sessions written while Redis was away may still have a pre-outage window there (a network
+                # cut keeps data): drop them before the cache serves anything.
+                dirty = list(self._dirty)
+                await self._cache.drop(dirty)
+                self._dirty.difference_update(dirty)
+                await self._purge_dirty()
+            except CacheDown:
+                continue
+            except StoreDown:
+                pass  # our own dirty sessions are dropped; other processes' are dropped by their janitor
+            self._redis_up = True
+            log.warning("hybrid-memory: Redis is back; the cache warms up again")
+            return
+
+    async def _purge_dirty(self) -> None:
+        if self._store is None or self._cache is None:
+            return
+        dirty = await self._store.dirty_sessions()
+        if dirty:
+            await self._cache.drop(dirty)
+            await self._store.clear_dirty(dirty)
+
+    def _use_cache(self) -> bool:
+        return self._cache is not None and self._redis_up
+
+    # -- hot path: one Redis round trip in the caller's own thread or loop, no hop to the engine loop -----
+    def _hot(self, limit: int) -> bool:
+        return (self._started and self._redis_up and self._cache is not None
+                and limit <= self.config.max_session_messages)
+
+    def _loop_cache(self) -> RedisCache:
+        """The async Redis client bound to the running loop (connections belong to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._engine.in_loop():
+            assert self._cache is not None
+            return self._cache
+        cache = self._loop_caches.get(loop)
+        if cache is None:
+            cache = self._loop_caches[loop] = RedisCache(self.config, self.keys)
+        return cache
+
+    def _soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn` on the engine loop, in order with later calls from this thread."""
+        if self._engine.in_loop():
+            fn(*args)
+        else:
+            self._engine.loop.call_soon_threadsafe(fn, *args)
+
+    def _hit(self, out: tuple[str, list[bytes]], uid: str | None, t0: float) -> list[Message]:
+        self._check_owner(out[0] or None, uid)
+        msgs = [decode_element(el) for el in out[1]]
+        s = self._stats
+        s.hits += 1
+        s.reads += 1
+        s.read_lat.append(time.perf_counter() - t0)
+        return msgs
+
+    def _check_room(self, n: int) -> None:
+        wb = self._wb
+        if wb is not None and not wb.has_room(n):
+            raise BacklogFullError(
+                f"PostgreSQL has not accepted writes for a while and {wb.backlog} messages wait "
+                f"(max_backlog={self.config.max_backlog}); nothing was written")
+
+    def _appended(self, sid: str, uid: str | None, items: list[Message], payloads: list[str],
+                  res: AppendResult) -> Pending | None:
+        """Stamp seqs on the returned messages; build the write-behind entry for the new ones."""
+        rows = []
+        for msg, payload, seq, new in zip(items, payloads, res.seqs, res.new, strict=True):
+            msg.seq = seq
+            if new:
+                rows.append(Row(sid, seq, msg.id, msg.role, payload, msg.created_at or 0.0))
+        if self._wb is None or not rows:
+            return None
+        return Pending(self.keys.session(sid).outbox if res.xid else "", res.xid, sid, uid or "", rows)
+
+    def _hot_done(self, sid: str, uid: str | None, items: list[Message], payloads: list[str],
+                  res: AppendResult, t0: float) -> list[Message]:
+        entry = self._appended(sid, uid, items, payloads, res)
+        if entry is not None:
+            assert self._wb is not None
+            self._wb.submit(entry)
+        self._stats.writes += 1
+        self._stats.write_lat.append(time.perf_counter() - t0)
+        return items
+
+    def _need_store(self) -> PostgresStore:
+        if self._store is None:
+            raise StorageUnavailableError("PostgreSQL is not configured (mode=session_only)")
+        return self._store
+
+    def _store_down(self, exc: StoreDown) -> StorageUnavailableError:
+        self._pg_up = False
+        return StorageUnavailableError(
+            f"PostgreSQL at {redact_url(self.config.database_dsn())} is unreachable ({exc})")
+
+    # -- write path --------------------------------------------------------------------------------------
+    def _prepare(self, session_id: str, user_id: str | None, messages: Iterable[Message | dict[str, Any]],
+                 ) -> tuple[str, str | None, list[Message], list[str]]:
+        cfg = self.config
+        sid = check_session_id(session_id, cfg.max_session_id_length)
+        uid = check_user_id(user_id, cfg.max_session_id_length)
+        items, payloads = prepare(messages, max_bytes=cfg.max_message_bytes, max_count=cfg.max_messages_per_add)
+        return sid, uid, items, payloads
+
+    def add_messages(self, session_id: str, messages: Iterable[Message | dict[str, Any]], *,
+                     user_id: str | None = None) -> list[Message]:
+        """Append messages (oldest first); returns copies carrying their assigned `seq`."""
+        sid, uid, items, payloads = self._prepare(session_id, user_id, messages)
+        probe = _UNKNOWN
+        if items and self._hot(0) and self.config.async_writes and self._sync is not None:
+            self._check_room(len(items))
+            t0 = time.perf_counter()
+            try:
+                probe = self._sync.append(sid, uid, [m.id for m in items], payloads,
+                                          persist=self.config.mode is Mode.HYBRID)
+            except CacheDown:
+                self._soon(self._redis_failed)
+            except OwnershipConflict:
+                raise SessionOwnershipError("this session belongs to another user") from None
+            if isinstance(probe, AppendResult) and not (probe.bound and uid):
+                return self._hot_done(sid, uid, items, payloads, probe, t0)
+        return self._run(self._add(sid, uid, items, payloads, probe))
+
+    async def aadd_messages(self, session_id: str, messages: Iterable[Message | dict[str, Any]], *,
+                            user_id: str | None = None) -> list[Message]:
+        sid, uid, items, payloads = self._prepare(session_id, user_id, messages)
+        probe = _UNKNOWN
+        if items and self._hot(0) and self.config.async_writes:
+            self._check_room(len(items))
+            t0 = time.perf_counter()
+            try:
+                probe = await self._loop_cache().append(sid, uid, [m.id for m in items], payloads,
+                                                        persist=self.config.mode is Mode.HYBRID)
+            except CacheDown:
+                self._soon(self._redis_failed)
+            except OwnershipConflict:
+                raise SessionOwnershipError("this session belongs to another user") from None
+            if isinstance(probe, AppendResult) and not (probe.bound and uid):
+                return self._hot_done(sid, uid, items, payloads, probe, t0)
+        return await self._arun(self._add(sid, uid, items, payloads, probe))
+
+    async def _add(self, sid: str, uid: str | None, items: list[Message], payloads: list[str],
+                   probe: Any = _UNKNOWN) -> list[Message]:
+        """The engine-loop write path; `probe` is what a hot-path append already got from Redis."""
+        await self._ensure_started()
+        if not items:
+            return []
+        t0 = time.perf_counter()
+        if self._use_cache() or isinstance(probe, AppendResult):
+            try:
+                done = await self._add_cached(sid, uid, items, payloads, probe)
+            except CacheDown:
+                self._redis_failed()
+                done = False
+            if not done:
+                if self.config.mode is Mode.SESSION_ONLY:
+                    raise StorageUnavailableError("Redis is unreachable and mode is session_only")
+                await self._add_direct(sid, uid, items, payloads)
+        else:
+            await self._add_direct(sid, uid, items, payloads)
+        self._stats.writes += 1
+        self._stats.write_lat.append(time.perf_counter() - t0)
+        return items
+
+    async def _add_cached(self, sid: str, uid: str | None, items: list[Message], payloads: list[str],
+                          probe: Any) -> bool:
+        assert self._cache is not None
+        hybrid = self.config.mode is Mode.HYBRID
+        wb = self._wb
+        ids = [m.id for m in items]
+        try:
+            if probe is _UNKNOWN:
+                self._check_room(len(items))
+                res = await self._cache.append(sid, uid, ids, payloads, persist=hybrid)
+            else:
+                res = probe
+            if res is None:
+                fill = await self._load_fill(sid, for_write=True)
+                res = await self._cache.append(sid, uid, ids, payloads, persist=hybrid, init=fill)
+        except OwnershipConflict:
+            raise SessionOwnershipError("this session belongs to another user") from None
+        assert res is not None
+        if res.bound and uid is not None:
+            await self._cache.index_user(uid, sid)
+        entry = self._appended(sid, uid, items, payloads, res)
+        if wb is not None and entry is not None:
+            index = wb.add(entry)
+            if not self.config.async_writes and not await wb.wait_for(index, self.config.pg_timeout):
+                raise StorageUnavailableError(
+                    "PostgreSQL did not confirm the write in time (write-through mode); it stays queued and "
+                    "retrying with the same message ids is safe")
+        return True
+
+    async def _add_direct(self, sid: str, uid: str | None, items: list[Message], payloads: list[str]) -> None:
+        store = self._need_store()
+        floor = self._wb.pending_max_seq(sid) if self._wb is not None else 0
+        hybrid = self.config.mode is Mode.HYBRID
+        try:
+            owner, seqs = await store.add_direct(
+                sid, uid, [m.id for m in items], [m.role for m in items], payloads,
+                [m.created_at or 0.0 for m in items], floor_seq=floor, mark_dirty=hybrid)
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+        if not seqs:
+            raise SessionOwnershipError("this session belongs to another user")
+        self._pg_up = True
+        if hybrid:
+            self._dirty.add(sid)
+            self._stats.fallback_writes += 1
+        for msg, seq in zip(items, seqs, strict=True):
+            msg.seq = seq
+
+    async def _load_fill(self, sid: str, *, for_write: bool) -> Fill:
+        """The window to cache for `sid`: PostgreSQL's tail merged with this process's uncommitted rows."""
+        n = self.config.max_session_messages
+        if self._store is None:
+            return Fill(0, None, [])
+        try:
+            w = (await self._store.windows([sid], n))[sid]
+        except StoreDown as exc:
+            if not for_write:
+                raise self._store_down(exc) from None
+            # Keep accepting writes while PostgreSQL is down: cache a window marked partial (older history
+            # unknown); reads treat it as a miss until PostgreSQL can complete it.
+            self._pg_up = False
+            fill = self._merge_fill(sid, None, 0, [])
+            fill.partial = True
+            return fill
+        return self._merge_fill(sid, w.owner, w.floor_seq, w.rows)
+
+    def _merge_fill(self, sid: str, owner: str | None, floor: int, rows: list[tuple[int, str, str]]) -> Fill:
+        n = self.config.max_session_messages
+        merged = {seq: (msg_id, body) for seq, msg_id, body in rows}
+        if self._wb is not None:
+            for r in self._wb.pending_rows(sid):
+                merged[r.seq] = (r.msg_id, r.body)
+        tail = sorted(merged.items())[-n:]
+        base = max([floor, *merged.keys()]) if merged else floor
+        return Fill(base, owner, [(mid, f"{seq}:{body}".encode()) for seq, (mid, body) in tail])
+
+    # -- read path ---------------------------------------------------------------------------------------
+    def get_recent_messages(self, session_id: str, limit: int | None = None, *,
+                            user_id: str | None = None) -> list[Message]:
+        """The last `limit` messages (default: the window), oldest first."""
+        sid, uid, n = self._read_args(session_id, user_id, limit)
+        probe = _UNKNOWN
+        if n and self._hot(n) and self._sync is not None:
+            t0 = time.perf_counter()
+            try:
+                probe = self._sync.read(sid, n)
+            except CacheDown:
+                self._soon(self._redis_failed)
+            if isinstance(probe, tuple):
+                return self._hit(probe, uid, t0)
+        return self._run(self._recent(sid, uid, n, probe))
+
+    async def aget_recent_messages(self, session_id: str, limit: int | None = None, *,
+                                   user_id: str | None = None) -> list[Message]:
+        sid, uid, n = self._read_args(session_id, user_id, limit)
+        probe = _UNKNOWN
+        if n and self._hot(n):
+            t0 = time.perf_counter()
+            try:
+                probe = await self._loop_cache().read(sid, n)
+            except CacheDown:
+                self._soon(self._redis_failed)
+            if isinstance(probe, tuple):
+                return self._hit(probe, uid, t0)
+        return await self._arun(self._recent(sid, uid, n, probe))
+
+    def _read_args(self, session_id: str, user_id: str | None, limit: int | None) -> tuple[str, str | None, int]:
+        sid = check_session_id(session_id, self.config.max_session_id_length)
+        uid = check_user_id(user_id, self.config.max_session_id_length)
+        if limit is None:
+            limit = self.config.max_session_messages
+        if not isinstance(limit, int) or limit < 0:
+            raise ValueError("limit must be a non-negative int")
+        return sid, uid, limit
+
+    @staticmethod
+    def _check_owner(owner: str | None, uid: str | None) -> None:
+        if uid is not None and owner and owner != uid:
+            raise SessionOwnershipError("this session belongs to another user")
+
+    async def _recent(self, sid: str, uid: str | None, limit: int, probe: Any = _UNKNOWN) -> list[Message]:
+        await self._ensure_started()
+        t0 = time.perf_counter()
+        if limit == 0:
+            return []
+        out = await self._recent_inner(sid, uid, limit, probe)
+        self._stats.reads += 1
+        self._stats.read_lat.append(time.perf_counter() - t0)
+        return out
+
+    async def _recent_inner(self, sid: str, uid: str | None, limit: int, probe: Any = _UNKNOWN) -> list[Message]:
+        window = self.config.max_session_messages
+        if self._use_cache() and limit <= window:
+            assert self._cache is not None
+            try:
+                hit = await self._cache.read(sid, limit) if probe is _UNKNOWN else probe
+            except CacheDown:
+                self._redis_failed()
+                hit = None
+                if self.config.mode is Mode.SESSION_ONLY:
+                    raise StorageUnavailableError("Redis is unreachable and mode is session_only") from None
+            else:
+                if isinstance(hit, tuple):
+                    self._stats.hits += 1
+                    self._check_owner(hit[0] or None, uid)
+                    return [decode_element(el) for el in hit[1]]
+                self._stats.misses += 1
+                if self._store is None:
+                    return []
+                fill = await self._load_fill(sid, for_write=False)
+                self._check_owner(fill.owner, uid)
+                try:
+                    # `hit` is the partial window's last seq: replace it only if nobody wrote since.
+                    await self._cache.fill(sid, fill, expect_seq=hit)
+                except CacheDown:
+                    self._redis_failed()
+                return [decode_element(el) for _, el in fill.pairs[-limit:]]
+        # PostgreSQL path: Redis down, persistent mode, or a read deeper than the window.
+        store = self._need_store()
+        if self.config.mode is Mode.HYBRID:
+            self._stats.fallback_reads += 1
+        try:
+            w = (await store.windows([sid], limit))[sid]
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+        self._check_owner(w.owner, uid)
+        fill = self._merge_fill(sid, w.owner, w.floor_seq, w.rows)
+        return [decode_element(el) for _, el in fill.pairs[-limit:]]
+
+    def get_messages(self, session_id: str, *, after_seq: int | None = None, limit: int | None = None,
+                     user_id: str | None = None) -> list[Message]:
+        """The full transcript from the system of record, oldest first; page with `after_seq` + `limit`."""
+        return self._run(self._page(*self._read_args(session_id, user_id, 0)[:2], after_seq, limit))
+
+    async def aget_messages(self, session_id: str, *, after_seq: int | None = None, limit: int | None = None,
+                            user_id: str | None = None) -> list[Message]:
+        return await self._arun(self._page(*self._read_args(session_id, user_id, 0)[:2], after_seq, limit))
+
+    async def _page(self, sid: str, uid: str | None, after_seq: int | None, limit: int | None) -> list[Message]:
+        await self._ensure_started()
+        if limit is not None and limit < 0:
+            raise ValueError("limit must be a non-negative int")
+        if self._store is None:  # session_only: the window is all there is
+            msgs = await self._recent_inner(sid, uid, self.config.max_session_messages)
+            msgs = [m for m in msgs if after_seq is None or (m.seq or 0) > after_seq]
+            return msgs[:limit] if limit is not None else msgs
+        try:
+            if uid is not None:
+                _, owner = await self._store.owner(sid)
+                self._check_owner(owner or (await self._cached_owner(sid)), uid)
+            rows = await self._store.page(sid, after_seq, limit)
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+        merged = {seq: body for seq, body in rows}
+        if self._wb is not None:
+            lo = after_seq if after_seq is not None else -1
+            for r in self._wb.pending_rows(sid):
+                if r.seq > lo:
+                    merged[r.seq] = r.body
+        ordered = sorted(merged.items())
+        if limit is not None:
+            ordered = ordered[:limit]
+        return [decode(seq, body) for seq, body in ordered]
+
+    async def _cached_owner(self, sid: str) -> str | None:
+        if not self._use_cache():
+            return None
+        assert self._cache is not None
+        try:
+            return (await self._cache.owners([sid]))[0]
+        except CacheDown:
+            self._redis_failed()
+            return None
+
+    # -- invalidation and deletion -----------------------------------------------------------------------
+    async def _owner_of(self, sid: str) -> str | None:
+        owner = await self._cached_owner(sid)
+        if owner is None and self._store is not None:
+            try:
+                owner = (await self._store.owner(sid))[1]
+            except StoreDown as exc:
+                raise self._store_down(exc) from None
+        return owner
+
+    def invalidate_session(self, session_id: str, *, user_id: str | None = None) -> None:
+        """Drop the cached window (PostgreSQL keeps everything); the next read reloads it."""
+        self._run(self._invalidate(*self._read_args(session_id, user_id, 0)[:2]))
+
+    async def ainvalidate_session(self, session_id: str, *, user_id: str | None = None) -> None:
+        await self._arun(self._invalidate(*self._read_args(session_id, user_id, 0)[:2]))
+
+    async def _invalidate(self, sid: str, uid: str | None) -> None:
+        await self._ensure_started()
+        if uid is not None:
+            self._check_owner(await self._owner_of(sid), uid)
+        await self._drop_cached([sid])
+
+    async def _drop_cached(self, sids: Sequence[str]) -> None:
+        if self._cache is None:
+            return
+        try:
+            await self._cache.drop(sids)
+        except CacheDown:
+            self._redis_failed()
+            if self.config.mode is Mode.SESSION_ONLY:
+                raise StorageUnavailableError("Redis is unreachable") from None
+            self._dirty.update(sids)  # dropped when Redis answers again
+
+    def invalidate_user(self, user_id: str) -> int:
+        """Drop the cached windows of every session of `user_id`; returns how many sessions."""
+        return self._run(self._invalidate_user(self._uid(user_id)))
+
+    async def ainvalidate_user(self, user_id: str) -> int:
+        return await self._arun(self._invalidate_user(self._uid(user_id)))
+
+    def _uid(self, user_id: str) -> str:
+        uid = check_user_id(user_id, self.config.max_session_id_length)
+        if uid is None:
+            raise TypeError("user_id is required")
+        return uid
+
+    async def _user_sessions(self, uid: str) -> list[str]:
+        sids: set[str] = set()
+        if self._store is not None:
+            try:
+                sids.update(await self._store.user_sessions(uid))
+            except StoreDown as exc:
+                raise self._store_down(exc) from None
+        if self._use_cache():
+            assert self._cache is not None
+            try:
+                sids.update(await self._cache.user_sessions(uid))
+            except CacheDown:
+                self._redis_failed()
+        return sorted(sids)
+
+    async def _invalidate_user(self, uid: str) -> int:
+        await self._ensure_started()
+        sids = await self._user_sessions(uid)
+        await self._drop_cached(sids)
+        return len(sids)
+
+    def clear_session(self, session_id: str, *, user_id: str | None = None) -> int:
+        """Erase a session from both stores; returns the number of stored messages deleted."""
+        return self._run(self._clear(*self._read_args(session_id, user_id, 0)[:2]))
+
+    async def aclear_session(self, session_id: str, *, user_id: str | None = None) -> int:
+        return await self._arun(self._clear(*self._read_args(session_id, user_id, 0)[:2]))
+
+    async def _clear(self, sid: str, uid: str | None) -> int:
+        await self._ensure_started()
+        if uid is not None:
+            self._check_owner(await self._owner_of(sid), uid)
+        return await self._erase([sid])
+
+    async def _erase(self, sids: Sequence[str]) -> int:
+        """Delete sessions everywhere. Tombstones cover every seq assigned so far, so write-behind entries
+        still in flight (here or in another process) cannot bring a deleted message back."""
+        upto = [time.time_ns() // 1000 for _ in sids]
+        if self._cache is not None and self._use_cache():
+            try:
+                metas = await self._cache.last_seqs(sids)
+                upto = [max(u, m) for u, m in zip(upto, metas, strict=True)]
+            except CacheDown:
+                self._redis_failed()
+        gone: list[Pending] = []
+        if self._wb is not None:
+            for i, sid in enumerate(sids):
+                upto[i] = max(upto[i], self._wb.pending_max_seq(sid))
+                gone += self._wb.drop_session(sid)
+        deleted = 0
+        if self._store is not None:
+            try:
+                deleted = await self._store.delete_sessions(sids, upto)
+            except StoreDown as exc:
+                raise self._store_down(exc) from None
+        await self._drop_cached(sids)
+        return deleted
+
+    def delete_user(self, user_id: str) -> int:
+        """Erase every session of `user_id` from Redis and PostgreSQL; returns how many sessions."""
+        return self._run(self._delete_user(self._uid(user_id)))
+
+    async def adelete_user(self, user_id: str) -> int:
+        return await self._arun(self._delete_user(self._uid(user_id)))
+
+    async def _delete_user(self, uid: str) -> int:
+        await self._ensure_started()
+        sids = await self._user_sessions(uid)
+        if sids:
+            await self._erase(sids)
+        if self._use_cache():
+            assert self._cache is not None
+            try:
+                await self._cache.forget_user(uid)
+            except CacheDown:
+                self._redis_failed()
+        return len(sids)
+
+    # -- warming -----------------------------------------------------------------------------------------
+    def prefetch_context(self, session_ids: str | Iterable[str] | None = None, *, user_id: str | None = None,
+                         on_progress: ProgressFn | None = None) -> int:
+        """Load windows into Redis ahead of use (given sessions, or a user's); returns how many were loaded."""
+        return self._run(self._prefetch_args_then(session_ids, user_id, on_progress))
+
+    async def aprefetch_context(self, session_ids: str | Iterable[str] | None = None, *,
+                                user_id: str | None = None, on_progress: ProgressFn | None = None) -> int:
+        return await self._arun(self._prefetch_args_then(session_ids, user_id, on_progress))
+
+    async def _prefetch_args_then(self, session_ids: str | Iterable[str] | None, user_id: str | None,
+                                  on_progress: ProgressFn | None) -> int:
+        await self._ensure_started()
+        if isinstance(session_ids, str):
+            session_ids = [session_ids]
+        sids = [check_session_id(s, self.config.max_session_id_length) for s in session_ids or ()]
+        if user_id is not None:
+            sids += await self._user_sessions(self._uid(user_id))
+        return await self._prefetch(sids, on_progress)
+
+    async def _prefetch(self, sids: Sequence[str], on_progress: ProgressFn | None) -> int:
+        if not sids or self._store is None or not self._use_cache():
+            return 0
+        assert self._cache is not None
+        loaded, chunk = 0, 200
+        for i in range(0, len(sids), chunk):
+            part = list(dict.fromkeys(sids[i:i + chunk]))
+            try:
+                windows = await self._store.windows(part, self.config.max_session_messages)
+            except StoreDown as exc:
+                raise self._store_down(exc) from None
+            fills = {sid: self._merge_fill(sid, w.owner, w.floor_seq, w.rows)
+                     for sid, w in windows.items() if w.exists}
+            try:
+                loaded += await self._cache.fill_many(fills)
+            except CacheDown:
+                self._redis_failed()
+                return loaded
+            if on_progress is not None:
+                on_progress(min(i + chunk, len(sids)), len(sids))
+        return loaded
+
+    def warmup(self, limit: int = 1000, *, active_within: float | None = None,
+               on_progress: ProgressFn | None = None) -> int:
+        """Preload the most recently active sessions (e.g. after a Redis restart); returns how many."""
+        return self._run(self._warmup(limit, active_within, on_progress))
+
+    async def awarmup(self, limit: int = 1000, *, active_within: float | None = None,
+                      on_progress: ProgressFn | None = None) -> int:
+        return await self._arun(self._warmup(limit, active_within, on_progress))
+
+    async def _warmup(self, limit: int, active_within: float | None, on_progress: ProgressFn | None) -> int:
+        await self._ensure_started()
+        if self._store is None:
+            return 0
+        try:
+            sids = await self._store.recent_sessions(limit, active_within)
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+        return await self._prefetch(sids, on_progress)
+
+    # -- durability --------------------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once every write this process acknowledged is committed in PostgreSQL."""
+        self._run(self._flush(timeout))
+
+    async def aflush(self, timeout: float | None = None) -> None:
+        await self._arun(self._flush(timeout))
+
+    async def _flush(self, timeout: float | None) -> None:
+        await self._ensure_started()
+        if self._wb is not None and not await self._wb.flush(timeout):
+            raise StorageUnavailableError(
+                f"{self._wb.backlog} acknowledged messages are not yet in PostgreSQL after {timeout}s")
+
+    def reclaim_orphans(self, older_than: float | None = None) -> int:
+        """Persist outbox entries left by dead writers (run by every process's janitor anyway)."""
+        return self._run(self._reclaim(older_than))
+
+    async def areclaim_orphans(self, older_than: float | None = None) -> int:
+        return await self._arun(self._reclaim(older_than))
+
+    async def _reclaim(self, older_than: float | None) -> int:
+        await self._ensure_started()
+        if self._wb is None:
+            return 0
+        try:
+            return await self._wb.reclaim(self.config.reclaim_after if older_than is None else older_than)
+        except CacheDown:
+            self._redis_failed()
+            return 0
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+
+    # -- stats -------------------------------------------------------------------------------------------
+    def get_cache_stats(self) -> CacheStats:
+        """Hit rate, latency percentiles, Redis memory, backlog and pool usage."""
+        return self._run(self._cache_stats())
+
+    async def aget_cache_stats(self) -> CacheStats:
+        return await self._arun(self._cache_stats())
+
+    async def _cache_stats(self) -> CacheStats:
+        await self._ensure_started()
+        s = self._stats
+        mem: float | None = None
+        sessions: int | None = None
+        outbox: int | None = None
+        if self._use_cache():
+            assert self._cache is not None
+            try:
+                mem = await self._cache.memory_mb()
+                sessions = await self._cache.cached_sessions()
+                outbox = await self._cache.outbox_depth() if self._wb is not None else 0
+            except CacheDown:
+                self._redis_failed()
+        in_use, size = self._store.pool_usage() if self._store is not None else (0, 0)
+        r50, r99, w50, w99 = s.percentiles()
+        return CacheStats(
+            hits=s.hits, misses=s.misses, hit_rate=s.hit_rate, redis_memory_mb=mem, cached_sessions=sessions,
+            redis_up=self._redis_up, postgres_up=self._pg_up, backlog=self._wb.backlog if self._wb else 0,
+            outbox_entries=outbox, pg_pool_in_use=in_use, pg_pool_size=size, read_p50_ms=r50, read_p99_ms=r99,
+            write_p50_ms=w50, write_p99_ms=w99, reads=s.reads, writes=s.writes, fallback_reads=s.fallback_reads,
+            fallback_writes=s.fallback_writes, persisted=s.persisted, persist_batches=s.persist_batches,
+            persist_failures=s.persist_failures, reclaimed=s.reclaimed, redis_errors=s.redis_errors)
+
+    def migrate(self) -> list[str]:
+        """Apply pending schema migrations; returns the names applied."""
+        return self._run(self._migrate())
+
+    async def amigrate(self) -> list[str]:
+        return await self._arun(self._migrate())
+
+    async def _migrate(self) -> list[str]:
+        await self._ensure_started()
+        try:
+            return await self._need_store().migrate()
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+
+
+def _register_atexit(memory: HybridMemory) -> Callable[[], None]:
+    # A weak reference: registering must not keep the memory alive, but a live one is flushed at exit.
+    ref = weakref.ref(memory)
+
+    def _at_exit() -> None:
+        m = ref()
+        if m is not None and m._started and not m._closed:
+            try:
+                m.close(flush_timeout=5.0)
+            except Exception:  # interpreter shutdown: the Redis outbox still holds what is unflushed
+                log.exception("hybrid-memory: flush at exit failed")
+
+    atexit.register(_at_exit)
+    return _at_exit

@@ -1,0 +1,148 @@
+"""The framework-neutral message, its wire codec, and input validation.
+
+One codec serves Redis and PostgreSQL: compact JSON with `ensure_ascii=True`. That escapes `\\u0000` and lone
+surrogates, so the bytes are plain ASCII that any text column accepts (JSONB would reject `\\u0000`) and
+`json.loads` gives back exactly the string that went in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import unicodedata
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidMessageError, InvalidSessionIdError, InvalidUserIdError
+
+Content = str | list[Any]
+
+_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=True).encode
+_loads = json.loads
+
+
+@dataclass(slots=True)
+class Message:
+    """One chat message as the engine stores it; adapters translate to and from their own types.
+
+    `role` is free text ("human", "ai", "system", "tool", "user", "assistant", ...). `metadata` holds whatever
+    an adapter needs for a lossless round trip (tool calls, names, usage, ...). `seq` is the per-session order,
+    assigned by the engine on write; `id` makes writes idempotent.
+    """
+
+    role: str
+    content: Content
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    seq: int | None = None
+    created_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "role": self.role, "content": self.content, "metadata": self.metadata,
+                "seq": self.seq, "created_at": self.created_at}
+
+
+def encode(msg: Message) -> str:
+    """Serialise everything but `seq` (the engine prefixes it) to ASCII JSON."""
+    obj: dict[str, Any] = {"i": msg.id, "r": msg.role, "c": msg.content, "t": msg.created_at}
+    if msg.metadata:
+        obj["m"] = msg.metadata
+    return _dumps(obj)
+
+
+def decode(seq: int, payload: str | bytes) -> Message:
+    obj = _loads(payload)
+    return Message(role=obj["r"], content=obj["c"], id=obj["i"], metadata=obj.get("m") or {}, seq=seq,
+                   created_at=obj.get("t"))
+
+
+def decode_element(element: bytes) -> Message:
+    """Decode a cached window element: `b"<seq>:<payload>"`."""
+    i = element.index(b":")
+    return decode(int(element[:i]), element[i + 1:])
+
+
+def _has_forbidden_chars(text: str) -> bool:
+    # Control characters would make ids unreadable in logs and are refused by PostgreSQL text (NUL);
+    # lone surrogates cannot be encoded as UTF-8 at all.
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat == "Cc" or cat == "Cs":
+            return True
+    return False
+
+
+def check_session_id(session_id: object, max_length: int) -> str:
+    if not isinstance(session_id, str):
+        raise InvalidSessionIdError(f"session_id must be a str, not {type(session_id).__name__}")
+    if not session_id or len(session_id) > max_length:
+        raise InvalidSessionIdError(f"session_id must have 1 to {max_length} characters, got {len(session_id)}")
+    if not session_id.isprintable() and _has_forbidden_chars(session_id):
+        raise InvalidSessionIdError("session_id must not contain control characters or lone surrogates")
+    return session_id
+
+
+def check_user_id(user_id: object, max_length: int) -> str | None:
+    if user_id is None:
+        return None
+    if not isinstance(user_id, str):
+        raise InvalidUserIdError(f"user_id must be a str or None, not {type(user_id).__name__}")
+    if not user_id or len(user_id) > max_length:
+        raise InvalidUserIdError(f"user_id must have 1 to {max_length} characters, got {len(user_id)}")
+    if not user_id.isprintable() and _has_forbidden_chars(user_id):
+        raise InvalidUserIdError("user_id must not contain control characters or lone surrogates")
+    return user_id
+
+
+def coerce(obj: Message | dict[str, Any]) -> Message:
+    """Accept a `Message` or a dict with at least role and content."""
+    if isinstance(obj, Message):
+        # A copy: the engine stamps created_at and seq, and must not edit the caller's object.
+        return Message(obj.role, obj.content, obj.id, obj.metadata, None, obj.created_at)
+    if isinstance(obj, dict):
+        try:
+            return Message(role=obj["role"], content=obj["content"], id=obj.get("id") or uuid.uuid4().hex,
+                           metadata=dict(obj.get("metadata") or {}))
+        except KeyError as exc:
+            raise InvalidMessageError(f"message dict needs key {exc.args[0]!r}") from None
+    raise InvalidMessageError(f"expected a Message or dict, not {type(obj).__name__}")
+
+
+def prepare(messages: object, *, max_bytes: int, max_count: int, now: float | None = None
+            ) -> tuple[list[Message], list[str]]:
+    """Validate and encode a batch; return the messages (stamped with created_at) and their payloads.
+
+    Everything is checked before anything is written, so a bad message leaves nothing half-written.
+    """
+    if isinstance(messages, (Message, dict, str, bytes)) or not hasattr(messages, "__iter__"):
+        raise InvalidMessageError("messages must be a sequence of Message or dict")
+    items = [coerce(m) for m in messages]  # type: ignore[attr-defined]
+    if len(items) > max_count:
+        raise InvalidMessageError(f"{len(items)} messages in one call; the limit is {max_count}")
+    stamp = time.time() if now is None else now
+    payloads: list[str] = []
+    seen: set[str] = set()
+    for index, msg in enumerate(items):
+        if not isinstance(msg.role, str) or not msg.role or len(msg.role) > 64:
+            raise InvalidMessageError(f"message {index}: role must be a non-empty str of at most 64 characters")
+        if not isinstance(msg.content, (str, list)):
+            raise InvalidMessageError(f"message {index}: content must be a str or a list of content blocks")
+        if not isinstance(msg.id, str) or not msg.id or len(msg.id) > 256 or _has_forbidden_chars(msg.id):
+            raise InvalidMessageError(f"message {index}: id must be a printable str of 1 to 256 characters")
+        if not isinstance(msg.metadata, dict):
+            raise InvalidMessageError(f"message {index}: metadata must be a dict")
+        if msg.id in seen:
+            raise InvalidMessageError(f"message {index}: id {msg.id!r} appears twice in one call")
+        seen.add(msg.id)
+        if msg.created_at is None:
+            msg.created_at = stamp
+        try:
+            payload = encode(msg)
+        except (TypeError, ValueError) as exc:
+            raise InvalidMessageError(f"message {index} is not JSON-serialisable: {exc}") from None
+        if len(payload) > max_bytes:
+            raise InvalidMessageError(
+                f"message {index} is {len(payload)} bytes encoded; the limit is {max_bytes} (max_message_bytes)")
+        payloads.append(payload)
+    return items, payloads

@@ -1,0 +1,281 @@
+"""Write-behind: acknowledged writes go from Redis to PostgreSQL in batches, off the caller's path.
+
+Every acknowledged write exists in two places until PostgreSQL commits it: an entry in the bucket's Redis
+outbox stream (survives this process) and an item in this process's queue (survives Redis). The flusher
+commits the queue in batches and then deletes the stream entries. Entries older than `reclaim_after` belong
+to a dead writer; any process's janitor commits them. Inserts are idempotent, so a replay is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .cache import CacheDown, RedisCache
+from .config import HybridConfig
+from .messages import _loads
+from .stats import Stats
+from .store import PostgresStore, Row, StoreDown
+
+log = logging.getLogger("langchain_hybrid_memory")
+
+
+@dataclass(slots=True)
+class Pending:
+    stream: str  # "" when the entry has no Redis copy
+    xid: str
+    session_id: str
+    user_id: str
+    rows: list[Row]
+    index: int = 0
+
+
+@dataclass(slots=True)
+class _Batch:
+    entries: list[Pending] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+
+
+class WriteBehind:
+    def __init__(self, config: HybridConfig, cache: RedisCache | None, store: PostgresStore, stats: Stats,
+                 redis_up: Callable[[], bool], on_store: Callable[[bool], None]) -> None:
+        self.config = config
+        self.cache = cache
+        self.store = store
+        self.stats = stats
+        self._redis_up = redis_up
+        self._on_store = on_store  # tells the facade whether PostgreSQL answered
+        self._queue: deque[Pending] = deque()
+        self._by_session: dict[str, deque[Row]] = {}
+        self._backlog = 0
+        self._enqueued = 0
+        self._committed = 0
+        self._urgent = 0
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        # Entries from other threads wait here; only the first one after a flush wakes the engine loop, so a
+        # burst of writes costs the caller a deque append, not a cross-thread wake-up each.
+        self._inbox: deque[Pending] = deque()
+        self._inbox_lock = threading.Lock()
+        self._inbox_rows = 0
+        self._armed = False
+        self._loop = asyncio.get_running_loop()
+
+    # -- the queue ---------------------------------------------------------------------------------------
+    @property
+    def backlog(self) -> int:
+        return self._backlog + self._inbox_rows
+
+    def has_room(self, n: int) -> bool:
+        return self.backlog + n <= self.config.max_backlog
+
+    def submit(self, entry: Pending) -> None:
+        """Queue an entry from any thread (the hot path)."""
+        with self._inbox_lock:
+            self._inbox.append(entry)
+            self._inbox_rows += len(entry.rows)
+            wake = not self._armed
+            self._armed = True
+        if wake:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _drain(self) -> None:
+        """Move submitted entries into the queue; every engine-loop reader calls this first."""
+        with self._inbox_lock:
+            self._armed = False
+            entries = list(self._inbox)
+            self._inbox.clear()
+            self._inbox_rows = 0
+        for entry in entries:
+            self.add(entry)
+
+    def add(self, entry: Pending) -> int:
+        """Queue an entry (engine loop only); returns its index for `wait_for`."""
+        self._enqueued += 1
+        entry.index = self._enqueued
+        self._queue.append(entry)
+        self._by_session.setdefault(entry.session_id, deque()).extend(entry.rows)
+        self._backlog += len(entry.rows)
+        self._wake.set()
+        return entry.index
+
+    def pending_rows(self, session_id: str) -> list[Row]:
+        """Rows of `session_id` acknowledged by this process and not yet committed (for read-your-writes)."""
+        self._drain()
+        return list(self._by_session.get(session_id, ()))
+
+    def pending_max_seq(self, session_id: str) -> int:
+        self._drain()
+        rows = self._by_session.get(session_id)
+        return max((r.seq for r in rows), default=0) if rows else 0
+
+    def drop_session(self, session_id: str) -> list[Pending]:
+        """Forget a deleted session's queued rows (its tombstone keeps replays out of PostgreSQL)."""
+        self._drain()
+        if session_id not in self._by_session:
+            return []
+        gone = [e for e in self._queue if e.session_id == session_id]
+        for e in gone:
+            e.rows = []
+        self._backlog -= len(self._by_session.pop(session_id))
+        return gone
+
+    # -- waiting -----------------------------------------------------------------------------------------
+    async def wait_for(self, index: int, timeout: float | None) -> bool:
+        """Wait until entry `index` (and every earlier one) is committed; False on timeout."""
+        if self._committed >= index:
+            return True
+        self._urgent += 1
+        self._wake.set()
+        try:
+            async with self._progress:
+                await asyncio.wait_for(self._progress.wait_for(lambda: self._committed >= index), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._urgent -= 1
+
+    async def flush(self, timeout: float | None) -> bool:
+        self._drain()
+        return await self.wait_for(self._enqueued, timeout)
+
+    # -- background tasks --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._flusher(), name="hybrid-memory-flusher")]
+        if self.cache is not None:
+            self._tasks.append(asyncio.create_task(self._janitor(), name="hybrid-memory-janitor"))
+
+    async def stop(self) -> None:
+        self._closing = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def _take(self) -> _Batch:
+        batch = _Batch()
+        limit = self.config.persist_batch_size
+        for entry in self._queue:
+            if batch.rows and len(batch.rows) + len(entry.rows) > limit:
+                break
+            batch.entries.append(entry)
+            batch.rows.extend(entry.rows)
+            batch.users.extend([entry.user_id] * len(entry.rows))
+        return batch
+
+    async def _flusher(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.config.write_behind_delay and not self._urgent and self.backlog < self.config.persist_batch_size:
+                await asyncio.sleep(self.config.write_behind_delay)
+            self._drain()
+            while self._queue:
+                batch = self._take()
+                try:
+                    await self.commit(batch.rows, batch.users)
+                except StoreDown:
+                    self.stats.persist_failures += 1
+                    self._on_store(False)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.05
+                self._on_store(True)
+                self._done(batch.entries)
+                await self._ack(batch.entries)
+
+    async def commit(self, rows: list[Row], users: list[str]) -> None:
+        """Insert rows idempotently; re-sequence the (split-brain) rows whose seq was taken by another id."""
+        if not rows:
+            return
+        new = await self.store.persist(rows, users)
+        self.stats.persist_batches += 1
+        self.stats.persisted += len(new)
+        if len(new) == len(rows):
+            return
+        replayed = [(r.session_id, r.msg_id, r.seq) for r in rows if (r.session_id, r.seq) not in new]
+        for sid, msg_id in await self.store.missing_ids(replayed):
+            row = next(r for r in rows if r.session_id == sid and r.msg_id == msg_id)
+            log.warning("hybrid-memory: sequence collision in one session; appending the message again")
+            await self.store.add_direct(sid, None, [row.msg_id], [row.role], [row.body], [row.created_at],
+                                        floor_seq=row.seq, mark_dirty=True)
+
+    def _done(self, entries: list[Pending]) -> None:
+        for entry in entries:
+            popped = self._queue.popleft()
+            assert popped is entry
+            rows = self._by_session.get(entry.session_id)
+            if rows is not None and entry.rows:
+                # Per session, rows are queued and committed in the same order: drop from the front.
+                for _ in entry.rows:
+                    rows.popleft()
+                if not rows:
+                    del self._by_session[entry.session_id]
+                self._backlog -= len(entry.rows)
+            self._committed = entry.index
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _ack(self, entries: list[Pending]) -> None:
+        if self.cache is None or not self._redis_up():
+            return  # the janitor replays what stays in the stream; replays are idempotent
+        acks: dict[str, list[str]] = {}
+        for e in entries:
+            if e.stream:
+                acks.setdefault(e.stream, []).append(e.xid)
+        try:
+            await self.cache.ack(acks)
+        except CacheDown:
+            pass
+
+    async def _janitor(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reclaim_interval)
+            try:
+                await self.reclaim(self.config.reclaim_after)
+            except (CacheDown, StoreDown):
+                continue
+            except Exception:  # the janitor must outlive any bug in one pass
+                log.exception("hybrid-memory: janitor pass failed")
+
+    async def reclaim(self, older_than: float) -> int:
+        """Commit outbox entries older than `older_than` seconds that no live writer deleted."""
+        if self.cache is None or not self._redis_up():
+            return 0
+        self._drain()
+        mine = {e.xid for e in self._queue}
+        total = 0
+        while True:
+            found = [f for f in await self.cache.orphans(older_than, 1000) if f[1] not in mine]
+            if not found:
+                return total
+            rows: list[Row] = []
+            users: list[str] = []
+            acks: dict[str, list[str]] = {}
+            for stream, xid, sid, uid, elements in found:
+                for msg_id, el in elements:
+                    i = el.index(b":")
+                    body = el[i + 1:].decode("ascii")
+                    obj = _loads(body)
+                    rows.append(Row(sid, int(el[:i]), msg_id.decode("utf-8"), obj["r"], body, obj.get("t") or 0.0))
+                    users.append(uid)
+                acks.setdefault(stream, []).append(xid)
+            await self.commit(rows, users)
+            self.stats.reclaimed += len(rows)
+            await self.cache.ack(acks)
+            total += len(rows)
+            if len(found) < 1000:
+                return total

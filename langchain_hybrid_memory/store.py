@@ -1,0 +1,325 @@
+"""The PostgreSQL side: pool, versioned migrations, and every SQL statement the engine runs.
+
+The namespace is a PostgreSQL schema selected through `search_path`, so statements use bare table names and
+no SQL is ever built from user input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from .config import HybridConfig
+
+MIGRATIONS_PACKAGE = "langchain_hybrid_memory.migrations"
+_MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class StoreDown(Exception):
+    """PostgreSQL could not be reached or timed out."""
+
+
+_DOWN = (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresConnectionError,
+         asyncpg.exceptions.InterfaceError, asyncpg.exceptions.CannotConnectNowError,
+         asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
+         asyncpg.exceptions.TooManyConnectionsError)
+
+
+@dataclass(slots=True)
+class Row:
+    session_id: str
+    seq: int
+    msg_id: str
+    role: str
+    body: str
+    created_at: float
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every bundled migration, in order."""
+    out = []
+    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
+        m = _MIGRATION_RE.match(entry.name)
+        if m:
+            out.append((int(m.group(1)), entry.name, entry.read_text("utf-8")))
+    return sorted(out)
+
+
+# One statement, one round trip: insert the batch (skipping ids already stored and tombstoned sessions) and
+# bump each session's activity. ON CONFLICT DO NOTHING makes replays from the outbox harmless.
+_PERSIST = """
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::text[])
+        AS b(session_id, seq, msg_id, role, body, ts, user_id)
+), live AS (
+    SELECT b.* FROM batch b
+    WHERE NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.session_id = b.session_id AND b.seq <= t.upto_seq)
+), ins AS (
+    INSERT INTO messages (session_id, seq, msg_id, role, body, created_at)
+    SELECT session_id, seq, msg_id, role, body, to_timestamp(ts) FROM live
+    ON CONFLICT DO NOTHING
+    RETURNING session_id, seq
+), sess AS (
+    INSERT INTO sessions AS s (session_id, user_id, created_at, last_active_at)
+    SELECT session_id, max(NULLIF(user_id, '')), to_timestamp(min(ts)), to_timestamp(max(ts))
+    FROM live GROUP BY session_id
+    ON CONFLICT (session_id) DO UPDATE
+        SET last_active_at = GREATEST(s.last_active_at, EXCLUDED.last_active_at),
+            user_id = COALESCE(s.user_id, EXCLUDED.user_id)
+)
+SELECT session_id, seq FROM ins
+"""
+
+_WINDOWS = """
+SELECT q.session_id, s.session_id IS NOT NULL, s.user_id, coalesce(t.upto_seq, 0), m.seq, m.msg_id, m.body
+FROM unnest($1::text[]) AS q(session_id)
+LEFT JOIN sessions s ON s.session_id = q.session_id
+LEFT JOIN tombstones t ON t.session_id = q.session_id
+LEFT JOIN LATERAL (
+    SELECT seq, msg_id, body FROM messages
+    WHERE session_id = q.session_id ORDER BY seq DESC LIMIT $2
+) m ON s.session_id IS NOT NULL
+"""
+
+
+@dataclass(slots=True)
+class Window:
+    """The stored tail of one session."""
+
+    exists: bool
+    owner: str | None
+    floor_seq: int  # new sequence numbers must stay above this (a tombstone's)
+    rows: list[tuple[int, str, str]]  # (seq, msg_id, body), oldest first
+
+
+class PostgresStore:
+    def __init__(self, config: HybridConfig) -> None:
+        self.config = config
+        self.schema = config.namespace
+        self.pool: asyncpg.Pool | None = None
+
+    async def connect(self) -> None:
+        cfg = self.config
+        try:
+            self.pool = await asyncio.wait_for(asyncpg.create_pool(
+                cfg.database_dsn(), min_size=cfg.pg_pool_min, max_size=cfg.pg_pool_max,
+                command_timeout=cfg.pg_timeout, timeout=cfg.connect_timeout,
+                server_settings={"search_path": self.schema, "application_name": "hybrid-memory"},
+            ), cfg.connect_timeout * 2)
+        except _DOWN as exc:
+            raise StoreDown(type(exc).__name__) from None
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            try:
+                await asyncio.wait_for(self.pool.close(), self.config.pg_timeout)
+            except (TimeoutError, *_DOWN):
+                self.pool.terminate()
+
+    async def _run(self, method: str, sql: str, *args: Any) -> Any:
+        if self.pool is None:
+            raise StoreDown("not connected")
+        try:
+            async with self.pool.acquire(timeout=self.config.pg_timeout) as conn:
+                return await getattr(conn, method)(sql, *args, timeout=self.config.pg_timeout)
+        except _DOWN as exc:
+            raise StoreDown(type(exc).__name__) from None
+
+    # -- schema ------------------------------------------------------------------------------------------
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations under an advisory lock; return the names applied."""
+        if self.pool is None:
+            raise StoreDown("not connected")
+        applied: list[str] = []
+        try:
+            async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('hybrid_memory:' || $1, 0))",
+                                   self.schema)
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    "version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+                done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for version, name, sql in migrations():
+                    if version in done:
+                        continue
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                                       version, name)
+                    applied.append(name)
+        except _DOWN as exc:
+            raise StoreDown(type(exc).__name__) from None
+        return applied
+
+    async def schema_version(self) -> int:
+        exists = await self._run("fetchval", "SELECT to_regclass('schema_migrations') IS NOT NULL")
+        if not exists:
+            return 0
+        return int(await self._run("fetchval", "SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+    # -- write path --------------------------------------------------------------------------------------
+    async def persist(self, rows: Sequence[Row], users: Sequence[str]) -> set[tuple[str, int]]:
+        """Insert a batch idempotently; return the (session, seq) pairs that were new."""
+        if not rows:
+            return set()
+        cols: list[list[Any]] = [[], [], [], [], [], [], []]
+        for r, u in zip(rows, users, strict=True):
+            cols[0].append(r.session_id)
+            cols[1].append(r.seq)
+            cols[2].append(r.msg_id)
+            cols[3].append(r.role)
+            cols[4].append(r.body)
+            cols[5].append(r.created_at)
+            cols[6].append(u)
+        out = await self._run("fetch", _PERSIST, *cols)
+        return {(rec[0], rec[1]) for rec in out}
+
+    async def missing_ids(self, pairs: Sequence[tuple[str, str, int]]) -> set[tuple[str, str]]:
+        """Which (session, msg_id, seq) were neither stored nor deleted: their seq collided with another id."""
+        out = await self._run(
+            "fetch",
+            "SELECT q.s, q.i FROM unnest($1::text[], $2::text[], $3::bigint[]) AS q(s, i, seq)"
+            " WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.session_id = q.s AND m.msg_id = q.i)"
+            " AND NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.session_id = q.s AND q.seq <= t.upto_seq)",
+            [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs])
+        return {(r[0], r[1]) for r in out}
+
+    async def add_direct(self, session_id: str, user_id: str | None, ids: Sequence[str], roles: Sequence[str],
+                         payloads: Sequence[str], stamps: Sequence[float], *, floor_seq: int, mark_dirty: bool,
+                         ) -> tuple[str | None, list[int]]:
+        """Write straight to PostgreSQL (Redis down, or persistent mode).
+
+        Returns (owner, seqs). Sequence numbers follow the same rule as the Redis script:
+        max(last + 1, now in microseconds), serialised per session by an advisory lock.
+        """
+        if self.pool is None:
+            raise StoreDown("not connected")
+        try:
+            async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
+                t = self.config.pg_timeout
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", session_id, timeout=t)
+                owner = await conn.fetchval("SELECT user_id FROM sessions WHERE session_id = $1", session_id,
+                                            timeout=t)
+                if user_id is not None and owner is not None and owner != user_id:
+                    return owner, []
+                row = await conn.fetchrow(
+                    "SELECT coalesce((SELECT max(seq) FROM messages WHERE session_id = $1), 0),"
+                    " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,"
+                    " coalesce((SELECT upto_seq FROM tombstones WHERE session_id = $1), 0)",
+                    session_id, timeout=t)
+                last = max(row[0], floor_seq, row[2])
+                now = row[1]
+                existing = dict(await conn.fetch(
+                    "SELECT msg_id, seq FROM messages WHERE session_id = $1 AND msg_id = ANY($2::text[])",
+                    session_id, list(ids), timeout=t))
+                seqs: list[int] = []
+                new_rows = []
+                for msg_id, role, payload, ts in zip(ids, roles, payloads, stamps, strict=True):
+                    if msg_id in existing:
+                        seqs.append(existing[msg_id])
+                        continue
+                    last = max(last + 1, now)
+                    seqs.append(last)
+                    new_rows.append((session_id, last, msg_id, role, payload, ts))
+                if new_rows:
+                    await conn.executemany(
+                        "INSERT INTO messages (session_id, seq, msg_id, role, body, created_at)"
+                        " VALUES ($1, $2, $3, $4, $5, to_timestamp($6))", new_rows, timeout=t)
+                await conn.execute(
+                    "INSERT INTO sessions AS s (session_id, user_id) VALUES ($1, $2) ON CONFLICT (session_id)"
+                    " DO UPDATE SET last_active_at = now(), user_id = COALESCE(s.user_id, EXCLUDED.user_id)",
+                    session_id, user_id, timeout=t)
+                if mark_dirty:
+                    await conn.execute("INSERT INTO cache_dirty (session_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                                       session_id, timeout=t)
+                return owner if owner is not None else user_id, seqs
+        except _DOWN as exc:
+            raise StoreDown(type(exc).__name__) from None
+
+    # -- read path ---------------------------------------------------------------------------------------
+    async def windows(self, session_ids: Sequence[str], limit: int) -> dict[str, Window]:
+        """The last `limit` messages (oldest first), owner and seq floor of each session asked for."""
+        out: dict[str, Window] = {}
+        for rec in await self._run("fetch", _WINDOWS, list(session_ids), limit):
+            w = out.get(rec[0])
+            if w is None:
+                w = out[rec[0]] = Window(rec[1], rec[2], rec[3], [])
+            if rec[4] is not None:
+                w.rows.append((rec[4], rec[5], rec[6]))
+        for w in out.values():
+            w.rows.reverse()
+        return out
+
+    async def page(self, session_id: str, after_seq: int | None, limit: int | None
+                   ) -> list[tuple[int, str]]:
+        return [(r[0], r[1]) for r in await self._run(
+            "fetch",
+            "SELECT seq, body FROM messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            session_id, after_seq if after_seq is not None else -1, limit)]
+
+    async def owner(self, session_id: str) -> tuple[bool, str | None]:
+        rec = await self._run("fetchrow", "SELECT user_id FROM sessions WHERE session_id = $1", session_id)
+        return (rec is not None, rec[0] if rec else None)
+
+    async def count(self, session_id: str) -> int:
+        return int(await self._run("fetchval", "SELECT count(*) FROM messages WHERE session_id = $1", session_id))
+
+    async def max_seq(self, session_id: str) -> int:
+        return int(await self._run(
+            "fetchval", "SELECT coalesce(max(seq), 0) FROM messages WHERE session_id = $1", session_id))
+
+    # -- deletes and indexes -----------------------------------------------------------------------------
+    async def delete_sessions(self, session_ids: Sequence[str], upto: Sequence[int]) -> int:
+        """Delete sessions and leave tombstones so in-flight write-behind entries stay deleted."""
+        if self.pool is None:
+            raise StoreDown("not connected")
+        try:
+            async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
+                t = self.config.pg_timeout
+                sids = list(session_ids)
+                await conn.execute(
+                    "INSERT INTO tombstones AS t (session_id, upto_seq)"
+                    " SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT (session_id) DO UPDATE"
+                    " SET upto_seq = GREATEST(t.upto_seq, EXCLUDED.upto_seq), deleted_at = now()",
+                    sids, list(upto), timeout=t)
+                n = await conn.fetchval(
+                    "WITH d AS (DELETE FROM messages WHERE session_id = ANY($1::text[]) RETURNING 1)"
+                    " SELECT count(*) FROM d", sids, timeout=t)
+                await conn.execute("DELETE FROM sessions WHERE session_id = ANY($1::text[])", sids, timeout=t)
+                await conn.execute("DELETE FROM cache_dirty WHERE session_id = ANY($1::text[])", sids, timeout=t)
+                return int(n)
+        except _DOWN as exc:
+            raise StoreDown(type(exc).__name__) from None
+
+    async def user_sessions(self, user_id: str) -> list[str]:
+        return [r[0] for r in await self._run(
+            "fetch", "SELECT session_id FROM sessions WHERE user_id = $1 ORDER BY session_id", user_id)]
+
+    async def recent_sessions(self, limit: int, within_s: float | None) -> list[str]:
+        return [r[0] for r in await self._run(
+            "fetch",
+            "SELECT session_id FROM sessions WHERE $2::float8 IS NULL"
+            " OR last_active_at > now() - make_interval(secs => $2::float8)"
+            " ORDER BY last_active_at DESC LIMIT $1", limit, within_s)]
+
+    async def dirty_sessions(self, limit: int = 10_000) -> list[str]:
+        return [r[0] for r in await self._run("fetch", "SELECT session_id FROM cache_dirty LIMIT $1", limit)]
+
+    async def clear_dirty(self, session_ids: Sequence[str]) -> None:
+        await self._run("execute", "DELETE FROM cache_dirty WHERE session_id = ANY($1::text[])", list(session_ids))
+
+    async def prune_tombstones(self, older_than_s: float) -> None:
+        await self._run("execute", "DELETE FROM tombstones WHERE deleted_at < now() - make_interval(secs => $1)",
+                        older_than_s)
+
+    def pool_usage(self) -> tuple[int, int]:
+        if self.pool is None:
+            return 0, 0
+        size = self.pool.get_size()
+        return size - self.pool.get_idle_size(), size
