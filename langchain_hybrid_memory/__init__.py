@@ -14,13 +14,14 @@ from .errors import (
     StorageUnavailableError,
 )
 from .memory import HybridMemory
-from .messages import Message
+from .messages import Context, Message
 from .stats import CacheStats
 
 __all__ = [
     "BacklogFullError",
     "CacheStats",
     "ConfigurationError",
+    "Context",
     "HybridConfig",
     "HybridMemory",
     "HybridMemoryError",

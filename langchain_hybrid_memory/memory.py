@@ -25,7 +25,7 @@ from .errors import (
     StorageUnavailableError,
 )
 from .keys import KeyLayout
-from .messages import Message, check_session_id, check_user_id, decode, decode_element, prepare
+from .messages import Context, Message, check_session_id, check_user_id, decode, decode_element, prepare
 from .outbox import Pending, WriteBehind
 from .stats import CacheStats, Stats
 from .store import PostgresStore, Row, StoreDown
@@ -536,6 +536,13 @@ class HybridMemory:
         self._check_owner(w.owner, uid)
         fill = self._merge_fill(sid, w.owner, w.floor_seq, w.rows)
         return [decode_element(el) for _, el in fill.pairs[-limit:]]
+
+    def get_context(self, session_id: str, *, user_id: str | None = None) -> Context:
+        """Summary + recent window, the view a prompt should carry (summary is None until one exists)."""
+        return Context(None, self.get_recent_messages(session_id, user_id=user_id))
+
+    async def aget_context(self, session_id: str, *, user_id: str | None = None) -> Context:
+        return Context(None, await self.aget_recent_messages(session_id, user_id=user_id))
 
     def get_messages(self, session_id: str, *, after_seq: int | None = None, limit: int | None = None,
                      user_id: str | None = None) -> list[Message]:

@@ -43,6 +43,15 @@ class Message:
                 "seq": self.seq, "created_at": self.created_at}
 
 
+@dataclass(slots=True)
+class Context:
+    """What a model should see for a session: the summary of older turns (if any), then the recent window."""
+
+    summary: str | None
+    messages: list[Message]
+    summarized_upto_seq: int | None = None  # the last seq the summary covers
+
+
 def encode(msg: Message) -> str:
     """Serialise everything but `seq` (the engine prefixes it) to ASCII JSON."""
     obj: dict[str, Any] = {"i": msg.id, "r": msg.role, "c": msg.content, "t": msg.created_at}
