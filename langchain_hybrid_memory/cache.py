@@ -148,15 +148,20 @@ return out
 """
 
 # ARGV: 4 expected seq ('' = load only if not cached; else replace a partial window whose last seq is still
-# this one), then the fill block. Returns 1 if loaded, 0 if somebody wrote meanwhile (their data is newer).
+# this one), then the fill block. Returns {1 if loaded or 0 if somebody wrote meanwhile (their data is
+# newer and is kept), owner, the window's elements}.
 FILL = _COMMON + """
+local loaded = 1
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  if ARGV[4] == '' or redis.call('HGET', KEYS[2], 'partial') ~= '1' then return 0 end
-  if redis.call('HGET', KEYS[2], 'seq') ~= ARGV[4] then return 0 end
+  local partial = redis.call('HGET', KEYS[2], 'partial') == '1'
+  if ARGV[4] == '' or not partial or redis.call('HGET', KEYS[2], 'seq') ~= ARGV[4] then loaded = 0 end
 end
-fill(5)
+if loaded == 1 then fill(5) end
 touch(tonumber(ARGV[2]))
-return 1
+local out = redis.call('LRANGE', KEYS[1], 0, -1)
+table.insert(out, 1, redis.call('HGET', KEYS[2], 'uid') or '')
+table.insert(out, 1, loaded)
+return out
 """
 
 
@@ -326,10 +331,13 @@ class RedisCache(_Calls):
         keys, args = self.append_args(session_id, user_id, ids, payloads, persist, init)
         return self.append_result(await self._call(self._append(keys=keys, args=args)), len(ids))
 
-    async def fill(self, session_id: str, fill: Fill, expect_seq: int | None = None) -> bool:
+    async def fill(self, session_id: str, fill: Fill, expect_seq: int | None = None
+                   ) -> tuple[bool, str, list[bytes]]:
+        """Cache `fill` unless somebody wrote first; returns (loaded, owner, the window now cached)."""
         keys, args = self.head(session_id)
         args += ["" if expect_seq is None else str(expect_seq), *self.fill_args(fill)]
-        return bool(await self._call(self._fill(keys=keys, args=args)))
+        out = await self._call(self._fill(keys=keys, args=args))
+        return bool(out[0]), out[1].decode("utf-8"), out[2:]
 
     async def fill_many(self, fills: dict[str, Fill]) -> int:
         if not fills:
@@ -338,7 +346,7 @@ class RedisCache(_Calls):
         for sid, fill in fills.items():
             keys, args = self.head(sid)
             await self._fill(keys=keys, args=[*args, "", *self.fill_args(fill)], client=pipe)
-        return sum(int(x) for x in await self._call(pipe.execute()))
+        return sum(int(x[0]) for x in await self._call(pipe.execute()))
 
     async def last_seqs(self, session_ids: Sequence[str]) -> list[int]:
         pipe = self.client.pipeline(transaction=False)

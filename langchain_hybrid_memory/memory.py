@@ -434,8 +434,9 @@ class HybridMemory:
             return fill
         return self._merge_fill(sid, w.owner, w.floor_seq, w.rows)
 
-    def _merge_fill(self, sid: str, owner: str | None, floor: int, rows: list[tuple[int, str, str]]) -> Fill:
-        n = self.config.max_session_messages
+    def _merge_fill(self, sid: str, owner: str | None, floor: int, rows: list[tuple[int, str, str]],
+                    n: int | None = None) -> Fill:
+        n = n or self.config.max_session_messages
         merged = {seq: (msg_id, body) for seq, msg_id, body in rows}
         if self._wb is not None:
             for r in self._wb.pending_rows(sid):
@@ -520,10 +521,14 @@ class HybridMemory:
                 fill = await self._load_fill(sid, for_write=False)
                 self._check_owner(fill.owner, uid)
                 try:
-                    # `hit` is the partial window's last seq: replace it only if nobody wrote since.
-                    await self._cache.fill(sid, fill, expect_seq=hit)
+                    # `hit` is the partial window's last seq: replace it only if nobody wrote since. What
+                    # comes back is what is cached now: ours, merged with the outbox, or a newer writer's.
+                    _, owner, window = await self._cache.fill(sid, fill, expect_seq=hit)
                 except CacheDown:
                     self._redis_failed()
+                else:
+                    self._check_owner(owner or None, uid)
+                    return [decode_element(el) for el in window[-limit:]]
                 return [decode_element(el) for _, el in fill.pairs[-limit:]]
         # PostgreSQL path: Redis down, persistent mode, or a read deeper than the window.
         store = self._need_store()
@@ -534,7 +539,7 @@ class HybridMemory:
         except StoreDown as exc:
             raise self._store_down(exc) from None
         self._check_owner(w.owner, uid)
-        fill = self._merge_fill(sid, w.owner, w.floor_seq, w.rows)
+        fill = self._merge_fill(sid, w.owner, w.floor_seq, w.rows, limit)
         return [decode_element(el) for _, el in fill.pairs[-limit:]]
 
     def get_context(self, session_id: str, *, user_id: str | None = None) -> Context:

@@ -9,6 +9,7 @@ to a dead writer; any process's janitor commits them. Inserts are idempotent, so
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -57,6 +58,7 @@ class WriteBehind:
         self._committed = 0
         self._urgent = 0
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()  # cuts the batching delay short (flush, write-through, close)
         self._progress = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -134,6 +136,7 @@ class WriteBehind:
             return True
         self._urgent += 1
         self._wake.set()
+        self._hurry.set()
         try:
             async with self._progress:
                 await asyncio.wait_for(self._progress.wait_for(lambda: self._committed >= index), timeout)
@@ -177,7 +180,9 @@ class WriteBehind:
             await self._wake.wait()
             self._wake.clear()
             if self.config.write_behind_delay and not self._urgent and self.backlog < self.config.persist_batch_size:
-                await asyncio.sleep(self.config.write_behind_delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self.config.write_behind_delay)
+            self._hurry.clear()
             self._drain()
             while self._queue:
                 batch = self._take()

@@ -87,3 +87,23 @@ def pg_fetch(sql: str, *args: Any, url: str = PG_URL) -> list[asyncpg.Record]:
     # A thread of its own: callers may be inside a running event loop (async tests).
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, run()).result()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[Any]:
+    """A redis-server of this test's own, on a free port, that the test may kill."""
+    from servers import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[Any]:
+    """A PostgreSQL cluster of this module's own, on a free port, that tests may stop and start."""
+    from servers import PostgresServer
+
+    server = PostgresServer().init().start()
+    yield server
+    server.destroy()

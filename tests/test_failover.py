@@ -1,0 +1,161 @@
+"""Failover: Redis down or cut -> PostgreSQL serves, no error, no stale cache after; PostgreSQL down ->
+writes keep being acknowledged up to the backlog limit, cold reads raise a typed error; nothing hangs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+from conftest import PG_URL, REDIS_URL, pg_fetch
+from langchain_hybrid_memory import (
+    BacklogFullError,
+    HybridConfig,
+    HybridMemory,
+    Message,
+    StorageUnavailableError,
+)
+from servers import wait_port
+
+FAST = {"redis_timeout": 0.3, "health_check_interval": 0.2, "pg_timeout": 2.0, "connect_timeout": 1.0}
+
+
+def _wait(pred: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def _contents(msgs: list[Message]) -> list[str]:
+    return [m.content for m in msgs]  # type: ignore[misc]
+
+
+def test_redis_killed_then_restarted(private_redis, namespace):
+    memory = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=private_redis.url, namespace=namespace,
+                                       **FAST))
+    try:
+        memory.add_messages("s", [Message("human", "before")])
+        private_redis.kill()
+        # The caller sees no error: writes and reads go straight to PostgreSQL.
+        memory.add_messages("s", [Message("human", "during")])
+        assert _contents(memory.get_recent_messages("s")) == ["before", "during"]
+        memory.add_messages("new", [Message("human", "fresh session while down")])
+        assert _contents(memory.get_recent_messages("new")) == ["fresh session while down"]
+        stats = memory.get_cache_stats()
+        assert not stats.redis_up and stats.fallback_writes >= 2 and stats.fallback_reads >= 2
+        private_redis.start()  # comes back empty (no persistence)
+        _wait(lambda: memory.redis_available)
+        s0 = memory.get_cache_stats()
+        assert _contents(memory.get_recent_messages("s")) == ["before", "during"]  # miss, refilled
+        assert _contents(memory.get_recent_messages("s")) == ["before", "during"]  # hit
+        s1 = memory.get_cache_stats()
+        assert (s1.misses - s0.misses, s1.hits - s0.hits) == (1, 1)
+        memory.add_messages("s", [Message("human", "after")])
+        memory.flush()
+        rows = pg_fetch(f'SELECT body FROM "{namespace}".messages WHERE session_id = $1 ORDER BY seq', "s")
+        assert [r[0].split('"c":"')[1].split('"')[0] for r in rows] == ["before", "during", "after"]
+    finally:
+        memory.close()
+
+
+def test_network_cut_to_redis_never_serves_stale_window_after(private_redis, namespace):
+    """SIGSTOP keeps Redis's data but stops answering: connections hang, calls must time out."""
+    memory = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=private_redis.url, namespace=namespace,
+                                       **FAST))
+    other = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=private_redis.url, namespace=namespace,
+                                      **FAST))
+    try:
+        memory.add_messages("s", [Message("human", "pre")])
+        assert _contents(other.get_recent_messages("s")) == ["pre"]  # cached
+        assert private_redis.proc is not None
+        os.kill(private_redis.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            memory.add_messages("s", [Message("human", "during")])
+            stall = time.monotonic() - t0
+            assert stall < 3.0, f"write stalled {stall:.1f}s"
+            assert _contents(memory.get_recent_messages("s")) == ["pre", "during"]
+        finally:
+            os.kill(private_redis.proc.pid, signal.SIGCONT)
+        _wait(lambda: memory.redis_available)
+        # The pre-outage window is still in Redis; it must not be served to anyone.
+        assert _contents(other.get_recent_messages("s")) == ["pre", "during"]
+        assert _contents(memory.get_recent_messages("s")) == ["pre", "during"]
+    finally:
+        memory.close()
+        other.close()
+
+
+def _stop_tree(pid: int, sig: int) -> None:
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    for p in [pid, *map(int, children.split())]:
+        os.kill(p, sig)
+
+
+class TestPostgresDown:
+    def test_writes_acknowledged_up_to_backlog_then_clear_error(self, private_pg, namespace):
+        memory = HybridMemory(HybridConfig(database_url=private_pg.url, redis_url=REDIS_URL, namespace=namespace,
+                                           max_backlog=50, **FAST))
+        try:
+            memory.add_messages("hot", [Message("human", "warm")])
+            memory.add_messages("cold", [Message("human", "x")])
+            memory.flush()
+            memory.invalidate_session("cold")
+            private_pg.stop()
+            sent = []
+            for i in range(49):  # acknowledged from Redis while PostgreSQL is down
+                sent += memory.add_messages("hot", [Message("human", f"m{i}")])
+            assert len(memory.get_recent_messages("hot")) == 30  # hot reads still served
+            with pytest.raises(BacklogFullError):
+                memory.add_messages("hot", [Message("human", "one too many"), Message("human", "two")])
+            assert _contents(memory.get_recent_messages("hot"))[-1] == "m48"  # nothing half-written
+            with pytest.raises(StorageUnavailableError) as err:
+                memory.get_recent_messages("cold")  # a cold read cannot be served
+            assert "***" in str(err.value) or "postgres" not in str(err.value).split("@")[0]
+            # A brand-new session is accepted too (its window is marked partial until PostgreSQL is back).
+            memory.add_messages("brand-new", [Message("human", "hello")])
+            private_pg.start()
+            memory.flush(timeout=30)
+            assert memory.get_cache_stats().backlog == 0
+            n = pg_fetch(f'SELECT count(*) FROM "{namespace}".messages', url=private_pg.url)[0][0]
+            assert n == 2 + 49 + 1
+            assert _contents(memory.get_recent_messages("cold")) == ["x"]
+            assert _contents(memory.get_recent_messages("brand-new")) == ["hello"]
+        finally:
+            if not _port_open(private_pg.port):
+                private_pg.start()
+            memory.close()
+
+    def test_hung_postgres_times_out(self, private_pg, namespace):
+        memory = HybridMemory(HybridConfig(database_url=private_pg.url, redis_url=REDIS_URL, namespace=namespace,
+                                           **FAST))
+        try:
+            memory.add_messages("s", [Message("human", "x")])
+            memory.flush()
+            memory.invalidate_session("s")
+            pid = int((private_pg.data / "postmaster.pid").read_text().split()[0])
+            _stop_tree(pid, signal.SIGSTOP)
+            try:
+                t0 = time.monotonic()
+                with pytest.raises(StorageUnavailableError):
+                    memory.get_recent_messages("s")
+                assert time.monotonic() - t0 < 3 * FAST["pg_timeout"] + 2
+            finally:
+                _stop_tree(pid, signal.SIGCONT)
+            assert _contents(memory.get_recent_messages("s")) == ["x"]
+        finally:
+            memory.close()
+
+
+def _port_open(port: int) -> bool:
+    try:
+        wait_port(port, timeout=0.2)
+        return True
+    except TimeoutError:
+        return False

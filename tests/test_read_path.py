@@ -1,0 +1,113 @@
+"""Read path: a hit is one Redis round trip; a miss is one PostgreSQL query and a race-free refill."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+
+from conftest import PG_URL
+from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
+from langchain_hybrid_memory.cache import Fill
+
+
+def _calls(r: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+
+
+def test_hit_is_one_round_trip(private_redis, namespace):
+    memory = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=private_redis.url, namespace=namespace,
+                                       reclaim_interval=600))
+    try:
+        memory.add_messages("s", [Message("human", f"m{i}") for i in range(5)])
+        memory.flush()  # background acknowledgements done: only our read talks to Redis now
+        memory.get_recent_messages("s")  # scripts loaded, connection open
+        r = redis.Redis(port=private_redis.port)
+        before = _calls(r)
+        msgs = memory.get_recent_messages("s")
+        after = _calls(r)
+        assert [m.content for m in msgs] == [f"m{i}" for i in range(5)]
+        changed = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        assert changed.pop("evalsha") == 1
+        assert changed.pop("info") == 1
+        # Everything else ran inside that one script (commandstats also counts a script's own calls).
+        assert set(changed) <= {"exists", "hexists", "pexpire", "time", "zadd", "lrange", "hget"}
+    finally:
+        memory.close()
+
+
+def test_miss_loads_from_postgres_then_serves_from_cache(make_memory):
+    memory = make_memory(max_session_messages=4)
+    memory.add_messages("s", [Message("human", f"m{i}") for i in range(10)])
+    memory.flush()
+    memory.invalidate_session("s")
+    s0 = memory.get_cache_stats()
+    cold = memory.get_recent_messages("s")
+    hot = memory.get_recent_messages("s")
+    s1 = memory.get_cache_stats()
+    assert [m.content for m in cold] == ["m6", "m7", "m8", "m9"]
+    assert [(m.seq, m.content) for m in hot] == [(m.seq, m.content) for m in cold]
+    assert (s1.misses - s0.misses, s1.hits - s0.hits) == (1, 1)
+    assert s1.hit_rate > 0
+
+
+def test_a_fresh_engine_with_empty_redis_reads_postgres(make_memory):
+    first = make_memory()
+    sent = first.add_messages("s", [Message("human", f"m{i}") for i in range(8)])
+    first.flush()
+    first.invalidate_session("s")
+    second = make_memory()
+    assert [m.id for m in second.get_recent_messages("s")] == [m.id for m in sent]
+
+
+def test_refill_never_overwrites_newer_writes(make_memory):
+    memory = make_memory()
+    memory.add_messages("s", [Message("human", "old")])
+    memory.flush()
+    memory.invalidate_session("s")
+
+    async def race() -> list[str]:
+        assert memory._cache is not None
+        stale = await memory._load_fill("s", for_write=False)  # a reader loaded PostgreSQL's view...
+        await memory._add("s", None, [Message("human", "new")], ['{"i":"n1","r":"human","c":"new","t":1}'])
+        loaded, _, window = await memory._cache.fill("s", stale)  # ...and caches it after a newer write
+        assert loaded is False and len(window) == 2
+        return [m.content for m in await memory._recent_inner("s", None, 30)]
+
+    assert memory._run(race()) == ["old", "new"]
+
+
+def test_refill_includes_writes_still_in_the_outbox(make_memory):
+    """A window evicted while its last writes wait for PostgreSQL is rebuilt from PostgreSQL + the outbox."""
+    writer = make_memory(write_behind_delay=30)  # nothing reaches PostgreSQL during this test
+    reader = make_memory()
+    writer.add_messages("s", [Message("human", f"m{i}") for i in range(3)])
+    r = redis.Redis.from_url(writer.config.redis_dsn())
+    keys = writer.keys.session("s")
+    r.delete(keys.window, keys.meta, keys.ids)  # what eviction does
+    assert [m.content for m in reader.get_recent_messages("s")] == ["m0", "m1", "m2"]
+
+
+def test_limit_deeper_than_window_reads_postgres(make_memory):
+    memory = make_memory(max_session_messages=3)
+    memory.add_messages("s", [Message("human", f"m{i}") for i in range(10)])
+    assert [m.content for m in memory.get_recent_messages("s", 7)] == [f"m{i}" for i in range(3, 10)]
+    assert [m.content for m in memory.get_recent_messages("s", 2)] == ["m8", "m9"]
+
+
+def test_full_transcript_is_paginated(make_memory):
+    memory = make_memory(max_session_messages=3)
+    sent = memory.add_messages("s", [Message("human", f"m{i}") for i in range(10)])
+    page1 = memory.get_messages("s", limit=4)
+    page2 = memory.get_messages("s", after_seq=page1[-1].seq, limit=4)
+    page3 = memory.get_messages("s", after_seq=page2[-1].seq, limit=4)
+    assert [m.id for m in page1 + page2 + page3] == [m.id for m in sent]
+    assert len(page3) == 2
+
+
+async def test_async_reads(make_memory):
+    memory = make_memory()
+    await memory.aadd_messages("s", [Message("human", "a"), Message("ai", "b")])
+    got = await asyncio.gather(*(memory.aget_recent_messages("s") for _ in range(20)))
+    assert all([m.content for m in g] == ["a", "b"] for g in got)
+    assert [m.content for m in await memory.aget_messages("s")] == ["a", "b"]

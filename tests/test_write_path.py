@@ -1,0 +1,126 @@
+"""Write path: one order per session in Redis and PostgreSQL, idempotent ids, atomic trim + TTL, batching."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import redis
+
+from conftest import REDIS_URL, pg_fetch
+from langchain_hybrid_memory import HybridMemory, Message
+
+
+def _redis_seqs(memory: HybridMemory, sid: str) -> list[int]:
+    r = redis.Redis.from_url(REDIS_URL)
+    return [int(el.split(b":", 1)[0]) for el in r.lrange(memory.keys.session(sid).window, 0, -1)]
+
+
+def _pg_rows(ns: str, sid: str) -> list[tuple[int, str]]:
+    return [(r[0], r[1]) for r in pg_fetch(f'SELECT seq, msg_id FROM "{ns}".messages WHERE session_id = $1 '
+                                           "ORDER BY seq", sid)]
+
+
+def test_seq_strictly_increasing_and_same_order_in_redis_and_pg(make_memory, namespace):
+    memory = make_memory(max_session_messages=10)
+    out = []
+    for i in range(25):
+        out += memory.add_messages("s", [Message("human", f"m{i}"), Message("ai", f"r{i}")])
+    seqs = [m.seq for m in out]
+    assert all(isinstance(s, int) for s in seqs)
+    assert seqs == sorted(seqs) and len(set(seqs)) == 50
+    memory.flush()
+    rows = _pg_rows(namespace, "s")
+    assert [r[1] for r in rows] == [m.id for m in out]
+    assert [r[0] for r in rows] == seqs
+    # The window is the tail of exactly that order.
+    assert _redis_seqs(memory, "s") == seqs[-10:]
+    assert [m.content for m in memory.get_recent_messages("s")] == [m.content for m in out[-10:]]
+
+
+def test_retried_write_never_duplicates(make_memory, namespace):
+    memory = make_memory()
+    first = memory.add_messages("s", [Message("human", "hello", id="fixed-1"), Message("ai", "hi", id="fixed-2")])
+    again = memory.add_messages("s", [Message("human", "hello", id="fixed-1"), Message("ai", "hi", id="fixed-2")])
+    assert [m.seq for m in again] == [m.seq for m in first]
+    assert len(memory.get_recent_messages("s")) == 2
+    memory.flush()
+    assert len(_pg_rows(namespace, "s")) == 2
+    # After the cache is gone the ids are still deduplicated by PostgreSQL.
+    memory.invalidate_session("s")
+    memory.add_messages("s", [Message("human", "hello", id="fixed-1")])
+    memory.flush()
+    assert [r[1] for r in _pg_rows(namespace, "s")] == ["fixed-1", "fixed-2"]
+
+
+def test_trim_and_ttl_refresh_are_applied_with_the_write(make_memory):
+    memory = make_memory(max_session_messages=5, session_ttl=100)
+    memory.add_messages("s", [Message("human", str(i)) for i in range(12)])
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = memory.keys.session("s")
+    assert r.llen(keys.window) == 5
+    for key in (keys.window, keys.meta, keys.ids):
+        assert 0 < r.pttl(key) <= 100_000
+    r.pexpire(keys.window, 50_000)
+    memory.add_messages("s", [Message("human", "x")])
+    assert r.pttl(keys.window) > 50_000  # sliding TTL
+
+
+def test_persistence_is_batched_and_off_the_callers_path(make_memory, namespace):
+    memory = make_memory(write_behind_delay=0.5)
+    for i in range(40):
+        memory.add_messages(f"s{i % 4}", [Message("human", str(i))])
+    # Acknowledged from Redis: nothing had to wait for PostgreSQL.
+    stats = memory.get_cache_stats()
+    assert stats.backlog == 40
+    memory.flush()
+    stats = memory.get_cache_stats()
+    assert stats.backlog == 0 and stats.persisted == 40
+    assert stats.persist_batches < 40 / 4
+    assert pg_fetch(f'SELECT count(*) FROM "{namespace}".messages')[0][0] == 40
+    assert stats.outbox_entries == 0  # committed entries leave the Redis outbox
+
+
+def test_write_through_acknowledges_after_commit(make_memory, namespace):
+    memory = make_memory(async_writes=False, write_behind_delay=5)
+    memory.add_messages("s", [Message("human", "durable")])
+    # No flush: write-through returned only after PostgreSQL committed.
+    assert pg_fetch(f'SELECT count(*) FROM "{namespace}".messages')[0][0] == 1
+
+
+def test_concurrent_writers_one_order(make_memory, namespace):
+    a, b = make_memory(), make_memory()
+    errors: list[BaseException] = []
+
+    def writer(memory: HybridMemory, tag: str) -> None:
+        try:
+            for i in range(60):
+                memory.add_messages("shared", [Message("human", f"{tag}{i}", id=f"{tag}{i}")])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(m, tag)) for m, tag in ((a, "a"), (b, "b"), (a, "c"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    a.flush()
+    b.flush()
+    rows = _pg_rows(namespace, "shared")
+    assert len(rows) == 180
+    ids = [r[1] for r in rows]
+    for tag in "abc":  # each writer's own order is kept
+        mine = [i for i in ids if i.startswith(tag)]
+        assert mine == [f"{tag}{i}" for i in range(60)]
+    assert _redis_seqs(a, "shared") == [r[0] for r in rows][-30:]
+
+
+async def test_async_api_same_guarantees(make_memory, namespace):
+    memory = make_memory()
+    await asyncio.gather(*(memory.aadd_messages("s", [Message("human", f"{i}", id=f"id{i}")]) for i in range(30)))
+    await memory.aflush()
+    rows = _pg_rows(namespace, "s")
+    assert len(rows) == 30
+    window = await memory.aget_recent_messages("s")
+    assert [m.seq for m in window] == [r[0] for r in rows]
