@@ -14,8 +14,8 @@ import redis as syncredis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry as SyncRetry
 from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry as SyncRetry
 
 from .config import HybridConfig
 from .keys import KeyLayout

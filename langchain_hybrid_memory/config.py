@@ -32,7 +32,7 @@ def redact_url(url: str | None) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None and "@" not in parts.netloc:
+    if parts.password is None:
         return url
     userinfo, _, hostport = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]

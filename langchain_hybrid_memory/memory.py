@@ -402,7 +402,7 @@ class HybridMemory:
         floor = self._wb.pending_max_seq(sid) if self._wb is not None else 0
         hybrid = self.config.mode is Mode.HYBRID
         try:
-            owner, seqs = await store.add_direct(
+            _, seqs = await store.add_direct(
                 sid, uid, [m.id for m in items], [m.role for m in items], payloads,
                 [m.created_at or 0.0 for m in items], floor_seq=floor, mark_dirty=hybrid)
         except StoreDown as exc:
@@ -523,12 +523,12 @@ class HybridMemory:
                 try:
                     # `hit` is the partial window's last seq: replace it only if nobody wrote since. What
                     # comes back is what is cached now: ours, merged with the outbox, or a newer writer's.
-                    _, owner, window = await self._cache.fill(sid, fill, expect_seq=hit)
+                    _, owner, cached = await self._cache.fill(sid, fill, expect_seq=hit)
                 except CacheDown:
                     self._redis_failed()
                 else:
                     self._check_owner(owner or None, uid)
-                    return [decode_element(el) for el in window[-limit:]]
+                    return [decode_element(el) for el in cached[-limit:]]
                 return [decode_element(el) for _, el in fill.pairs[-limit:]]
         # PostgreSQL path: Redis down, persistent mode, or a read deeper than the window.
         store = self._need_store()

@@ -126,7 +126,7 @@ def prepare(messages: object, *, max_bytes: int, max_count: int, now: float | No
     """
     if isinstance(messages, (Message, dict, str, bytes)) or not hasattr(messages, "__iter__"):
         raise InvalidMessageError("messages must be a sequence of Message or dict")
-    items = [coerce(m) for m in messages]  # type: ignore[attr-defined]
+    items = [coerce(m) for m in messages]
     if len(items) > max_count:
         raise InvalidMessageError(f"{len(items)} messages in one call; the limit is {max_count}")
     stamp = time.time() if now is None else now

@@ -10,8 +10,9 @@ import sys
 import textwrap
 import time
 
-from conftest import PG_URL, REDIS_URL, pg_fetch
 from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
+
+from conftest import PG_URL, REDIS_URL, pg_fetch
 
 WRITER = textwrap.dedent("""
     import json, sys, time

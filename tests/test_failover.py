@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import pytest
 
-from conftest import PG_URL, REDIS_URL, pg_fetch
 from langchain_hybrid_memory import (
     BacklogFullError,
     HybridConfig,
@@ -19,6 +18,8 @@ from langchain_hybrid_memory import (
     Message,
     StorageUnavailableError,
 )
+
+from conftest import PG_URL, REDIS_URL, pg_fetch
 from servers import wait_port
 
 FAST = {"redis_timeout": 0.3, "health_check_interval": 0.2, "pg_timeout": 2.0, "connect_timeout": 1.0}

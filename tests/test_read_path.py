@@ -6,9 +6,9 @@ import asyncio
 
 import redis
 
-from conftest import PG_URL
 from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
-from langchain_hybrid_memory.cache import Fill
+
+from conftest import PG_URL
 
 
 def _calls(r: redis.Redis) -> dict[str, int]:

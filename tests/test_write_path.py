@@ -7,8 +7,9 @@ import threading
 
 import redis
 
-from conftest import REDIS_URL, pg_fetch
 from langchain_hybrid_memory import HybridMemory, Message
+
+from conftest import REDIS_URL, pg_fetch
 
 
 def _redis_seqs(memory: HybridMemory, sid: str) -> list[int]:
