@@ -371,6 +371,13 @@ class RedisCache(_Calls):
             pipe.zrem(k.active, sid)
         await self._call(pipe.execute())
 
+    async def active_sessions(self) -> list[str]:
+        """Sessions touched within the TTL (session_only mode has no other index)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in self.keys.all_active():
+            pipe.zrange(key, 0, -1)
+        return sorted({m.decode("utf-8") for members in await self._call(pipe.execute()) for m in members})
+
     async def index_user(self, user_id: str, session_id: str) -> None:
         key = self.keys.user(user_id)
         pipe = self.client.pipeline(transaction=False)

@@ -25,7 +25,7 @@ from .errors import (
     StorageUnavailableError,
 )
 from .keys import KeyLayout
-from .messages import Context, Message, check_session_id, check_user_id, decode, decode_element, prepare
+from .messages import Context, Message, check_session_id, check_user_id, decode, decode_element, encode, prepare
 from .outbox import Pending, WriteBehind
 from .stats import CacheStats, Stats
 from .store import PostgresStore, Row, StoreDown
@@ -698,6 +698,68 @@ class HybridMemory:
                 raise self._store_down(exc) from None
         await self._drop_cached(sids)
         return deleted
+
+    def delete_messages(self, session_id: str, seqs: Iterable[int], *, user_id: str | None = None) -> int:
+        """Delete single messages by `seq` from both stores; returns how many PostgreSQL held."""
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        return self._run(self._delete_messages(sid, uid, [int(s) for s in seqs]))
+
+    async def adelete_messages(self, session_id: str, seqs: Iterable[int], *, user_id: str | None = None) -> int:
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        return await self._arun(self._delete_messages(sid, uid, [int(s) for s in seqs]))
+
+    async def _delete_messages(self, sid: str, uid: str | None, seqs: list[int]) -> int:
+        await self._ensure_started()
+        if uid is not None:
+            self._check_owner(await self._owner_of(sid), uid)
+        if not seqs:
+            return 0
+        if self._store is None:  # session_only: rebuild the window without them
+            kept = [m for m in await self._recent_inner(sid, None, self.config.max_session_messages)
+                    if m.seq not in set(seqs)]
+            await self._drop_cached([sid])
+            if kept:
+                assert self._cache is not None
+                fill = Fill(max(m.seq or 0 for m in kept), uid, [])
+                fill.pairs = [(m.id, f"{m.seq}:{encode(m)}".encode()) for m in kept]
+                await self._cache.fill(sid, fill)
+            return 0
+        # Commit this process's queued writes first, so the row exists before it is deleted.
+        await self._flush(self.config.pg_timeout)
+        try:
+            n = await self._store.delete_messages(sid, seqs)
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+        await self._drop_cached([sid])
+        return n
+
+    def list_sessions(self, *, user_id: str | None = None, limit: int | None = None) -> list[str]:
+        """Session ids (of one user, if given), sorted; from PostgreSQL, or Redis in session_only mode."""
+        return self._run(self._list_sessions(check_user_id(user_id, self.config.max_session_id_length), limit))
+
+    async def alist_sessions(self, *, user_id: str | None = None, limit: int | None = None) -> list[str]:
+        return await self._arun(
+            self._list_sessions(check_user_id(user_id, self.config.max_session_id_length), limit))
+
+    async def _list_sessions(self, uid: str | None, limit: int | None) -> list[str]:
+        await self._ensure_started()
+        if self._store is not None:
+            try:
+                found = set(await self._store.list_sessions(uid, None))
+            except StoreDown as exc:
+                raise self._store_down(exc) from None
+            if self._wb is not None and uid is None:  # sessions whose first writes are still queued
+                found.update(self._wb.pending_sessions())
+        elif uid is not None:
+            found = set(await self._user_sessions(uid))
+        else:
+            assert self._cache is not None
+            try:
+                found = set(await self._cache.active_sessions())
+            except CacheDown:
+                raise StorageUnavailableError("Redis is unreachable and mode is session_only") from None
+        out = sorted(found)
+        return out[:limit] if limit is not None else out
 
     def delete_user(self, user_id: str) -> int:
         """Erase every session of `user_id` from Redis and PostgreSQL; returns how many sessions."""

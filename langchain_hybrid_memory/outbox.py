@@ -113,6 +113,10 @@ class WriteBehind:
         self._drain()
         return list(self._by_session.get(session_id, ()))
 
+    def pending_sessions(self) -> list[str]:
+        self._drain()
+        return list(self._by_session)
+
     def pending_max_seq(self, session_id: str) -> int:
         self._drain()
         rows = self._by_session.get(session_id)

@@ -297,6 +297,18 @@ class PostgresStore:
         except _DOWN as exc:
             raise StoreDown(type(exc).__name__) from None
 
+    async def delete_messages(self, session_id: str, seqs: Sequence[int]) -> int:
+        return int(await self._run(
+            "fetchval",
+            "WITH d AS (DELETE FROM messages WHERE session_id = $1 AND seq = ANY($2::bigint[]) RETURNING 1)"
+            " SELECT count(*) FROM d", session_id, list(seqs)))
+
+    async def list_sessions(self, user_id: str | None, limit: int | None) -> list[str]:
+        return [r[0] for r in await self._run(
+            "fetch",
+            "SELECT session_id FROM sessions WHERE $1::text IS NULL OR user_id = $1 ORDER BY session_id LIMIT $2",
+            user_id, limit)]
+
     async def user_sessions(self, user_id: str) -> list[str]:
         return [r[0] for r in await self._run(
             "fetch", "SELECT session_id FROM sessions WHERE user_id = $1 ORDER BY session_id", user_id)]

@@ -118,7 +118,7 @@ class TestPostgresDown:
             assert _contents(memory.get_recent_messages("hot"))[-1] == "m48"  # nothing half-written
             with pytest.raises(StorageUnavailableError) as err:
                 memory.get_recent_messages("cold")  # a cold read cannot be served
-            assert "***" in str(err.value) or "postgres" not in str(err.value).split("@")[0]
+            assert "unreachable" in str(err.value)
             # A brand-new session is accepted too (its window is marked partial until PostgreSQL is back).
             memory.add_messages("brand-new", [Message("human", "hello")])
             private_pg.start()

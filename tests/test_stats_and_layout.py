@@ -183,3 +183,17 @@ def test_postgres_unreachable_at_start_is_a_typed_error(namespace):
     with pytest.raises(StorageUnavailableError, match="unreachable"):
         memory.add_messages("s", [Message("human", "x")])
     memory.close()
+
+
+def test_delete_single_messages_and_list_sessions(make_memory, namespace):
+    memory = make_memory(max_session_messages=4)
+    sent = memory.add_messages("s", [Message("human", f"m{i}") for i in range(6)], user_id="u")
+    memory.add_messages("t", [Message("human", "other")])
+    assert memory.delete_messages("s", [sent[1].seq, sent[5].seq]) == 2  # type: ignore[list-item]
+    assert [m.content for m in memory.get_messages("s")] == ["m0", "m2", "m3", "m4"]
+    assert [m.content for m in memory.get_recent_messages("s")] == ["m0", "m2", "m3", "m4"]
+    assert memory.list_sessions() == ["s", "t"]
+    assert memory.list_sessions(user_id="u") == ["s"]
+    assert memory.list_sessions(limit=1) == ["s"]
+    with pytest.raises(SessionOwnershipError):
+        memory.delete_messages("s", [sent[0].seq], user_id="intruder")  # type: ignore[list-item]
