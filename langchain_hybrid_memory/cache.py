@@ -21,11 +21,14 @@ from .config import HybridConfig
 from .keys import KeyLayout
 
 # Every script takes KEYS = window, meta, ids, outbox, active and starts its ARGV with
-# 1 session_id, 2 ttl_ms, 3 window_max. The meta hash's presence means "this window is complete".
+# 1 session_id, 2 ttl_ms, 3 capacity (elements kept), 4 summary threshold (0 = auto-summarize off).
+# The meta hash's presence means "this window is complete". Its fields: seq (last assigned), uid (owner),
+# partial, sum_upto / sum_text (the latest summary), unsum (messages after the summary).
 #
 # `fill(b)` loads a window from the store. Its ARGV block starts at index b: base_seq, owner, partial (1/0),
-# n, then n pairs (message id, element). It merges in the session's entries still in the bucket's outbox
-# (acknowledged by some process, maybe not yet in PostgreSQL), so a reload never loses a recent write.
+# sum_upto, sum_text, unsum, n, then n pairs (message id, element). It merges in the session's entries still in
+# the bucket's outbox (acknowledged by some process, maybe not yet in PostgreSQL), so a reload never loses a
+# recent write.
 _COMMON = """
 local function touch(ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
@@ -38,11 +41,13 @@ local function seq_of(el)
   return tonumber(string.match(el, '^(%d+):'))
 end
 local function fill(b)
-  local n = tonumber(ARGV[b + 3])
+  local n = tonumber(ARGV[b + 6])
   local byseq, order = {}, {}
   local base = tonumber(ARGV[b])
+  local sum_upto = tonumber(ARGV[b + 3])
+  local unsum = tonumber(ARGV[b + 5])
   for k = 0, n - 1 do
-    local id, el = ARGV[b + 4 + 2 * k], ARGV[b + 5 + 2 * k]
+    local id, el = ARGV[b + 7 + 2 * k], ARGV[b + 8 + 2 * k]
     local s = seq_of(el)
     byseq[s] = {id, el}
     order[#order + 1] = s
@@ -55,6 +60,7 @@ local function fill(b)
         if not byseq[s] then
           byseq[s] = {f[j], f[j + 1]}
           order[#order + 1] = s
+          if s > sum_upto then unsum = unsum + 1 end
         end
       end
     end
@@ -66,33 +72,35 @@ local function fill(b)
     local s = order[k]
     redis.call('RPUSH', KEYS[1], byseq[s][2])
     redis.call('ZADD', KEYS[3], s, byseq[s][1])
-    if s > base then base = s end
   end
-  redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', base))
+  if #order > 0 and order[#order] > base then base = order[#order] end
+  redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', base), 'unsum', unsum,
+             'sum_upto', ARGV[b + 3], 'sum_text', ARGV[b + 4])
   if ARGV[b + 1] ~= '' then redis.call('HSET', KEYS[2], 'uid', ARGV[b + 1]) end
   if ARGV[b + 2] == '1' then redis.call('HSET', KEYS[2], 'partial', '1') else redis.call('HDEL', KEYS[2], 'partial') end
-  return b + 4 + 2 * n
+  return b + 7 + 2 * n
 end
 """
 
-# ARGV: 4 idempotency_keep, 5 persist (1/0), 6 user_id ('' = none), 7 has_init (1/0),
+# ARGV: 5 idempotency_keep, 6 persist (1/0), 7 user_id ('' = none), 8 has_init (1/0),
 #       [fill block if has_init], then n, then n pairs (id, payload).
 # Returns {-1} when the window is not cached and no init data was given, {-2, owner} on an ownership
-# conflict, else {1 or 2 (2: the user was bound now), outbox entry id or '', seq_1..seq_n, new_1..new_n}.
+# conflict, else {1 or 2 (2: the user was bound now), outbox entry id or '', summary due (1/0),
+# seq_1..seq_n, new_1..new_n}.
 APPEND = _COMMON + """
-local i = 8
+local i = 9
 if redis.call('EXISTS', KEYS[2]) == 0 then
-  if ARGV[7] ~= '1' then return {-1} end
-  i = fill(8)
-elseif ARGV[7] == '1' then
-  i = 8 + 4 + 2 * tonumber(ARGV[11])
+  if ARGV[8] ~= '1' then return {-1} end
+  i = fill(9)
+elseif ARGV[8] == '1' then
+  i = 9 + 7 + 2 * tonumber(ARGV[15])
 end
 local status = 1
 local owner = redis.call('HGET', KEYS[2], 'uid')
-if ARGV[6] ~= '' then
-  if owner and owner ~= ARGV[6] then return {-2, owner} end
+if ARGV[7] ~= '' then
+  if owner and owner ~= ARGV[7] then return {-2, owner} end
   if not owner then
-    redis.call('HSET', KEYS[2], 'uid', ARGV[6])
+    redis.call('HSET', KEYS[2], 'uid', ARGV[7])
     status = 2
   end
 end
@@ -123,45 +131,69 @@ for k = 0, n - 1 do
   end
 end
 redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', last))
+local unsum = redis.call('HINCRBY', KEYS[2], 'unsum', #fields / 2)
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[4]) - 1)
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
 touch(tonumber(ARGV[2]))
 local xid = ''
-if ARGV[5] == '1' and #fields > 0 then
-  xid = redis.call('XADD', KEYS[4], '*', 's', ARGV[1], 'u', ARGV[6], unpack(fields))
+if ARGV[6] == '1' and #fields > 0 then
+  xid = redis.call('XADD', KEYS[4], '*', 's', ARGV[1], 'u', ARGV[7], unpack(fields))
 end
-local out = {status, xid}
+local threshold = tonumber(ARGV[4])
+local due = 0
+if threshold > 0 and unsum >= threshold then due = 1 end
+local out = {status, xid, due}
 for k = 1, n do out[#out + 1] = seqs[k] end
 for k = 1, n do out[#out + 1] = news[k] end
 return out
 """
 
-# ARGV: 4 limit. Returns false on a miss, the last seq (an integer) when the window is partial (written
-# while PostgreSQL was down, so older history is missing), else {owner or '', element_1..element_k}.
+# ARGV: 5 limit (0 = the context view: every cached element, with the summary fields).
+# Returns false on a miss, the last seq (an integer) when the window is partial (written while PostgreSQL
+# was down, so older history is missing), else {owner or '', element_1..element_k} for a limit, or
+# {owner, sum_upto, sum_text, unsum, element_1..element_k} for the context view.
 READ = _COMMON + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return false end
 if redis.call('HEXISTS', KEYS[2], 'partial') == 1 then return tonumber(redis.call('HGET', KEYS[2], 'seq')) end
 touch(tonumber(ARGV[2]))
-local out = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[4]), -1)
-table.insert(out, 1, redis.call('HGET', KEYS[2], 'uid') or '')
+local limit = tonumber(ARGV[5])
+if limit > 0 then
+  local out = redis.call('LRANGE', KEYS[1], -limit, -1)
+  table.insert(out, 1, redis.call('HGET', KEYS[2], 'uid') or '')
+  return out
+end
+local meta = redis.call('HMGET', KEYS[2], 'uid', 'sum_upto', 'sum_text', 'unsum')
+local out = redis.call('LRANGE', KEYS[1], 0, -1)
+for k = 4, 1, -1 do table.insert(out, 1, meta[k] or '') end
 return out
 """
 
-# ARGV: 4 expected seq ('' = load only if not cached; else replace a partial window whose last seq is still
+# ARGV: 5 expected seq ('' = load only if not cached; else replace a partial window whose last seq is still
 # this one), then the fill block. Returns {1 if loaded or 0 if somebody wrote meanwhile (their data is
-# newer and is kept), owner, the window's elements}.
+# newer and is kept), owner, the cached elements}.
 FILL = _COMMON + """
 local loaded = 1
 if redis.call('EXISTS', KEYS[2]) == 1 then
   local partial = redis.call('HGET', KEYS[2], 'partial') == '1'
-  if ARGV[4] == '' or not partial or redis.call('HGET', KEYS[2], 'seq') ~= ARGV[4] then loaded = 0 end
+  if ARGV[5] == '' or not partial or redis.call('HGET', KEYS[2], 'seq') ~= ARGV[5] then loaded = 0 end
 end
-if loaded == 1 then fill(5) end
+if loaded == 1 then fill(6) end
 touch(tonumber(ARGV[2]))
 local out = redis.call('LRANGE', KEYS[1], 0, -1)
 table.insert(out, 1, redis.call('HGET', KEYS[2], 'uid') or '')
 table.insert(out, 1, loaded)
 return out
+"""
+
+# ARGV: 5 upto_seq, 6 text, 7 messages covered. Publishes a new summary to a cached window (if any), unless
+# a newer one is there already. Returns 1 if stored.
+SET_SUMMARY = _COMMON + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if tonumber(redis.call('HGET', KEYS[2], 'sum_upto') or '0') >= tonumber(ARGV[5]) then return 0 end
+redis.call('HSET', KEYS[2], 'sum_upto', ARGV[5], 'sum_text', ARGV[6])
+local left = redis.call('HINCRBY', KEYS[2], 'unsum', -tonumber(ARGV[7]))
+if left < 0 then redis.call('HSET', KEYS[2], 'unsum', 0) end
+return 1
 """
 
 
@@ -183,12 +215,25 @@ class Fill:
     owner: str | None
     pairs: list[tuple[str, bytes]]  # (message id, element b"<seq>:<payload>") oldest first
     partial: bool = False  # PostgreSQL was unreachable: older history is missing from this window
+    sum_upto: int = 0  # the latest summary covers messages up to this seq
+    sum_text: str = ""
+    unsum: int = 0  # messages stored after the summary
+
+
+@dataclass(slots=True)
+class CachedContext:
+    owner: str
+    sum_upto: int
+    sum_text: str
+    unsum: int  # how many messages follow the summary: the cache covers them all only if it holds that many
+    elements: list[bytes]
 
 
 @dataclass(slots=True)
 class AppendResult:
     bound: bool  # the session was bound to the user by this call
     xid: str
+    due: bool  # enough messages follow the summary for the next one
     seqs: list[int]
     new: list[bool]
 
@@ -217,14 +262,17 @@ class _Calls:
         self.config = config
         self.keys = keys
         self._ttl_ms = int(config.session_ttl * 1000)
+        self._capacity = config.cache_capacity
+        self._threshold = config.summary_threshold
 
     def head(self, session_id: str) -> tuple[list[str], list[Any]]:
         k = self.keys.session(session_id)
-        return list(k.all), [session_id, self._ttl_ms, self.config.max_session_messages]
+        return list(k.all), [session_id, self._ttl_ms, self._capacity, self._threshold]
 
     @staticmethod
     def fill_args(fill: Fill) -> list[Any]:
-        args: list[Any] = [fill.base_seq, fill.owner or "", 1 if fill.partial else 0, len(fill.pairs)]
+        args: list[Any] = [fill.base_seq, fill.owner or "", 1 if fill.partial else 0, fill.sum_upto,
+                           fill.sum_text, fill.unsum, len(fill.pairs)]
         for msg_id, element in fill.pairs:
             args += (msg_id, element)
         return args
@@ -234,6 +282,13 @@ class _Calls:
         if out is None or isinstance(out, int):
             return out
         return out[0].decode("utf-8"), out[1:]
+
+    @staticmethod
+    def context_result(out: Any) -> CachedContext | int | None:
+        if out is None or isinstance(out, int):
+            return out
+        return CachedContext(out[0].decode("utf-8"), int(out[1] or 0), out[2].decode("utf-8"), int(out[3] or 0),
+                             out[4:])
 
     def append_args(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str],
                     persist: bool, init: Fill | None) -> tuple[list[str], list[Any]]:
@@ -253,8 +308,8 @@ class _Calls:
             return None
         if status == -2:
             raise OwnershipConflict(out[1].decode("utf-8"))
-        return AppendResult(bound=status == 2, xid=out[1].decode() if out[1] else "",
-                            seqs=[int(s) for s in out[2:2 + n]], new=[s == b"1" for s in out[2 + n:2 + 2 * n]])
+        return AppendResult(bound=status == 2, xid=out[1].decode() if out[1] else "", due=out[2] == 1,
+                            seqs=[int(s) for s in out[3:3 + n]], new=[s == b"1" for s in out[3 + n:3 + 2 * n]])
 
 
 class SyncHotPath(_Calls):
@@ -283,6 +338,16 @@ class SyncHotPath(_Calls):
             raise CacheDown(type(exc).__name__) from None
         return self.read_result(out)
 
+    def context(self, session_id: str) -> CachedContext | int | None:
+        keys, args = self.head(session_id)
+        try:
+            out = self._read(keys=keys, args=[*args, 0])
+        except ResponseError:
+            raise
+        except (RedisError, OSError) as exc:
+            raise CacheDown(type(exc).__name__) from None
+        return self.context_result(out)
+
     def append(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str], *,
                persist: bool) -> AppendResult | None:
         keys, args = self.append_args(session_id, user_id, ids, payloads, persist, None)
@@ -305,6 +370,7 @@ class RedisCache(_Calls):
         self._append = self.client.register_script(APPEND)
         self._read = self.client.register_script(READ)
         self._fill = self.client.register_script(FILL)
+        self._set_summary = self.client.register_script(SET_SUMMARY)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -324,6 +390,15 @@ class RedisCache(_Calls):
         """None on a miss; the last seq (int) if the window is partial; else (owner, elements)."""
         keys, args = self.head(session_id)
         return self.read_result(await self._call(self._read(keys=keys, args=[*args, limit])))
+
+    async def context(self, session_id: str) -> CachedContext | int | None:
+        """The summary fields and every cached element (None: miss; int: partial window)."""
+        keys, args = self.head(session_id)
+        return self.context_result(await self._call(self._read(keys=keys, args=[*args, 0])))
+
+    async def set_summary(self, session_id: str, upto_seq: int, text: str, covered: int) -> bool:
+        keys, args = self.head(session_id)
+        return bool(await self._call(self._set_summary(keys=keys, args=[*args, upto_seq, text, covered])))
 
     async def append(self, session_id: str, user_id: str | None, ids: Sequence[str],
                      payloads: Sequence[str], *, persist: bool, init: Fill | None = None) -> AppendResult | None:

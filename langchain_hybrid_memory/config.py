@@ -61,6 +61,14 @@ class HybridConfig(BaseModel):
     async_writes: bool = True
     write_behind_delay: float = Field(0.05, ge=0)
 
+    # Auto-summarization: messages that left the window are compressed, chunk by chunk, into a summary.
+    enable_auto_summarize: bool = False
+    summarize_chunk_size: int = Field(30, ge=2)  # messages beyond the window that trigger the next summary
+    summary_max_tokens: int = Field(512, ge=16)  # budget of one summary
+    summary_model: str = "gpt-4o-mini"
+    summary_timeout: float = Field(60.0, gt=0)  # one summarizer call
+    summary_retry_base: float = Field(2.0, gt=0)  # first retry delay after a failure; doubles, capped at 300 s
+
     # Limits on input: refused with a typed error before anything is written.
     max_message_bytes: int = Field(1_000_000, ge=64)
     max_messages_per_add: int = Field(1000, ge=1)
@@ -117,9 +125,25 @@ class HybridConfig(BaseModel):
     def _mode_needs(self) -> HybridConfig:
         if self.mode is not Mode.SESSION_ONLY and self.database_url is None:
             raise ValueError(f"mode {self.mode.value!r} needs database_url (or env DATABASE_URL)")
+        if self.enable_auto_summarize and self.mode is Mode.SESSION_ONLY:
+            raise ValueError("enable_auto_summarize needs PostgreSQL (mode hybrid or persistent)")
         if self.pg_pool_min > self.pg_pool_max:
             raise ValueError("pg_pool_min must not exceed pg_pool_max")
         return self
+
+    @property
+    def cache_capacity(self) -> int:
+        """Elements cached per session: the window, plus room for what awaits summarization."""
+        if not self.enable_auto_summarize:
+            return self.max_session_messages
+        return self.max_session_messages + 2 * self.summarize_chunk_size
+
+    @property
+    def summary_threshold(self) -> int:
+        """Messages after the summary that make the next one due (0: auto-summarize off)."""
+        if not self.enable_auto_summarize:
+            return 0
+        return self.max_session_messages + self.summarize_chunk_size
 
     @classmethod
     def from_env(cls, **overrides: Any) -> HybridConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import time
 import weakref
@@ -16,10 +17,11 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._loop import EngineLoop
-from .cache import AppendResult, CacheDown, Fill, OwnershipConflict, RedisCache, SyncHotPath
+from .cache import AppendResult, CachedContext, CacheDown, Fill, OwnershipConflict, RedisCache, SyncHotPath
 from .config import HybridConfig, Mode, redact_url
 from .errors import (
     BacklogFullError,
+    HybridMemoryError,
     MemoryClosedError,
     SessionOwnershipError,
     StorageUnavailableError,
@@ -28,7 +30,9 @@ from .keys import KeyLayout
 from .messages import Context, Message, check_session_id, check_user_id, decode, decode_element, encode, prepare
 from .outbox import Pending, WriteBehind
 from .stats import CacheStats, Stats
-from .store import PostgresStore, Row, StoreDown
+from .store import PostgresStore, Row, StoreDown, Window
+from .summarize import SummaryWorker
+from .summarizers import TokenCounter, as_summarizer, default_summarizer, default_token_counter
 
 log = logging.getLogger("langchain_hybrid_memory")
 T = TypeVar("T")
@@ -39,7 +43,10 @@ ProgressFn = Callable[[int, int], None]
 class HybridMemory:
     """Chat memory on a Redis window over PostgreSQL. No I/O happens until the first call."""
 
-    def __init__(self, config: HybridConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: HybridConfig | None = None, *, summarizer: Any = None,
+                 token_counter: TokenCounter | None = None, **overrides: Any) -> None:
+        """`summarizer`: a Summarizer, LangChain chat model, LlamaIndex LLM or `fn(previous, messages)`;
+        default OpenAI when OPENAI_API_KEY is set, else the offline one. Used when enable_auto_summarize."""
         if config is None:
             config = HybridConfig.from_env(**overrides)
         elif overrides:
@@ -61,6 +68,9 @@ class HybridMemory:
         self._pg_up = config.mode is not Mode.SESSION_ONLY
         self._probe: asyncio.Task[None] | None = None
         self._dirty: set[str] = set()  # sessions written to PostgreSQL directly while Redis was down
+        self._summarizer_arg = summarizer
+        self._token_counter = token_counter
+        self._summaries: SummaryWorker | None = None
         self._atexit = _register_atexit(self)
 
     def __repr__(self) -> str:
@@ -96,6 +106,14 @@ class HybridMemory:
                 self._wb = WriteBehind(cfg, self._cache, self._store, self._stats,
                                        lambda: self._redis_up, self._set_pg_up)
                 self._wb.start()
+                if cfg.enable_auto_summarize:
+                    summarizer = (as_summarizer(self._summarizer_arg) if self._summarizer_arg is not None
+                                  else default_summarizer(cfg.summary_model, cfg.summary_timeout))
+                    self._summaries = SummaryWorker(
+                        cfg, self._store, self._wb, self._stats, summarizer,
+                        self._token_counter or default_token_counter(),
+                        lambda: self._cache if self._redis_up else None)
+                    self._summaries.start()
             self._started = True
 
     async def _start(self) -> None:
@@ -121,6 +139,8 @@ class HybridMemory:
             return
         if self._probe is not None:
             self._probe.cancel()
+        if self._summaries is not None:
+            await self._summaries.stop()
         if self._wb is not None:
             if not await self._wb.flush(flush_timeout):
                 log.warning("hybrid-memory: closing with %d acknowledged messages not yet in PostgreSQL; "
@@ -279,8 +299,14 @@ class HybridMemory:
             return None
         return Pending(self.keys.session(sid).outbox if res.xid else "", res.xid, sid, uid or "", rows)
 
+    def _summary_due(self, sid: str) -> None:
+        if self._summaries is not None:
+            self._summaries.request(sid)
+
     def _hot_done(self, sid: str, uid: str | None, items: list[Message], payloads: list[str],
                   res: AppendResult, t0: float) -> list[Message]:
+        if res.due:
+            self._soon(self._summary_due, sid)
         entry = self._appended(sid, uid, items, payloads, res)
         if entry is not None:
             assert self._wb is not None
@@ -388,6 +414,8 @@ class HybridMemory:
         assert res is not None
         if res.bound and uid is not None:
             await self._cache.index_user(uid, sid)
+        if res.due:
+            self._summary_due(sid)
         entry = self._appended(sid, uid, items, payloads, res)
         if wb is not None and entry is not None:
             index = wb.add(entry)
@@ -415,14 +443,14 @@ class HybridMemory:
             self._stats.fallback_writes += 1
         for msg, seq in zip(items, seqs, strict=True):
             msg.seq = seq
+        self._summary_due(sid)  # the worker checks PostgreSQL's count itself
 
     async def _load_fill(self, sid: str, *, for_write: bool) -> Fill:
         """The window to cache for `sid`: PostgreSQL's tail merged with this process's uncommitted rows."""
-        n = self.config.max_session_messages
         if self._store is None:
             return Fill(0, None, [])
         try:
-            w = (await self._store.windows([sid], n))[sid]
+            w = (await self._store.windows([sid], self.config.cache_capacity))[sid]
         except StoreDown as exc:
             if not for_write:
                 raise self._store_down(exc) from None
@@ -432,7 +460,16 @@ class HybridMemory:
             fill = self._merge_fill(sid, None, 0, [])
             fill.partial = True
             return fill
-        return self._merge_fill(sid, w.owner, w.floor_seq, w.rows)
+        return self._window_fill(sid, w)
+
+    def _window_fill(self, sid: str, w: Window) -> Fill:
+        fill = self._merge_fill(sid, w.owner, w.floor_seq, w.rows, self.config.cache_capacity)
+        fill.sum_upto, fill.sum_text = w.sum_upto, w.sum_text
+        stored = {seq for seq, _, _ in w.rows}
+        extra = sum(1 for r in self._wb.pending_rows(sid) if r.seq > w.sum_upto and r.seq not in stored) \
+            if self._wb is not None else 0
+        fill.unsum = w.unsum + extra
+        return fill
 
     def _merge_fill(self, sid: str, owner: str | None, floor: int, rows: list[tuple[int, str, str]],
                     n: int | None = None) -> Fill:
@@ -543,11 +580,143 @@ class HybridMemory:
         return [decode_element(el) for _, el in fill.pairs[-limit:]]
 
     def get_context(self, session_id: str, *, user_id: str | None = None) -> Context:
-        """Summary + recent window, the view a prompt should carry (summary is None until one exists)."""
-        return Context(None, self.get_recent_messages(session_id, user_id=user_id))
+        """What a prompt should carry: the summary of older turns (if any), then every message after it.
+
+        Without auto-summarization this is the recent window. One Redis round trip when cached.
+        """
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        if not self.config.enable_auto_summarize:
+            return Context(None, self.get_recent_messages(sid, user_id=uid))
+        probe: Any = _UNKNOWN
+        if self._hot(0) and self._sync is not None:
+            t0 = time.perf_counter()
+            try:
+                probe = self._sync.context(sid)
+            except CacheDown:
+                self._soon(self._redis_failed)
+            ctx = self._cached_context(probe, uid, t0)
+            if ctx is not None:
+                return ctx
+        return self._run(self._context(sid, uid))
 
     async def aget_context(self, session_id: str, *, user_id: str | None = None) -> Context:
-        return Context(None, await self.aget_recent_messages(session_id, user_id=user_id))
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        if not self.config.enable_auto_summarize:
+            return Context(None, await self.aget_recent_messages(sid, user_id=uid))
+        if self._hot(0):
+            t0 = time.perf_counter()
+            probe: Any = _UNKNOWN
+            try:
+                probe = await self._loop_cache().context(sid)
+            except CacheDown:
+                self._soon(self._redis_failed)
+            ctx = self._cached_context(probe, uid, t0)
+            if ctx is not None:
+                return ctx
+        return await self._arun(self._context(sid, uid))
+
+    def _cached_context(self, probe: Any, uid: str | None, t0: float) -> Context | None:
+        """The context from one cached read, if the cache holds every message after the summary."""
+        if not isinstance(probe, CachedContext):
+            return None
+        self._check_owner(probe.owner or None, uid)
+        msgs = [m for m in map(decode_element, probe.elements) if (m.seq or 0) > probe.sum_upto]
+        if len(msgs) != probe.unsum:
+            return None  # summarization lags behind the cache's capacity: read PostgreSQL
+        self._stats.hits += 1
+        self._stats.reads += 1
+        self._stats.read_lat.append(time.perf_counter() - t0)
+        return Context(probe.sum_text or None, msgs, probe.sum_upto or None)
+
+    async def _context(self, sid: str, uid: str | None) -> Context:
+        await self._ensure_started()
+        if self._use_cache():
+            # A miss loads the window (with the summary fields) into Redis; read the cached view after it.
+            await self._recent_inner(sid, uid, self.config.max_session_messages)
+            assert self._cache is not None
+            with contextlib.suppress(CacheDown):
+                t0 = time.perf_counter()
+                ctx = self._cached_context(await self._cache.context(sid), uid, t0)
+                if ctx is not None:
+                    return ctx
+        store = self._need_store()
+        try:
+            if uid is not None:
+                self._check_owner((await store.owner(sid))[1], uid)
+            _, upto, text, _, rows = await store.summary_state(sid, 100_000)
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+        merged = {seq: body for seq, _, body in rows}
+        if self._wb is not None:
+            for r in self._wb.pending_rows(sid):
+                if r.seq > upto:
+                    merged[r.seq] = r.body
+        return Context(text or None, [decode(seq, body) for seq, body in sorted(merged.items())], upto or None)
+
+    def get_summaries(self, session_id: str) -> list[dict[str, Any]]:
+        """Every stored summary of the session, oldest first (ranges, text, model, token counts, time)."""
+        sid = check_session_id(session_id, self.config.max_session_id_length)
+        return self._run(self._get_summaries(sid))
+
+    async def aget_summaries(self, session_id: str) -> list[dict[str, Any]]:
+        sid = check_session_id(session_id, self.config.max_session_id_length)
+        return await self._arun(self._get_summaries(sid))
+
+    async def _get_summaries(self, sid: str) -> list[dict[str, Any]]:
+        await self._ensure_started()
+        try:
+            return await self._need_store().summaries(sid)
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+
+    def set_auto_summarize(self, session_id: str, enabled: bool) -> None:
+        """The per-session kill switch (stored in PostgreSQL, honoured by every process)."""
+        sid = check_session_id(session_id, self.config.max_session_id_length)
+        self._run(self._set_auto_summarize(sid, enabled))
+
+    async def aset_auto_summarize(self, session_id: str, enabled: bool) -> None:
+        sid = check_session_id(session_id, self.config.max_session_id_length)
+        await self._arun(self._set_auto_summarize(sid, enabled))
+
+    async def _set_auto_summarize(self, sid: str, enabled: bool) -> None:
+        await self._ensure_started()
+        try:
+            await self._need_store().set_summarize(sid, enabled)
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+        if enabled:
+            self._summary_due(sid)
+
+    def summarize_now(self, session_id: str) -> int:
+        """Make the summaries that are due for this session now (waits for the LLM); returns how many."""
+        sid = check_session_id(session_id, self.config.max_session_id_length)
+        return self._run(self._summarize_now(sid))
+
+    async def asummarize_now(self, session_id: str) -> int:
+        sid = check_session_id(session_id, self.config.max_session_id_length)
+        return await self._arun(self._summarize_now(sid))
+
+    async def _summarize_now(self, sid: str) -> int:
+        await self._ensure_started()
+        if self._summaries is None:
+            raise HybridMemoryError("auto-summarization is off (enable_auto_summarize=False)")
+        try:
+            return await self._summaries.summarize(sid)
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+
+    def wait_for_summaries(self, timeout: float | None = 60.0) -> bool:
+        """Wait until no summary is due or running; False on timeout (e.g. the LLM keeps failing)."""
+        return self._run(self._wait_summaries(timeout))
+
+    async def await_for_summaries(self, timeout: float | None = 60.0) -> bool:
+        return await self._arun(self._wait_summaries(timeout))
+
+    async def _wait_summaries(self, timeout: float | None) -> bool:
+        await self._ensure_started()
+        if self._summaries is None:
+            return True
+        return await self._summaries.wait_idle(timeout)
 
     def get_messages(self, session_id: str, *, after_seq: int | None = None, limit: int | None = None,
                      user_id: str | None = None) -> list[Message]:
@@ -809,11 +978,10 @@ class HybridMemory:
         for i in range(0, len(sids), chunk):
             part = list(dict.fromkeys(sids[i:i + chunk]))
             try:
-                windows = await self._store.windows(part, self.config.max_session_messages)
+                windows = await self._store.windows(part, self.config.cache_capacity)
             except StoreDown as exc:
                 raise self._store_down(exc) from None
-            fills = {sid: self._merge_fill(sid, w.owner, w.floor_seq, w.rows)
-                     for sid, w in windows.items() if w.exists}
+            fills = {sid: self._window_fill(sid, w) for sid, w in windows.items() if w.exists}
             try:
                 loaded += await self._cache.fill_many(fills)
             except CacheDown:
@@ -905,7 +1073,10 @@ class HybridMemory:
             outbox_entries=outbox, pg_pool_in_use=in_use, pg_pool_size=size, read_p50_ms=r50, read_p99_ms=r99,
             write_p50_ms=w50, write_p99_ms=w99, reads=s.reads, writes=s.writes, fallback_reads=s.fallback_reads,
             fallback_writes=s.fallback_writes, persisted=s.persisted, persist_batches=s.persist_batches,
-            persist_failures=s.persist_failures, reclaimed=s.reclaimed, redis_errors=s.redis_errors)
+            persist_failures=s.persist_failures, reclaimed=s.reclaimed, redis_errors=s.redis_errors,
+            summaries=s.summaries, summary_failures=s.summary_failures,
+            summary_queue=self._summaries.queued if self._summaries else 0,
+            last_summary_error=self._summaries.last_error if self._summaries else None)
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations; returns the names applied."""

@@ -42,6 +42,10 @@ class CacheStats:
     persist_failures: int
     reclaimed: int
     redis_errors: int
+    summaries: int  # summaries stored by this process
+    summary_failures: int
+    summary_queue: int  # sessions due or waiting to retry
+    last_summary_error: str | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +58,7 @@ class Stats:
         self.fallback_reads = self.fallback_writes = 0
         self.persisted = self.persist_batches = self.persist_failures = 0
         self.reclaimed = self.redis_errors = 0
+        self.summaries = self.summary_failures = 0
         self.read_lat: deque[float] = deque(maxlen=window)
         self.write_lat: deque[float] = deque(maxlen=window)
 

@@ -77,10 +77,17 @@ SELECT session_id, seq FROM ins
 """
 
 _WINDOWS = """
-SELECT q.session_id, s.session_id IS NOT NULL, s.user_id, coalesce(t.upto_seq, 0), m.seq, m.msg_id, m.body
+SELECT q.session_id, s.session_id IS NOT NULL, s.user_id, coalesce(t.upto_seq, 0),
+       coalesce(sm.upto_seq, 0), coalesce(sm.text, ''), coalesce(cnt.n, 0), m.seq, m.msg_id, m.body
 FROM unnest($1::text[]) AS q(session_id)
 LEFT JOIN sessions s ON s.session_id = q.session_id
 LEFT JOIN tombstones t ON t.session_id = q.session_id
+LEFT JOIN LATERAL (
+    SELECT upto_seq, text FROM summaries WHERE session_id = q.session_id ORDER BY upto_seq DESC LIMIT 1
+) sm ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) AS n FROM messages c WHERE $3 AND c.session_id = q.session_id AND c.seq > coalesce(sm.upto_seq, 0)
+) cnt ON true
 LEFT JOIN LATERAL (
     SELECT seq, msg_id, body FROM messages
     WHERE session_id = q.session_id ORDER BY seq DESC LIMIT $2
@@ -95,6 +102,9 @@ class Window:
     exists: bool
     owner: str | None
     floor_seq: int  # new sequence numbers must stay above this (a tombstone's)
+    sum_upto: int  # the latest summary covers up to this seq (0: none)
+    sum_text: str
+    unsum: int  # messages after the summary (counted only when auto-summarize is on)
     rows: list[tuple[int, str, str]]  # (seq, msg_id, body), oldest first
 
 
@@ -246,12 +256,13 @@ class PostgresStore:
     async def windows(self, session_ids: Sequence[str], limit: int) -> dict[str, Window]:
         """The last `limit` messages (oldest first), owner and seq floor of each session asked for."""
         out: dict[str, Window] = {}
-        for rec in await self._run("fetch", _WINDOWS, list(session_ids), limit):
+        counting = self.config.enable_auto_summarize
+        for rec in await self._run("fetch", _WINDOWS, list(session_ids), limit, counting):
             w = out.get(rec[0])
             if w is None:
-                w = out[rec[0]] = Window(rec[1], rec[2], rec[3], [])
-            if rec[4] is not None:
-                w.rows.append((rec[4], rec[5], rec[6]))
+                w = out[rec[0]] = Window(rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], [])
+            if rec[7] is not None:
+                w.rows.append((rec[7], rec[8], rec[9]))
         for w in out.values():
             w.rows.reverse()
         return out
@@ -291,6 +302,7 @@ class PostgresStore:
                 n = await conn.fetchval(
                     "WITH d AS (DELETE FROM messages WHERE session_id = ANY($1::text[]) RETURNING 1)"
                     " SELECT count(*) FROM d", sids, timeout=t)
+                await conn.execute("DELETE FROM summaries WHERE session_id = ANY($1::text[])", sids, timeout=t)
                 await conn.execute("DELETE FROM sessions WHERE session_id = ANY($1::text[])", sids, timeout=t)
                 await conn.execute("DELETE FROM cache_dirty WHERE session_id = ANY($1::text[])", sids, timeout=t)
                 return int(n)
@@ -308,6 +320,59 @@ class PostgresStore:
             "fetch",
             "SELECT session_id FROM sessions WHERE $1::text IS NULL OR user_id = $1 ORDER BY session_id LIMIT $2",
             user_id, limit)]
+
+    # -- summaries ---------------------------------------------------------------------------------------
+    async def summary_state(self, session_id: str, limit: int
+                            ) -> tuple[bool, int, str, int, list[tuple[int, str, str]]]:
+        """(enabled, upto_seq, text, messages after it, the first `limit` of them as (seq, role, body))."""
+        rec = await self._run(
+            "fetchrow",
+            "SELECT coalesce((SELECT summarize_enabled FROM sessions WHERE session_id = $1), true),"
+            " coalesce(sm.upto_seq, 0), coalesce(sm.text, ''),"
+            " (SELECT count(*) FROM messages WHERE session_id = $1 AND seq > coalesce(sm.upto_seq, 0))"
+            " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT upto_seq, text FROM summaries WHERE session_id = $1"
+            " ORDER BY upto_seq DESC LIMIT 1) sm ON true", session_id)
+        rows = await self._run(
+            "fetch", "SELECT seq, role, body FROM messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            session_id, rec[1], limit)
+        return rec[0], rec[1], rec[2], rec[3], [(r[0], r[1], r[2]) for r in rows]
+
+    async def lease(self, session_id: str, owner: str, seconds: float) -> bool:
+        """Take the session's summarization lease if it is free or expired."""
+        return bool(await self._run(
+            "fetchval",
+            "UPDATE sessions SET summary_lease_until = now() + make_interval(secs => $3), summary_lease_owner = $2"
+            " WHERE session_id = $1 AND summarize_enabled"
+            " AND (summary_lease_until IS NULL OR summary_lease_until < now() OR summary_lease_owner = $2)"
+            " RETURNING true", session_id, owner, seconds))
+
+    async def release(self, session_id: str, owner: str) -> None:
+        await self._run(
+            "execute", "UPDATE sessions SET summary_lease_until = NULL, summary_lease_owner = NULL"
+            " WHERE session_id = $1 AND summary_lease_owner = $2", session_id, owner)
+
+    async def add_summary(self, session_id: str, prev_upto: int, from_seq: int, upto_seq: int, count: int,
+                          text: str, model: str, input_tokens: int | None, output_tokens: int | None) -> bool:
+        """Insert the next summary only if the previous one is still the latest (no overlap, ever)."""
+        return bool(await self._run(
+            "fetchval",
+            "INSERT INTO summaries (session_id, from_seq, upto_seq, message_count, text, model, input_tokens,"
+            " output_tokens) SELECT $1, $3, $4, $5, $6, $7, $8, $9"
+            " WHERE coalesce((SELECT max(upto_seq) FROM summaries WHERE session_id = $1), 0) = $2"
+            " ON CONFLICT DO NOTHING RETURNING true",
+            session_id, prev_upto, from_seq, upto_seq, count, text, model, input_tokens, output_tokens))
+
+    async def summaries(self, session_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self._run(
+            "fetch", "SELECT from_seq, upto_seq, message_count, text, model, input_tokens, output_tokens,"
+            " extract(epoch FROM created_at) AS created_at FROM summaries WHERE session_id = $1 ORDER BY upto_seq",
+            session_id)]
+
+    async def set_summarize(self, session_id: str, enabled: bool) -> None:
+        await self._run(
+            "execute", "INSERT INTO sessions AS s (session_id, summarize_enabled) VALUES ($1, $2)"
+            " ON CONFLICT (session_id) DO UPDATE SET summarize_enabled = EXCLUDED.summarize_enabled",
+            session_id, enabled)
 
     async def user_sessions(self, user_id: str) -> list[str]:
         return [r[0] for r in await self._run(

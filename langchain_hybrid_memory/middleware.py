@@ -1,0 +1,317 @@
+"""Memory for LangChain 1.x agents (`langchain.agents.create_agent`); needs the `agents` extra.
+
+`HybridMemoryMiddleware` loads summary + window before a run and persists what the run added.
+`HybridSummarizer` plugs into `SummarizationMiddleware(summarizer=...)` and hands the summary to the engine.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, NotRequired, cast
+
+from langchain.agents.middleware.summarization import DEFAULT_SUMMARY_PROMPT
+from langchain.agents.middleware.types import AgentMiddleware, AgentState, PrivateStateAttr
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage, get_buffer_string
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
+from langgraph.runtime import Runtime
+
+from ._lc_convert import DEFAULT_SUMMARY_TEMPLATE, build_view, engine_id, is_summary_message, to_engine_batch
+from .memory import HybridMemory
+from .messages import Context
+
+log = logging.getLogger("langchain_hybrid_memory")
+
+STATE_KEY = "hybrid_memory"  # the private state key below
+_CONFIG_KEY_RUNTIME = "__pregel_runtime"  # where LangGraph keeps the Runtime in a run's config
+
+
+class HybridMemoryState(AgentState[Any]):
+    """Agent state plus the middleware's private bookkeeping (never in the agent's input or output)."""
+
+    # {"session_id": str, "last_id": str | None}: the last state message known to be in the engine.
+    hybrid_memory: NotRequired[Annotated[dict[str, Any], PrivateStateAttr]]
+
+
+def _lookup(source: Any, key: str) -> Any:
+    if source is None:
+        return None
+    if isinstance(source, Mapping):
+        return source.get(key)
+    return getattr(source, key, None)
+
+
+def resolve_conversation(*, session_id: str | None, user_id: str | None, session_key: str, user_key: str,
+                         runtime: Runtime[Any] | None, config: RunnableConfig | None) -> tuple[str, str | None]:
+    """The (session id, user id) of the current run.
+
+    Session: the fixed `session_id`, else `runtime.context[session_key]`, else the run's `thread_id`.
+    User: the fixed `user_id`, else `runtime.context[user_key]`.
+    """
+    configurable: Mapping[str, Any] = (config or {}).get("configurable") or {}
+    if runtime is None:
+        runtime = configurable.get(_CONFIG_KEY_RUNTIME)
+    context = runtime.context if runtime is not None else None
+    sid = session_id or _lookup(context, session_key)
+    if sid is None:
+        info = runtime.execution_info if runtime is not None else None
+        sid = (info.thread_id if info is not None else None) or configurable.get("thread_id")
+    if sid is None:
+        raise ValueError(
+            "hybrid memory needs a conversation id: run the agent with "
+            "config={'configurable': {'thread_id': ...}} or a context carrying "
+            f"{session_key!r}, or pass session_id= to the middleware")
+    uid = user_id or _lookup(context, user_key)
+    return str(sid), (str(uid) if uid is not None else None)
+
+
+def _current_config() -> RunnableConfig | None:
+    # Hooks get the Runtime but not the config; the thread id lives in the config.
+    try:
+        from langgraph.config import get_config
+
+        return get_config()
+    except RuntimeError:  # called outside a graph run
+        return None
+
+
+class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any, Any]):
+    """Gives a `create_agent` agent the conversation's memory from `HybridMemory`.
+
+    Before the run it loads the summary + recent window of the conversation (the session is
+    `context[session_key]` if the runtime context has it, else the `thread_id` of the config) and puts it
+    before the new input. It persists new messages through the engine (write-behind) before each model call
+    and after the run, so a summarizer always finds what it summarizes in the engine. It never deletes
+    anything from the engine: when `SummarizationMiddleware` compacts the agent state, the transcript keeps
+    every message, and the compacted state's summary message is not stored as a turn.
+
+    Without a checkpointer (replacing one): the engine is the memory. Each run starts from summary + window,
+    on any process, and the state of a run is thrown away after it.
+
+    With a checkpointer (combining): the checkpoint holds the thread's working state, the engine holds the
+    durable transcript. The window is loaded only into a thread that does not have it yet (a new thread, or one
+    whose checkpoint was lost); after that the checkpoint is the view and the middleware only persists.
+    Messages already in the state (same id) are never loaded twice.
+
+    Put it before `SummarizationMiddleware` in `middleware=[...]`, so messages are persisted before they are
+    summarized. One thread should map to one session.
+    """
+
+    state_schema = HybridMemoryState
+
+    def __init__(self, memory: HybridMemory, *, session_id: str | None = None, user_id: str | None = None,
+                 session_key: str = "session_id", user_key: str = "user_id",
+                 summary_template: str = DEFAULT_SUMMARY_TEMPLATE) -> None:
+        super().__init__()
+        self.memory = memory
+        self.session_id = session_id
+        self.user_id = user_id
+        self.session_key = session_key
+        self.user_key = user_key
+        self.summary_template = summary_template
+
+    def _conversation(self, runtime: Runtime[Any]) -> tuple[str, str | None]:
+        return resolve_conversation(session_id=self.session_id, user_id=self.user_id, session_key=self.session_key,
+                                    user_key=self.user_key, runtime=runtime, config=_current_config())
+
+    # -- load ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _loaded(state: HybridMemoryState, sid: str) -> bool:
+        mark = state.get("hybrid_memory")
+        return mark is not None and mark.get("session_id") == sid
+
+    def _load_update(self, state: HybridMemoryState, sid: str, ctx: Context) -> dict[str, Any]:
+        view = build_view(ctx, self.summary_template)
+        current = list(state["messages"])
+        present = {m.id for m in current}
+        history = [m for m in view if m.id not in present]
+        merged = history + current
+        # The watermark: the end of the longest prefix already in the engine. Everything after it is persisted.
+        known = {m.id for m in view}
+        last_id: str | None = None
+        for m in merged:
+            if m.id not in known:
+                break
+            last_id = m.id
+        update: dict[str, Any] = {STATE_KEY: {"session_id": sid, "last_id": last_id}}
+        if history:
+            # The new input is already in the state: rebuild it so history comes first.
+            update["messages"] = [RemoveMessage(id=REMOVE_ALL_MESSAGES), *history, *current]
+        return update
+
+    def before_agent(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        sid, uid = self._conversation(runtime)
+        if self._loaded(state, sid):
+            return None
+        return self._load_update(state, sid, self.memory.get_context(sid, user_id=uid))
+
+    async def abefore_agent(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        sid, uid = self._conversation(runtime)
+        if self._loaded(state, sid):
+            return None
+        return self._load_update(state, sid, await self.memory.aget_context(sid, user_id=uid))
+
+    # -- persist ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _pending(state: HybridMemoryState) -> tuple[list[BaseMessage], dict[str, Any]]:
+        msgs = state["messages"]
+        mark = dict(state.get("hybrid_memory") or {})
+        start = 0
+        last = mark.get("last_id")
+        if last is not None:
+            for i in range(len(msgs) - 1, -1, -1):
+                if msgs[i].id == last:
+                    start = i + 1
+                    break
+            # Not found: SummarizationMiddleware removed it. Re-adding the compacted (short) state is harmless:
+            # message ids make the engine's writes idempotent.
+        new: list[BaseMessage] = [m for m in msgs[start:] if not is_summary_message(m)]
+        if msgs:
+            mark["last_id"] = msgs[-1].id
+        return new, mark
+
+    def _persist(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        new, mark = self._pending(state)
+        if not new:
+            return None
+        sid, uid = self._conversation(runtime)
+        self.memory.add_messages(sid, to_engine_batch(new), user_id=uid)
+        return {STATE_KEY: {**mark, "session_id": sid}}
+
+    async def _apersist(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        new, mark = self._pending(state)
+        if not new:
+            return None
+        sid, uid = self._conversation(runtime)
+        await self.memory.aadd_messages(sid, to_engine_batch(new), user_id=uid)
+        return {STATE_KEY: {**mark, "session_id": sid}}
+
+    def before_model(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        return self._persist(state, runtime)
+
+    async def abefore_model(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        return await self._apersist(state, runtime)
+
+    def after_agent(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        return self._persist(state, runtime)
+
+    async def aafter_agent(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        return await self._apersist(state, runtime)
+
+
+# -- summaries --------------------------------------------------------------------------------------------
+SummarizeFn = (
+    BaseChatModel
+    | Runnable[list[AnyMessage], str]
+    | Callable[[list[AnyMessage]], str]
+    | Callable[[list[AnyMessage]], Awaitable[str]]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRecord:
+    """A summary the engine should keep: it covers the session up to `upto_message_id` (an engine id)."""
+
+    session_id: str
+    user_id: str | None
+    summary: str
+    upto_message_id: str | None
+
+
+class HybridSummarizer(Runnable[list[AnyMessage], str]):
+    """Summary writer for `SummarizationMiddleware(model, summarizer=HybridSummarizer(memory, summarize))`.
+
+    `summarize` writes the text: a chat model (prompted with `prompt`), a Runnable, or a sync/async function
+    of the messages. The summary goes back to `SummarizationMiddleware` (which compacts the agent state) and
+    to the engine, for the run's session (resolved like `HybridMemoryMiddleware` does), so that every later
+    view of the session (`get_context`, `HybridChatMessageHistory`, a fresh agent run) carries it.
+
+    The engine side is one method, `HybridMemory.save_summary(session_id, summary, *, upto_message_id,
+    user_id)` and its async twin `asave_summary`, added by the summarization issue. Until the engine has it,
+    the summary only lives in the agent state, and `save_summary` is the seam to fill.
+    """
+
+    def __init__(self, memory: HybridMemory, summarize: SummarizeFn, *, session_id: str | None = None,
+                 user_id: str | None = None, session_key: str = "session_id", user_key: str = "user_id",
+                 prompt: str = DEFAULT_SUMMARY_PROMPT) -> None:
+        self.memory = memory
+        self.summarize = summarize
+        self.session_id = session_id
+        self.user_id = user_id
+        self.session_key = session_key
+        self.user_key = user_key
+        self.prompt = prompt
+
+    def _prompt(self, messages: list[AnyMessage]) -> str:
+        return self.prompt.format(messages=get_buffer_string(messages, format="xml")).rstrip()
+
+    def _record(self, messages: list[AnyMessage], summary: Any, config: RunnableConfig) -> SummaryRecord:
+        if not isinstance(summary, str):
+            raise TypeError(f"the summarizer must return a str, got {type(summary).__name__}")
+        sid, uid = resolve_conversation(session_id=self.session_id, user_id=self.user_id,
+                                        session_key=self.session_key, user_key=self.user_key, runtime=None,
+                                        config=config)
+        last = messages[-1].id if messages else None
+        return SummaryRecord(sid, uid, summary.strip(), engine_id(last) if last is not None else None)
+
+    def invoke(self, input: list[AnyMessage], config: RunnableConfig | None = None, **kwargs: Any) -> str:
+        config = ensure_config(config)
+        fn = self.summarize
+        if isinstance(fn, BaseChatModel):
+            summary: Any = fn.invoke(self._prompt(input), config).text
+        elif isinstance(fn, Runnable):
+            summary = fn.invoke(input, config)
+        else:
+            summary = fn(input)
+            if inspect.isawaitable(summary):
+                close = getattr(summary, "close", None)
+                if close is not None:
+                    close()
+                raise TypeError("an async summarize function needs async invocation (ainvoke)")
+        record = self._record(input, summary, config)
+        self.save(record)
+        return record.summary
+
+    async def ainvoke(self, input: list[AnyMessage], config: RunnableConfig | None = None, **kwargs: Any) -> str:
+        config = ensure_config(config)
+        fn = self.summarize
+        if isinstance(fn, BaseChatModel):
+            summary: Any = (await fn.ainvoke(self._prompt(input), config)).text
+        elif isinstance(fn, Runnable):
+            summary = await fn.ainvoke(input, config)
+        else:
+            summary = fn(input)
+            if inspect.isawaitable(summary):
+                summary = await summary
+        record = self._record(input, summary, config)
+        await self.asave(record)
+        return record.summary
+
+    # The seam: where the engine stores the summary (see the class docstring).
+    def save(self, record: SummaryRecord) -> None:
+        """Persist `record` through the engine."""
+        save = getattr(self.memory, "save_summary", None)
+        if save is None:
+            self._unsupported()
+            return
+        save(record.session_id, record.summary, upto_message_id=record.upto_message_id, user_id=record.user_id)
+
+    async def asave(self, record: SummaryRecord) -> None:
+        save = getattr(self.memory, "asave_summary", None)
+        if save is None:
+            self._unsupported()
+            return
+        await cast(Callable[..., Awaitable[None]], save)(
+            record.session_id, record.summary, upto_message_id=record.upto_message_id, user_id=record.user_id)
+
+    _warned = False
+
+    def _unsupported(self) -> None:
+        if not HybridSummarizer._warned:
+            HybridSummarizer._warned = True
+            log.warning("hybrid-memory: this engine cannot store summaries yet; the summary stays in the "
+                        "agent state only")

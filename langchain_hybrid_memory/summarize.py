@@ -1,0 +1,163 @@
+"""Auto-summarization, off the request path.
+
+When more than `max_session_messages + summarize_chunk_size` messages follow a session's latest summary, the
+oldest `summarize_chunk_size` of them (never ending between an AI tool call and its results) are summarized
+together with the previous summary, and the result is stored as the next row of `summaries`. The context view
+is then "summary + every message after it": no gap, no overlap. One process at a time per session (a lease
+in PostgreSQL that expires), and the insert only succeeds if the previous summary is still the latest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from .cache import CacheDown, RedisCache
+from .config import HybridConfig
+from .messages import Message, decode
+from .outbox import WriteBehind
+from .stats import Stats
+from .store import PostgresStore, StoreDown
+from .summarizers import Summarizer, SummaryRequest, TokenCounter, prompt_for
+
+log = logging.getLogger("langchain_hybrid_memory")
+
+TOOL_ROLES = frozenset({"tool", "function"})
+
+
+def chunk_end(roles: list[str], size: int) -> int:
+    """How many of the leading messages to summarize: `size`, extended so tool results stay with their call."""
+    end = min(size, len(roles))
+    while end < len(roles) and roles[end] in TOOL_ROLES:
+        end += 1
+    return end
+
+
+class SummaryWorker:
+    def __init__(self, config: HybridConfig, store: PostgresStore, wb: WriteBehind, stats: Stats,
+                 summarizer: Summarizer, count_tokens: TokenCounter, cache: Callable[[], RedisCache | None]) -> None:
+        self.config = config
+        self.store = store
+        self.wb = wb
+        self.stats = stats
+        self.summarizer = summarizer
+        self.count_tokens = count_tokens
+        self._cache = cache  # the engine loop's Redis client while Redis is up
+        self._owner = f"hm-{uuid.uuid4().hex[:12]}"
+        self._due: dict[str, None] = {}  # insertion-ordered set
+        self._retry: dict[str, tuple[int, float]] = {}  # session -> (failures, retry at, monotonic)
+        self._busy: str | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._due) + len(self._retry) + (1 if self._busy else 0)
+
+    def request(self, session_id: str) -> None:
+        """Note that `session_id` may be due (engine loop only); cheap and idempotent."""
+        if session_id in self._due or session_id in self._retry:
+            return  # (a session being summarized may be queued again: the check after it is cheap)
+        self._due[session_id] = None
+        self._idle.clear()
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="hybrid-memory-summarizer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no summary is due or running (sessions waiting to retry after a failure count as busy)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            for sid, (_, at) in list(self._retry.items()):
+                if at <= now:
+                    del self._retry[sid]
+                    self._due[sid] = None
+            if not self._due:
+                if not self._retry:
+                    self._idle.set()
+                nxt = min((at for _, at in self._retry.values()), default=None)
+                self._wake.clear()
+                timeout = None if nxt is None else max(0.0, nxt - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            sid = next(iter(self._due))
+            del self._due[sid]
+            self._busy = sid
+            try:
+                await self.summarize(sid)
+                self._retry.pop(sid, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the LLM, the network, anything: keep raw messages, retry later
+                failures = self._retry.get(sid, (0, 0.0))[0] + 1
+                delay = min(self.config.summary_retry_base * 2 ** (failures - 1), 300.0)
+                self._retry[sid] = (failures, time.monotonic() + delay)
+                self.stats.summary_failures += 1
+                self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                log.warning("hybrid-memory: summarizing a session failed (%s); retrying in %.0fs",
+                            type(exc).__name__, delay)
+            finally:
+                self._busy = None
+
+    async def summarize(self, session_id: str) -> int:
+        """Make every summary that is due for `session_id` now; returns how many were stored."""
+        cfg = self.config
+        made = 0
+        lease_s = cfg.summary_timeout * 2 + 10
+        if not await self.wb.flush(cfg.pg_timeout):  # our own recent writes must be in PostgreSQL first
+            raise StoreDown("write-behind backlog not committed")
+        if not await self.store.lease(session_id, self._owner, lease_s):
+            return 0  # another process is on it, or the session's switch is off
+        try:
+            while True:
+                enabled, upto, text, after, rows = await self.store.summary_state(
+                    session_id, cfg.summarize_chunk_size + 64)
+                if not enabled or after < cfg.summary_threshold:
+                    return made
+                end = chunk_end([r[1] for r in rows], cfg.summarize_chunk_size)
+                chunk: list[Message] = [decode(seq, body) for seq, _, body in rows[:end]]
+                request = SummaryRequest(session_id, text or None, chunk, cfg.summary_max_tokens)
+                result = await asyncio.wait_for(self.summarizer.summarize(request), cfg.summary_timeout)
+                if not result.text:
+                    raise ValueError("the summarizer returned an empty summary")
+                system, user = prompt_for(request)
+                tokens_in = result.input_tokens or self.count_tokens(system + user)
+                tokens_out = result.output_tokens or self.count_tokens(result.text)
+                first, last = chunk[0].seq or 0, chunk[-1].seq or 0
+                stored = await self.store.add_summary(session_id, upto, first, last, len(chunk), result.text,
+                                                      result.model, tokens_in, tokens_out)
+                if not stored:
+                    return made  # somebody else moved the pointer: their summary stands
+                made += 1
+                self.stats.summaries += 1
+                self.last_error = None
+                cache = self._cache()
+                if cache is not None:
+                    with contextlib.suppress(CacheDown):
+                        await cache.set_summary(session_id, last, result.text, len(chunk))
+                await self.store.lease(session_id, self._owner, lease_s)  # renew
+        finally:
+            with contextlib.suppress(StoreDown):
+                await self.store.release(session_id, self._owner)

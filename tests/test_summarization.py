@@ -1,0 +1,183 @@
+"""Auto-summarization: progressive, contiguous, off the request path, robust to LLM failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import PG_URL, REDIS_URL, pg_fetch
+from fake_openai import FakeOpenAI
+from langchain_hybrid_memory import HybridMemory, Message
+from langchain_hybrid_memory.summarizers import OfflineSummarizer, OpenAISummarizer
+from langchain_hybrid_memory.summarize import chunk_end
+
+SUMMARY = {"enable_auto_summarize": True, "max_session_messages": 20, "summarize_chunk_size": 30,
+           "summary_retry_base": 0.1}
+
+
+@pytest.fixture
+def llm():
+    server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+def _summaries(namespace: str, sid: str) -> list[tuple[int, int, int, str]]:
+    return [(r[0], r[1], r[2], r[3]) for r in pg_fetch(
+        f'SELECT from_seq, upto_seq, message_count, text FROM "{namespace}".summaries WHERE session_id = $1 '
+        "ORDER BY upto_seq", sid)]
+
+
+def _write_turns(memory: HybridMemory, sid: str, n: int) -> list[Message]:
+    sent: list[Message] = []
+    for i in range(n):
+        sent += memory.add_messages(sid, [Message("human" if i % 2 == 0 else "ai", f"message {i}")])
+    return sent
+
+
+def test_progressive_summaries_with_the_real_openai_client(make_memory, namespace, llm):
+    memory = make_memory(**SUMMARY, summarizer=OpenAISummarizer("test-model", api_key="sk-test",
+                                                                 base_url=llm.base_url))
+    t0 = time.perf_counter()
+    sent = _write_turns(memory, "s", 200)
+    assert memory.wait_for_summaries(60)
+    assert time.perf_counter() - t0 < 60
+    prompts = llm.user_prompts()
+    assert len(prompts) == 6  # 180 messages left the window: six chunks of 30
+    previous = "(none yet)"
+    for k, prompt in enumerate(prompts):
+        expected = "\n".join(f"{m.role}: {m.content}" for m in sent[30 * k:30 * (k + 1)])
+        # Exactly the previous summary plus exactly the next chunk: never the whole history again.
+        assert prompt == f"Summary so far:\n{previous}\n\nNext messages:\n{expected}\n\nUpdated summary:"
+        previous = f"summary #{k + 1}: 30 messages, last was <{sent[30 * k + 29].role}: message {30 * k + 29}>"
+    rows = _summaries(namespace, "s")
+    assert [(r[0], r[1], r[2]) for r in rows] == [(sent[30 * k].seq, sent[30 * k + 29].seq, 30) for k in range(6)]
+    tokens = pg_fetch(f'SELECT model, input_tokens, output_tokens FROM "{namespace}".summaries')
+    assert all(t[0] == "test-model" and t[1] > 0 and t[2] > 0 for t in tokens)
+    # The context view: the latest summary, then every later message: no gap, no overlap.
+    for ctx in (memory.get_context("s"), _cold_context(memory)):
+        assert ctx.summary == rows[-1][3]
+        assert ctx.summarized_upto_seq == sent[179].seq
+        assert [m.id for m in ctx.messages] == [m.id for m in sent[180:]]
+    # Raw messages are never deleted.
+    assert len(memory.get_messages("s")) == 200
+
+
+def _cold_context(memory: HybridMemory):
+    memory.invalidate_session("s")
+    return memory.get_context("s")
+
+
+def test_llm_failures_never_fail_the_user_and_catch_up(make_memory, namespace, llm):
+    llm.failures = [500, 429, 500, 3.0, 500]  # errors, then an answer slower than the timeout
+    memory = make_memory(**SUMMARY, summary_timeout=1.0, summarizer=OpenAISummarizer(
+        "m", api_key="sk-test", base_url=llm.base_url, timeout=1.0))
+    sent = _write_turns(memory, "s", 110)  # no add or read raises while the LLM fails
+    for _ in range(20):
+        memory.get_context("s")
+    assert memory.wait_for_summaries(60)
+    stats = memory.get_cache_stats()
+    assert stats.summary_failures >= 4 and stats.summaries == 3
+    rows = _summaries(namespace, "s")
+    assert [(r[0], r[1]) for r in rows] == [(sent[30 * k].seq, sent[30 * k + 29].seq) for k in range(3)]
+    ctx = memory.get_context("s")
+    assert [m.id for m in ctx.messages] == [m.id for m in sent[90:]]
+    assert len(memory.get_messages("s")) == 110  # nothing lost, nothing duplicated
+
+
+def test_no_key_means_the_labelled_offline_summarizer(make_memory, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    memory = make_memory(**SUMMARY)
+    _write_turns(memory, "s", 60)
+    assert memory.wait_for_summaries(30)
+    ctx = memory.get_context("s")
+    assert ctx.summary is not None and ctx.summary.startswith(OfflineSummarizer.LABEL)
+    assert "message 0" in ctx.summary and "message 29" in ctx.summary
+
+
+def test_plain_callable_and_langchain_model_summarizers(make_memory):
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    calls: list[tuple[str | None, int]] = []
+
+    def fn(previous: str | None, messages: list[Message]) -> str:
+        calls.append((previous, len(messages)))
+        return f"callable summary {len(calls)}"
+
+    memory = make_memory(**SUMMARY, summarizer=fn)
+    _write_turns(memory, "s", 80)
+    assert memory.wait_for_summaries(30)
+    assert calls == [(None, 30), ("callable summary 1", 30)]
+    lc = GenericFakeChatModel(messages=iter([AIMessage("from a LangChain model")]))
+    other = make_memory(**SUMMARY, summarizer=lc)
+    _write_turns(other, "t", 50)
+    assert other.wait_for_summaries(30)
+    assert other.get_context("t").summary == "from a LangChain model"
+
+
+def test_chunk_never_splits_a_tool_call_from_its_results(make_memory, namespace):
+    memory = make_memory(**SUMMARY, summarizer=lambda prev, msgs: f"{len(msgs)} messages")
+    msgs = [Message("human", f"q{i}") for i in range(29)]
+    msgs.append(Message("ai", "", metadata={"tool_calls": [{"name": "lookup", "id": "c1", "args": {}}]}))
+    msgs += [Message("tool", "result 1", metadata={"tool_call_id": "c1"}),
+             Message("tool", "result 2", metadata={"tool_call_id": "c1"})]
+    msgs += [Message("human", f"later {i}") for i in range(30)]
+    memory.add_messages("s", msgs)
+    assert memory.wait_for_summaries(30)
+    rows = _summaries(namespace, "s")
+    assert rows[0][2] == 32 and rows[0][3] == "32 messages"
+    ctx = memory.get_context("s")
+    assert ctx.messages[0].role == "human" and ctx.messages[0].content == "later 0"
+    assert chunk_end(["human", "ai", "tool", "tool", "human"], 2) == 4
+    assert chunk_end(["human", "tool"], 5) == 2
+
+
+def test_kill_switch_per_session(make_memory, namespace):
+    memory = make_memory(**SUMMARY, summarizer=lambda prev, msgs: "x")
+    memory.set_auto_summarize("off", False)
+    _write_turns(memory, "off", 60)
+    _write_turns(memory, "on", 60)
+    assert memory.wait_for_summaries(30)
+    assert _summaries(namespace, "off") == [] and len(_summaries(namespace, "on")) == 1
+    ctx = memory.get_context("off")
+    assert ctx.summary is None and len(ctx.messages) == 60  # nothing was dropped from the view
+    memory.set_auto_summarize("off", True)
+    assert memory.wait_for_summaries(30)
+    assert len(_summaries(namespace, "off")) == 1
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
+    from langchain_hybrid_memory.summarizers import OpenAISummarizer
+    ns, pg, rd, base, tag = sys.argv[1:6]
+    memory = HybridMemory(HybridConfig(database_url=pg, redis_url=rd, namespace=ns, enable_auto_summarize=True,
+                                       max_session_messages=20, summarize_chunk_size=30, write_behind_delay=0.01),
+                          summarizer=OpenAISummarizer("m", api_key="sk-test", base_url=base))
+    for i in range(120):
+        memory.add_messages("shared", [Message("human", f"{tag}{i}")])
+    assert memory.wait_for_summaries(60)
+    memory.close()
+""")
+
+
+def test_two_processes_never_overlap_summaries(namespace, llm):
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, namespace, PG_URL, REDIS_URL, llm.base_url, tag],
+                              env={**os.environ}) for tag in "ab"]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    rows = _summaries(namespace, "shared")
+    all_seqs = [r[0] for r in pg_fetch(f'SELECT seq FROM "{namespace}".messages ORDER BY seq')]
+    assert len(all_seqs) == 240
+    covered: list[int] = []
+    for from_seq, upto_seq, count, _ in rows:
+        chunk = [s for s in all_seqs if from_seq <= s <= upto_seq]
+        assert len(chunk) == count == 30
+        covered += chunk
+    assert covered == all_seqs[:len(covered)]  # contiguous from the start, no overlap
+    assert len(rows) == (240 - 20) // 30
