@@ -10,11 +10,12 @@ import time
 
 import pytest
 
+from langchain_hybrid_memory import HybridMemory, Message
+from langchain_hybrid_memory.summarize import chunk_end
+from langchain_hybrid_memory.summarizers import OfflineSummarizer, OpenAISummarizer
+
 from conftest import PG_URL, REDIS_URL, pg_fetch
 from fake_openai import FakeOpenAI
-from langchain_hybrid_memory import HybridMemory, Message
-from langchain_hybrid_memory.summarizers import OfflineSummarizer, OpenAISummarizer
-from langchain_hybrid_memory.summarize import chunk_end
 
 SUMMARY = {"enable_auto_summarize": True, "max_session_messages": 20, "summarize_chunk_size": 30,
            "summary_retry_base": 0.1}
