@@ -222,6 +222,11 @@ class _Counter:
 _COUNTER = _Counter()
 
 
+def token_counter_name() -> str:
+    default_token_counter()
+    return _COUNTER.name
+
+
 def default_token_counter() -> TokenCounter:
     """tiktoken `cl100k_base` (offline through llama-index-core's bundled cache when present), else chars/4."""
     if _COUNTER.fn is not None:
