@@ -1,7 +1,8 @@
 """LangChain messages <-> engine `Message`, and the model's view (summary + window) built from a `Context`.
 
 A LangChain message is stored as: `role` = its type ("human", "ai", "system", "tool", "chat", "function"),
-`content` = its content, `id` = its id (or a fresh one), and every other field under `metadata["langchain"]`.
+`content` = its content, `id` = its id (or a fresh one), and its other fields in `metadata`, next to the
+marker `"langchain": 1`. Flat, so the engine's own summarizer prompt sees `tool_calls` like any adapter's.
 Fields come from `message_to_dict` and go back through `messages_from_dict`, never `load`/`loads`: stored data
 can only ever become a plain message, not an arbitrary object.
 """
@@ -31,7 +32,8 @@ from langchain_core.messages import (
 from .errors import InvalidMessageError
 from .messages import Context, Message
 
-LC_KEY = "langchain"  # metadata key holding the LangChain fields
+LC_MARK = "langchain"  # metadata[LC_MARK] == LC_FORMAT: the other metadata keys are LangChain message fields
+LC_FORMAT = 1
 # `additional_kwargs["lc_source"]` of a summary message: the mark LangChain's SummarizationMiddleware uses too.
 SUMMARY_SOURCE = "summarization"
 SUMMARY_ID_PREFIX = "hybrid-summary-"
@@ -79,7 +81,7 @@ def to_engine(message: BaseMessage) -> Message:
     mid = engine_id(lc_id)
     if lc_id is not None and mid != lc_id:
         fields["id"] = lc_id  # the original, which the engine could not take as its id
-    return Message(role=role, content=content, id=mid, metadata={LC_KEY: fields})
+    return Message(role=role, content=content, id=mid, metadata={LC_MARK: LC_FORMAT, **fields})
 
 
 def from_engine(message: Message) -> BaseMessage:
@@ -87,9 +89,10 @@ def from_engine(message: Message) -> BaseMessage:
 
     Messages written by other adapters (no LangChain fields) map by role: user/assistant/system/tool/...
     """
-    fields = message.metadata.get(LC_KEY)
-    if isinstance(fields, dict) and message.role in _STORED_TYPES:
-        data: dict[str, Any] = {"id": message.id, **fields, "content": message.content}
+    meta = message.metadata
+    if meta.get(LC_MARK) == LC_FORMAT and message.role in _STORED_TYPES:
+        data: dict[str, Any] = {"id": message.id, **meta, "content": message.content}
+        del data[LC_MARK]
         return messages_from_dict([{"type": message.role, "data": data}])[0]
     return _foreign(message)
 

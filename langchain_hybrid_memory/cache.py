@@ -6,14 +6,17 @@ a fallback to PostgreSQL; the caller never sees them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis as syncredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry as SyncRetry
 
@@ -238,6 +241,30 @@ class AppendResult:
     new: list[bool]
 
 
+def _cluster_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pool options that RedisCluster accepts (it keeps one pool per node and has its own retry logic)."""
+    out = {k: v for k, v in kwargs.items() if k in ("socket_timeout", "socket_connect_timeout", "password")}
+    out["max_connections"] = kwargs["max_connections"]
+    return out
+
+
+async def detect_cluster(config: HybridConfig) -> bool:
+    """Whether `redis_url` points at a Redis Cluster node (INFO cluster), unless the config says."""
+    if config.redis_cluster is not None:
+        return config.redis_cluster
+    url, kwargs = _pool_kwargs(config, Retry(NoBackoff(), 0))
+    kwargs.pop("timeout", None)
+    kwargs.pop("max_connections", None)
+    client = aioredis.Redis.from_url(url, **kwargs)
+    try:
+        info = await client.info("cluster")
+        return bool(int(info.get("cluster_enabled", 0)))
+    except (RedisError, OSError):
+        return False  # unreachable now: the engine fails over to PostgreSQL and retries later
+    finally:
+        await client.aclose()
+
+
 def _pool_kwargs(config: HybridConfig, retry: Any) -> tuple[str, dict[str, Any]]:
     kwargs: dict[str, Any] = {
         "socket_timeout": config.redis_timeout,
@@ -318,10 +345,14 @@ class SyncHotPath(_Calls):
     A sync caller then pays one Redis round trip, not a hop to the engine thread and back.
     """
 
-    def __init__(self, config: HybridConfig, keys: KeyLayout) -> None:
+    def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False) -> None:
         super().__init__(config, keys)
         url, kwargs = _pool_kwargs(config, SyncRetry(NoBackoff(), 1))
-        self.client = syncredis.Redis(connection_pool=syncredis.BlockingConnectionPool.from_url(url, **kwargs))
+        self.client: Any
+        if cluster:
+            self.client = SyncRedisCluster.from_url(url, **_cluster_kwargs(kwargs))
+        else:
+            self.client = syncredis.Redis(connection_pool=syncredis.BlockingConnectionPool.from_url(url, **kwargs))
         self._append = self.client.register_script(APPEND)
         self._read = self.client.register_script(READ)
 
@@ -363,10 +394,17 @@ class SyncHotPath(_Calls):
 class RedisCache(_Calls):
     """Every Redis call of the engine, on redis.asyncio (one instance per event loop)."""
 
-    def __init__(self, config: HybridConfig, keys: KeyLayout) -> None:
+    def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False) -> None:
         super().__init__(config, keys)
         url, kwargs = _pool_kwargs(config, Retry(NoBackoff(), 1))
-        self.client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(url, **kwargs))
+        self.cluster = cluster
+        self.client: Any
+        if cluster:
+            # Every script touches one slot (keys.py), so EVALSHA routes to the slot's primary; pipelines are
+            # split per node by the client.
+            self.client = AsyncRedisCluster.from_url(url, **_cluster_kwargs(kwargs))
+        else:
+            self.client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(url, **kwargs))
         self._append = self.client.register_script(APPEND)
         self._read = self.client.register_script(READ)
         self._fill = self.client.register_script(FILL)
@@ -417,11 +455,12 @@ class RedisCache(_Calls):
     async def fill_many(self, fills: dict[str, Fill]) -> int:
         if not fills:
             return 0
-        pipe = self.client.pipeline(transaction=False)
+        # Concurrent script calls rather than a pipeline: each may need its script loaded on its own node.
+        calls = []
         for sid, fill in fills.items():
             keys, args = self.head(sid)
-            await self._fill(keys=keys, args=[*args, "", *self.fill_args(fill)], client=pipe)
-        return sum(int(x[0]) for x in await self._call(pipe.execute()))
+            calls.append(self._call(self._fill(keys=keys, args=[*args, "", *self.fill_args(fill)])))
+        return sum(int(x[0]) for x in await asyncio.gather(*calls))
 
     async def last_seqs(self, session_ids: Sequence[str]) -> list[int]:
         pipe = self.client.pipeline(transaction=False)
@@ -482,7 +521,7 @@ class RedisCache(_Calls):
 
         Stream ids are Redis-clock milliseconds, so age needs no extra bookkeeping.
         """
-        secs, micros = await self._call(self.client.time())
+        secs, micros = await self._time()
         cutoff = int(secs * 1000 + micros // 1000 - older_than_s * 1000)
         if cutoff <= 0:
             return []
@@ -505,7 +544,7 @@ class RedisCache(_Calls):
         return sum(await self._call(pipe.execute()))
 
     async def cached_sessions(self) -> int:
-        secs, _ = await self._call(self.client.time())
+        secs, _ = await self._time()
         cutoff = (secs - self.config.session_ttl) * 1000
         pipe = self.client.pipeline(transaction=False)
         for key in self.keys.all_active():
@@ -516,4 +555,12 @@ class RedisCache(_Calls):
 
     async def memory_mb(self) -> float:
         info = await self._call(self.client.info("memory"))
+        if "used_memory" not in info:  # a cluster answers per node: add them up
+            return sum(float(v.get("used_memory", 0)) for v in info.values() if isinstance(v, dict)) / 2**20
         return float(info.get("used_memory", 0)) / (1024 * 1024)
+
+    async def _time(self) -> tuple[int, int]:
+        out = await self._call(self.client.time())
+        if isinstance(out, dict):  # a cluster may answer per node
+            out = next(iter(out.values()))
+        return int(out[0]), int(out[1])

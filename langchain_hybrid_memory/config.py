@@ -54,6 +54,7 @@ class HybridConfig(BaseModel):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     redis_password: SecretStr | None = None
     redis_db: int = Field(0, ge=0)
+    redis_cluster: bool | None = None  # None: ask the server (INFO cluster) at start
     namespace: str = "hybrid_memory"
 
     max_session_messages: int = Field(30, ge=1, le=10_000)

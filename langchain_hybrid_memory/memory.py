@@ -17,7 +17,16 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._loop import EngineLoop
-from .cache import AppendResult, CachedContext, CacheDown, Fill, OwnershipConflict, RedisCache, SyncHotPath
+from .cache import (
+    AppendResult,
+    CachedContext,
+    CacheDown,
+    Fill,
+    OwnershipConflict,
+    RedisCache,
+    SyncHotPath,
+    detect_cluster,
+)
 from .config import HybridConfig, Mode, redact_url
 from .errors import (
     BacklogFullError,
@@ -68,6 +77,7 @@ class HybridMemory:
         self._pg_up = config.mode is not Mode.SESSION_ONLY
         self._probe: asyncio.Task[None] | None = None
         self._dirty: set[str] = set()  # sessions written to PostgreSQL directly while Redis was down
+        self._cluster = False
         self._summarizer_arg = summarizer
         self._token_counter = token_counter
         self._summaries: SummaryWorker | None = None
@@ -91,8 +101,9 @@ class HybridMemory:
                 return
             cfg = self.config
             if cfg.mode is not Mode.PERSISTENT:
-                self._cache = RedisCache(cfg, self.keys)
-                self._sync = SyncHotPath(cfg, self.keys)
+                self._cluster = await detect_cluster(cfg)
+                self._cache = RedisCache(cfg, self.keys, self._cluster)
+                self._sync = SyncHotPath(cfg, self.keys, self._cluster)
             if cfg.mode is not Mode.SESSION_ONLY:
                 self._store = PostgresStore(cfg)
                 try:
@@ -261,7 +272,7 @@ class HybridMemory:
             return self._cache
         cache = self._loop_caches.get(loop)
         if cache is None:
-            cache = self._loop_caches[loop] = RedisCache(self.config, self.keys)
+            cache = self._loop_caches[loop] = RedisCache(self.config, self.keys, self._cluster)
         return cache
 
     def _soon(self, fn: Callable[..., Any], *args: Any) -> None:

@@ -13,10 +13,14 @@ import time
 from pathlib import Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(below: int = 65536) -> int:
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < below:
+            return port
+    raise RuntimeError(f"no free port below {below}")
 
 
 def wait_port(port: int, up: bool = True, timeout: float = 15.0) -> None:
@@ -37,7 +41,8 @@ class RedisServer:
     """A private redis-server on a free port; `kill()` is a real SIGKILL."""
 
     def __init__(self, *extra: str) -> None:
-        self.port = free_port()
+        # A cluster node also listens on port + 10000 (its bus): keep room for it.
+        self.port = free_port(55000 if "--cluster-enabled" in extra else 65536)
         self.extra = extra
         self.dir = tempfile.mkdtemp(prefix="hm-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -114,3 +119,57 @@ class PostgresServer:
         except Exception:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisClusterServers:
+    """Three masters with one replica each, from the redis-server binary, on free ports."""
+
+    def __init__(self, node_timeout_ms: int = 1000) -> None:
+        # validity-factor 0: a replica may always take over (its link age must not veto the failover here).
+        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
+                                  "--cluster-replica-validity-factor", "0")
+                      for _ in range(6)]
+        for node in self.nodes:  # each node keeps its cluster config file in its own folder
+            node.extra = (*node.extra, "--cluster-config-file", f"{node.dir}/nodes.conf")
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                        "--cluster-replicas", "1", "--cluster-yes"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = []
+            for node in self.nodes:
+                if node.proc is None:
+                    continue
+                out = subprocess.run(["redis-cli", "-p", str(node.port), "cluster", "info"], capture_output=True,
+                                     text=True).stdout
+                states.append("cluster_state:ok" in out)
+            if states and all(states):
+                return
+            time.sleep(0.2)
+        raise TimeoutError("the cluster did not reach state ok")
+
+    def masters(self) -> list[RedisServer]:
+        out = []
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            role = subprocess.run(["redis-cli", "-p", str(node.port), "role"], capture_output=True, text=True).stdout
+            if role.startswith("master"):
+                out.append(node)
+        return out
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
