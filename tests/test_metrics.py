@@ -1,0 +1,38 @@
+"""Prometheus metrics: a real scrape over HTTP shows the engine's numbers."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from langchain_hybrid_memory import Message
+from langchain_hybrid_memory.metrics import HybridMemoryCollector
+
+from servers import free_port
+
+
+def test_scrape(make_memory, namespace):
+    memory = make_memory()
+    memory.add_messages("s", [Message("human", "x")])
+    memory.get_recent_messages("s")
+    memory.invalidate_session("s")
+    memory.get_recent_messages("s")
+    registry = CollectorRegistry()
+    registry.register(HybridMemoryCollector(memory))
+    port = free_port()
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        server.shutdown()
+    lines = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+             if line and not line.startswith("#")}
+    label = f'{{namespace="{namespace}"}}'
+    assert lines[f"hybrid_memory_hits_total{label}"] == 1
+    assert lines[f"hybrid_memory_misses_total{label}"] == 1
+    assert lines[f"hybrid_memory_hit_rate_percent{label}"] == 50.0
+    assert lines[f"hybrid_memory_redis_up{label}"] == 1
+    assert lines[f"hybrid_memory_redis_memory_megabytes{label}"] > 0
+    assert f'hybrid_memory_latency_seconds{{namespace="{namespace}",op="read",quantile="0.99"}}' in lines
+    assert "hybrid_memory_write_behind_backlog" in text and "hybrid_memory_pg_pool_size" in text
