@@ -92,6 +92,7 @@ class HybridConfig(BaseModel):
     pg_pool_max: int = Field(10, ge=1)
     redis_max_connections: int = Field(64, ge=1)
     auto_migrate: bool = True
+    pg_partitions: int = Field(0, ge=0, le=1024)  # >0: hash-partition messages by session (at schema creation)
 
     def __init__(self, **data: Any) -> None:
         try:

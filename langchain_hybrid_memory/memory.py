@@ -13,6 +13,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -961,6 +962,31 @@ class HybridMemory:
                 self._redis_failed()
         return len(sids)
 
+    def purge_idle_sessions(self, older_than: float | timedelta, *, on_progress: ProgressFn | None = None) -> int:
+        """Retention: erase sessions idle longer than `older_than` (seconds or timedelta) from both stores."""
+        return self._run(self._purge_idle(_seconds(older_than), on_progress))
+
+    async def apurge_idle_sessions(self, older_than: float | timedelta, *,
+                                   on_progress: ProgressFn | None = None) -> int:
+        return await self._arun(self._purge_idle(_seconds(older_than), on_progress))
+
+    async def _purge_idle(self, older_than: float, on_progress: ProgressFn | None) -> int:
+        await self._ensure_started()
+        store = self._need_store()
+        try:
+            total = await store.count_idle_sessions(older_than)
+            done = 0
+            while True:
+                batch = await store.idle_sessions(older_than, 500)
+                if not batch:
+                    return done
+                await self._erase(batch)
+                done += len(batch)
+                if on_progress is not None:
+                    on_progress(min(done, total), total)
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+
     # -- warming -----------------------------------------------------------------------------------------
     def prefetch_context(self, session_ids: str | Iterable[str] | None = None, *, user_id: str | None = None,
                          on_progress: ProgressFn | None = None) -> int:
@@ -1102,6 +1128,10 @@ class HybridMemory:
             return await self._need_store().migrate()
         except StoreDown as exc:
             raise self._store_down(exc) from None
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 def _register_atexit(memory: HybridMemory) -> Callable[[], None]:

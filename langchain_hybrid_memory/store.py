@@ -160,12 +160,27 @@ class PostgresStore:
                     if version in done:
                         continue
                     await conn.execute(sql)
+                    if version == 1 and self.config.pg_partitions:
+                        await self._partition_messages(conn, self.config.pg_partitions)
                     await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                                        version, name)
                     applied.append(name)
         except _DOWN as exc:
             raise StoreDown(type(exc).__name__) from None
         return applied
+
+    @staticmethod
+    async def _partition_messages(conn: Any, n: int) -> None:
+        """Recreate the (new, empty) messages table hash-partitioned by session: every query of the engine
+        filters on one session_id, so it touches one partition. Both unique keys start with session_id, as
+        PostgreSQL (and Citus, with session_id as the distribution column) require."""
+        await conn.execute("ALTER TABLE messages RENAME TO messages_unpartitioned")
+        await conn.execute("CREATE TABLE messages (LIKE messages_unpartitioned INCLUDING ALL)"
+                           " PARTITION BY HASH (session_id)")
+        for i in range(n):
+            await conn.execute(f"CREATE TABLE messages_p{i} PARTITION OF messages"
+                               f" FOR VALUES WITH (MODULUS {int(n)}, REMAINDER {i})")
+        await conn.execute("DROP TABLE messages_unpartitioned")
 
     async def schema_version(self) -> int:
         exists = await self._run("fetchval", "SELECT to_regclass('schema_migrations') IS NOT NULL")
@@ -384,6 +399,16 @@ class PostgresStore:
             "SELECT session_id FROM sessions WHERE $2::float8 IS NULL"
             " OR last_active_at > now() - make_interval(secs => $2::float8)"
             " ORDER BY last_active_at DESC LIMIT $1", limit, within_s)]
+
+    async def idle_sessions(self, older_than_s: float, limit: int) -> list[str]:
+        return [r[0] for r in await self._run(
+            "fetch", "SELECT session_id FROM sessions WHERE last_active_at < now() - make_interval(secs => $1)"
+            " ORDER BY last_active_at LIMIT $2", older_than_s, limit)]
+
+    async def count_idle_sessions(self, older_than_s: float) -> int:
+        return int(await self._run(
+            "fetchval", "SELECT count(*) FROM sessions WHERE last_active_at < now() - make_interval(secs => $1)",
+            older_than_s))
 
     async def dirty_sessions(self, limit: int = 10_000) -> list[str]:
         return [r[0] for r in await self._run("fetch", "SELECT session_id FROM cache_dirty LIMIT $1", limit)]

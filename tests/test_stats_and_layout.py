@@ -197,3 +197,35 @@ def test_delete_single_messages_and_list_sessions(make_memory, namespace):
     assert memory.list_sessions(limit=1) == ["s"]
     with pytest.raises(SessionOwnershipError):
         memory.delete_messages("s", [sent[0].seq], user_id="intruder")  # type: ignore[list-item]
+
+
+def test_hash_partitioned_messages(make_memory, namespace):
+    memory = make_memory(pg_partitions=4)
+    for i in range(40):
+        memory.add_messages(f"s{i}", [Message("human", f"m{i}")])
+    memory.flush()
+    parts = pg_fetch("SELECT c.relname, (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid) FROM pg_class c"
+                     " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_partitioned_table p ON p.partrelid = c.oid"
+                     " WHERE n.nspname = $1", namespace)
+    assert [(r[0], r[1]) for r in parts] == [("messages", 4)]
+    counts = [pg_fetch(f'SELECT count(*) FROM "{namespace}".messages_p{i}')[0][0] for i in range(4)]
+    assert sum(counts) == 40 and all(c > 0 for c in counts)
+    plan = "\n".join(r[0] for r in pg_fetch(
+        f"EXPLAIN SELECT seq FROM \"{namespace}\".messages WHERE session_id = 's7' ORDER BY seq"))
+    assert len(set(re.findall(r"messages_p\d+", plan))) == 1  # one partition scanned
+    memory.invalidate_session("s7")
+    assert [m.content for m in memory.get_recent_messages("s7")] == ["m7"]
+
+
+def test_retention_purges_idle_sessions(make_memory, namespace):
+    memory = make_memory()
+    memory.add_messages("old", [Message("human", "x")])
+    memory.add_messages("new", [Message("human", "y")])
+    memory.flush()
+    pg_fetch(f"UPDATE \"{namespace}\".sessions SET last_active_at = now() - interval '40 days'"
+             " WHERE session_id = 'old'")
+    seen: list[tuple[int, int]] = []
+    assert memory.purge_idle_sessions(30 * 86400, on_progress=lambda d, t: seen.append((d, t))) == 1
+    assert seen == [(1, 1)]
+    assert memory.get_messages("old") == [] and memory.get_recent_messages("old") == []
+    assert [m.content for m in memory.get_messages("new")] == ["y"]
