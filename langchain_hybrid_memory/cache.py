@@ -10,17 +10,21 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import redis as syncredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry as SyncRetry
+from redis.sentinel import Sentinel as SyncSentinel
 
 from .config import HybridConfig
+from .errors import ConfigurationError
 from .keys import KeyLayout
 
 # Every script takes KEYS = window, meta, ids, outbox, active and starts its ARGV with
@@ -241,6 +245,51 @@ class AppendResult:
     new: list[bool]
 
 
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None, bool]:
+    """`redis+sentinel://[:password@]host:port[,host:port...]/service[/db]` -> (sentinels, service, db,
+    password, tls)."""
+    tls = url.startswith("rediss+")
+    rest = url.split("://", 1)[1].split("?", 1)[0]
+    password = None
+    if "@" in rest:
+        auth, rest = rest.rsplit("@", 1)
+        password = unquote(auth.split(":", 1)[1] if ":" in auth else auth) or None
+    hosts, _, path = rest.partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        raise ConfigurationError("a sentinel URL needs the service name: redis+sentinel://host:port/mymaster")
+    sentinels = []
+    for hp in hosts.split(","):
+        host, _, port = hp.rpartition(":")
+        sentinels.append((host or hp, int(port) if port and host else 26379))
+    return sentinels, unquote(parts[0]), int(parts[1]) if len(parts) > 1 else 0, password, tls
+
+
+def _make_client(config: HybridConfig, cluster: bool, *, sync: bool) -> Any:
+    """One place that decides how to talk to Redis: a single server, a Cluster, or a Sentinel-managed primary."""
+    url, kwargs = _pool_kwargs(config, SyncRetry(NoBackoff(), 1) if sync else Retry(NoBackoff(), 1))
+    if url.startswith(SENTINEL_SCHEMES):
+        sentinels, service, db, password, tls = parse_sentinel_url(url)
+        conn = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout", "retry")}
+        conn.update(db=db, password=kwargs.get("password", password), ssl=tls)
+        probe = {"socket_timeout": config.redis_timeout, "socket_connect_timeout": config.redis_timeout}
+        sentinel_cls = SyncSentinel if sync else AsyncSentinel
+        # The returned client asks the sentinels for the current primary on (re)connect: failovers are
+        # followed without a restart.
+        return sentinel_cls(sentinels, sentinel_kwargs=probe, **conn).master_for(service)
+    if cluster:
+        # Every script touches one slot (keys.py), so EVALSHA routes to the slot's primary; pipelines are split
+        # per node by the client.
+        cls: Any = SyncRedisCluster if sync else AsyncRedisCluster
+        return cls.from_url(url, **_cluster_kwargs(kwargs))
+    if sync:
+        return syncredis.Redis(connection_pool=syncredis.BlockingConnectionPool.from_url(url, **kwargs))
+    return aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(url, **kwargs))
+
+
 def _cluster_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Pool options that RedisCluster accepts (it keeps one pool per node and has its own retry logic)."""
     out = {k: v for k, v in kwargs.items() if k in ("socket_timeout", "socket_connect_timeout", "password")}
@@ -252,6 +301,8 @@ async def detect_cluster(config: HybridConfig) -> bool:
     """Whether `redis_url` points at a Redis Cluster node (INFO cluster), unless the config says."""
     if config.redis_cluster is not None:
         return config.redis_cluster
+    if config.redis_dsn().startswith(SENTINEL_SCHEMES):
+        return False
     url, kwargs = _pool_kwargs(config, Retry(NoBackoff(), 0))
     kwargs.pop("timeout", None)
     kwargs.pop("max_connections", None)
@@ -277,7 +328,7 @@ def _pool_kwargs(config: HybridConfig, retry: Any) -> tuple[str, dict[str, Any]]
         kwargs["password"] = config.redis_password.get_secret_value()
     url = config.redis_dsn()
     path = url.split("://", 1)[1].split("?", 1)[0]
-    if "/" not in path or path.endswith("/"):
+    if ("/" not in path or path.endswith("/")) and not url.startswith(SENTINEL_SCHEMES):
         kwargs["db"] = config.redis_db
     return url, kwargs
 
@@ -347,12 +398,7 @@ class SyncHotPath(_Calls):
 
     def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False) -> None:
         super().__init__(config, keys)
-        url, kwargs = _pool_kwargs(config, SyncRetry(NoBackoff(), 1))
-        self.client: Any
-        if cluster:
-            self.client = SyncRedisCluster.from_url(url, **_cluster_kwargs(kwargs))
-        else:
-            self.client = syncredis.Redis(connection_pool=syncredis.BlockingConnectionPool.from_url(url, **kwargs))
+        self.client: Any = _make_client(config, cluster, sync=True)
         self._append = self.client.register_script(APPEND)
         self._read = self.client.register_script(READ)
 
@@ -396,15 +442,8 @@ class RedisCache(_Calls):
 
     def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False) -> None:
         super().__init__(config, keys)
-        url, kwargs = _pool_kwargs(config, Retry(NoBackoff(), 1))
         self.cluster = cluster
-        self.client: Any
-        if cluster:
-            # Every script touches one slot (keys.py), so EVALSHA routes to the slot's primary; pipelines are
-            # split per node by the client.
-            self.client = AsyncRedisCluster.from_url(url, **_cluster_kwargs(kwargs))
-        else:
-            self.client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(url, **kwargs))
+        self.client: Any = _make_client(config, cluster, sync=False)
         self._append = self.client.register_script(APPEND)
         self._read = self.client.register_script(READ)
         self._fill = self.client.register_script(FILL)

@@ -173,3 +173,45 @@ class RedisClusterServers:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class SentinelSetup:
+    """A primary, a replica and one sentinel watching them (quorum 1), on free ports."""
+
+    def __init__(self) -> None:
+        self.primary = RedisServer()
+        self.replica = RedisServer()
+        self.sentinel_port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="hm-sentinel-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/mymaster"
+
+    def start(self) -> SentinelSetup:
+        self.primary.start()
+        self.replica.extra = ("--replicaof", "127.0.0.1", str(self.primary.port))
+        self.replica.start()
+        conf = Path(self.dir) / "sentinel.conf"
+        conf.write_text(f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                        f"sentinel monitor mymaster 127.0.0.1 {self.primary.port} 1\n"
+                        "sentinel down-after-milliseconds mymaster 1000\n"
+                        "sentinel failover-timeout mymaster 5000\n")
+        self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.sentinel_port)
+        return self
+
+    def primary_port(self) -> int:
+        out = subprocess.run(["redis-cli", "-p", str(self.sentinel_port), "sentinel", "get-master-addr-by-name",
+                              "mymaster"], capture_output=True, text=True).stdout.split()
+        return int(out[1]) if len(out) > 1 else 0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.primary.stop()
+        self.replica.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
