@@ -576,6 +576,17 @@ class RedisCache(_Calls):
                 found.append((stream, xid.decode(), sid, uid, list(fields.items())))
         return found
 
+    async def session_outbox(self, session_id: str) -> list[tuple[str, bytes, str]]:
+        """(message id, element, user id) of the session's entries still in its bucket's outbox."""
+        entries = await self._call(self.client.xrange(self.keys.session(session_id).outbox, "-", "+"))
+        want = session_id.encode("utf-8")
+        out = []
+        for _, fields in entries:
+            if fields.get(b"s") == want:
+                uid = fields[b"u"].decode("utf-8")
+                out += [(k.decode("utf-8"), v, uid) for k, v in fields.items() if k not in (b"s", b"u")]
+        return out
+
     async def outbox_depth(self) -> int:
         pipe = self.client.pipeline(transaction=False)
         for stream in self.keys.all_outboxes():

@@ -41,7 +41,7 @@ from .messages import Context, Message, check_session_id, check_user_id, decode,
 from .outbox import Pending, WriteBehind
 from .stats import CacheStats, Stats
 from .store import PostgresStore, Row, StoreDown, Window
-from .summarize import SummaryWorker
+from .summarize import LeaseBusy, SummaryWorker
 from .summarizers import TokenCounter, as_summarizer, default_summarizer, default_token_counter
 
 log = logging.getLogger("langchain_hybrid_memory")
@@ -317,12 +317,12 @@ class HybridMemory:
 
     def _hot_done(self, sid: str, uid: str | None, items: list[Message], payloads: list[str],
                   res: AppendResult, t0: float) -> list[Message]:
-        if res.due:
-            self._soon(self._summary_due, sid)
         entry = self._appended(sid, uid, items, payloads, res)
         if entry is not None:
             assert self._wb is not None
             self._wb.submit(entry)
+        if res.due:  # after the submit: the worker's flush must include this very write
+            self._soon(self._summary_due, sid)
         self._stats.writes += 1
         self._stats.write_lat.append(time.perf_counter() - t0)
         return items
@@ -426,11 +426,11 @@ class HybridMemory:
         assert res is not None
         if res.bound and uid is not None:
             await self._cache.index_user(uid, sid)
+        entry = self._appended(sid, uid, items, payloads, res)
+        index = wb.add(entry) if wb is not None and entry is not None else None
         if res.due:
             self._summary_due(sid)
-        entry = self._appended(sid, uid, items, payloads, res)
-        if wb is not None and entry is not None:
-            index = wb.add(entry)
+        if wb is not None and index is not None:
             if not self.config.async_writes and not await wb.wait_for(index, self.config.pg_timeout):
                 raise StorageUnavailableError(
                     "PostgreSQL did not confirm the write in time (write-through mode); it stays queued and "
@@ -714,6 +714,8 @@ class HybridMemory:
             raise HybridMemoryError("auto-summarization is off (enable_auto_summarize=False)")
         try:
             return await self._summaries.summarize(sid)
+        except LeaseBusy:
+            return 0  # another process is summarizing this session right now
         except StoreDown as exc:
             raise self._store_down(exc) from None
 

@@ -250,6 +250,26 @@ class WriteBehind:
         except CacheDown:
             pass
 
+    async def settle(self, session_id: str) -> None:
+        """Make every acknowledged write of `session_id` durable: ours (flush) and other processes' (their
+        entries in the outbox, committed here; idempotent). Summaries rely on this: a message committed later
+        with a seq inside an already summarized range would never be summarized."""
+        if not await self.flush(self.config.pg_timeout):
+            raise StoreDown("the write-behind queue did not drain")
+        if self.cache is None:
+            return  # no Redis: every write went straight to PostgreSQL
+        if not self._redis_up():
+            raise CacheDown("Redis is down: other writers' uncommitted messages cannot be seen")
+        rows: list[Row] = []
+        users: list[str] = []
+        for msg_id, el, uid in await self.cache.session_outbox(session_id):
+            i = el.index(b":")
+            body = el[i + 1:].decode("ascii")
+            obj = _loads(body)
+            rows.append(Row(session_id, int(el[:i]), msg_id, obj["r"], body, obj.get("t") or 0.0))
+            users.append(uid)
+        await self.commit(rows, users)
+
     async def _janitor(self) -> None:
         while True:
             await asyncio.sleep(self.config.reclaim_interval)

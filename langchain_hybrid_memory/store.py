@@ -352,14 +352,19 @@ class PostgresStore:
             session_id, rec[1], limit)
         return rec[0], rec[1], rec[2], rec[3], [(r[0], r[1], r[2]) for r in rows]
 
-    async def lease(self, session_id: str, owner: str, seconds: float) -> bool:
-        """Take the session's summarization lease if it is free or expired."""
-        return bool(await self._run(
-            "fetchval",
-            "UPDATE sessions SET summary_lease_until = now() + make_interval(secs => $3), summary_lease_owner = $2"
-            " WHERE session_id = $1 AND summarize_enabled"
+    async def lease(self, session_id: str, owner: str, seconds: float) -> str:
+        """Take the session's summarization lease: "ok", "busy" (another holder), "off" (kill switch), or
+        "missing" (no such session)."""
+        rec = await self._run(
+            "fetchrow",
+            "WITH took AS (UPDATE sessions SET summary_lease_until = now() + make_interval(secs => $3),"
+            " summary_lease_owner = $2 WHERE session_id = $1 AND summarize_enabled"
             " AND (summary_lease_until IS NULL OR summary_lease_until < now() OR summary_lease_owner = $2)"
-            " RETURNING true", session_id, owner, seconds))
+            " RETURNING 1) SELECT (SELECT count(*) FROM took), summarize_enabled FROM sessions WHERE session_id = $1",
+            session_id, owner, seconds)
+        if rec is None:
+            return "missing"
+        return "ok" if rec[0] else ("busy" if rec[1] else "off")
 
     async def release(self, session_id: str, owner: str) -> None:
         await self._run(

@@ -29,6 +29,10 @@ log = logging.getLogger("langchain_hybrid_memory")
 TOOL_ROLES = frozenset({"tool", "function"})
 
 
+class LeaseBusy(Exception):
+    """Another process holds the session's summarization lease."""
+
+
 def chunk_end(roles: list[str], size: int) -> int:
     """How many of the leading messages to summarize: `size`, extended so tool results stay with their call."""
     end = min(size, len(roles))
@@ -110,6 +114,9 @@ class SummaryWorker:
                 self._retry.pop(sid, None)
             except asyncio.CancelledError:
                 raise
+            except LeaseBusy:
+                # Another process is summarizing it: look again soon, it may stop short of our newest messages.
+                self._retry[sid] = (self._retry.get(sid, (0, 0.0))[0], time.monotonic() + 1.0)
             except Exception as exc:  # the LLM, the network, anything: keep raw messages, retry later
                 failures = self._retry.get(sid, (0, 0.0))[0] + 1
                 delay = min(self.config.summary_retry_base * 2 ** (failures - 1), 300.0)
@@ -126,10 +133,12 @@ class SummaryWorker:
         cfg = self.config
         made = 0
         lease_s = cfg.summary_timeout * 2 + 10
-        if not await self.wb.flush(cfg.pg_timeout):  # our own recent writes must be in PostgreSQL first
-            raise StoreDown("write-behind backlog not committed")
-        if not await self.store.lease(session_id, self._owner, lease_s):
-            return 0  # another process is on it, or the session's switch is off
+        await self.wb.settle(session_id)  # every acknowledged message of the session is in PostgreSQL now
+        lease = await self.store.lease(session_id, self._owner, lease_s)
+        if lease == "busy":
+            raise LeaseBusy(session_id)
+        if lease != "ok":
+            return 0  # the session's switch is off, or it does not exist (any more)
         try:
             while True:
                 enabled, upto, text, after, rows = await self.store.summary_state(
@@ -157,7 +166,7 @@ class SummaryWorker:
                 if cache is not None:
                     with contextlib.suppress(CacheDown):
                         await cache.set_summary(session_id, last, result.text, len(chunk))
-                await self.store.lease(session_id, self._owner, lease_s)  # renew
+                await self.store.lease(session_id, self._owner, lease_s)  # renew (we hold it: "ok")
         finally:
             with contextlib.suppress(StoreDown):
                 await self.store.release(session_id, self._owner)
