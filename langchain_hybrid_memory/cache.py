@@ -33,9 +33,9 @@ from .keys import KeyLayout
 # partial, sum_upto / sum_text (the latest summary), unsum (messages after the summary).
 #
 # `fill(b)` loads a window from the store. Its ARGV block starts at index b: base_seq, owner, partial (1/0),
-# sum_upto, sum_text, unsum, n, then n pairs (message id, element). It merges in the session's entries still in
-# the bucket's outbox (acknowledged by some process, maybe not yet in PostgreSQL), so a reload never loses a
-# recent write.
+# sum_upto, sum_text, unsum, floor (a tombstone's seq), n, then n pairs (message id, element). It merges in
+# the session's entries still in the bucket's outbox (acknowledged by some process, maybe not yet in
+# PostgreSQL), so a reload never loses a recent write.
 _COMMON = """
 local function touch(ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
@@ -45,16 +45,17 @@ local function touch(ttl)
   redis.call('ZADD', KEYS[5], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[1])
 end
 local function seq_of(el)
-  return tonumber(string.match(el, '^(%d+):'))
+  return tonumber(string.match(el, '^{"s":(%d+),'))
 end
 local function fill(b)
-  local n = tonumber(ARGV[b + 6])
+  local n = tonumber(ARGV[b + 7])
   local byseq, order = {}, {}
   local base = tonumber(ARGV[b])
   local sum_upto = tonumber(ARGV[b + 3])
   local unsum = tonumber(ARGV[b + 5])
+  local floor = tonumber(ARGV[b + 6])
   for k = 0, n - 1 do
-    local id, el = ARGV[b + 7 + 2 * k], ARGV[b + 8 + 2 * k]
+    local id, el = ARGV[b + 8 + 2 * k], ARGV[b + 9 + 2 * k]
     local s = seq_of(el)
     byseq[s] = {id, el}
     order[#order + 1] = s
@@ -64,7 +65,8 @@ local function fill(b)
     if f[2] == ARGV[1] then
       for j = 5, #f, 2 do
         local s = seq_of(f[j + 1])
-        if not byseq[s] then
+        -- at or below the floor: deleted (clear_session) while still waiting in the outbox
+        if s > floor and not byseq[s] then
           byseq[s] = {f[j], f[j + 1]}
           order[#order + 1] = s
           if s > sum_upto then unsum = unsum + 1 end
@@ -85,7 +87,7 @@ local function fill(b)
              'sum_upto', ARGV[b + 3], 'sum_text', ARGV[b + 4])
   if ARGV[b + 1] ~= '' then redis.call('HSET', KEYS[2], 'uid', ARGV[b + 1]) end
   if ARGV[b + 2] == '1' then redis.call('HSET', KEYS[2], 'partial', '1') else redis.call('HDEL', KEYS[2], 'partial') end
-  return b + 7 + 2 * n
+  return b + 8 + 2 * n
 end
 """
 
@@ -100,7 +102,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   if ARGV[8] ~= '1' then return {-1} end
   i = fill(9)
 elseif ARGV[8] == '1' then
-  i = 9 + 7 + 2 * tonumber(ARGV[15])
+  i = 9 + 8 + 2 * tonumber(ARGV[16])
 end
 local status = 1
 local owner = redis.call('HGET', KEYS[2], 'uid')
@@ -128,7 +130,7 @@ for k = 0, n - 1 do
     local seq = math.max(last + 1, now)
     last = seq
     local s = string.format('%.0f', seq)
-    local el = s .. ':' .. payload
+    local el = '{"s":' .. s .. ',' .. string.sub(payload, 2)
     redis.call('RPUSH', KEYS[1], el)
     redis.call('ZADD', KEYS[3], s, id)
     seqs[k + 1] = s
@@ -220,11 +222,12 @@ class Fill:
 
     base_seq: int
     owner: str | None
-    pairs: list[tuple[str, bytes]]  # (message id, element b"<seq>:<payload>") oldest first
+    pairs: list[tuple[str, bytes]]  # (message id, element, see messages.element) oldest first
     partial: bool = False  # PostgreSQL was unreachable: older history is missing from this window
     sum_upto: int = 0  # the latest summary covers messages up to this seq
     sum_text: str = ""
     unsum: int = 0  # messages stored after the summary
+    floor: int = 0  # a tombstone: outbox entries at or below it were deleted
 
 
 @dataclass(slots=True)
@@ -350,7 +353,7 @@ class _Calls:
     @staticmethod
     def fill_args(fill: Fill) -> list[Any]:
         args: list[Any] = [fill.base_seq, fill.owner or "", 1 if fill.partial else 0, fill.sum_upto,
-                           fill.sum_text, fill.unsum, len(fill.pairs)]
+                           fill.sum_text, fill.unsum, fill.floor, len(fill.pairs)]
         for msg_id, element in fill.pairs:
             args += (msg_id, element)
         return args

@@ -17,6 +17,8 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
+from redis.exceptions import ResponseError
+
 from ._loop import EngineLoop
 from .cache import (
     AppendResult,
@@ -37,7 +39,18 @@ from .errors import (
     StorageUnavailableError,
 )
 from .keys import KeyLayout
-from .messages import Context, Message, check_session_id, check_user_id, decode, decode_element, encode, prepare
+from .messages import (
+    Context,
+    CorruptEntry,
+    Message,
+    check_session_id,
+    check_user_id,
+    decode,
+    decode_window,
+    element,
+    encode,
+    prepare,
+)
 from .outbox import Pending, WriteBehind
 from .stats import CacheStats, Stats
 from .store import PostgresStore, Row, StoreDown, Window
@@ -47,6 +60,7 @@ from .summarizers import TokenCounter, as_summarizer, default_summarizer, defaul
 log = logging.getLogger("langchain_hybrid_memory")
 T = TypeVar("T")
 _UNKNOWN: Any = object()  # "the hot path did not learn what Redis holds for this session"
+_CORRUPT: Any = object()  # "the cached entry is damaged": drop it, then proceed as on a miss
 ProgressFn = Callable[[int, int], None]
 
 
@@ -285,7 +299,7 @@ class HybridMemory:
 
     def _hit(self, out: tuple[str, list[bytes]], uid: str | None, t0: float) -> list[Message]:
         self._check_owner(out[0] or None, uid)
-        msgs = [decode_element(el) for el in out[1]]
+        msgs = decode_window(out[1])
         s = self._stats
         s.hits += 1
         s.reads += 1
@@ -361,6 +375,8 @@ class HybridMemory:
                 self._soon(self._redis_failed)
             except OwnershipConflict:
                 raise SessionOwnershipError("this session belongs to another user") from None
+            except ResponseError:  # the script choked on a damaged entry
+                probe = _CORRUPT
             if isinstance(probe, AppendResult) and not (probe.bound and uid):
                 return self._hot_done(sid, uid, items, payloads, probe, t0)
         return self._run(self._add(sid, uid, items, payloads, probe))
@@ -379,6 +395,8 @@ class HybridMemory:
                 self._soon(self._redis_failed)
             except OwnershipConflict:
                 raise SessionOwnershipError("this session belongs to another user") from None
+            except ResponseError:  # the script choked on a damaged entry
+                probe = _CORRUPT
             if isinstance(probe, AppendResult) and not (probe.bound and uid):
                 return self._hot_done(sid, uid, items, payloads, probe, t0)
         return await self._arun(self._add(sid, uid, items, payloads, probe))
@@ -415,8 +433,14 @@ class HybridMemory:
         try:
             if probe is _UNKNOWN:
                 self._check_room(len(items))
+                try:
+                    res = await self._cache.append(sid, uid, ids, payloads, persist=hybrid)
+                except ResponseError:
+                    probe = _CORRUPT
+            if probe is _CORRUPT:
+                await self._drop_corrupt(sid)
                 res = await self._cache.append(sid, uid, ids, payloads, persist=hybrid)
-            else:
+            elif probe is not _UNKNOWN:
                 res = probe
             if res is None:
                 fill = await self._load_fill(sid, for_write=True)
@@ -461,6 +485,7 @@ class HybridMemory:
         """The window to cache for `sid`: PostgreSQL's tail merged with this process's uncommitted rows."""
         if self._store is None:
             return Fill(0, None, [])
+        pending = self._pending(sid)
         try:
             w = (await self._store.windows([sid], self.config.cache_capacity))[sid]
         except StoreDown as exc:
@@ -469,30 +494,35 @@ class HybridMemory:
             # Keep accepting writes while PostgreSQL is down: cache a window marked partial (older history
             # unknown); reads treat it as a miss until PostgreSQL can complete it.
             self._pg_up = False
-            fill = self._merge_fill(sid, None, 0, [])
+            fill = self._merge_fill(None, 0, [], pending)
             fill.partial = True
             return fill
-        return self._window_fill(sid, w)
+        return self._window_fill(sid, w, pending)
 
-    def _window_fill(self, sid: str, w: Window) -> Fill:
-        fill = self._merge_fill(sid, w.owner, w.floor_seq, w.rows, self.config.cache_capacity)
+    def _window_fill(self, sid: str, w: Window, pending: list[Row]) -> Fill:
+        fill = self._merge_fill(w.owner, w.floor_seq, w.rows, pending, self.config.cache_capacity)
         fill.sum_upto, fill.sum_text = w.sum_upto, w.sum_text
         stored = {seq for seq, _, _ in w.rows}
-        extra = sum(1 for r in self._wb.pending_rows(sid) if r.seq > w.sum_upto and r.seq not in stored) \
-            if self._wb is not None else 0
-        fill.unsum = w.unsum + extra
+        fill.unsum = w.unsum + sum(1 for r in pending if r.seq > w.sum_upto and r.seq not in stored)
         return fill
 
-    def _merge_fill(self, sid: str, owner: str | None, floor: int, rows: list[tuple[int, str, str]],
+    def _pending(self, sid: str) -> list[Row]:
+        """This process's uncommitted rows of `sid`. Take them *before* querying PostgreSQL: a row committed
+        in between is then in one of the two, never in neither."""
+        return self._wb.pending_rows(sid) if self._wb is not None else []
+
+    def _merge_fill(self, owner: str | None, floor: int, rows: list[tuple[int, str, str]], pending: list[Row],
                     n: int | None = None) -> Fill:
         n = n or self.config.max_session_messages
         merged = {seq: (msg_id, body) for seq, msg_id, body in rows}
-        if self._wb is not None:
-            for r in self._wb.pending_rows(sid):
+        for r in pending:
+            if r.seq > floor:
                 merged[r.seq] = (r.msg_id, r.body)
         tail = sorted(merged.items())[-n:]
         base = max([floor, *merged.keys()]) if merged else floor
-        return Fill(base, owner, [(mid, f"{seq}:{body}".encode()) for seq, (mid, body) in tail])
+        fill = Fill(base, owner, [(mid, element(seq, body)) for seq, (mid, body) in tail])
+        fill.floor = floor
+        return fill
 
     # -- read path ---------------------------------------------------------------------------------------
     def get_recent_messages(self, session_id: str, limit: int | None = None, *,
@@ -504,10 +534,12 @@ class HybridMemory:
             t0 = time.perf_counter()
             try:
                 probe = self._sync.read(sid, n)
+                if isinstance(probe, tuple):
+                    return self._hit(probe, uid, t0)
             except CacheDown:
                 self._soon(self._redis_failed)
-            if isinstance(probe, tuple):
-                return self._hit(probe, uid, t0)
+            except (CorruptEntry, ResponseError):
+                probe = _CORRUPT
         return self._run(self._recent(sid, uid, n, probe))
 
     async def aget_recent_messages(self, session_id: str, limit: int | None = None, *,
@@ -518,10 +550,12 @@ class HybridMemory:
             t0 = time.perf_counter()
             try:
                 probe = await self._loop_cache().read(sid, n)
+                if isinstance(probe, tuple):
+                    return self._hit(probe, uid, t0)
             except CacheDown:
                 self._soon(self._redis_failed)
-            if isinstance(probe, tuple):
-                return self._hit(probe, uid, t0)
+            except (CorruptEntry, ResponseError):
+                probe = _CORRUPT
         return await self._arun(self._recent(sid, uid, n, probe))
 
     def _read_args(self, session_id: str, user_id: str | None, limit: int | None) -> tuple[str, str | None, int]:
@@ -553,17 +587,29 @@ class HybridMemory:
         if self._use_cache() and limit <= window:
             assert self._cache is not None
             try:
+                if probe is _CORRUPT:
+                    await self._drop_corrupt(sid)
+                    probe = _UNKNOWN
                 hit = await self._cache.read(sid, limit) if probe is _UNKNOWN else probe
+                if isinstance(hit, tuple):
+                    try:
+                        msgs = decode_window(hit[1])
+                    except CorruptEntry:
+                        await self._drop_corrupt(sid)
+                        hit = None
+                    else:
+                        self._stats.hits += 1
+                        self._check_owner(hit[0] or None, uid)
+                        return msgs
+            except ResponseError:
+                await self._drop_corrupt(sid)
+                hit = None
             except CacheDown:
                 self._redis_failed()
                 hit = None
                 if self.config.mode is Mode.SESSION_ONLY:
                     raise StorageUnavailableError("Redis is unreachable and mode is session_only") from None
             else:
-                if isinstance(hit, tuple):
-                    self._stats.hits += 1
-                    self._check_owner(hit[0] or None, uid)
-                    return [decode_element(el) for el in hit[1]]
                 self._stats.misses += 1
                 if self._store is None:
                     return []
@@ -577,19 +623,20 @@ class HybridMemory:
                     self._redis_failed()
                 else:
                     self._check_owner(owner or None, uid)
-                    return [decode_element(el) for el in cached[-limit:]]
-                return [decode_element(el) for _, el in fill.pairs[-limit:]]
+                    return decode_window(cached[-limit:])
+                return decode_window([el for _, el in fill.pairs[-limit:]])
         # PostgreSQL path: Redis down, persistent mode, or a read deeper than the window.
         store = self._need_store()
         if self.config.mode is Mode.HYBRID:
             self._stats.fallback_reads += 1
+        pending = self._pending(sid)
         try:
             w = (await store.windows([sid], limit))[sid]
         except StoreDown as exc:
             raise self._store_down(exc) from None
         self._check_owner(w.owner, uid)
-        fill = self._merge_fill(sid, w.owner, w.floor_seq, w.rows, limit)
-        return [decode_element(el) for _, el in fill.pairs[-limit:]]
+        fill = self._merge_fill(w.owner, w.floor_seq, w.rows, pending, limit)
+        return decode_window([el for _, el in fill.pairs[-limit:]])
 
     def get_context(self, session_id: str, *, user_id: str | None = None) -> Context:
         """What a prompt should carry: the summary of older turns (if any), then every message after it.
@@ -606,6 +653,8 @@ class HybridMemory:
                 probe = self._sync.context(sid)
             except CacheDown:
                 self._soon(self._redis_failed)
+            except ResponseError:
+                probe = _CORRUPT
             ctx = self._cached_context(probe, uid, t0)
             if ctx is not None:
                 return ctx
@@ -622,6 +671,8 @@ class HybridMemory:
                 probe = await self._loop_cache().context(sid)
             except CacheDown:
                 self._soon(self._redis_failed)
+            except ResponseError:
+                probe = _CORRUPT
             ctx = self._cached_context(probe, uid, t0)
             if ctx is not None:
                 return ctx
@@ -632,7 +683,10 @@ class HybridMemory:
         if not isinstance(probe, CachedContext):
             return None
         self._check_owner(probe.owner or None, uid)
-        msgs = [m for m in map(decode_element, probe.elements) if (m.seq or 0) > probe.sum_upto]
+        try:
+            msgs = [m for m in decode_window(probe.elements) if (m.seq or 0) > probe.sum_upto]
+        except CorruptEntry:
+            return None  # the slow path drops and reloads the window
         if len(msgs) != probe.unsum:
             return None  # summarization lags behind the cache's capacity: read PostgreSQL
         self._stats.hits += 1
@@ -646,12 +700,13 @@ class HybridMemory:
             # A miss loads the window (with the summary fields) into Redis; read the cached view after it.
             await self._recent_inner(sid, uid, self.config.max_session_messages)
             assert self._cache is not None
-            with contextlib.suppress(CacheDown):
+            with contextlib.suppress(CacheDown, ResponseError):
                 t0 = time.perf_counter()
                 ctx = self._cached_context(await self._cache.context(sid), uid, t0)
                 if ctx is not None:
                     return ctx
         store = self._need_store()
+        pending = self._pending(sid)
         try:
             if uid is not None:
                 self._check_owner((await store.owner(sid))[1], uid)
@@ -659,10 +714,9 @@ class HybridMemory:
         except StoreDown as exc:
             raise self._store_down(exc) from None
         merged = {seq: body for seq, _, body in rows}
-        if self._wb is not None:
-            for r in self._wb.pending_rows(sid):
-                if r.seq > upto:
-                    merged[r.seq] = r.body
+        for r in pending:
+            if r.seq > upto:
+                merged[r.seq] = r.body
         return Context(text or None, [decode(seq, body) for seq, body in sorted(merged.items())], upto or None)
 
     def get_summaries(self, session_id: str) -> list[dict[str, Any]]:
@@ -749,6 +803,7 @@ class HybridMemory:
             msgs = await self._recent_inner(sid, uid, self.config.max_session_messages)
             msgs = [m for m in msgs if after_seq is None or (m.seq or 0) > after_seq]
             return msgs[:limit] if limit is not None else msgs
+        pending = self._pending(sid)
         try:
             if uid is not None:
                 _, owner = await self._store.owner(sid)
@@ -757,11 +812,10 @@ class HybridMemory:
         except StoreDown as exc:
             raise self._store_down(exc) from None
         merged = {seq: body for seq, body in rows}
-        if self._wb is not None:
-            lo = after_seq if after_seq is not None else -1
-            for r in self._wb.pending_rows(sid):
-                if r.seq > lo:
-                    merged[r.seq] = r.body
+        lo = after_seq if after_seq is not None else -1
+        for r in pending:
+            if r.seq > lo:
+                merged[r.seq] = r.body
         ordered = sorted(merged.items())
         if limit is not None:
             ordered = ordered[:limit]
@@ -798,6 +852,12 @@ class HybridMemory:
         await self._ensure_started()
         if uid is not None:
             self._check_owner(await self._owner_of(sid), uid)
+        await self._drop_cached([sid])
+
+    async def _drop_corrupt(self, sid: str) -> None:
+        """A damaged cache entry is never served: forget it; the store has the truth."""
+        log.warning("hybrid-memory: a damaged cache entry was dropped and will be reloaded")
+        self._stats.corrupt_entries += 1
         await self._drop_cached([sid])
 
     async def _drop_cached(self, sids: Sequence[str]) -> None:
@@ -879,6 +939,8 @@ class HybridMemory:
                 deleted = await self._store.delete_sessions(sids, upto)
             except StoreDown as exc:
                 raise self._store_down(exc) from None
+        if gone and self._wb is not None:
+            await self._wb.ack(gone)  # out of the outbox too: a refill must not bring them back
         await self._drop_cached(sids)
         return deleted
 
@@ -904,7 +966,7 @@ class HybridMemory:
             if kept:
                 assert self._cache is not None
                 fill = Fill(max(m.seq or 0 for m in kept), uid, [])
-                fill.pairs = [(m.id, f"{m.seq}:{encode(m)}".encode()) for m in kept]
+                fill.pairs = [(m.id, element(m.seq or 0, encode(m))) for m in kept]
                 await self._cache.fill(sid, fill)
             return 0
         # Commit this process's queued writes first, so the row exists before it is deleted.
@@ -1016,11 +1078,12 @@ class HybridMemory:
         loaded, chunk = 0, 200
         for i in range(0, len(sids), chunk):
             part = list(dict.fromkeys(sids[i:i + chunk]))
+            pending = {sid: self._pending(sid) for sid in part}
             try:
                 windows = await self._store.windows(part, self.config.cache_capacity)
             except StoreDown as exc:
                 raise self._store_down(exc) from None
-            fills = {sid: self._window_fill(sid, w) for sid, w in windows.items() if w.exists}
+            fills = {sid: self._window_fill(sid, w, pending[sid]) for sid, w in windows.items() if w.exists}
             try:
                 loaded += await self._cache.fill_many(fills)
             except CacheDown:
@@ -1113,7 +1176,7 @@ class HybridMemory:
             write_p50_ms=w50, write_p99_ms=w99, reads=s.reads, writes=s.writes, fallback_reads=s.fallback_reads,
             fallback_writes=s.fallback_writes, persisted=s.persisted, persist_batches=s.persist_batches,
             persist_failures=s.persist_failures, reclaimed=s.reclaimed, redis_errors=s.redis_errors,
-            summaries=s.summaries, summary_failures=s.summary_failures,
+            corrupt_entries=s.corrupt_entries, summaries=s.summaries, summary_failures=s.summary_failures,
             summary_queue=self._summaries.queued if self._summaries else 0,
             last_summary_error=self._summaries.last_error if self._summaries else None)
 

@@ -66,10 +66,35 @@ def decode(seq: int, payload: str | bytes) -> Message:
                    created_at=obj.get("t"))
 
 
-def decode_element(element: bytes) -> Message:
-    """Decode a cached window element: `b"<seq>:<payload>"`."""
-    i = element.index(b":")
-    return decode(int(element[:i]), element[i + 1:])
+class CorruptEntry(ValueError):
+    """A cached element could not be decoded (treated as a cache miss, never returned)."""
+
+
+# A cached element is the payload with the sequence number spliced in front: b'{"s":<seq>,"i":...}'. It is
+# still one JSON object, so a whole window decodes with a single json.loads of "[el,el,...]".
+def element(seq: int, payload: str) -> bytes:
+    return f'{{"s":{seq},{payload[1:]}'.encode("ascii")
+
+
+def split_element(el: bytes) -> tuple[int, str]:
+    """(seq, payload) of a cached element."""
+    comma = el.index(b",", 5)
+    return int(el[5:comma]), "{" + el[comma + 1:].decode("ascii")
+
+
+def decode_window(elements: list[bytes]) -> list[Message]:
+    """Decode cached elements (oldest first) in one pass; raises CorruptEntry on anything malformed."""
+    if not elements:
+        return []
+    try:
+        objs = _loads(b"[" + b",".join(elements) + b"]")
+        return [Message(o["r"], o["c"], o["i"], o.get("m") or {}, o["s"], o.get("t")) for o in objs]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CorruptEntry(f"corrupt cache entry ({type(exc).__name__})") from None
+
+
+def decode_element(el: bytes) -> Message:
+    return decode_window([el])[0]
 
 
 def _has_forbidden_chars(text: str) -> bool:

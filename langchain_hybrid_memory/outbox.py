@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .cache import CacheDown, RedisCache
 from .config import HybridConfig
-from .messages import _loads
+from .messages import _loads, split_element
 from .stats import Stats
 from .store import PostgresStore, Row, StoreDown
 
@@ -201,7 +201,7 @@ class WriteBehind:
                 backoff = 0.05
                 self._on_store(True)
                 self._done(batch.entries)
-                await self._ack(batch.entries)
+                await self.ack(batch.entries)
 
     async def commit(self, rows: list[Row], users: list[str]) -> None:
         """Insert rows idempotently; re-sequence the (split-brain) rows whose seq was taken by another id."""
@@ -238,7 +238,8 @@ class WriteBehind:
         async with self._progress:
             self._progress.notify_all()
 
-    async def _ack(self, entries: list[Pending]) -> None:
+    async def ack(self, entries: list[Pending]) -> None:
+        """Delete entries from the outbox (committed, or erased with their session)."""
         if self.cache is None or not self._redis_up():
             return  # the janitor replays what stays in the stream; replays are idempotent
         acks: dict[str, list[str]] = {}
@@ -263,10 +264,9 @@ class WriteBehind:
         rows: list[Row] = []
         users: list[str] = []
         for msg_id, el, uid in await self.cache.session_outbox(session_id):
-            i = el.index(b":")
-            body = el[i + 1:].decode("ascii")
+            seq, body = split_element(el)
             obj = _loads(body)
-            rows.append(Row(session_id, int(el[:i]), msg_id, obj["r"], body, obj.get("t") or 0.0))
+            rows.append(Row(session_id, seq, msg_id, obj["r"], body, obj.get("t") or 0.0))
             users.append(uid)
         await self.commit(rows, users)
 
@@ -296,10 +296,9 @@ class WriteBehind:
             acks: dict[str, list[str]] = {}
             for stream, xid, sid, uid, elements in found:
                 for msg_id, el in elements:
-                    i = el.index(b":")
-                    body = el[i + 1:].decode("ascii")
+                    seq, body = split_element(el)
                     obj = _loads(body)
-                    rows.append(Row(sid, int(el[:i]), msg_id.decode("utf-8"), obj["r"], body, obj.get("t") or 0.0))
+                    rows.append(Row(sid, seq, msg_id.decode("utf-8"), obj["r"], body, obj.get("t") or 0.0))
                     users.append(uid)
                 acks.setdefault(stream, []).append(xid)
             await self.commit(rows, users)

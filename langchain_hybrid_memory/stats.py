@@ -42,6 +42,7 @@ class CacheStats:
     persist_failures: int
     reclaimed: int
     redis_errors: int
+    corrupt_entries: int  # damaged cache entries dropped (and reloaded) instead of served
     summaries: int  # summaries stored by this process
     summary_failures: int
     summary_queue: int  # sessions due or waiting to retry
@@ -59,6 +60,7 @@ class Stats:
         self.persisted = self.persist_batches = self.persist_failures = 0
         self.reclaimed = self.redis_errors = 0
         self.summaries = self.summary_failures = 0
+        self.corrupt_entries = 0
         self.read_lat: deque[float] = deque(maxlen=window)
         self.write_lat: deque[float] = deque(maxlen=window)
 

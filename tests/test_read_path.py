@@ -111,3 +111,36 @@ async def test_async_reads(make_memory):
     got = await asyncio.gather(*(memory.aget_recent_messages("s") for _ in range(20)))
     assert all([m.content for m in g] == ["a", "b"] for g in got)
     assert [m.content for m in await memory.aget_messages("s")] == ["a", "b"]
+
+
+def test_damaged_cache_entries_are_dropped_and_reloaded_never_served(make_memory):
+    memory = make_memory()
+    sent = memory.add_messages("s", [Message("human", f"m{i}") for i in range(5)])
+    memory.flush()
+    r = redis.Redis.from_url(memory.config.redis_dsn())
+    keys = memory.keys.session("s")
+    r.lset(keys.window, 2, b"\xff garbage {")
+    assert [m.id for m in memory.get_recent_messages("s")] == [m.id for m in sent]  # sync hot path
+    r.lset(keys.window, 1, b'{"s":1,"no":"fields"}')
+
+    async def read() -> list[str]:
+        return [m.id for m in await memory.aget_recent_messages("s")]
+
+    assert asyncio.run(read()) == [m.id for m in sent]  # async hot path
+    r.hset(keys.meta, "seq", "not a number")
+    more = memory.add_messages("s", [Message("human", "after damage")])  # the script fails: reload, retry
+    assert [m.id for m in memory.get_recent_messages("s")] == [m.id for m in sent + more]
+    assert memory.get_cache_stats().corrupt_entries == 3
+
+
+def test_cleared_session_does_not_come_back_from_the_outbox(make_memory):
+    for _ in range(10):  # the race was intermittent: the outbox still held the cleared messages
+        memory = make_memory(write_behind_delay=5)
+        memory.add_messages("s", [Message("human", "gone")])
+        memory.clear_session("s")
+        assert memory.get_recent_messages("s") == []
+        other = make_memory(write_behind_delay=600)  # its entries are in flight when the session is cleared
+        other.add_messages("t", [Message("human", "in flight")])
+        memory.clear_session("t")
+        memory.invalidate_session("t")
+        assert memory.get_recent_messages("t") == []

@@ -8,13 +8,14 @@ import threading
 import redis
 
 from langchain_hybrid_memory import HybridMemory, Message
+from langchain_hybrid_memory.messages import split_element
 
 from conftest import REDIS_URL, pg_fetch
 
 
 def _redis_seqs(memory: HybridMemory, sid: str) -> list[int]:
     r = redis.Redis.from_url(REDIS_URL)
-    return [int(el.split(b":", 1)[0]) for el in r.lrange(memory.keys.session(sid).window, 0, -1)]
+    return [split_element(el)[0] for el in r.lrange(memory.keys.session(sid).window, 0, -1)]
 
 
 def _pg_rows(ns: str, sid: str) -> list[tuple[int, str]]:
