@@ -13,6 +13,7 @@ from .errors import (
     SessionOwnershipError,
     StorageUnavailableError,
 )
+from .history import HybridChatMessageHistory, TranscriptPage
 from .memory import HybridMemory
 from .messages import Context, Message
 from .stats import CacheStats
@@ -22,6 +23,7 @@ __all__ = [
     "CacheStats",
     "ConfigurationError",
     "Context",
+    "HybridChatMessageHistory",
     "HybridConfig",
     "HybridMemory",
     "HybridMemoryError",
@@ -34,6 +36,18 @@ __all__ = [
     "Mode",
     "SessionOwnershipError",
     "StorageUnavailableError",
+    "TranscriptPage",
     "redact_url",
 ]
 __version__ = "0.1.0"
+
+# The agent middleware needs the `agents` extra (langchain >= 1): import it only when asked for.
+_AGENT_NAMES = ("HybridMemoryMiddleware", "HybridSummarizer", "SummaryRecord", "HybridMemoryState")
+
+
+def __getattr__(name: str) -> object:
+    if name in _AGENT_NAMES:
+        from . import middleware
+
+        return getattr(middleware, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """LangChain messages <-> engine `Message`, and the model's view (summary + window) built from a `Context`.
 
 A LangChain message is stored as: `role` = its type ("human", "ai", "system", "tool", "chat", "function"),
-`content` = its content, `id` = its id (or a fresh one), and its other fields in `metadata`, next to the
-marker `"langchain": 1`. Flat, so the engine's own summarizer prompt sees `tool_calls` like any adapter's.
+`content` = its content, `id` = its id (or a fresh one), and its other fields under `metadata["langchain"]`
+(which also marks it as ours). `tool_calls`, `tool_call_id` and `name` are copied to the top level of
+`metadata` too, where every reader looks for them (the engine's summarizer prompt, the LlamaIndex adapter).
 Fields come from `message_to_dict` and go back through `messages_from_dict`, never `load`/`loads`: stored data
 can only ever become a plain message, not an arbitrary object.
 """
@@ -32,8 +33,8 @@ from langchain_core.messages import (
 from .errors import InvalidMessageError
 from .messages import Context, Message
 
-LC_MARK = "langchain"  # metadata[LC_MARK] == LC_FORMAT: the other metadata keys are LangChain message fields
-LC_FORMAT = 1
+LC_KEY = "langchain"  # metadata key holding (and marking) the LangChain fields
+LIFTED = ("tool_calls", "tool_call_id", "name")  # also at the top level of metadata, for other readers
 # `additional_kwargs["lc_source"]` of a summary message: the mark LangChain's SummarizationMiddleware uses too.
 SUMMARY_SOURCE = "summarization"
 SUMMARY_ID_PREFIX = "hybrid-summary-"
@@ -81,7 +82,9 @@ def to_engine(message: BaseMessage) -> Message:
     mid = engine_id(lc_id)
     if lc_id is not None and mid != lc_id:
         fields["id"] = lc_id  # the original, which the engine could not take as its id
-    return Message(role=role, content=content, id=mid, metadata={LC_MARK: LC_FORMAT, **fields})
+    metadata: dict[str, Any] = {k: fields[k] for k in LIFTED if fields.get(k)}
+    metadata[LC_KEY] = fields
+    return Message(role=role, content=content, id=mid, metadata=metadata)
 
 
 def from_engine(message: Message) -> BaseMessage:
@@ -89,10 +92,9 @@ def from_engine(message: Message) -> BaseMessage:
 
     Messages written by other adapters (no LangChain fields) map by role: user/assistant/system/tool/...
     """
-    meta = message.metadata
-    if meta.get(LC_MARK) == LC_FORMAT and message.role in _STORED_TYPES:
-        data: dict[str, Any] = {"id": message.id, **meta, "content": message.content}
-        del data[LC_MARK]
+    fields = message.metadata.get(LC_KEY)
+    if isinstance(fields, dict) and message.role in _STORED_TYPES:
+        data: dict[str, Any] = {"id": message.id, **fields, "content": message.content}
         return messages_from_dict([{"type": message.role, "data": data}])[0]
     return _foreign(message)
 
@@ -105,6 +107,10 @@ def _foreign(message: Message) -> BaseMessage:
     if role in ("human", "user"):
         return HumanMessage(content=content, id=message.id, name=name)
     if role in ("ai", "assistant", "model"):
+        calls = meta.get("tool_calls")
+        if isinstance(calls, list) and calls and all(isinstance(c, dict) and "function" in c for c in calls):
+            # OpenAI-format calls (as LlamaIndex keeps them): AIMessage parses them into `tool_calls`.
+            return AIMessage(content=content, id=message.id, name=name, additional_kwargs={"tool_calls": calls})
         return AIMessage(content=content, id=message.id, name=name)
     if role in ("system", "developer"):
         return SystemMessage(content=content, id=message.id, name=name)

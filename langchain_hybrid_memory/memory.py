@@ -34,6 +34,7 @@ from .config import HybridConfig, Mode, redact_url
 from .errors import (
     BacklogFullError,
     HybridMemoryError,
+    InvalidMessageError,
     MemoryClosedError,
     SessionOwnershipError,
     StorageUnavailableError,
@@ -639,13 +640,13 @@ class HybridMemory:
         return decode_window([el for _, el in fill.pairs[-limit:]])
 
     def get_context(self, session_id: str, *, user_id: str | None = None) -> Context:
-        """What a prompt should carry: the summary of older turns (if any), then every message after it.
+        """What a prompt should carry: the session's latest summary (if any), then the messages after it.
 
-        Without auto-summarization this is the recent window. One Redis round trip when cached.
+        With auto-summarization every message after the summary is included (no gap, no overlap); without it
+        (summaries stored with `save_summary`, or none) the messages are capped to the recent window.
+        One Redis round trip when cached.
         """
         sid, uid, _ = self._read_args(session_id, user_id, 0)
-        if not self.config.enable_auto_summarize:
-            return Context(None, self.get_recent_messages(sid, user_id=uid))
         probe: Any = _UNKNOWN
         if self._hot(0) and self._sync is not None:
             t0 = time.perf_counter()
@@ -662,8 +663,6 @@ class HybridMemory:
 
     async def aget_context(self, session_id: str, *, user_id: str | None = None) -> Context:
         sid, uid, _ = self._read_args(session_id, user_id, 0)
-        if not self.config.enable_auto_summarize:
-            return Context(None, await self.aget_recent_messages(sid, user_id=uid))
         if self._hot(0):
             t0 = time.perf_counter()
             probe: Any = _UNKNOWN
@@ -679,7 +678,7 @@ class HybridMemory:
         return await self._arun(self._context(sid, uid))
 
     def _cached_context(self, probe: Any, uid: str | None, t0: float) -> Context | None:
-        """The context from one cached read, if the cache holds every message after the summary."""
+        """The context from one cached read, if the cache holds what the view needs."""
         if not isinstance(probe, CachedContext):
             return None
         self._check_owner(probe.owner or None, uid)
@@ -687,8 +686,11 @@ class HybridMemory:
             msgs = [m for m in decode_window(probe.elements) if (m.seq or 0) > probe.sum_upto]
         except CorruptEntry:
             return None  # the slow path drops and reloads the window
-        if len(msgs) != probe.unsum:
-            return None  # summarization lags behind the cache's capacity: read PostgreSQL
+        if self.config.enable_auto_summarize:
+            if len(msgs) != probe.unsum:
+                return None  # summarization lags behind the cache's capacity: read PostgreSQL
+        else:
+            msgs = msgs[-self.config.max_session_messages:]
         self._stats.hits += 1
         self._stats.reads += 1
         self._stats.read_lat.append(time.perf_counter() - t0)
@@ -710,14 +712,20 @@ class HybridMemory:
         try:
             if uid is not None:
                 self._check_owner((await store.owner(sid))[1], uid)
-            _, upto, text, _, rows = await store.summary_state(sid, 100_000)
+            if self.config.enable_auto_summarize:  # everything after the summary (bounded by summarization)
+                _, upto, text, _, rows = await store.summary_state(sid, 100_000)
+            else:  # the window after the summary
+                _, upto, text, _, rows = await store.summary_state(sid, self.config.max_session_messages, tail=True)
         except StoreDown as exc:
             raise self._store_down(exc) from None
         merged = {seq: body for seq, _, body in rows}
         for r in pending:
             if r.seq > upto:
                 merged[r.seq] = r.body
-        return Context(text or None, [decode(seq, body) for seq, body in sorted(merged.items())], upto or None)
+        ordered = sorted(merged.items())
+        if not self.config.enable_auto_summarize:
+            ordered = ordered[-self.config.max_session_messages:]
+        return Context(text or None, [decode(seq, body) for seq, body in ordered], upto or None)
 
     def get_summaries(self, session_id: str) -> list[dict[str, Any]]:
         """Every stored summary of the session, oldest first (ranges, text, model, token counts, time)."""
@@ -752,6 +760,49 @@ class HybridMemory:
             raise self._store_down(exc) from None
         if enabled:
             self._summary_due(sid)
+
+    def save_summary(self, session_id: str, summary: str, *, upto_message_id: str, user_id: str | None = None,
+                     model: str = "external") -> bool:
+        """Store a summary made outside the engine (e.g. by LangChain's SummarizationMiddleware) as the next
+        one: it covers the messages after the current summary up to `upto_message_id`. False if that message is
+        unknown or already covered, or another summary landed first."""
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        return self._run(self._save_summary(sid, uid, summary, upto_message_id, model))
+
+    async def asave_summary(self, session_id: str, summary: str, *, upto_message_id: str,
+                            user_id: str | None = None, model: str = "external") -> bool:
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        return await self._arun(self._save_summary(sid, uid, summary, upto_message_id, model))
+
+    async def _save_summary(self, sid: str, uid: str | None, text: str, upto_id: str, model: str) -> bool:
+        await self._ensure_started()
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidMessageError("summary must be a non-empty str")
+        store = self._need_store()
+        if uid is not None:
+            self._check_owner(await self._owner_of(sid), uid)
+        try:
+            if self._wb is not None:
+                await self._wb.settle(sid)
+            _, upto, _, _, _ = await store.summary_state(sid, 0)
+            covered = await store.covered_by(sid, upto, upto_id)
+            if covered is None or covered[2] == 0:
+                return False
+            last, first, count = covered
+            counter = self._token_counter or default_token_counter()
+            stored = await store.add_summary(sid, upto, first, last, count, text, model, None, counter(text))
+        except StoreDown as exc:
+            raise self._store_down(exc) from None
+        except CacheDown:
+            raise StorageUnavailableError("Redis is unreachable: other writers' pending messages are unknown") \
+                from None
+        if stored and self._use_cache():
+            assert self._cache is not None
+            with contextlib.suppress(CacheDown):
+                await self._cache.set_summary(sid, last, text, count)
+        if stored:
+            self._stats.summaries += 1
+        return stored
 
     def summarize_now(self, session_id: str) -> int:
         """Make the summaries that are due for this session now (waits for the LLM); returns how many."""

@@ -10,13 +10,15 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, NotRequired, cast
+from typing import Annotated, Any, NotRequired
 
 from langchain.agents.middleware.summarization import DEFAULT_SUMMARY_PROMPT
 from langchain.agents.middleware.types import AgentMiddleware, AgentState, PrivateStateAttr
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage, get_buffer_string
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
+from langchain_core.runnables.config import run_in_executor
+from langgraph.config import get_config
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 
@@ -72,8 +74,6 @@ def resolve_conversation(*, session_id: str | None, user_id: str | None, session
 def _current_config() -> RunnableConfig | None:
     # Hooks get the Runtime but not the config; the thread id lives in the config.
     try:
-        from langgraph.config import get_config
-
         return get_config()
     except RuntimeError:  # called outside a graph run
         return None
@@ -82,12 +82,13 @@ def _current_config() -> RunnableConfig | None:
 class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any, Any]):
     """Gives a `create_agent` agent the conversation's memory from `HybridMemory`.
 
-    Before the run it loads the summary + recent window of the conversation (the session is
-    `context[session_key]` if the runtime context has it, else the `thread_id` of the config) and puts it
-    before the new input. It persists new messages through the engine (write-behind) before each model call
-    and after the run, so a summarizer always finds what it summarizes in the engine. It never deletes
-    anything from the engine: when `SummarizationMiddleware` compacts the agent state, the transcript keeps
-    every message, and the compacted state's summary message is not stored as a turn.
+    Before the run it loads the summary + recent window of the conversation (the session is the fixed
+    `session_id`, else `context[session_key]` if the runtime context has it, else the `thread_id` of the
+    config; the user likewise from `user_id` or `context[user_key]`) and puts it before the new input.
+    It persists new messages through the engine (write-behind) before each model call and after the run, so
+    a summarizer always finds what it summarizes in the engine, and a failed run keeps what it said so far.
+    It never deletes anything from the engine: when `SummarizationMiddleware` compacts the agent state, the
+    transcript keeps every message, and the compacted state's summary message is not stored as a turn.
 
     Without a checkpointer (replacing one): the engine is the memory. Each run starts from summary + window,
     on any process, and the state of a run is thrown away after it.
@@ -230,9 +231,9 @@ class HybridSummarizer(Runnable[list[AnyMessage], str]):
     to the engine, for the run's session (resolved like `HybridMemoryMiddleware` does), so that every later
     view of the session (`get_context`, `HybridChatMessageHistory`, a fresh agent run) carries it.
 
-    The engine side is one method, `HybridMemory.save_summary(session_id, summary, *, upto_message_id,
-    user_id)` and its async twin `asave_summary`, added by the summarization issue. Until the engine has it,
-    the summary only lives in the agent state, and `save_summary` is the seam to fill.
+    The engine stores it with `HybridMemory.save_summary(session_id, summary, *, upto_message_id, user_id)`
+    as the session's next summary, covering everything after the previous one up to the last summarized
+    message (the engine's own auto-summarization writes its summaries itself).
     """
 
     def __init__(self, memory: HybridMemory, summarize: SummarizeFn, *, session_id: str | None = None,
@@ -283,35 +284,37 @@ class HybridSummarizer(Runnable[list[AnyMessage], str]):
             summary: Any = (await fn.ainvoke(self._prompt(input), config)).text
         elif isinstance(fn, Runnable):
             summary = await fn.ainvoke(input, config)
+        elif inspect.iscoroutinefunction(fn):
+            summary = await fn(input)
         else:
-            summary = fn(input)
+            # A sync function may block (a local model, an HTTP call): keep it off the event loop.
+            summary = await run_in_executor(config, fn, input)
             if inspect.isawaitable(summary):
                 summary = await summary
         record = self._record(input, summary, config)
         await self.asave(record)
         return record.summary
 
-    # The seam: where the engine stores the summary (see the class docstring).
-    def save(self, record: SummaryRecord) -> None:
-        """Persist `record` through the engine."""
-        save = getattr(self.memory, "save_summary", None)
-        if save is None:
-            self._unsupported()
-            return
-        save(record.session_id, record.summary, upto_message_id=record.upto_message_id, user_id=record.user_id)
+    # Where the engine stores the summary (see the class docstring).
+    def save(self, record: SummaryRecord) -> bool:
+        """Persist `record` through the engine as the session's next summary."""
+        if record.upto_message_id is None:
+            return self._unplaceable()
+        return self.memory.save_summary(record.session_id, record.summary, upto_message_id=record.upto_message_id,
+                                        user_id=record.user_id, model="langchain-summarization-middleware")
 
-    async def asave(self, record: SummaryRecord) -> None:
-        save = getattr(self.memory, "asave_summary", None)
-        if save is None:
-            self._unsupported()
-            return
-        await cast(Callable[..., Awaitable[None]], save)(
-            record.session_id, record.summary, upto_message_id=record.upto_message_id, user_id=record.user_id)
+    async def asave(self, record: SummaryRecord) -> bool:
+        if record.upto_message_id is None:
+            return self._unplaceable()
+        return await self.memory.asave_summary(
+            record.session_id, record.summary, upto_message_id=record.upto_message_id, user_id=record.user_id,
+            model="langchain-summarization-middleware")
 
     _warned = False
 
-    def _unsupported(self) -> None:
-        if not HybridSummarizer._warned:
-            HybridSummarizer._warned = True
-            log.warning("hybrid-memory: this engine cannot store summaries yet; the summary stays in the "
-                        "agent state only")
+    def _unplaceable(self) -> bool:
+        if not self._warned:
+            self._warned = True
+            log.warning("hybrid-memory: the summarized messages carry no id, so the summary cannot be placed "
+                        "in the engine; it stays in the agent state only")
+        return False

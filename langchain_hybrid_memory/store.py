@@ -337,9 +337,10 @@ class PostgresStore:
             user_id, limit)]
 
     # -- summaries ---------------------------------------------------------------------------------------
-    async def summary_state(self, session_id: str, limit: int
+    async def summary_state(self, session_id: str, limit: int, tail: bool = False
                             ) -> tuple[bool, int, str, int, list[tuple[int, str, str]]]:
-        """(enabled, upto_seq, text, messages after it, the first `limit` of them as (seq, role, body))."""
+        """(enabled, upto_seq, text, messages after it, the first (or with `tail`, last) `limit` of them as
+        (seq, role, body), oldest first)."""
         rec = await self._run(
             "fetchrow",
             "SELECT coalesce((SELECT summarize_enabled FROM sessions WHERE session_id = $1), true),"
@@ -347,10 +348,14 @@ class PostgresStore:
             " (SELECT count(*) FROM messages WHERE session_id = $1 AND seq > coalesce(sm.upto_seq, 0))"
             " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT upto_seq, text FROM summaries WHERE session_id = $1"
             " ORDER BY upto_seq DESC LIMIT 1) sm ON true", session_id)
+        order = "DESC" if tail else "ASC"
         rows = await self._run(
-            "fetch", "SELECT seq, role, body FROM messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            session_id, rec[1], limit)
-        return rec[0], rec[1], rec[2], rec[3], [(r[0], r[1], r[2]) for r in rows]
+            "fetch", f"SELECT seq, role, body FROM messages WHERE session_id = $1 AND seq > $2 ORDER BY seq {order}"
+            " LIMIT $3", session_id, rec[1], limit)
+        out = [(r[0], r[1], r[2]) for r in rows]
+        if tail:
+            out.reverse()
+        return rec[0], rec[1], rec[2], rec[3], out
 
     async def lease(self, session_id: str, owner: str, seconds: float) -> str:
         """Take the session's summarization lease: "ok", "busy" (another holder), "off" (kill switch), or
@@ -381,6 +386,17 @@ class PostgresStore:
             " WHERE coalesce((SELECT max(upto_seq) FROM summaries WHERE session_id = $1), 0) = $2"
             " ON CONFLICT DO NOTHING RETURNING true",
             session_id, prev_upto, from_seq, upto_seq, count, text, model, input_tokens, output_tokens))
+
+    async def covered_by(self, session_id: str, after_seq: int, upto_msg_id: str) -> tuple[int, int, int] | None:
+        """(seq of `upto_msg_id`, first seq after `after_seq`, count) of the range a summary up to that message
+        would cover; None if the message is unknown."""
+        rec = await self._run(
+            "fetchrow",
+            "WITH u AS (SELECT seq FROM messages WHERE session_id = $1 AND msg_id = $3)"
+            " SELECT u.seq, min(m.seq), count(m.seq) FROM u LEFT JOIN messages m"
+            " ON m.session_id = $1 AND m.seq > $2 AND m.seq <= u.seq GROUP BY u.seq",
+            session_id, after_seq, upto_msg_id)
+        return None if rec is None else (rec[0], rec[1] or 0, rec[2])
 
     async def summaries(self, session_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in await self._run(

@@ -182,3 +182,16 @@ def test_two_processes_never_overlap_summaries(namespace, llm):
         covered += chunk
     assert covered == all_seqs[:len(covered)]  # contiguous from the start, no overlap
     assert len(rows) == (240 - 20) // 30
+
+
+def test_save_summary_made_outside_the_engine(make_memory, namespace):
+    memory = make_memory(**SUMMARY)  # threshold far away: only our external summary lands
+    sent = _write_turns(memory, "s", 10)
+    assert memory.save_summary("s", "first six", upto_message_id=sent[5].id) is True
+    assert memory.save_summary("s", "again", upto_message_id=sent[3].id) is False  # already covered
+    assert memory.save_summary("s", "unknown", upto_message_id="nope") is False
+    ctx = memory.get_context("s")
+    assert ctx.summary == "first six" and [m.id for m in ctx.messages] == [m.id for m in sent[6:]]
+    assert _summaries(namespace, "s") == [(sent[0].seq, sent[5].seq, 6, "first six")]
+    assert memory.save_summary("s", "next two", upto_message_id=sent[7].id, model="lc") is True
+    assert [m.id for m in memory.get_context("s").messages] == [m.id for m in sent[8:]]
