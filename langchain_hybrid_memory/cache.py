@@ -37,12 +37,16 @@ from .keys import KeyLayout
 # the session's entries still in the bucket's outbox (acknowledged by some process, maybe not yet in
 # PostgreSQL), so a reload never loses a recent write.
 _COMMON = """
-local function touch(ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ttl) end
-  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ttl) end
+local function now_us()
   local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[5], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[1])
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function touch(ttl, now)
+  -- PEXPIRE on a missing key is a no-op: no EXISTS guard needed
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+  redis.call('ZADD', KEYS[5], math.floor(now / 1000), ARGV[1])
 end
 local function seq_of(el)
   return tonumber(string.match(el, '^{"s":(%d+),'))
@@ -98,14 +102,16 @@ end
 # seq_1..seq_n, new_1..new_n}.
 APPEND = _COMMON + """
 local i = 9
-if redis.call('EXISTS', KEYS[2]) == 0 then
+local meta = redis.call('HMGET', KEYS[2], 'seq', 'uid')
+if not meta[1] then
   if ARGV[8] ~= '1' then return {-1} end
   i = fill(9)
+  meta = redis.call('HMGET', KEYS[2], 'seq', 'uid')
 elseif ARGV[8] == '1' then
   i = 9 + 8 + 2 * tonumber(ARGV[16])
 end
 local status = 1
-local owner = redis.call('HGET', KEYS[2], 'uid')
+local owner = meta[2]
 if ARGV[7] ~= '' then
   if owner and owner ~= ARGV[7] then return {-2, owner} end
   if not owner then
@@ -113,9 +119,8 @@ if ARGV[7] ~= '' then
     status = 2
   end
 end
-local last = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = tonumber(meta[1])
+local now = now_us()
 local n = tonumber(ARGV[i])
 local seqs, news, fields = {}, {}, {}
 for k = 0, n - 1 do
@@ -143,7 +148,7 @@ redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', last))
 local unsum = redis.call('HINCRBY', KEYS[2], 'unsum', #fields / 2)
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
-touch(tonumber(ARGV[2]))
+touch(tonumber(ARGV[2]), now)
 local xid = ''
 if ARGV[6] == '1' and #fields > 0 then
   xid = redis.call('XADD', KEYS[4], '*', 's', ARGV[1], 'u', ARGV[7], unpack(fields))
@@ -162,18 +167,18 @@ return out
 # was down, so older history is missing), else {owner or '', element_1..element_k} for a limit, or
 # {owner, sum_upto, sum_text, unsum, element_1..element_k} for the context view.
 READ = _COMMON + """
-if redis.call('EXISTS', KEYS[2]) == 0 then return false end
-if redis.call('HEXISTS', KEYS[2], 'partial') == 1 then return tonumber(redis.call('HGET', KEYS[2], 'seq')) end
-touch(tonumber(ARGV[2]))
+local meta = redis.call('HMGET', KEYS[2], 'seq', 'partial', 'uid', 'sum_upto', 'sum_text', 'unsum')
+if not meta[1] then return false end
+if meta[2] then return tonumber(meta[1]) end
+touch(tonumber(ARGV[2]), now_us())
 local limit = tonumber(ARGV[5])
 if limit > 0 then
   local out = redis.call('LRANGE', KEYS[1], -limit, -1)
-  table.insert(out, 1, redis.call('HGET', KEYS[2], 'uid') or '')
+  table.insert(out, 1, meta[3] or '')
   return out
 end
-local meta = redis.call('HMGET', KEYS[2], 'uid', 'sum_upto', 'sum_text', 'unsum')
 local out = redis.call('LRANGE', KEYS[1], 0, -1)
-for k = 4, 1, -1 do table.insert(out, 1, meta[k] or '') end
+for k = 6, 3, -1 do table.insert(out, 1, meta[k] or '') end
 return out
 """
 
@@ -187,7 +192,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   if ARGV[5] == '' or not partial or redis.call('HGET', KEYS[2], 'seq') ~= ARGV[5] then loaded = 0 end
 end
 if loaded == 1 then fill(6) end
-touch(tonumber(ARGV[2]))
+touch(tonumber(ARGV[2]), now_us())
 local out = redis.call('LRANGE', KEYS[1], 0, -1)
 table.insert(out, 1, redis.call('HGET', KEYS[2], 'uid') or '')
 table.insert(out, 1, loaded)

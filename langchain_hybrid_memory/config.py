@@ -88,7 +88,7 @@ class HybridConfig(BaseModel):
     pg_timeout: float = Field(5.0, gt=0)
     connect_timeout: float = Field(3.0, gt=0)
     health_check_interval: float = Field(1.0, gt=0)
-    pg_pool_min: int = Field(1, ge=0)
+    pg_pool_min: int = Field(0, ge=0)  # 0: no reconnect storm (and asyncpg tracebacks) while PostgreSQL is down
     pg_pool_max: int = Field(10, ge=1)
     redis_max_connections: int = Field(64, ge=1)
     auto_migrate: bool = True

@@ -38,14 +38,21 @@ class KeyLayout:
     def __init__(self, namespace: str, shards: int) -> None:
         self.namespace = namespace
         self.shards = shards
+        self._cache: dict[str, SessionKeys] = {}
 
     def bucket(self, ident: str) -> int:
         return zlib.crc32(ident.encode("utf-8")) % self.shards
 
     def session(self, session_id: str) -> SessionKeys:
-        n = self.bucket(session_id)
-        base = f"{self.namespace}:{{{n}}}:s:{quote(session_id, safe='')}"
-        return SessionKeys(f"{base}:w", f"{base}:m", f"{base}:i", self.outbox(n), self.active(n))
+        keys = self._cache.get(session_id)
+        if keys is None:
+            if len(self._cache) >= 100_000:  # bounded: a long-running process sees unbounded session ids
+                self._cache.clear()
+            n = self.bucket(session_id)
+            base = f"{self.namespace}:{{{n}}}:s:{quote(session_id, safe='')}"
+            keys = self._cache[session_id] = SessionKeys(f"{base}:w", f"{base}:m", f"{base}:i", self.outbox(n),
+                                                         self.active(n))
+        return keys
 
     def outbox(self, bucket: int) -> str:
         return f"{self.namespace}:{{{bucket}}}:outbox"

@@ -100,6 +100,8 @@ def decode_element(el: bytes) -> Message:
 def _has_forbidden_chars(text: str) -> bool:
     # Control characters would make ids unreadable in logs and are refused by PostgreSQL text (NUL);
     # lone surrogates cannot be encoded as UTF-8 at all.
+    if text.isascii() and text.isprintable():
+        return False  # the usual case (uuid hex ids), without a per-character loop
     for ch in text:
         cat = unicodedata.category(ch)
         if cat == "Cc" or cat == "Cs":

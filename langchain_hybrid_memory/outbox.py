@@ -196,7 +196,7 @@ class WriteBehind:
                     self.stats.persist_failures += 1
                     self._on_store(False)
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, 1.0)  # short: drain soon after PostgreSQL is back
                     continue
                 backoff = 0.05
                 self._on_store(True)
