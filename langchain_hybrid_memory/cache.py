@@ -145,15 +145,17 @@ for k = 0, n - 1 do
   end
 end
 redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', last))
-local unsum = redis.call('HINCRBY', KEYS[2], 'unsum', #fields / 2)
+local threshold = tonumber(ARGV[4])
+local unsum = 0
+if threshold > 0 then unsum = redis.call('HINCRBY', KEYS[2], 'unsum', #fields / 2) end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[5]) - 1)
+local keep = tonumber(ARGV[5])
+if redis.call('ZCARD', KEYS[3]) > keep + 64 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -keep - 1) end
 touch(tonumber(ARGV[2]), now)
 local xid = ''
 if ARGV[6] == '1' and #fields > 0 then
   xid = redis.call('XADD', KEYS[4], '*', 's', ARGV[1], 'u', ARGV[7], unpack(fields))
 end
-local threshold = tonumber(ARGV[4])
 local due = 0
 if threshold > 0 and unsum >= threshold then due = 1 end
 local out = {status, xid, due}
@@ -295,7 +297,10 @@ def _make_client(config: HybridConfig, cluster: bool, *, sync: bool) -> Any:
         return cls.from_url(url, **_cluster_kwargs(kwargs))
     if sync:
         return syncredis.Redis(connection_pool=syncredis.BlockingConnectionPool.from_url(url, **kwargs))
-    return aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(url, **kwargs))
+    # A plain pool: RedisCache bounds concurrency with a semaphore, which costs far less per call than the
+    # blocking pool's condition variable and timeout.
+    kwargs.pop("timeout", None)
+    return aioredis.Redis(connection_pool=aioredis.ConnectionPool.from_url(url, **kwargs))
 
 
 def _cluster_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -452,6 +457,7 @@ class RedisCache(_Calls):
         super().__init__(config, keys)
         self.cluster = cluster
         self.client: Any = _make_client(config, cluster, sync=False)
+        self._slots = asyncio.Semaphore(config.redis_max_connections)  # never more calls than connections
         self._append = self.client.register_script(APPEND)
         self._read = self.client.register_script(READ)
         self._fill = self.client.register_script(FILL)
@@ -462,7 +468,8 @@ class RedisCache(_Calls):
 
     async def _call(self, coro: Any) -> Any:
         try:
-            return await coro
+            async with self._slots:
+                return await coro
         except ResponseError:
             raise
         except (RedisError, OSError) as exc:

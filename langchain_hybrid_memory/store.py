@@ -10,6 +10,7 @@ import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -74,6 +75,15 @@ WITH batch AS (
             user_id = COALESCE(s.user_id, EXCLUDED.user_id)
 )
 SELECT session_id, seq FROM ins
+"""
+
+_TOUCH_SESSIONS = """
+INSERT INTO sessions AS s (session_id, user_id, created_at, last_active_at)
+SELECT session_id, max(NULLIF(user_id, '')), to_timestamp(min(ts)), to_timestamp(max(ts))
+FROM unnest($1::text[], $2::text[], $3::float8[]) AS b(session_id, user_id, ts) GROUP BY session_id
+ON CONFLICT (session_id) DO UPDATE
+    SET last_active_at = GREATEST(s.last_active_at, EXCLUDED.last_active_at),
+        user_id = COALESCE(s.user_id, EXCLUDED.user_id)
 """
 
 _WINDOWS = """
@@ -190,20 +200,47 @@ class PostgresStore:
 
     # -- write path --------------------------------------------------------------------------------------
     async def persist(self, rows: Sequence[Row], users: Sequence[str]) -> set[tuple[str, int]]:
-        """Insert a batch idempotently; return the (session, seq) pairs that were new."""
+        """Insert a batch idempotently; return the (session, seq) pairs that were new.
+
+        Fast path: COPY straight into `messages` (about twice the rows/s of INSERT ... ON CONFLICT). A replay
+        (a row already stored) makes the COPY fail on a unique key; the batch then goes through `_PERSIST`,
+        which skips what is stored. Tombstoned rows are filtered out first on both paths.
+        """
         if not rows:
             return set()
-        cols: list[list[Any]] = [[], [], [], [], [], [], []]
-        for r, u in zip(rows, users, strict=True):
-            cols[0].append(r.session_id)
-            cols[1].append(r.seq)
-            cols[2].append(r.msg_id)
-            cols[3].append(r.role)
-            cols[4].append(r.body)
-            cols[5].append(r.created_at)
-            cols[6].append(u)
-        out = await self._run("fetch", _PERSIST, *cols)
-        return {(rec[0], rec[1]) for rec in out}
+        if self.pool is None:
+            raise StoreDown("not connected")
+        try:
+            async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
+                t = self.config.pg_timeout
+                sids = list({r.session_id for r in rows})
+                tombs = dict(await conn.fetch(
+                    "SELECT session_id, upto_seq FROM tombstones WHERE session_id = ANY($1::text[])", sids,
+                    timeout=t))
+                live = [(r, u) for r, u in zip(rows, users, strict=True) if r.seq > tombs.get(r.session_id, 0)]
+                if not live:
+                    return set()
+                try:
+                    async with conn.transaction():  # a savepoint: a failed COPY leaves the batch untouched
+                        await conn.copy_records_to_table(
+                            "messages", schema_name=self.schema, timeout=t,
+                            columns=["session_id", "seq", "msg_id", "role", "body", "created_at"],
+                            records=[(r.session_id, r.seq, r.msg_id, r.role, r.body,
+                                      datetime.fromtimestamp(r.created_at, UTC)) for r, _ in live])
+                    new = {(r.session_id, r.seq) for r, _ in live}
+                except asyncpg.exceptions.UniqueViolationError:
+                    cols: list[list[Any]] = [[], [], [], [], [], [], []]
+                    for r, u in live:
+                        for col, value in zip(cols, (r.session_id, r.seq, r.msg_id, r.role, r.body, r.created_at, u),
+                                              strict=True):
+                            col.append(value)
+                    new = {(rec[0], rec[1]) for rec in await conn.fetch(_PERSIST, *cols, timeout=t)}
+                    return new  # _PERSIST also bumped the sessions
+                await conn.execute(_TOUCH_SESSIONS, [r.session_id for r, _ in live], [u for _, u in live],
+                                   [r.created_at for r, _ in live], timeout=t)
+                return new
+        except _DOWN as exc:
+            raise StoreDown(type(exc).__name__) from None
 
     async def missing_ids(self, pairs: Sequence[tuple[str, str, int]]) -> set[tuple[str, str]]:
         """Which (session, msg_id, seq) were neither stored nor deleted: their seq collided with another id."""
