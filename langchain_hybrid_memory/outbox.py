@@ -61,6 +61,7 @@ class WriteBehind:
         self._hurry = asyncio.Event()  # cuts the batching delay short (flush, write-through, close)
         self._progress = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
+        self._acks: set[asyncio.Task[None]] = set()
         self._closing = False
         # Entries from other threads wait here; only the first one after a flush wakes the engine loop, so a
         # burst of writes costs the caller a deque append, not a cross-thread wake-up each.
@@ -152,7 +153,10 @@ class WriteBehind:
 
     async def flush(self, timeout: float | None) -> bool:
         self._drain()
-        return await self.wait_for(self._enqueued, timeout)
+        done = await self.wait_for(self._enqueued, timeout)
+        if done and self._acks:  # and out of the outbox, so its depth reads 0 after a flush
+            await asyncio.gather(*list(self._acks), return_exceptions=True)
+        return done
 
     # -- background tasks --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,7 +168,7 @@ class WriteBehind:
         self._closing = True
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._acks, return_exceptions=True)
         self._tasks = []
 
     def _take(self) -> _Batch:
@@ -201,7 +205,11 @@ class WriteBehind:
                 backoff = 0.05
                 self._on_store(True)
                 self._done(batch.entries)
-                await self.ack(batch.entries)
+                # Acknowledge in the background: the next COPY need not wait for Redis (a late or lost XDEL
+                # only means an idempotent replay).
+                task = asyncio.create_task(self.ack(batch.entries))
+                self._acks.add(task)
+                task.add_done_callback(self._acks.discard)
 
     async def commit(self, rows: list[Row], users: list[str]) -> None:
         """Insert rows idempotently; re-sequence the (split-brain) rows whose seq was taken by another id."""
