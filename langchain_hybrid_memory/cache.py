@@ -26,6 +26,7 @@ from redis.sentinel import Sentinel as SyncSentinel
 from .config import HybridConfig
 from .errors import ConfigurationError
 from .keys import KeyLayout
+from .messages import CorruptEntry
 
 # Every script takes KEYS = window, meta, ids, outbox, active and starts its ARGV with
 # 1 session_id, 2 ttl_ms, 3 capacity (elements kept), 4 summary threshold (0 = auto-summarize off).
@@ -48,6 +49,15 @@ local function touch(ttl, now)
   redis.call('PEXPIRE', KEYS[3], ttl)
   redis.call('ZADD', KEYS[5], math.floor(now / 1000), ARGV[1])
 end
+-- Under memory pressure (allkeys-lru) Redis may evict one key of a session and keep the others. The meta
+-- hash records the window's length; a window whose length or id set no longer matches is dropped and
+-- reloaded, never served short.
+local function intact(n)
+  local len = redis.call('LLEN', KEYS[1])
+  if tonumber(n or -1) == len and (len == 0 or redis.call('EXISTS', KEYS[3]) == 1) then return true end
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return false
+end
 local function seq_of(el)
   return tonumber(string.match(el, '^{"s":(%d+),'))
 end
@@ -58,10 +68,12 @@ local function fill(b)
   local sum_upto = tonumber(ARGV[b + 3])
   local unsum = tonumber(ARGV[b + 5])
   local floor = tonumber(ARGV[b + 6])
+  local ids = {}
   for k = 0, n - 1 do
     local id, el = ARGV[b + 8 + 2 * k], ARGV[b + 9 + 2 * k]
     local s = seq_of(el)
     byseq[s] = {id, el}
+    ids[id] = true
     order[#order + 1] = s
   end
   for _, e in ipairs(redis.call('XRANGE', KEYS[4], '-', '+')) do
@@ -69,8 +81,10 @@ local function fill(b)
     if f[2] == ARGV[1] then
       for j = 5, #f, 2 do
         local s = seq_of(f[j + 1])
-        -- at or below the floor: deleted (clear_session) while still waiting in the outbox
-        if s > floor and not byseq[s] then
+        -- nil: an undecodable (poison) entry, skipped here and set aside by the janitor; at or below the
+        -- floor: deleted (clear_session) while still waiting; a known id: the same message under another seq
+        -- (a write whose reply was lost, then retried through PostgreSQL)
+        if s and s > floor and not byseq[s] and not ids[f[j]] then
           byseq[s] = {f[j], f[j + 1]}
           order[#order + 1] = s
           if s > sum_upto then unsum = unsum + 1 end
@@ -88,7 +102,7 @@ local function fill(b)
   end
   if #order > 0 and order[#order] > base then base = order[#order] end
   redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', base), 'unsum', unsum,
-             'sum_upto', ARGV[b + 3], 'sum_text', ARGV[b + 4])
+             'sum_upto', ARGV[b + 3], 'sum_text', ARGV[b + 4], 'n', redis.call('LLEN', KEYS[1]))
   if ARGV[b + 1] ~= '' then redis.call('HSET', KEYS[2], 'uid', ARGV[b + 1]) end
   if ARGV[b + 2] == '1' then redis.call('HSET', KEYS[2], 'partial', '1') else redis.call('HDEL', KEYS[2], 'partial') end
   return b + 8 + 2 * n
@@ -102,7 +116,8 @@ end
 # seq_1..seq_n, new_1..new_n}.
 APPEND = _COMMON + """
 local i = 9
-local meta = redis.call('HMGET', KEYS[2], 'seq', 'uid')
+local meta = redis.call('HMGET', KEYS[2], 'seq', 'uid', 'n')
+if meta[1] and not intact(meta[3]) then meta[1] = false end
 if not meta[1] then
   if ARGV[8] ~= '1' then return {-1} end
   i = fill(9)
@@ -149,8 +164,9 @@ local threshold = tonumber(ARGV[4])
 local unsum = 0
 if threshold > 0 then unsum = redis.call('HINCRBY', KEYS[2], 'unsum', #fields / 2) end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
+redis.call('HSET', KEYS[2], 'n', redis.call('LLEN', KEYS[1]))
 local keep = tonumber(ARGV[5])
-if redis.call('ZCARD', KEYS[3]) > keep + 64 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -keep - 1) end
+if redis.call('ZCARD', KEYS[3]) > keep + 20 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -keep - 1) end
 touch(tonumber(ARGV[2]), now)
 local xid = ''
 if ARGV[6] == '1' and #fields > 0 then
@@ -169,9 +185,10 @@ return out
 # was down, so older history is missing), else {owner or '', element_1..element_k} for a limit, or
 # {owner, sum_upto, sum_text, unsum, element_1..element_k} for the context view.
 READ = _COMMON + """
-local meta = redis.call('HMGET', KEYS[2], 'seq', 'partial', 'uid', 'sum_upto', 'sum_text', 'unsum')
+local meta = redis.call('HMGET', KEYS[2], 'seq', 'partial', 'uid', 'sum_upto', 'sum_text', 'unsum', 'n')
 if not meta[1] then return false end
 if meta[2] then return tonumber(meta[1]) end
+if not intact(meta[7]) then return false end
 touch(tonumber(ARGV[2]), now_us())
 local limit = tonumber(ARGV[5])
 if limit > 0 then
@@ -372,14 +389,20 @@ class _Calls:
     def read_result(out: Any) -> tuple[str, list[bytes]] | int | None:
         if out is None or isinstance(out, int):
             return out
-        return out[0].decode("utf-8"), out[1:]
+        try:
+            return out[0].decode("utf-8"), out[1:]
+        except UnicodeDecodeError:
+            raise CorruptEntry("corrupt cache entry (owner)") from None
 
     @staticmethod
     def context_result(out: Any) -> CachedContext | int | None:
         if out is None or isinstance(out, int):
             return out
-        return CachedContext(out[0].decode("utf-8"), int(out[1] or 0), out[2].decode("utf-8"), int(out[3] or 0),
-                             out[4:])
+        try:
+            return CachedContext(out[0].decode("utf-8"), int(out[1] or 0), out[2].decode("utf-8"),
+                                 int(out[3] or 0), out[4:])
+        except (UnicodeDecodeError, ValueError):
+            raise CorruptEntry("corrupt cache entry (summary fields)") from None
 
     def append_args(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str],
                     persist: bool, init: Fill | None) -> tuple[list[str], list[Any]]:
@@ -477,6 +500,17 @@ class RedisCache(_Calls):
 
     async def ping(self) -> None:
         await self._call(self.client.ping())
+
+    async def eviction_policy(self) -> str:
+        """The server's maxmemory-policy ('' when CONFIG is not allowed, as on some managed services)."""
+        try:
+            out = await self._call(self.client.config_get("maxmemory-policy"))
+        except ResponseError:
+            return ""
+        if out and isinstance(next(iter(out.values())), dict):  # a cluster answers per node
+            out = next(iter(out.values()))
+        value = out.get("maxmemory-policy", b"") if out else b""
+        return value.decode() if isinstance(value, bytes) else str(value)
 
     async def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
         """None on a miss; the last seq (int) if the window is partial; else (owner, elements)."""
@@ -586,21 +620,32 @@ class RedisCache(_Calls):
         found: list[tuple[str, str, str, str, list[tuple[bytes, bytes]]]] = []
         for stream, entries in zip(streams, await self._call(pipe.execute()), strict=True):
             for xid, fields in entries:
-                sid = fields.pop(b"s").decode("utf-8")
-                uid = fields.pop(b"u").decode("utf-8")
+                try:
+                    sid = fields.pop(b"s").decode("utf-8")
+                    uid = fields.pop(b"u").decode("utf-8")
+                except (KeyError, UnicodeDecodeError):
+                    sid, uid, fields = "", "", {}  # damaged: nothing to commit, and it gets deleted
                 found.append((stream, xid.decode(), sid, uid, list(fields.items())))
         return found
 
-    async def session_outbox(self, session_id: str) -> list[tuple[str, bytes, str]]:
-        """(message id, element, user id) of the session's entries still in its bucket's outbox."""
+    async def session_outbox(self, session_id: str) -> list[tuple[str, str, bytes, str]]:
+        """(entry id, message id, element, user id) of the session's entries still in its bucket's outbox."""
         entries = await self._call(self.client.xrange(self.keys.session(session_id).outbox, "-", "+"))
         want = session_id.encode("utf-8")
         out = []
-        for _, fields in entries:
+        for xid, fields in entries:
             if fields.get(b"s") == want:
-                uid = fields[b"u"].decode("utf-8")
-                out += [(k.decode("utf-8"), v, uid) for k, v in fields.items() if k not in (b"s", b"u")]
+                uid = fields.get(b"u", b"").decode("utf-8", "replace")
+                out += [(xid.decode(), k.decode("utf-8", "replace"), v, uid) for k, v in fields.items()
+                        if k not in (b"s", b"u")]
         return out
+
+    async def forget_outbox(self, session_ids: Sequence[str]) -> None:
+        """Delete every outbox entry of these sessions (any writer's): part of erasing them."""
+        for sid in session_ids:
+            xids = sorted({xid for xid, _, _, _ in await self.session_outbox(sid)})
+            if xids:
+                await self._call(self.client.xdel(self.keys.session(sid).outbox, *xids))
 
     async def outbox_depth(self) -> int:
         pipe = self.client.pipeline(transaction=False)

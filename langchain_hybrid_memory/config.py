@@ -81,7 +81,10 @@ class HybridConfig(BaseModel):
     outbox_shards: int = Field(64, ge=1, le=16384)
     reclaim_after: float = Field(30.0, gt=0)  # an outbox entry this old belongs to a dead writer
     reclaim_interval: float = Field(5.0, gt=0)
-    idempotency_window: int = Field(1024, ge=1)  # message ids remembered per session in Redis
+    tombstone_ttl: float = Field(3600.0, gt=0)  # how long a deleted session's id is kept to stop late writes
+    # Message ids remembered per session in Redis (PostgreSQL dedupes older retries). Kept under 128 so Redis
+    # stores the set compactly (listpack): above that a 1,000-message session's set outweighs its window 10x.
+    idempotency_window: int = Field(100, ge=1)
 
     # Timeouts (every network call has one) and health.
     redis_timeout: float = Field(0.5, gt=0)

@@ -34,6 +34,7 @@ from .config import HybridConfig, Mode, redact_url
 from .errors import (
     BacklogFullError,
     HybridMemoryError,
+    InvalidInputError,
     InvalidMessageError,
     MemoryClosedError,
     SessionOwnershipError,
@@ -51,6 +52,7 @@ from .messages import (
     element,
     encode,
     prepare,
+    split_element,
 )
 from .outbox import Pending, WriteBehind
 from .stats import CacheStats, Stats
@@ -84,6 +86,7 @@ class HybridMemory:
         self._sync: SyncHotPath | None = None  # blocking client for the sync hot path
         self._loop_caches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisCache] = (
             weakref.WeakKeyDictionary())
+        self._loops_seen: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._store: PostgresStore | None = None
         self._wb: WriteBehind | None = None
         self._started = False
@@ -148,6 +151,11 @@ class HybridMemory:
         if self._cache is not None:
             try:
                 await self._cache.ping()
+                policy = await self._cache.eviction_policy()
+                if policy.startswith("allkeys") and self._wb is not None:
+                    log.warning("hybrid-memory: Redis maxmemory-policy is %s: it may evict outbox entries before "
+                                "they reach PostgreSQL (the writer still commits its own); prefer volatile-lru or "
+                                "noeviction", policy)
             except CacheDown:
                 self._redis_failed()
 
@@ -186,7 +194,9 @@ class HybridMemory:
         if self._engine.in_loop():
             raise RuntimeError("use aclose() from the engine loop")
         try:
-            self._engine.run(self._close(flush_timeout))
+            self._engine.run(self._close(flush_timeout), timeout=flush_timeout + 15)
+        except TimeoutError:
+            log.warning("hybrid-memory: close() timed out; what is unflushed stays in the Redis outbox")
         finally:
             self._engine.stop()
             atexit.unregister(self._atexit)
@@ -217,9 +227,15 @@ class HybridMemory:
         await self.aclose()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise MemoryClosedError("this HybridMemory is closed")
         return self._engine.run(coro)
 
     async def _arun(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise MemoryClosedError("this HybridMemory is closed")
         return await self._engine.arun(coro)
 
     # -- health ------------------------------------------------------------------------------------------
@@ -277,17 +293,24 @@ class HybridMemory:
 
     # -- hot path: one Redis round trip in the caller's own thread or loop, no hop to the engine loop -----
     def _hot(self, limit: int) -> bool:
-        return (self._started and self._redis_up and self._cache is not None
+        return (self._started and not self._closed and self._redis_up and self._cache is not None
                 and limit <= self.config.max_session_messages)
 
-    def _loop_cache(self) -> RedisCache:
-        """The async Redis client bound to the running loop (connections belong to one loop)."""
+    def _loop_cache(self) -> RedisCache | None:
+        """The async Redis client bound to the running loop (connections belong to one loop).
+
+        None on a loop's first call: a loop seen once may be a throwaway (`asyncio.run` per call, as
+        LlamaIndex's sync wrappers do), and a client opened for it would leak its connection; such calls take
+        the engine loop's path. From the second call on, the loop gets a client of its own.
+        """
         loop = asyncio.get_running_loop()
         if self._engine.in_loop():
-            assert self._cache is not None
             return self._cache
         cache = self._loop_caches.get(loop)
         if cache is None:
+            if loop not in self._loops_seen:
+                self._loops_seen.add(loop)
+                return None
             cache = self._loop_caches[loop] = RedisCache(self.config, self.keys, self._cluster)
         return cache
 
@@ -386,12 +409,13 @@ class HybridMemory:
                             user_id: str | None = None) -> list[Message]:
         sid, uid, items, payloads = self._prepare(session_id, user_id, messages)
         probe = _UNKNOWN
-        if items and self._hot(0) and self.config.async_writes:
+        cache = self._loop_cache() if items and self._hot(0) and self.config.async_writes else None
+        if cache is not None:
             self._check_room(len(items))
             t0 = time.perf_counter()
             try:
-                probe = await self._loop_cache().append(sid, uid, [m.id for m in items], payloads,
-                                                        persist=self.config.mode is Mode.HYBRID)
+                probe = await cache.append(sid, uid, [m.id for m in items], payloads,
+                                           persist=self.config.mode is Mode.HYBRID)
             except CacheDown:
                 self._soon(self._redis_failed)
             except OwnershipConflict:
@@ -486,7 +510,9 @@ class HybridMemory:
         """The window to cache for `sid`: PostgreSQL's tail merged with this process's uncommitted rows."""
         if self._store is None:
             return Fill(0, None, [])
-        pending = self._pending(sid)
+        # Both before the PostgreSQL query: a write committed (and acknowledged) meanwhile is then in PostgreSQL,
+        # and one still pending is in these; never in neither.
+        pending = list({r.seq: r for r in self._pending(sid) + await self._outbox_rows(sid)}.values())
         try:
             w = (await self._store.windows([sid], self.config.cache_capacity))[sid]
         except StoreDown as exc:
@@ -507,6 +533,23 @@ class HybridMemory:
         fill.unsum = w.unsum + sum(1 for r in pending if r.seq > w.sum_upto and r.seq not in stored)
         return fill
 
+    async def _outbox_rows(self, sid: str) -> list[Row]:
+        """The session's entries in the Redis outbox (any writer's), as rows."""
+        if not self._use_cache():
+            return []
+        assert self._cache is not None
+        rows = []
+        try:
+            for _, msg_id, el, _ in await self._cache.session_outbox(sid):
+                try:
+                    seq, body = split_element(el)
+                    rows.append(Row(sid, seq, msg_id, "", body, 0.0))
+                except (ValueError, UnicodeDecodeError):
+                    continue  # a damaged entry: the janitor sets it aside
+        except CacheDown:
+            self._redis_failed()
+        return rows
+
     def _pending(self, sid: str) -> list[Row]:
         """This process's uncommitted rows of `sid`. Take them *before* querying PostgreSQL: a row committed
         in between is then in one of the two, never in neither."""
@@ -516,9 +559,13 @@ class HybridMemory:
                     n: int | None = None) -> Fill:
         n = n or self.config.max_session_messages
         merged = {seq: (msg_id, body) for seq, msg_id, body in rows}
+        stored = {msg_id for _, msg_id, _ in rows}
         for r in pending:
-            if r.seq > floor:
+            # Not deleted (floor), and not stored under another seq (a write whose reply was lost, retried
+            # through PostgreSQL): PostgreSQL's copy wins.
+            if r.seq > floor and r.msg_id not in stored:
                 merged[r.seq] = (r.msg_id, r.body)
+                stored.add(r.msg_id)
         tail = sorted(merged.items())[-n:]
         base = max([floor, *merged.keys()]) if merged else floor
         fill = Fill(base, owner, [(mid, element(seq, body)) for seq, (mid, body) in tail])
@@ -547,10 +594,11 @@ class HybridMemory:
                                    user_id: str | None = None) -> list[Message]:
         sid, uid, n = self._read_args(session_id, user_id, limit)
         probe = _UNKNOWN
-        if n and self._hot(n):
+        cache = self._loop_cache() if n and self._hot(n) else None
+        if cache is not None:
             t0 = time.perf_counter()
             try:
-                probe = await self._loop_cache().read(sid, n)
+                probe = await cache.read(sid, n)
                 if isinstance(probe, tuple):
                     return self._hit(probe, uid, t0)
             except CacheDown:
@@ -564,8 +612,8 @@ class HybridMemory:
         uid = check_user_id(user_id, self.config.max_session_id_length)
         if limit is None:
             limit = self.config.max_session_messages
-        if not isinstance(limit, int) or limit < 0:
-            raise ValueError("limit must be a non-negative int")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidInputError("limit must be a non-negative int")
         return sid, uid, limit
 
     @staticmethod
@@ -602,7 +650,7 @@ class HybridMemory:
                         self._stats.hits += 1
                         self._check_owner(hit[0] or None, uid)
                         return msgs
-            except ResponseError:
+            except (ResponseError, CorruptEntry):
                 await self._drop_corrupt(sid)
                 hit = None
             except CacheDown:
@@ -654,7 +702,7 @@ class HybridMemory:
                 probe = self._sync.context(sid)
             except CacheDown:
                 self._soon(self._redis_failed)
-            except ResponseError:
+            except (ResponseError, CorruptEntry):
                 probe = _CORRUPT
             ctx = self._cached_context(probe, uid, t0)
             if ctx is not None:
@@ -663,14 +711,15 @@ class HybridMemory:
 
     async def aget_context(self, session_id: str, *, user_id: str | None = None) -> Context:
         sid, uid, _ = self._read_args(session_id, user_id, 0)
-        if self._hot(0):
+        cache = self._loop_cache() if self._hot(0) else None
+        if cache is not None:
             t0 = time.perf_counter()
             probe: Any = _UNKNOWN
             try:
-                probe = await self._loop_cache().context(sid)
+                probe = await cache.context(sid)
             except CacheDown:
                 self._soon(self._redis_failed)
-            except ResponseError:
+            except (ResponseError, CorruptEntry):
                 probe = _CORRUPT
             ctx = self._cached_context(probe, uid, t0)
             if ctx is not None:
@@ -702,7 +751,7 @@ class HybridMemory:
             # A miss loads the window (with the summary fields) into Redis; read the cached view after it.
             await self._recent_inner(sid, uid, self.config.max_session_messages)
             assert self._cache is not None
-            with contextlib.suppress(CacheDown, ResponseError):
+            with contextlib.suppress(CacheDown, ResponseError, CorruptEntry):
                 t0 = time.perf_counter()
                 ctx = self._cached_context(await self._cache.context(sid), uid, t0)
                 if ctx is not None:
@@ -727,33 +776,37 @@ class HybridMemory:
             ordered = ordered[-self.config.max_session_messages:]
         return Context(text or None, [decode(seq, body) for seq, body in ordered], upto or None)
 
-    def get_summaries(self, session_id: str) -> list[dict[str, Any]]:
+    def get_summaries(self, session_id: str, *, user_id: str | None = None) -> list[dict[str, Any]]:
         """Every stored summary of the session, oldest first (ranges, text, model, token counts, time)."""
-        sid = check_session_id(session_id, self.config.max_session_id_length)
-        return self._run(self._get_summaries(sid))
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        return self._run(self._get_summaries(sid, uid))
 
-    async def aget_summaries(self, session_id: str) -> list[dict[str, Any]]:
-        sid = check_session_id(session_id, self.config.max_session_id_length)
-        return await self._arun(self._get_summaries(sid))
+    async def aget_summaries(self, session_id: str, *, user_id: str | None = None) -> list[dict[str, Any]]:
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        return await self._arun(self._get_summaries(sid, uid))
 
-    async def _get_summaries(self, sid: str) -> list[dict[str, Any]]:
+    async def _get_summaries(self, sid: str, uid: str | None) -> list[dict[str, Any]]:
         await self._ensure_started()
+        if uid is not None:
+            self._check_owner(await self._owner_of(sid), uid)
         try:
             return await self._need_store().summaries(sid)
         except StoreDown as exc:
             raise self._store_down(exc) from None
 
-    def set_auto_summarize(self, session_id: str, enabled: bool) -> None:
+    def set_auto_summarize(self, session_id: str, enabled: bool, *, user_id: str | None = None) -> None:
         """The per-session kill switch (stored in PostgreSQL, honoured by every process)."""
-        sid = check_session_id(session_id, self.config.max_session_id_length)
-        self._run(self._set_auto_summarize(sid, enabled))
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        self._run(self._set_auto_summarize(sid, uid, enabled))
 
-    async def aset_auto_summarize(self, session_id: str, enabled: bool) -> None:
-        sid = check_session_id(session_id, self.config.max_session_id_length)
-        await self._arun(self._set_auto_summarize(sid, enabled))
+    async def aset_auto_summarize(self, session_id: str, enabled: bool, *, user_id: str | None = None) -> None:
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        await self._arun(self._set_auto_summarize(sid, uid, enabled))
 
-    async def _set_auto_summarize(self, sid: str, enabled: bool) -> None:
+    async def _set_auto_summarize(self, sid: str, uid: str | None, enabled: bool) -> None:
         await self._ensure_started()
+        if uid is not None:
+            self._check_owner(await self._owner_of(sid), uid)
         try:
             await self._need_store().set_summarize(sid, enabled)
         except StoreDown as exc:
@@ -804,17 +857,19 @@ class HybridMemory:
             self._stats.summaries += 1
         return stored
 
-    def summarize_now(self, session_id: str) -> int:
+    def summarize_now(self, session_id: str, *, user_id: str | None = None) -> int:
         """Make the summaries that are due for this session now (waits for the LLM); returns how many."""
-        sid = check_session_id(session_id, self.config.max_session_id_length)
-        return self._run(self._summarize_now(sid))
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        return self._run(self._summarize_now(sid, uid))
 
-    async def asummarize_now(self, session_id: str) -> int:
-        sid = check_session_id(session_id, self.config.max_session_id_length)
-        return await self._arun(self._summarize_now(sid))
+    async def asummarize_now(self, session_id: str, *, user_id: str | None = None) -> int:
+        sid, uid, _ = self._read_args(session_id, user_id, 0)
+        return await self._arun(self._summarize_now(sid, uid))
 
-    async def _summarize_now(self, sid: str) -> int:
+    async def _summarize_now(self, sid: str, uid: str | None) -> int:
         await self._ensure_started()
+        if uid is not None:
+            self._check_owner(await self._owner_of(sid), uid)
         if self._summaries is None:
             raise HybridMemoryError("auto-summarization is off (enable_auto_summarize=False)")
         try:
@@ -848,8 +903,9 @@ class HybridMemory:
 
     async def _page(self, sid: str, uid: str | None, after_seq: int | None, limit: int | None) -> list[Message]:
         await self._ensure_started()
-        if limit is not None and limit < 0:
-            raise ValueError("limit must be a non-negative int")
+        for name, value in (("limit", limit), ("after_seq", after_seq)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidInputError(f"{name} must be a non-negative int or None")
         if self._store is None:  # session_only: the window is all there is
             msgs = await self._recent_inner(sid, uid, self.config.max_session_messages)
             msgs = [m for m in msgs if after_seq is None or (m.seq or 0) > after_seq]
@@ -992,6 +1048,12 @@ class HybridMemory:
                 raise self._store_down(exc) from None
         if gone and self._wb is not None:
             await self._wb.ack(gone)  # out of the outbox too: a refill must not bring them back
+        if self._use_cache():
+            assert self._cache is not None
+            try:
+                await self._cache.forget_outbox(sids)  # other writers' entries too: no trace left in Redis
+            except CacheDown:
+                self._redis_failed()
         await self._drop_cached(sids)
         return deleted
 
@@ -1040,12 +1102,12 @@ class HybridMemory:
     async def _list_sessions(self, uid: str | None, limit: int | None) -> list[str]:
         await self._ensure_started()
         if self._store is not None:
+            # Queued first: a session whose first commit lands during the query is then in one of the two.
+            found = set(self._wb.pending_sessions()) if self._wb is not None and uid is None else set()
             try:
-                found = set(await self._store.list_sessions(uid, None))
+                found.update(await self._store.list_sessions(uid, None))
             except StoreDown as exc:
                 raise self._store_down(exc) from None
-            if self._wb is not None and uid is None:  # sessions whose first writes are still queued
-                found.update(self._wb.pending_sessions())
         elif uid is not None:
             found = set(await self._user_sessions(uid))
         else:
@@ -1227,7 +1289,8 @@ class HybridMemory:
             write_p50_ms=w50, write_p99_ms=w99, reads=s.reads, writes=s.writes, fallback_reads=s.fallback_reads,
             fallback_writes=s.fallback_writes, persisted=s.persisted, persist_batches=s.persist_batches,
             persist_failures=s.persist_failures, reclaimed=s.reclaimed, redis_errors=s.redis_errors,
-            corrupt_entries=s.corrupt_entries, summaries=s.summaries, summary_failures=s.summary_failures,
+            corrupt_entries=s.corrupt_entries, dead_letters=s.dead_letters, summaries=s.summaries,
+            summary_failures=s.summary_failures,
             summary_queue=self._summaries.queued if self._summaries else 0,
             last_summary_error=self._summaries.last_error if self._summaries else None)
 

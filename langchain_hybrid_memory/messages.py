@@ -8,6 +8,7 @@ surrogates, so the bytes are plain ASCII that any text column accepts (JSONB wou
 from __future__ import annotations
 
 import json
+import re
 import time
 import unicodedata
 import uuid
@@ -109,6 +110,37 @@ def _has_forbidden_chars(text: str) -> bool:
     return False
 
 
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _inexact(obj: Any) -> str | None:
+    """What JSON would silently change in `obj` (so the round trip would not be exact), or None."""
+    if isinstance(obj, str):
+        if obj.isascii():
+            return None
+        # A high surrogate followed by a low one is indistinguishable from the character they encode.
+        return "a surrogate pair written as two code points" if _SURROGATE_PAIR.search(obj) else None
+    if obj is None or isinstance(obj, (bool, int, float)):
+        return None
+    if isinstance(obj, list):
+        for item in obj:
+            problem = _inexact(item)
+            if problem:
+                return problem
+        return None
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                return f"a {type(key).__name__} dict key"
+            problem = _inexact(key) or _inexact(value)
+            if problem:
+                return problem
+        return None
+    if isinstance(obj, tuple):
+        return "a tuple (it would come back as a list)"
+    return None  # anything else fails json.dumps with its own clear error
+
+
 def check_session_id(session_id: object, max_length: int) -> str:
     if not isinstance(session_id, str):
         raise InvalidSessionIdError(f"session_id must be a str, not {type(session_id).__name__}")
@@ -160,8 +192,9 @@ def prepare(messages: object, *, max_bytes: int, max_count: int, now: float | No
     payloads: list[str] = []
     seen: set[str] = set()
     for index, msg in enumerate(items):
-        if not isinstance(msg.role, str) or not msg.role or len(msg.role) > 64:
-            raise InvalidMessageError(f"message {index}: role must be a non-empty str of at most 64 characters")
+        if not isinstance(msg.role, str) or not msg.role or len(msg.role) > 64 or _has_forbidden_chars(msg.role):
+            raise InvalidMessageError(
+                f"message {index}: role must be a printable str of 1 to 64 characters")
         if not isinstance(msg.content, (str, list)):
             raise InvalidMessageError(f"message {index}: content must be a str or a list of content blocks")
         if not isinstance(msg.id, str) or not msg.id or len(msg.id) > 256 or _has_forbidden_chars(msg.id):
@@ -171,6 +204,9 @@ def prepare(messages: object, *, max_bytes: int, max_count: int, now: float | No
         if msg.id in seen:
             raise InvalidMessageError(f"message {index}: id {msg.id!r} appears twice in one call")
         seen.add(msg.id)
+        problem = _inexact(msg.content) or _inexact(msg.metadata)
+        if problem:
+            raise InvalidMessageError(f"message {index}: {problem} would not come back exactly; refused")
         if msg.created_at is None:
             msg.created_at = stamp
         try:

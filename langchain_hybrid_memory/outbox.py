@@ -62,6 +62,7 @@ class WriteBehind:
         self._progress = asyncio.Condition()
         self._tasks: list[asyncio.Task[None]] = []
         self._acks: set[asyncio.Task[None]] = set()
+        self.dead_letters: list[tuple[Row, str]] = []  # rows PostgreSQL refused (kept here, never silently lost)
         self._closing = False
         # Entries from other threads wait here; only the first one after a flush wakes the engine loop, so a
         # burst of writes costs the caller a deque append, not a cross-thread wake-up each.
@@ -166,9 +167,17 @@ class WriteBehind:
 
     async def stop(self) -> None:
         self._closing = True
+        self._wake.set()
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, *self._acks, return_exceptions=True)
+        # Bounded: on Python 3.11 a wait_for deep inside a driver can swallow one cancellation.
+        pending = {*self._tasks, *self._acks}
+        for _ in range(3):
+            if not pending:
+                break
+            _, pending = await asyncio.wait(pending, timeout=2.0)
+            for t in pending:
+                t.cancel()
         self._tasks = []
 
     def _take(self) -> _Batch:
@@ -184,7 +193,7 @@ class WriteBehind:
 
     async def _flusher(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             if self.config.write_behind_delay and not self._urgent and self.backlog < self.config.persist_batch_size:
@@ -192,10 +201,10 @@ class WriteBehind:
                     await asyncio.wait_for(self._hurry.wait(), self.config.write_behind_delay)
             self._hurry.clear()
             self._drain()
-            while self._queue:
+            while self._queue and not self._closing:
                 batch = self._take()
                 try:
-                    await self.commit(batch.rows, batch.users)
+                    await self.commit_or_set_aside(batch.rows, batch.users)
                 except StoreDown:
                     self.stats.persist_failures += 1
                     self._on_store(False)
@@ -210,6 +219,28 @@ class WriteBehind:
                 task = asyncio.create_task(self.ack(batch.entries))
                 self._acks.add(task)
                 task.add_done_callback(self._acks.discard)
+
+    async def commit_or_set_aside(self, rows: list[Row], users: list[str]) -> None:
+        """Commit a batch; if PostgreSQL refuses it for a reason other than being down, commit row by row
+        and set aside the rows it refuses, so one bad row can never stop persistence for everyone."""
+        try:
+            await self.commit(rows, users)
+            return
+        except StoreDown:
+            raise
+        except Exception:
+            log.exception("hybrid-memory: PostgreSQL refused a write-behind batch; retrying row by row")
+        for row, user in zip(rows, users, strict=True):
+            try:
+                await self.commit([row], [user])
+            except StoreDown:
+                raise
+            except Exception as exc:
+                self.stats.dead_letters += 1
+                if len(self.dead_letters) < 1000:
+                    self.dead_letters.append((row, f"{type(exc).__name__}"))
+                log.error("hybrid-memory: a message PostgreSQL refuses was set aside (%s); see dead_letters",
+                          type(exc).__name__)
 
     async def commit(self, rows: list[Row], users: list[str]) -> None:
         """Insert rows idempotently; re-sequence the (split-brain) rows whose seq was taken by another id."""
@@ -271,7 +302,7 @@ class WriteBehind:
             raise CacheDown("Redis is down: other writers' uncommitted messages cannot be seen")
         rows: list[Row] = []
         users: list[str] = []
-        for msg_id, el, uid in await self.cache.session_outbox(session_id):
+        for _, msg_id, el, uid in await self.cache.session_outbox(session_id):
             seq, body = split_element(el)
             obj = _loads(body)
             rows.append(Row(session_id, seq, msg_id, obj["r"], body, obj.get("t") or 0.0))
@@ -279,10 +310,14 @@ class WriteBehind:
         await self.commit(rows, users)
 
     async def _janitor(self) -> None:
-        while True:
+        passes = 0
+        while not self._closing:
             await asyncio.sleep(self.config.reclaim_interval)
+            passes += 1
             try:
                 await self.reclaim(self.config.reclaim_after)
+                if passes % 20 == 0:  # a tombstone only has to outlive the writes in flight
+                    await self.store.prune_tombstones(self.config.tombstone_ttl)
             except (CacheDown, StoreDown):
                 continue
             except Exception:  # the janitor must outlive any bug in one pass
@@ -304,12 +339,17 @@ class WriteBehind:
             acks: dict[str, list[str]] = {}
             for stream, xid, sid, uid, elements in found:
                 for msg_id, el in elements:
-                    seq, body = split_element(el)
-                    obj = _loads(body)
-                    rows.append(Row(sid, seq, msg_id.decode("utf-8"), obj["r"], body, obj.get("t") or 0.0))
-                    users.append(uid)
+                    try:
+                        seq, body = split_element(el)
+                        obj = _loads(body)
+                        rows.append(Row(sid, seq, msg_id.decode("utf-8"), obj["r"], body, obj.get("t") or 0.0))
+                        users.append(uid)
+                    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                        # A damaged entry cannot be committed; it must not block the others either.
+                        self.stats.dead_letters += 1
+                        log.error("hybrid-memory: an undecodable outbox entry was set aside")
                 acks.setdefault(stream, []).append(xid)
-            await self.commit(rows, users)
+            await self.commit_or_set_aside(rows, users)
             self.stats.reclaimed += len(rows)
             await self.cache.ack(acks)
             total += len(rows)

@@ -43,6 +43,7 @@ class CacheStats:
     reclaimed: int
     redis_errors: int
     corrupt_entries: int  # damaged cache entries dropped (and reloaded) instead of served
+    dead_letters: int  # messages PostgreSQL refused, set aside (WriteBehind.dead_letters) instead of blocking
     summaries: int  # summaries stored by this process
     summary_failures: int
     summary_queue: int  # sessions due or waiting to retry
@@ -61,6 +62,7 @@ class Stats:
         self.reclaimed = self.redis_errors = 0
         self.summaries = self.summary_failures = 0
         self.corrupt_entries = 0
+        self.dead_letters = 0
         self.read_lat: deque[float] = deque(maxlen=window)
         self.write_lat: deque[float] = deque(maxlen=window)
 

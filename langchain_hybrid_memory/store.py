@@ -77,6 +77,12 @@ WITH batch AS (
 SELECT session_id, seq FROM ins
 """
 
+# Write-behind batches and erases of the same session serialise on these (sorted: no deadlock).
+_LOCK_SHARED = ("SELECT pg_advisory_xact_lock_shared(hashtextextended(s, 11))"
+                " FROM (SELECT DISTINCT unnest($1::text[]) AS s ORDER BY 1) q")
+_LOCK_EXCLUSIVE = ("SELECT pg_advisory_xact_lock(hashtextextended(s, 11))"
+                   " FROM (SELECT DISTINCT unnest($1::text[]) AS s ORDER BY 1) q")
+
 _TOUCH_SESSIONS = """
 INSERT INTO sessions AS s (session_id, user_id, created_at, last_active_at)
 SELECT session_id, max(NULLIF(user_id, '')), to_timestamp(min(ts)), to_timestamp(max(ts))
@@ -214,6 +220,9 @@ class PostgresStore:
             async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
                 t = self.config.pg_timeout
                 sids = list({r.session_id for r in rows})
+                # Shared per-session locks: an erase (exclusive) either finishes before we look for its
+                # tombstone, or waits until our rows are in and then deletes them too.
+                await conn.execute(_LOCK_SHARED, sids, timeout=t)
                 tombs = dict(await conn.fetch(
                     "SELECT session_id, upto_seq FROM tombstones WHERE session_id = ANY($1::text[])", sids,
                     timeout=t))
@@ -346,6 +355,7 @@ class PostgresStore:
             async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
                 t = self.config.pg_timeout
                 sids = list(session_ids)
+                await conn.execute(_LOCK_EXCLUSIVE, sids, timeout=t)
                 await conn.execute(
                     "INSERT INTO tombstones AS t (session_id, upto_seq)"
                     " SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT (session_id) DO UPDATE"

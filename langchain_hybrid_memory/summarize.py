@@ -79,8 +79,7 @@ class SummaryWorker:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=5.0)  # bounded: a summarizer call may ignore one cancel
 
     async def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no summary is due or running (sessions waiting to retry after a failure count as busy)."""
@@ -122,7 +121,9 @@ class SummaryWorker:
                 delay = min(self.config.summary_retry_base * 2 ** (failures - 1), 300.0)
                 self._retry[sid] = (failures, time.monotonic() + delay)
                 self.stats.summary_failures += 1
-                self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                # Type and HTTP status only: an error's text may quote a request header (an API key).
+                status = getattr(exc, "status_code", None)
+                self.last_error = type(exc).__name__ + (f" (HTTP {status})" if status else "")
                 log.warning("hybrid-memory: summarizing a session failed (%s); retrying in %.0fs",
                             type(exc).__name__, delay)
             finally:

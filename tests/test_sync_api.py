@@ -90,3 +90,28 @@ def test_context_managers(make_memory, namespace):
     asyncio.run(go())
     # Closing flushed both.
     assert pg_fetch(f'SELECT count(*) FROM "{namespace}".messages')[0][0] == 2
+
+
+def test_calls_after_close_raise_memory_closed(make_memory):
+    from langchain_hybrid_memory import MemoryClosedError
+
+    memory = make_memory()
+    memory.add_messages("s", [Message("human", "x")])
+    memory.get_recent_messages("s")
+    memory.close()
+    for call in (lambda: memory.get_recent_messages("s"), lambda: memory.add_messages("s", [Message("ai", "y")]),
+                 lambda: memory.get_messages("s"), lambda: memory.get_context("s")):
+        try:
+            call()
+        except MemoryClosedError:
+            continue
+        raise AssertionError("a call after close() did not raise MemoryClosedError")
+
+    async def acall() -> None:
+        await memory.aget_recent_messages("s")
+
+    try:
+        asyncio.run(acall())
+    except MemoryClosedError:
+        return
+    raise AssertionError("an async call after close() did not raise MemoryClosedError")
