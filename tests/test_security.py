@@ -1,0 +1,835 @@
+"""Security and bad input (issue 7): exact round trips or typed errors, no injection, user isolation, no secret
+anywhere, TLS passed through, limits enforced.
+
+Real servers only: the shared ones in a private namespace, private redis-servers where a test must see (or kill)
+every key, and private TLS-enabled servers with a self-signed certificate made by `openssl`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import unicodedata
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from langchain_hybrid_memory import (
+    ConfigurationError,
+    HybridConfig,
+    HybridMemory,
+    InvalidInputError,
+    InvalidMessageError,
+    InvalidSessionIdError,
+    InvalidUserIdError,
+    Message,
+    Mode,
+    SessionOwnershipError,
+    StorageUnavailableError,
+)
+from langchain_hybrid_memory.history import HybridChatMessageHistory
+from langchain_hybrid_memory.messages import encode
+from langchain_hybrid_memory.summarizers import OfflineSummarizer, OpenAISummarizer
+
+from conftest import PG_URL, REDIS_URL, pg_fetch
+from servers import PostgresServer, free_port, wait_port
+
+HYPO = settings(max_examples=60, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                       HealthCheck.data_too_large, HealthCheck.large_base_example])
+FAST: dict[str, Any] = {"redis_timeout": 0.3, "pg_timeout": 2.0, "connect_timeout": 1.0,
+                        "health_check_interval": 0.2}
+
+
+def _contents(msgs: list[Message]) -> list[Any]:
+    return [m.content for m in msgs]
+
+
+def _wait(pred: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def _refused_chars(text: str) -> bool:
+    """What the engine documents it refuses in ids: control characters (NUL included) and lone surrogates."""
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
+
+
+def _valid_id(value: Any, limit: int) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= limit and not _refused_chars(value)
+
+
+# Every code point, controls, NUL and lone surrogates included.
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=40)
+TRICKY_IDS = ["{}", "{0}", ":", "a:b", "%3A", "%", "a%3Ab", "s:{0}:w", "*", "?", "[a]", "\\", " ", "ünï 会话 🙂",
+              "'; DROP TABLE messages; --", "\u2028", "\u200b", "\ufeff", "\U0010ffff", "a" * 256, "a" * 257]
+IDS = st.one_of(ANY_TEXT, st.sampled_from(TRICKY_IDS), st.text(min_size=250, max_size=260),
+                st.builds(lambda a: f"{a}:{{{a}}}", ANY_TEXT))
+
+
+# -- property-based: ids ------------------------------------------------------------------------------------
+@pytest.fixture
+def id_world(make_memory: Callable[..., HybridMemory]) -> tuple[HybridMemory, dict[str, Any]]:
+    return make_memory(max_session_messages=5), {"owner": {}, "msgs": {}, "keys": {}, "users": {}, "n": 0}
+
+
+@HYPO
+@given(sid=IDS, uid=st.none() | IDS)
+def test_session_and_user_ids_round_trip_or_typed_error_never_collide(id_world: Any, sid: Any, uid: Any) -> None:
+    memory, world = id_world
+    world["n"] += 1
+    content = f"#{world['n']}"
+    if not _valid_id(sid, 256):
+        with pytest.raises(InvalidSessionIdError):
+            memory.add_messages(sid, [Message("human", content)], user_id=uid)
+        with pytest.raises(InvalidSessionIdError):
+            memory.get_recent_messages(sid)
+        with pytest.raises(InvalidSessionIdError):
+            memory.get_messages(sid)
+        return
+    if uid is not None and not _valid_id(uid, 256):
+        with pytest.raises(InvalidUserIdError):
+            memory.add_messages(sid, [Message("human", content)], user_id=uid)
+        with pytest.raises(InvalidUserIdError):
+            memory.delete_user(uid)
+        return
+    owner = world["owner"].get(sid)
+    if uid is not None and owner is not None and owner != uid:
+        with pytest.raises(SessionOwnershipError):
+            memory.add_messages(sid, [Message("human", content)], user_id=uid)
+        with pytest.raises(SessionOwnershipError):
+            memory.get_recent_messages(sid, user_id=uid)
+    else:
+        memory.add_messages(sid, [Message("human", content)], user_id=uid)
+        world["msgs"].setdefault(sid, []).append(content)
+        if uid is not None:
+            world["owner"][sid] = owner = uid
+    # The key layout is injective: no two ids ever share a key.
+    assert world["keys"].setdefault(memory.keys.session(sid).window, sid) == sid
+    if uid is not None:
+        assert world["users"].setdefault(memory.keys.user(uid), uid) == uid
+    expected = world["msgs"].get(sid, [])
+    assert _contents(memory.get_recent_messages(sid, user_id=owner)) == expected[-5:]
+    if world["n"] % 3 == 0:
+        memory.flush()
+        memory.invalidate_session(sid)
+        assert _contents(memory.get_recent_messages(sid)) == expected[-5:]  # cold: from PostgreSQL
+    assert _contents(memory.get_messages(sid)) == expected  # the whole transcript: nobody else's messages
+
+
+# -- property-based: contents and metadata --------------------------------------------------------------------
+JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), ANY_TEXT)
+JSON = st.recursive(JSON_LEAF, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
+                    max_leaves=25)
+HUGE = st.builds(lambda s, n: (s or "x") * n, st.text(st.characters(exclude_categories=()), max_size=8),
+                 st.integers(1_000, 60_000))
+CONTENT = st.one_of(ANY_TEXT, HUGE, st.lists(st.dictionaries(ANY_TEXT, JSON, max_size=3), max_size=3))
+METADATA = st.dictionaries(ANY_TEXT, JSON, max_size=5)
+ROLES = st.sampled_from(["human", "ai", "system", "tool", "user", "assistant"]) | st.text(
+    st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=64)
+MSG_IDS = st.none() | st.text(st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=256)
+
+
+@pytest.fixture
+def content_world(make_memory: Callable[..., HybridMemory]) -> tuple[HybridMemory, list[int]]:
+    return make_memory(max_session_messages=5), [0]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that also requires the same types all the way down (1 == 1.0 == True would hide changes)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return bool(a == b)
+
+
+@HYPO
+@given(content=CONTENT, metadata=METADATA, role=ROLES, msg_id=MSG_IDS)
+def test_contents_and_metadata_round_trip_exactly(content_world: Any, content: Any, metadata: Any, role: str,
+                                                  msg_id: str | None) -> None:
+    memory, counter = content_world
+    counter[0] += 1
+    sid = f"c{counter[0]}"
+    msg = Message(role, content, metadata=metadata) if msg_id is None else Message(role, content, msg_id, metadata)
+    try:
+        sent = memory.add_messages(sid, [msg])
+    except InvalidMessageError as exc:
+        assert "max_message_bytes" in str(exc)  # the only refusal possible for these inputs: size
+        assert memory.get_recent_messages(sid) == []
+        return
+    for stage in ("hot", "cold", "postgres"):
+        if stage == "cold":
+            memory.flush()
+            memory.invalidate_session(sid)
+        got = memory.get_messages(sid) if stage == "postgres" else memory.get_recent_messages(sid)
+        assert len(got) == 1, stage
+        m = got[0]
+        assert (m.role, m.id, m.seq) == (role, sent[0].id, sent[0].seq), stage
+        assert _same(m.content, content), stage
+        assert _same(m.metadata, metadata), stage
+
+
+@pytest.mark.parametrize("metadata, content", [
+    pytest.param({"nan": float("nan"), "inf": float("-inf"), "big": 2**80}, "x", id="nan-inf-bigint"),
+    pytest.param({"k": "\x00\ud800x\udfff"}, ["\x00", {"\udfff": "\ud800"}], id="nul-and-lone-surrogates"),
+    pytest.param({"k": "\ud83d\ude00"}, ["\ud800\udc00"], id="adjacent-lone-surrogates"),
+    pytest.param({1: "a"}, "x", id="int-key"),
+    pytest.param({None: 1, True: 2}, "x", id="none-and-bool-keys"),
+    pytest.param({"t": (1, 2)}, [("a", 1)], id="tuples"),
+])
+def test_metadata_round_trips_exactly_or_is_refused(make_memory: Callable[..., HybridMemory], metadata: Any,
+                                                     content: Any) -> None:
+    memory = make_memory()
+    try:
+        memory.add_messages("s", [Message("human", content, metadata=metadata)])
+    except InvalidMessageError:
+        assert memory.get_recent_messages("s") == []
+        return
+    memory.flush()
+    for got in (memory.get_recent_messages("s"), memory.get_messages("s")):
+        assert _same(got[0].content, content) and _same(got[0].metadata, metadata)
+
+
+@pytest.mark.parametrize("role", [
+    pytest.param("a\x00b", id="nul"),
+    pytest.param("x\ud800", id="lone-surrogate"),
+    pytest.param("line\nbreak\t", id="newline-tab"),
+])
+def test_a_bad_role_is_refused_or_stored_and_never_stops_persistence(make_memory: Callable[..., HybridMemory],
+                                                                     role: str, namespace: str) -> None:
+    memory = make_memory()
+    try:
+        try:
+            memory.add_messages("s", [Message(role, "hello")])
+        except InvalidMessageError:
+            pass
+        memory.add_messages("other", [Message("human", "must reach PostgreSQL")])
+        memory.flush(timeout=3)
+    finally:
+        memory.close(flush_timeout=0.5)
+    rows = pg_fetch(f'SELECT session_id, role FROM "{namespace}".messages ORDER BY session_id')
+    assert ("other", "human") in [(r[0], r[1]) for r in rows]
+
+
+def test_huge_message_at_the_limit_round_trips_and_one_byte_more_is_refused(make_memory: Callable[..., HybridMemory],
+                                                                            namespace: str) -> None:
+    memory = make_memory()  # the default max_message_bytes: 1 MB
+    limit = memory.config.max_message_bytes
+    prefix = "\x00é🙂\ud800" * 10  # escaped: far more bytes than characters
+    text = prefix + "x" * (limit - len(encode(Message("human", prefix, "big", created_at=1.5))))
+    assert len(encode(Message("human", text, "big", created_at=1.5))) == limit
+    memory.add_messages("s", [Message("human", text, "big", created_at=1.5)])
+    with pytest.raises(InvalidMessageError, match="max_message_bytes"):
+        memory.add_messages("s", [Message("human", text + "y", "big2", created_at=1.5)])
+    memory.flush()
+    memory.invalidate_session("s")
+    for got in (memory.get_recent_messages("s"), memory.get_messages("s")):
+        assert [m.id for m in got] == ["big"] and got[0].content == text
+    assert pg_fetch(f'SELECT count(*) FROM "{namespace}".messages')[0][0] == 1
+
+
+# -- limits ---------------------------------------------------------------------------------------------------
+def test_limits_are_enforced_with_clear_errors_and_nothing_written(make_memory: Callable[..., HybridMemory],
+                                                                   namespace: str) -> None:
+    memory = make_memory(max_session_id_length=16, max_messages_per_add=3, max_message_bytes=300)
+    memory.add_messages("s" * 16, [Message("human", "ok")], user_id="u" * 16)  # at each limit: fine
+    with pytest.raises(InvalidSessionIdError, match="16"):
+        memory.add_messages("s" * 17, [Message("human", "x")])
+    with pytest.raises(InvalidSessionIdError, match="16"):
+        memory.get_recent_messages("s" * 17)
+    with pytest.raises(InvalidUserIdError, match="16"):
+        memory.add_messages("t", [Message("human", "x")], user_id="u" * 17)
+    memory.add_messages("t", [Message("human", str(i)) for i in range(3)])
+    with pytest.raises(InvalidMessageError, match=r"4 messages.*limit is 3"):
+        memory.add_messages("t", [Message("human", str(i)) for i in range(4)])
+    with pytest.raises(InvalidMessageError, match=r"limit is 3"):
+        asyncio.run(memory.aadd_messages("t", [Message("human", str(i)) for i in range(4)]))
+    with pytest.raises(InvalidMessageError, match="max_message_bytes"):
+        memory.add_messages("t", [Message("human", "fits"), Message("human", "x" * 300)])
+    with pytest.raises(InvalidMessageError, match="max_message_bytes"):
+        memory.add_messages("t", [Message("human", "é" * 60)])  # 60 characters, 360 bytes encoded
+    from langchain_core.messages import HumanMessage
+
+    history = HybridChatMessageHistory("t", memory=memory)
+    with pytest.raises(InvalidMessageError, match="limit is 3"):
+        history.add_messages([HumanMessage(str(i)) for i in range(4)])
+    with pytest.raises(InvalidSessionIdError):
+        HybridChatMessageHistory("s" * 17, memory=memory)
+    memory.flush()
+    assert _contents(memory.get_messages("t")) == ["0", "1", "2"]  # nothing of the refused calls
+    assert pg_fetch(f'SELECT count(*) FROM "{namespace}".messages')[0][0] == 4
+    with pytest.raises(ConfigurationError, match="max_session_id_length"):
+        HybridConfig(database_url=PG_URL, max_session_id_length=5000)
+
+
+INJECTED_SEQ: Any = "1 OR 1=1"
+
+
+def test_non_integer_paging_arguments_raise_a_typed_error(make_memory: Callable[..., HybridMemory]) -> None:
+    memory = make_memory()
+    memory.add_messages("s", [Message("human", "x")])
+    with pytest.raises((InvalidInputError, TypeError)):
+        memory.get_messages("s", after_seq=INJECTED_SEQ)
+
+
+def test_a_bad_limit_never_marks_redis_down(make_memory: Callable[..., HybridMemory]) -> None:
+    memory = make_memory()
+    memory.add_messages("s", [Message("human", "x")])
+    try:
+        memory.get_recent_messages("s", limit=True)
+    except (InvalidInputError, TypeError, ValueError):
+        pass
+    assert memory.redis_available
+
+
+# -- injection ------------------------------------------------------------------------------------------------
+INJECTIONS = [
+    "'; DROP TABLE messages; --", "\"; DROP SCHEMA public CASCADE; --", "' OR '1'='1", "' OR 1=1 --",
+    "1; CREATE TABLE pwned(x int); --", "$1", "$$; CREATE SCHEMA pwned; $$", "%s%s%s", "{0}{1}",
+    "'); SELECT pg_sleep(3); --", "\\'; DELETE FROM sessions; --", "x'::regclass", "E'\\\\x00'",
+    "*", "?", "[a-z]*", "\r\nFLUSHALL\r\n", "*1\r\n$8\r\nFLUSHALL\r\n", "]]) redis.call('FLUSHALL') --[[",
+    "KEYS[1]", "ARGV[1]", "{0}:outbox", ":w", "s:x:w", "%3A", "%7B0%7D", "../../etc/passwd", "NULL", "null",
+    "🙂'); DROP TABLE tombstones;--", "\x00", "${jndi:ldap://x}",
+]
+
+
+def _all_redis(client: redis.Redis) -> dict[bytes, Any]:
+    out: dict[bytes, Any] = {}
+    for key in client.scan_iter(count=1000):
+        kind = bytes(client.type(key))
+        out[key] = {b"string": lambda k: client.get(k), b"list": lambda k: client.lrange(k, 0, -1),
+                    b"hash": lambda k: client.hgetall(k), b"set": lambda k: client.smembers(k),
+                    b"zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+                    b"stream": lambda k: client.xrange(k)}[kind](key)
+    return out
+
+
+def _tables(namespace: str) -> list[str]:
+    return sorted(r[0] for r in pg_fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", namespace))
+
+
+def test_injection_strings_in_every_field_affect_only_their_own_data(make_memory: Callable[..., HybridMemory],
+                                                                     private_redis: Any, namespace: str) -> None:
+    memory = make_memory(redis_url=private_redis.url)
+    memory.add_messages("canary", [Message("human", "canary text", "canary-id", {"k": "v"})], user_id="canary-user")
+    memory.flush()
+    tables = _tables(namespace)
+    injections = [*INJECTIONS, f"{namespace}:{{0}}:outbox", f"{namespace}:{{0}}:s:canary:w"]
+    t0 = time.monotonic()
+    for i, inj in enumerate(injections):
+        sid = inj if _valid_id(inj, 256) else f"sid-{i}"
+        uid = inj if _valid_id(inj, 256) and inj != "canary-user" else f"uid-{i}"
+        mid = inj if _valid_id(inj, 256) else f"id-{i}"
+        role = inj[:64] if _valid_id(inj, 64) else "human"
+        meta = {inj: inj, "nested": [inj, {inj: [inj]}]}
+        memory.add_messages(sid, [Message(role, inj, mid, meta)], user_id=uid)
+        for got in (memory.get_recent_messages(sid, user_id=uid), memory.get_messages(sid, user_id=uid)):
+            assert [(m.role, m.content, m.id, m.metadata) for m in got] == [(role, inj, mid, meta)], inj
+        memory.flush()
+        assert memory.list_sessions(user_id=uid) == [sid], inj
+        with pytest.raises(SessionOwnershipError):
+            memory.get_recent_messages("canary", user_id=uid)
+        if i % 2:
+            assert memory.clear_session(sid, user_id=uid) in (0, 1)
+        else:
+            assert memory.delete_user(uid) == 1
+        assert memory.get_messages(sid) == []
+    memory.flush()
+    assert time.monotonic() - t0 < 60, "an injected pg_sleep ran"
+    # The canary is untouched, in both stores.
+    for got in (memory.get_recent_messages("canary", user_id="canary-user"), memory.get_messages("canary")):
+        assert [(m.content, m.id, m.metadata) for m in got] == [("canary text", "canary-id", {"k": "v"})]
+    assert memory.list_sessions(user_id="canary-user") == ["canary"]
+    assert memory.list_sessions() == ["canary"]
+    assert _tables(namespace) == tables
+    assert pg_fetch(f'SELECT count(*) FROM "{namespace}".messages')[0][0] == 1
+    assert pg_fetch("SELECT to_regclass('public.pwned') IS NULL AND to_regnamespace('pwned') IS NULL")[0][0]
+    # Redis: every key is in the namespace, with exactly one hash tag (the bucket's); nothing was flushed.
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        everything = _all_redis(client)
+    finally:
+        client.close()
+    assert everything, "Redis was flushed"
+    for key in everything:
+        text = key.decode("utf-8")
+        assert text.startswith(f"{namespace}:{{") and text.count("{") == 1 and text.count("}") == 1, text
+        for inj in injections:
+            if any(c in inj for c in "{}*?[") and len(inj) > 2:
+                assert inj not in text.split("}", 1)[1], (inj, text)  # escaped, never spliced into a key
+    assert any(b"canary text" in json.dumps(str(v)).encode() for v in everything.values())
+
+
+def test_a_namespace_cannot_carry_sql() -> None:
+    for bad in ('x"; DROP SCHEMA public CASCADE; --', "public; drop", "a-b", "A", "1abc", "x" * 49, "",
+                'hybrid_memory" ', "pg_catalog.x"):
+        with pytest.raises(ConfigurationError, match="namespace"):
+            HybridConfig(database_url=PG_URL, namespace=bad)
+
+
+# -- user isolation ---------------------------------------------------------------------------------------------
+def _bobs_attempts(memory: HybridMemory, sid: str, seq: int) -> dict[str, Callable[[], Any]]:
+    from langchain_core.messages import HumanMessage
+
+    history = HybridChatMessageHistory(sid, memory=memory, user_id="bob")
+    return {
+        "get_recent_messages": lambda: memory.get_recent_messages(sid, user_id="bob"),
+        "get_recent_messages deep": lambda: memory.get_recent_messages(sid, limit=500, user_id="bob"),
+        "aget_recent_messages": lambda: asyncio.run(memory.aget_recent_messages(sid, user_id="bob")),
+        "get_messages": lambda: memory.get_messages(sid, user_id="bob"),
+        "get_context": lambda: memory.get_context(sid, user_id="bob"),
+        "add_messages": lambda: memory.add_messages(sid, [Message("human", "bob was here")], user_id="bob"),
+        "aadd_messages": lambda: asyncio.run(memory.aadd_messages(sid, [Message("human", "bob")], user_id="bob")),
+        "invalidate_session": lambda: memory.invalidate_session(sid, user_id="bob"),
+        "clear_session": lambda: memory.clear_session(sid, user_id="bob"),
+        "aclear_session": lambda: asyncio.run(memory.aclear_session(sid, user_id="bob")),
+        "delete_messages": lambda: memory.delete_messages(sid, [seq], user_id="bob"),
+        "history.messages": lambda: history.messages,
+        "history.add_messages": lambda: history.add_messages([HumanMessage("bob")]),
+        "history.clear": lambda: history.clear(),
+        "history.get_transcript": lambda: history.get_transcript(),
+    }
+
+
+def _llama_attempts(memory: HybridMemory, sid: str) -> dict[str, Callable[[], Any]]:
+    try:
+        from llama_index.core.llms import ChatMessage
+
+        from llamaindex_adapter import HybridChatStore
+    except ImportError:
+        return {}
+    store = HybridChatStore(memory, user_id="bob")
+    return {"llama get_messages": lambda: store.get_messages(sid),
+            "llama add_message": lambda: store.add_message(sid, ChatMessage(role="user", content="bob")),
+            "llama delete_messages": lambda: store.delete_messages(sid)}
+
+
+def test_one_user_can_neither_read_nor_invalidate_nor_delete_anothers_session(
+        make_memory: Callable[..., HybridMemory], private_redis: Any, namespace: str) -> None:
+    memory = make_memory(redis_url=private_redis.url, **FAST)
+    sid = "alice-chat"
+    sent = memory.add_messages(sid, [Message("human", "alice's secret")], user_id="alice")
+    memory.add_messages("bob-chat", [Message("human", "bob's own")], user_id="bob")
+    memory.flush()
+    seq = sent[0].seq
+    assert seq is not None
+    admin = redis.Redis.from_url(private_redis.url)
+
+    def alice_intact(state: str) -> None:
+        assert _contents(memory.get_recent_messages(sid, user_id="alice")) == ["alice's secret"], state
+        rows = pg_fetch(f'SELECT count(*) FROM "{namespace}".messages WHERE session_id = $1', sid)
+        assert rows[0][0] == 1, state
+
+    def cached() -> bool:
+        try:
+            return bool(admin.exists(memory.keys.session(sid).meta))
+        except redis.ConnectionError:
+            return False
+
+    def attempt_all(state: str) -> None:
+        cached_before = cached()
+        for name, call in {**_bobs_attempts(memory, sid, seq), **_llama_attempts(memory, sid)}.items():
+            with pytest.raises(SessionOwnershipError):
+                call()
+                raise AssertionError(f"{state}: bob's {name} succeeded")
+        if cached_before:
+            assert cached(), f"{state}: bob's attempts dropped alice's window"
+        # Bob's own user-level calls never reach alice.
+        assert memory.list_sessions(user_id="bob") == ["bob-chat"], state
+        assert sid not in memory.list_sessions(user_id="bob")
+        alice_intact(state)
+
+    try:
+        memory.get_recent_messages(sid, user_id="alice")
+        attempt_all("hot")
+        memory.invalidate_session(sid, user_id="alice")
+        attempt_all("cold")
+        private_redis.kill()
+        attempt_all("redis down")
+        private_redis.start()
+        _wait(lambda: memory.redis_available)
+        attempt_all("redis back, empty")
+        assert memory.invalidate_user("bob") == 1 and memory.delete_user("bob") == 1
+        alice_intact("after bob deleted himself")
+    finally:
+        admin.close()
+
+
+def test_summaries_are_scoped_to_the_owner(make_memory: Callable[..., HybridMemory]) -> None:
+    memory = make_memory()
+    memory.add_messages("alice-chat", [Message("human", "x")], user_id="alice")
+    with pytest.raises(SessionOwnershipError):
+        get_summaries: Any = memory.get_summaries
+        get_summaries("alice-chat", user_id="bob")
+
+
+@pytest.fixture
+def alice_deleted(make_memory: Callable[..., HybridMemory], private_redis: Any,
+                  namespace: str) -> Iterator[tuple[HybridMemory, HybridMemory, Any]]:
+    """Alice has sessions cached, persisted, summarized, and one write in flight in another process; then
+    `delete_user('alice')`. Bob's session must survive."""
+    memory = make_memory(redis_url=private_redis.url, enable_auto_summarize=True, max_session_messages=4,
+                         summarize_chunk_size=2, summarizer=OfflineSummarizer())
+    other = make_memory(redis_url=private_redis.url, write_behind_delay=600.0, reclaim_interval=600.0)
+    for i in range(3):
+        memory.add_messages(f"alice-{i}", [Message("human", f"ALICE-SECRET-{i}-{k}") for k in range(8)],
+                            user_id="alice")
+    memory.add_messages("bob-0", [Message("human", "bob keeps this")], user_id="bob")
+    memory.flush()
+    assert memory.wait_for_summaries(30)
+    assert memory.get_summaries("alice-0"), "the scenario needs a stored summary"
+    other.add_messages("alice-0", [Message("human", "ALICE-SECRET-inflight")], user_id="alice")  # not yet persisted
+    assert memory.delete_user("alice") == 3
+    yield memory, other, private_redis
+    assert _contents(memory.get_messages("bob-0", user_id="bob")) == ["bob keeps this"]
+
+
+ALICE_MARKS = (b"alice", b"ALICE-SECRET")
+
+
+def test_delete_user_leaves_no_trace_in_postgres_except_tombstones(alice_deleted: Any, namespace: str) -> None:
+    memory, other, _ = alice_deleted
+    other.close()  # its in-flight write is committed now: the tombstone must keep it out
+    memory.flush()
+    for table in _tables(namespace):
+        if table in ("tombstones", "schema_migrations"):
+            continue
+        rows = pg_fetch(f'SELECT * FROM "{namespace}"."{table}"')
+        text = repr([tuple(r) for r in rows]).encode()
+        assert not any(mark in text for mark in ALICE_MARKS), f"{table} still holds alice's data"
+    assert memory.list_sessions(user_id="alice") == []
+    assert all(memory.get_messages(f"alice-{i}") == [] for i in range(3))
+
+
+def test_delete_user_leaves_no_trace_in_redis(alice_deleted: Any) -> None:
+    _, _, server = alice_deleted
+    client = redis.Redis.from_url(server.url)
+    try:
+        everything = _all_redis(client)
+    finally:
+        client.close()
+    for key, value in everything.items():
+        text = key + repr(value).encode()
+        assert not any(mark in text for mark in ALICE_MARKS), f"{key!r} still holds alice's data: {value!r}"[:400]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engine gap: a tombstone keeps the deleted session id in clear until the janitor prunes it (tombstone_ttl, "
+    "1 h by default). A session id often names its user (here 'alice-0'); a tombstone keyed by a digest of the "
+    "id would keep late writes out without it"))
+def test_delete_user_leaves_no_session_id_in_tombstones(alice_deleted: Any, namespace: str) -> None:
+    rows = pg_fetch(f'SELECT * FROM "{namespace}".tombstones')
+    assert not any(b"alice" in repr(tuple(r)).encode() for r in rows)
+
+
+# -- secrets ---------------------------------------------------------------------------------------------------
+PG_SECRET = "pgPASS-7f3a9"
+REDIS_SECRET = "rdPW-55e1c"
+API_KEY = "sk-test-0a1b2c3d4e5f6a7b"
+SECRETS = (PG_SECRET, REDIS_SECRET, API_KEY)
+
+
+def _no_secret(text: str, where: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, f"{where} shows a secret: ...{text[max(0, text.find(secret) - 80):][:200]}"
+
+
+@pytest.fixture
+def auth_redis() -> Iterator[Any]:
+    from servers import RedisServer
+
+    server = RedisServer("--requirepass", REDIS_SECRET).start()
+    yield server
+    server.stop()
+
+
+def _pg_with_password() -> str:
+    return PG_URL.replace("postgres@", f"postgres:{PG_SECRET}@", 1)  # trust auth ignores it; it is still a secret
+
+
+def test_secrets_never_in_reprs_dicts_or_adapters(make_memory: Callable[..., HybridMemory], auth_redis: Any) -> None:
+    with_url = make_memory(database_url=_pg_with_password(),
+                           redis_url=f"redis://:{REDIS_SECRET}@127.0.0.1:{auth_redis.port}/0")
+    with_field = make_memory(database_url=_pg_with_password(), redis_url=auth_redis.url, redis_password=REDIS_SECRET)
+    for memory in (with_url, with_field):
+        memory.add_messages("s", [Message("human", "x")], user_id="u")
+        assert memory.get_cache_stats().redis_up  # the password was really used
+        c = memory.config
+        for where, text in {"config repr": repr(c), "config str": str(c), "describe": str(c.describe()),
+                            "model_dump": str(c.model_dump()), "model_dump_json": c.model_dump_json(),
+                            "memory repr": repr(memory), "memory str": str(memory),
+                            "stats": repr(memory.get_cache_stats()),
+                            "stats dict": str(memory.get_cache_stats().to_dict()),
+                            "history": repr(HybridChatMessageHistory("s", memory=memory, user_id="u"))}.items():
+            _no_secret(text, where)
+        try:
+            from llamaindex_adapter import HybridChatStore, HybridDBChatStore, HybridSummaryBlock
+        except ImportError:
+            continue
+        for adapter in (HybridChatStore(memory), HybridDBChatStore(memory), HybridSummaryBlock(memory)):
+            views = {"repr": repr(adapter), "str": str(adapter), "model_dump": str(adapter.model_dump()),
+                     "model_dump_json": adapter.model_dump_json()}
+            for name in ("to_dict", "to_json", "to_string"):  # BaseComponent's serialisers, where present
+                if hasattr(type(adapter), name):
+                    views[name] = str(getattr(adapter, name)())
+            for where, text in views.items():
+                _no_secret(text, f"{type(adapter).__name__} {where}")
+    summarizer = OpenAISummarizer(api_key=API_KEY, base_url="http://127.0.0.1:9/v1")
+    _no_secret(repr(summarizer) + str(summarizer), "OpenAISummarizer")
+
+
+def test_secrets_never_in_exceptions_or_logs(make_memory: Callable[..., HybridMemory], auth_redis: Any,
+                                             caplog: pytest.LogCaptureFixture,
+                                             capfd: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
+    errors: list[BaseException] = []
+    # Unreachable PostgreSQL, with a password in the DSN.
+    down = HybridMemory(HybridConfig(database_url=f"postgresql://postgres:{PG_SECRET}@127.0.0.1:{free_port()}/x",
+                                     redis_url=f"redis://:{REDIS_SECRET}@127.0.0.1:{auth_redis.port}/0",
+                                     connect_timeout=0.5))
+    with pytest.raises(StorageUnavailableError) as err:
+        down.get_recent_messages("s")
+    errors.append(err.value)
+    down.close()
+    # Redis with the wrong password (itself a secret), Redis-only mode: a typed error, no password.
+    wrong = HybridMemory(HybridConfig(mode=Mode.SESSION_ONLY, redis_url=auth_redis.url,
+                                      redis_password=REDIS_SECRET + "-wrong", connect_timeout=0.5))
+    with pytest.raises(StorageUnavailableError) as err:
+        wrong.add_messages("s", [Message("human", "x")])
+    errors.append(err.value)
+    wrong.close()
+    # A bad setting next to secret URLs.
+    with pytest.raises(ConfigurationError) as cerr:
+        HybridConfig(database_url=_pg_with_password(), redis_url=f"redis://:{REDIS_SECRET}@h:1/0", redis_db=-1)
+    errors.append(cerr.value)
+    # Failover with secrets in both URLs: Redis killed and restarted, writes and reads on both sides, close.
+    memory = make_memory(database_url=_pg_with_password(),
+                         redis_url=f"redis://:{REDIS_SECRET}@127.0.0.1:{auth_redis.port}/0", **FAST)
+    memory.add_messages("s", [Message("human", "before")])
+    auth_redis.kill()
+    memory.add_messages("s", [Message("human", "during")])
+    auth_redis.start()
+    _wait(lambda: memory.redis_available)
+    assert _contents(memory.get_recent_messages("s")) == ["before", "during"]
+    memory.close()
+    for exc in errors:
+        _no_secret("".join(traceback.format_exception(exc)) + repr(exc), f"{type(exc).__name__}")
+    logs = caplog.text + "".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "Redis unreachable" in logs  # the failover was logged, so the logs were really captured
+    _no_secret(logs, "logs")
+    out, err_text = capfd.readouterr()
+    _no_secret(out + err_text, "stdout/stderr")
+
+
+class _EchoingOpenAI(ThreadingHTTPServer):
+    """An OpenAI-compatible server that refuses the key and, as some proxies do, quotes it in the error."""
+
+    def __init__(self) -> None:
+        seen: list[str] = []
+        self.seen = seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                seen.append(key)
+                body = json.dumps({"error": {"message": f"Incorrect API key provided: {key}.",
+                                             "type": "invalid_request_error", "code": "invalid_api_key"}}).encode()
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+def test_api_key_never_in_stats_or_logs_when_the_llm_fails(make_memory: Callable[..., HybridMemory],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake = _EchoingOpenAI()
+    try:
+        summarizer = OpenAISummarizer(api_key=API_KEY, base_url=fake.base_url, timeout=5)
+        memory = make_memory(enable_auto_summarize=True, max_session_messages=2, summarize_chunk_size=2,
+                             summarizer=summarizer, summary_retry_base=30)
+        memory.add_messages("s", [Message("human", f"m{i}") for i in range(6)])
+        memory.flush()
+        _wait(lambda: memory.get_cache_stats().summary_failures >= 1, 20)
+        assert API_KEY in fake.seen  # the key was really sent
+        stats = memory.get_cache_stats()
+        _no_secret(caplog.text, "logs")
+        _no_secret(repr(stats) + json.dumps(stats.to_dict()), "get_cache_stats()")
+    finally:
+        fake.shutdown()
+
+
+def test_cli_output_holds_no_secret(auth_redis: Any, namespace: str, make_memory: Callable[..., HybridMemory]) -> None:
+    """Every command against real servers that need the secrets (Redis requires its password)."""
+    memory = make_memory(redis_url=auth_redis.url, redis_password=REDIS_SECRET)
+    memory.add_messages("s", [Message("human", "exported")], user_id="u")
+    memory.flush()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYBRID_MEMORY_", "OPENAI_"))}
+    env.update(DATABASE_URL=_pg_with_password(), REDIS_URL=f"redis://:{REDIS_SECRET}@127.0.0.1:{auth_redis.port}/0",
+               REDIS_PASSWORD=REDIS_SECRET, OPENAI_API_KEY=API_KEY, OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+               HYBRID_MEMORY_CONNECT_TIMEOUT="1")
+    commands = [["doctor"], ["migrate"], ["migrate", "--check"], ["stats"], ["stats", "--json"], ["warmup"],
+                ["export", "s"], ["export", "s", "--user", "u"], ["reclaim"], ["forget-user", "nobody", "--yes"]]
+    outputs = []
+    for argv in commands:
+        proc = subprocess.run([sys.executable, "-m", "langchain_hybrid_memory", "--namespace", namespace, *argv],
+                              capture_output=True, text=True, env=env, timeout=60)
+        outputs.append((argv, proc.returncode, proc.stdout + proc.stderr))
+    assert "exported" in dict((tuple(a), o) for a, _, o in outputs)[("export", "s")]  # it really ran
+    for argv, _, text in outputs:
+        _no_secret(text, f"hybrid-memory {' '.join(argv)}")
+    bad = {**env, "DATABASE_URL": f"postgresql://postgres:{PG_SECRET}@127.0.0.1:{free_port()}/x"}
+    proc = subprocess.run([sys.executable, "-m", "langchain_hybrid_memory", "--namespace", namespace, "stats"],
+                          capture_output=True, text=True, env=bad, timeout=60)
+    assert proc.returncode != 0
+    _no_secret(proc.stdout + proc.stderr, "hybrid-memory stats (PostgreSQL down)")
+
+
+# -- TLS ---------------------------------------------------------------------------------------------------------
+def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    d = tmp_path_factory.mktemp("tls")
+    d.chmod(0o755)
+    cert, key = _self_signed(d, "server")
+    other, _ = _self_signed(d, "other")
+    for p in d.iterdir():
+        p.chmod(0o644)
+    return {"cert": cert, "key": key, "other": other, "dir": d}
+
+
+@pytest.fixture(scope="module")
+def tls_redis(certs: dict[str, Path]) -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                             "--tls-cert-file", str(certs["cert"]), "--tls-key-file", str(certs["key"]),
+                             "--tls-ca-cert-file", str(certs["cert"]), "--tls-auth-clients", "no",
+                             "--save", "", "--appendonly", "no", "--dir", str(certs["dir"])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, timeout=10)
+    except TimeoutError:
+        proc.kill()
+        pytest.skip(f"redis-server without TLS support: {proc.stderr.read().decode()[-300:] if proc.stderr else ''}")
+    yield port
+    proc.kill()
+    proc.wait()
+
+
+def test_rediss_url_is_passed_through(tls_redis: int, certs: dict[str, Path], make_memory: Callable[..., HybridMemory]
+                                      ) -> None:
+    """`rediss://` reaches Redis over TLS (verified against our CA); plain TCP to the TLS port cannot."""
+    url = f"rediss://127.0.0.1:{tls_redis}/0?ssl_ca_certs={certs['cert']}&ssl_cert_reqs=required"
+    memory = make_memory(mode=Mode.SESSION_ONLY, database_url=None, redis_url=url, **FAST)
+    memory.add_messages("s", [Message("human", "over tls")])
+    assert _contents(memory.get_recent_messages("s")) == ["over tls"]
+    assert memory.get_cache_stats().redis_up
+    client = redis.Redis.from_url(url)
+    try:
+        assert client.exists(memory.keys.session("s").window)  # it really is this server
+    finally:
+        client.close()
+    for bad_url in (f"redis://127.0.0.1:{tls_redis}/0",
+                    f"rediss://127.0.0.1:{tls_redis}/0?ssl_ca_certs={certs['other']}&ssl_cert_reqs=required"):
+        bad = HybridMemory(HybridConfig(mode=Mode.SESSION_ONLY, redis_url=bad_url, **FAST))
+        with pytest.raises(StorageUnavailableError):
+            bad.add_messages("s", [Message("human", "x")])
+        bad.close()
+
+
+@pytest.fixture(scope="module")
+def ssl_pg(certs: dict[str, Path]) -> Iterator[PostgresServer]:
+    server = PostgresServer().init()
+    key = server.dir / "server.key"
+    cert = server.dir / "server.crt"
+    shutil.copy(certs["key"], key)
+    shutil.copy(certs["cert"], cert)
+    key.chmod(0o600)
+    if os.geteuid() == 0:
+        for p in (key, cert):
+            shutil.chown(p, "postgres", "postgres")
+    with open(server.data / "postgresql.conf", "a") as conf:
+        conf.write(f"\nssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n")
+    server.start()
+    yield server
+    server.destroy()
+
+
+def _engine_connections_ssl(pg: PostgresServer) -> list[bool]:
+    return [r[0] for r in pg_fetch(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+        " WHERE a.application_name = 'hybrid-memory'", url=pg.url + "?sslmode=disable")]
+
+
+@pytest.mark.parametrize("query, encrypted", [
+    ("sslmode=require", True),
+    ("sslmode=verify-full&sslrootcert={cert}", True),
+    ("sslmode=disable", False),
+])
+def test_postgres_sslmode_is_passed_through(ssl_pg: PostgresServer, certs: dict[str, Path], namespace: str,
+                                            query: str, encrypted: bool) -> None:
+    url = f"{ssl_pg.url}?{query.format(cert=certs['cert'])}"
+    memory = HybridMemory(HybridConfig(database_url=url, redis_url=REDIS_URL, namespace=namespace, pg_pool_min=1,
+                                       **FAST))
+    try:
+        memory.add_messages("s", [Message("human", "x")])
+        memory.flush()
+        assert _contents(memory.get_messages("s")) == ["x"]
+        found = _engine_connections_ssl(ssl_pg)
+        assert found and all(ssl is encrypted for ssl in found), found
+    finally:
+        memory.close()
+
+
+def test_postgres_verify_full_refuses_an_unknown_certificate(ssl_pg: PostgresServer, certs: dict[str, Path],
+                                                             namespace: str) -> None:
+    url = f"{ssl_pg.url}?sslmode=verify-full&sslrootcert={certs['other']}"
+    memory = HybridMemory(HybridConfig(database_url=url, redis_url=REDIS_URL, namespace=namespace, **FAST))
+    try:
+        with pytest.raises(StorageUnavailableError):
+            memory.get_recent_messages("s")
+    finally:
+        memory.close()
