@@ -216,11 +216,8 @@ def _latest_migration() -> int:
     return max((version for version, _, _ in migrations()), default=0)
 
 
-def _require_schema(config: HybridConfig) -> None:
-    """Refuse to work on a namespace that was never created, instead of silently creating an empty one."""
-    if config.mode is Mode.SESSION_ONLY:
-        return
-
+def _stored_schema_version(config: HybridConfig) -> int:
+    """The namespace's schema version in PostgreSQL (0: never created); a CliError says what is wrong."""
     async def version() -> int:
         conn = await _pg_connect(config)
         try:
@@ -229,10 +226,18 @@ def _require_schema(config: HybridConfig) -> None:
             await conn.close()
 
     try:
-        found = _run_async(version())
+        return _run_async(version())
     except Exception as exc:
         cause, fix = _pg_problem(exc, config)
         raise CliError(f"{cause}: {fix}") from None
+
+
+def _require_schema(config: HybridConfig) -> None:
+    """Refuse to work on a namespace that was never created, instead of silently creating an empty one."""
+    if config.mode is Mode.SESSION_ONLY:
+        return
+
+    found = _stored_schema_version(config)
     if found == 0:
         raise CliError(f"namespace {config.namespace!r} does not exist in PostgreSQL at "
                        f"{redact_url(config.database_dsn())}: nothing was ever stored there (check --namespace or "
@@ -625,18 +630,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     config = _config(args, auto_migrate=False, mode=Mode.PERSISTENT)
     latest = _latest_migration()
     if args.check:
-        async def version() -> int:
-            conn = await _pg_connect(config)
-            try:
-                return await _schema_version(conn, config.namespace)
-            finally:
-                await conn.close()
-
-        try:
-            found = _run_async(version())
-        except Exception as exc:
-            cause, fix = _pg_problem(exc, config)
-            raise CliError(f"{cause}: {fix}") from None
+        found = _stored_schema_version(config)
         if found < latest:
             print(f"namespace {config.namespace!r}: schema version {found}, {latest - found} migrations pending "
                   "(run `hybrid-memory migrate`)")
