@@ -7,6 +7,7 @@ no SQL is ever built from user input.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,11 @@ from .config import HybridConfig
 
 MIGRATIONS_PACKAGE = "langchain_hybrid_memory.migrations"
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def digest(session_id: str) -> str:
+    """How a tombstone names a deleted session: its id's hex SHA-256 (the id itself is not kept)."""
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
 class StoreDown(Exception):
@@ -60,7 +66,9 @@ WITH batch AS (
         AS b(session_id, seq, msg_id, role, body, ts, user_id)
 ), live AS (
     SELECT b.* FROM batch b
-    WHERE NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.session_id = b.session_id AND b.seq <= t.upto_seq)
+    WHERE NOT EXISTS (SELECT 1 FROM tombstones t
+                      WHERE t.session_id = encode(sha256(convert_to(b.session_id, 'UTF8')), 'hex')
+                      AND b.seq <= t.upto_seq)
 ), ins AS (
     INSERT INTO messages (session_id, seq, msg_id, role, body, created_at)
     SELECT session_id, seq, msg_id, role, body, to_timestamp(ts) FROM live
@@ -97,7 +105,7 @@ SELECT q.session_id, s.session_id IS NOT NULL, s.user_id, coalesce(t.upto_seq, 0
        coalesce(sm.upto_seq, 0), coalesce(sm.text, ''), coalesce(cnt.n, 0), m.seq, m.msg_id, m.body
 FROM unnest($1::text[]) AS q(session_id)
 LEFT JOIN sessions s ON s.session_id = q.session_id
-LEFT JOIN tombstones t ON t.session_id = q.session_id
+LEFT JOIN tombstones t ON t.session_id = encode(sha256(convert_to(q.session_id, 'UTF8')), 'hex')
 LEFT JOIN LATERAL (
     SELECT upto_seq, text FROM summaries WHERE session_id = q.session_id ORDER BY upto_seq DESC LIMIT 1
 ) sm ON true
@@ -223,9 +231,10 @@ class PostgresStore:
                 # Shared per-session locks: an erase (exclusive) either finishes before we look for its
                 # tombstone, or waits until our rows are in and then deletes them too.
                 await conn.execute(_LOCK_SHARED, sids, timeout=t)
-                tombs = dict(await conn.fetch(
-                    "SELECT session_id, upto_seq FROM tombstones WHERE session_id = ANY($1::text[])", sids,
-                    timeout=t))
+                by_digest = {digest(sid): sid for sid in sids}
+                tombs = {by_digest[d]: upto for d, upto in await conn.fetch(
+                    "SELECT session_id, upto_seq FROM tombstones WHERE session_id = ANY($1::text[])",
+                    list(by_digest), timeout=t)}
                 live = [(r, u) for r, u in zip(rows, users, strict=True) if r.seq > tombs.get(r.session_id, 0)]
                 if not live:
                     return set()
@@ -257,7 +266,8 @@ class PostgresStore:
             "fetch",
             "SELECT q.s, q.i FROM unnest($1::text[], $2::text[], $3::bigint[]) AS q(s, i, seq)"
             " WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.session_id = q.s AND m.msg_id = q.i)"
-            " AND NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.session_id = q.s AND q.seq <= t.upto_seq)",
+            " AND NOT EXISTS (SELECT 1 FROM tombstones t"
+            " WHERE t.session_id = encode(sha256(convert_to(q.s, 'UTF8')), 'hex') AND q.seq <= t.upto_seq)",
             [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs])
         return {(r[0], r[1]) for r in out}
 
@@ -282,7 +292,8 @@ class PostgresStore:
                 row = await conn.fetchrow(
                     "SELECT coalesce((SELECT max(seq) FROM messages WHERE session_id = $1), 0),"
                     " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,"
-                    " coalesce((SELECT upto_seq FROM tombstones WHERE session_id = $1), 0)",
+                    " coalesce((SELECT upto_seq FROM tombstones"
+                    " WHERE session_id = encode(sha256(convert_to($1, 'UTF8')), 'hex')), 0)",
                     session_id, timeout=t)
                 last = max(row[0], floor_seq, row[2])
                 now = row[1]
@@ -360,7 +371,7 @@ class PostgresStore:
                     "INSERT INTO tombstones AS t (session_id, upto_seq)"
                     " SELECT * FROM unnest($1::text[], $2::bigint[]) ON CONFLICT (session_id) DO UPDATE"
                     " SET upto_seq = GREATEST(t.upto_seq, EXCLUDED.upto_seq), deleted_at = now()",
-                    sids, list(upto), timeout=t)
+                    [digest(sid) for sid in sids], list(upto), timeout=t)
                 n = await conn.fetchval(
                     "WITH d AS (DELETE FROM messages WHERE session_id = ANY($1::text[]) RETURNING 1)"
                     " SELECT count(*) FROM d", sids, timeout=t)

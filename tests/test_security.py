@@ -535,10 +535,6 @@ def test_delete_user_leaves_no_trace_in_redis(alice_deleted: Any) -> None:
         assert not any(mark in text for mark in ALICE_MARKS), f"{key!r} still holds alice's data: {value!r}"[:400]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine gap: a tombstone keeps the deleted session id in clear until the janitor prunes it (tombstone_ttl, "
-    "1 h by default). A session id often names its user (here 'alice-0'); a tombstone keyed by a digest of the "
-    "id would keep late writes out without it"))
 def test_delete_user_leaves_no_session_id_in_tombstones(alice_deleted: Any, namespace: str) -> None:
     rows = pg_fetch(f'SELECT * FROM "{namespace}".tombstones')
     assert not any(b"alice" in repr(tuple(r)).encode() for r in rows)
