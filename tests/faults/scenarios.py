@@ -162,13 +162,13 @@ def eviction(pg: PostgresServer, *, single_keys: bool = False) -> Outcome:
     session may lose its window list, its meta hash or its id set independently. With `single_keys` the parent
     also evicts single keys at random, exactly as LRU may, so every combination happens in a short run. Nothing
     may be lost and every read must be exact: an evicted window is reloaded, never served short."""
-    server = RedisServer("--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru", "--maxmemory-samples", "3").start()
-    name = "5b eviction + single-key evictions" if single_keys else "5a eviction (allkeys-lru 3mb)"
+    server = RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru", "--maxmemory-samples", "3").start()
+    name = "5b eviction + single-key evictions" if single_keys else "5a eviction (allkeys-lru 2mb)"
     run = FaultRun(name, pg_url=pg.url, redis_url=server.url)
     rng = random.Random(5)
     admin = redis.Redis.from_url(server.url, socket_timeout=5)
     try:
-        writers = run.start_writers(2, 150, payload=300)
+        writers = run.start_writers(2, 150, payload=600)
         sessions = [s for w in writers for s in w.plan["own"]]
         run.wait_acked(300)
 
