@@ -8,7 +8,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms import ChatMessage
@@ -178,7 +178,28 @@ def position(idx: int) -> int:
     return operator.index(idx)
 
 
-class HybridChatStore(BaseChatStore):
+class EngineHolder:
+    """`memory`, `close()` and `aclose()`, shared by both stores (which declare the two private attributes)."""
+
+    if TYPE_CHECKING:
+        _memory: HybridMemory
+        _owns_memory: bool
+
+    @property
+    def memory(self) -> HybridMemory:
+        return self._memory
+
+    def close(self) -> None:
+        """Close the memory if this store built it (flushing its write-behind queue)."""
+        if self._owns_memory:
+            self._memory.close()
+
+    async def aclose(self) -> None:
+        if self._owns_memory:
+            await self._memory.aclose()
+
+
+class HybridChatStore(EngineHolder, BaseChatStore):
     """LlamaIndex chat store: a Redis window over PostgreSQL, with write-behind.
 
     A key is an engine session id (keys starting with U+241E are escaped), so the same conversation is
@@ -225,19 +246,6 @@ class HybridChatStore(BaseChatStore):
     @classmethod
     def class_name(cls) -> str:
         return "HybridChatStore"
-
-    @property
-    def memory(self) -> HybridMemory:
-        return self._memory
-
-    def close(self) -> None:
-        """Close the memory if this store built it (flushing its write-behind queue)."""
-        if self._owns_memory:
-            self._memory.close()
-
-    async def aclose(self) -> None:
-        if self._owns_memory:
-            await self._memory.aclose()
 
     # -- reads -------------------------------------------------------------------------------------------
     def get_messages(self, key: str) -> list[ChatMessage]:

@@ -12,7 +12,7 @@ from langchain_hybrid_memory import HybridConfig, HybridMemory, Message, Mode
 from langchain_hybrid_memory.messages import check_user_id
 
 from ._convert import active_session_id, archived_session_id, from_fresh_engine, key_of, to_engine_many
-from .chat_store import KeyLocks, aadd_all, aclear, alist_keys, aread, position, resolve_memory, validate
+from .chat_store import EngineHolder, KeyLocks, aadd_all, aclear, alist_keys, aread, position, resolve_memory, validate
 
 # Metadata key of an archived copy: the seq the message had in the active session. Messages of both statuses
 # are listed in that order (sequence numbers are microsecond clocks, comparable across sessions), so an
@@ -20,7 +20,7 @@ from .chat_store import KeyLocks, aadd_all, aclear, alist_keys, aread, position,
 ORIGIN_KEY = "llamaindex_origin_seq"
 
 
-class HybridDBChatStore(AsyncDBChatStore):
+class HybridDBChatStore(EngineHolder, AsyncDBChatStore):
     """LlamaIndex `Memory` store: ACTIVE messages (the FIFO queue) and ARCHIVED ones, on Redis + PostgreSQL.
 
     Layout: the ACTIVE messages of a key are the engine session `active_session_id(key)` (the key itself,
@@ -75,19 +75,6 @@ class HybridDBChatStore(AsyncDBChatStore):
     @classmethod
     def class_name(cls) -> str:
         return "HybridDBChatStore"
-
-    @property
-    def memory(self) -> HybridMemory:
-        return self._memory
-
-    def close(self) -> None:
-        """Close the memory if this store built it (flushing its write-behind queue)."""
-        if self._owns_memory:
-            self._memory.close()
-
-    async def aclose(self) -> None:
-        if self._owns_memory:
-            await self._memory.aclose()
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _sids(self, key: str, status: MessageStatus | None) -> list[str]:
