@@ -751,6 +751,30 @@ def cmd_forget_user(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Erase sessions idle longer than --days from Redis and PostgreSQL, after confirmation (unless --yes)."""
+    with _memory(args) as memory:
+        ns = memory.config.namespace
+        if not args.yes:
+            print(f"Erase every session of namespace {ns!r} idle for more than {args.days} days (messages, "
+                  "summaries and cached windows)? This cannot be undone. [y/N] ", end="", file=sys.stderr,
+                  flush=True)
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                raise CliError("not confirmed: nothing was deleted (answer y, or pass --yes)")
+        bars: list[_Progress] = []
+
+        def progress(done: int, total: int) -> None:
+            if not bars:
+                bars.append(_Progress("erasing idle sessions", total))
+            bars[0].update(done)
+
+        erased = memory.purge_idle_sessions(args.days * 86400.0, on_progress=progress)
+        for bar in bars:
+            bar.close()
+    print(f"erased {erased} sessions idle for more than {args.days} days from namespace {ns!r}")
+    return EXIT_OK
+
+
 def cmd_reclaim(args: argparse.Namespace) -> int:
     """Commit outbox entries that dead writers left behind (what every running app's janitor does)."""
     with _memory(args) as memory:
@@ -808,6 +832,9 @@ def _parser() -> argparse.ArgumentParser:
     forget = command("forget-user", cmd_forget_user, "erase every session of a user (asks first)")
     forget.add_argument("user", metavar="USER")
     forget.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    retention = command("retention", cmd_retention, "erase sessions idle for more than --days (asks first)")
+    retention.add_argument("--days", type=float, required=True, help="idle for more than this many days")
+    retention.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     reclaim = command("reclaim", cmd_reclaim, "commit outbox entries left behind by dead writers")
     reclaim.add_argument("--older-than", type=float, metavar="SECONDS",
                          help="entries older than this (default: reclaim_after)")

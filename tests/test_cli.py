@@ -348,6 +348,18 @@ def test_forget_user_after_confirmation_or_yes(run, namespace, users, monkeypatc
     assert _count(namespace) == 0
 
 
+def test_retention_erases_only_idle_sessions_after_confirmation(run, namespace, users, monkeypatch):
+    pg_fetch(f"UPDATE \"{namespace}\".sessions SET last_active_at = now() - interval '40 days'"
+             " WHERE session_id IN ('a1', 'b1')")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
+    code, _, err = run("--namespace", namespace, "retention", "--days", "30")
+    assert code == 1 and "nothing was deleted" in err and _count(namespace) == 6
+    monkeypatch.setattr(sys, "stdin", _NoStdin())
+    code, out, _ = run("--namespace", namespace, "retention", "--days", "30", "--yes")
+    assert code == 0 and "erased 2 sessions idle for more than 30.0 days" in out
+    assert _count(namespace, "session_id = 'a2'") == 2 and _count(namespace) == 2
+
+
 # -- settings -----------------------------------------------------------------------------------------------
 def test_every_command_honours_the_namespace_env_var(run, namespace, make_memory, monkeypatch):
     _fill(make_memory, {"s": "u"})
