@@ -19,8 +19,11 @@ import redis
 from langchain_hybrid_memory import CacheStats, HybridMemory, Message
 from langchain_hybrid_memory.cli import main
 from langchain_hybrid_memory.keys import KeyLayout
+from langchain_hybrid_memory.store import migrations
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
+
+LATEST = max(v for v, _, _ in migrations())
 from servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +99,8 @@ def test_migrate_applies_pending_migrations_once(run, namespace):
     assert code == 1 and "pending" in out
     code, out, _ = run("migrate", "--namespace", namespace)  # the option is also accepted after the command
     assert code == 0 and "applied: 0001_init.sql, 0002_summaries.sql" in out
-    assert [r[0] for r in pg_fetch(f'SELECT version FROM "{namespace}".schema_migrations ORDER BY 1')] == [1, 2]
+    assert [r[0] for r in pg_fetch(f'SELECT version FROM "{namespace}".schema_migrations ORDER BY 1')] == \
+        [v for v, _, _ in migrations()]
     code, out, _ = run("--namespace", namespace, "migrate")
     assert code == 0 and "applied: nothing (schema is current)" in out
     code, out, _ = run("--namespace", namespace, "migrate", "--check")
@@ -129,7 +133,7 @@ def test_doctor_all_green_on_the_real_servers(run, namespace):
         "config", "redis", "redis version", "redis latency", "redis eviction", "outbox", "postgres",
         "postgres version", "postgres latency", "schema")}, out
     assert "all 10 checks passed" in out and err == ""
-    assert "schema version 2 (current)" in out
+    assert f"schema version {LATEST} (current)" in out
 
 
 def test_doctor_a_fresh_namespace_is_fine_with_auto_migrate(run, namespace, monkeypatch):
@@ -143,11 +147,12 @@ def test_doctor_a_fresh_namespace_is_fine_with_auto_migrate(run, namespace, monk
 
 def test_doctor_names_a_pending_migration_and_the_fix(run, namespace):
     assert run("--namespace", namespace, "migrate")[0] == 0
-    pg_fetch(f'DELETE FROM "{namespace}".schema_migrations WHERE version = 2')
+    pg_fetch(f'DELETE FROM "{namespace}".schema_migrations WHERE version = $1', LATEST)
     code, out, err = run("--namespace", namespace, "doctor")
     assert code == 1
     line = next(line for line in out.splitlines() if line.startswith("FAIL"))
-    assert "schema version 1; this package needs 2" in line and "fix: run `hybrid-memory migrate`" in line
+    assert f"schema version {LATEST - 1}; this package needs {LATEST}" in line
+    assert "fix: run `hybrid-memory migrate`" in line
     assert len(err.strip().splitlines()) == 1
 
 
