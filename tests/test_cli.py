@@ -22,9 +22,9 @@ from langchain_hybrid_memory.keys import KeyLayout
 from langchain_hybrid_memory.store import migrations
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
+from servers import RedisServer, free_port
 
 LATEST = max(v for v, _, _ in migrations())
-from servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cretPW-9"  # appears in URLs below; must never be printed
