@@ -40,7 +40,8 @@ def redact_url(url: str | None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
-def _seconds(value: Any) -> Any:
+def seconds(value: Any) -> Any:
+    """A timedelta as seconds; anything else unchanged (pydantic validates it)."""
     return value.total_seconds() if isinstance(value, timedelta) else value
 
 
@@ -108,7 +109,7 @@ class HybridConfig(BaseModel):
     @field_validator("session_ttl", "write_behind_delay", "reclaim_after", mode="before")
     @classmethod
     def _timedelta_ok(cls, v: Any) -> Any:
-        return _seconds(v)
+        return seconds(v)
 
     @field_validator("namespace")
     @classmethod

@@ -30,7 +30,7 @@ from .cache import (
     SyncHotPath,
     detect_cluster,
 )
-from .config import HybridConfig, Mode, redact_url
+from .config import HybridConfig, Mode, redact_url, seconds
 from .errors import (
     BacklogFullError,
     HybridMemoryError,
@@ -1141,11 +1141,11 @@ class HybridMemory:
 
     def purge_idle_sessions(self, older_than: float | timedelta, *, on_progress: ProgressFn | None = None) -> int:
         """Retention: erase sessions idle longer than `older_than` (seconds or timedelta) from both stores."""
-        return self._run(self._purge_idle(_seconds(older_than), on_progress))
+        return self._run(self._purge_idle(float(seconds(older_than)), on_progress))
 
     async def apurge_idle_sessions(self, older_than: float | timedelta, *,
                                    on_progress: ProgressFn | None = None) -> int:
-        return await self._arun(self._purge_idle(_seconds(older_than), on_progress))
+        return await self._arun(self._purge_idle(float(seconds(older_than)), on_progress))
 
     async def _purge_idle(self, older_than: float, on_progress: ProgressFn | None) -> int:
         await self._ensure_started()
@@ -1307,10 +1307,6 @@ class HybridMemory:
             return await self._need_store().migrate()
         except StoreDown as exc:
             raise self._store_down(exc) from None
-
-
-def _seconds(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 def _register_atexit(memory: HybridMemory) -> Callable[[], None]:

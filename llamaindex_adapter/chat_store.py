@@ -353,16 +353,7 @@ class HybridChatStore(EngineHolder, BaseChatStore):
             return self._deleted(page[at], self._memory.delete_messages(sid, [_seq(page[at])], user_id=self.user_id))
 
     async def adelete_message(self, key: str, idx: int) -> ChatMessage | None:
-        at = position(idx)
-        if at < 0:
-            return None
-        sid = active_session_id(key)
-        async with self._locks.ahold(sid):
-            page = await aread(self._memory, sid, self.user_id, at + 1)
-            if len(page) <= at:
-                return None
-            n = await self._memory.adelete_messages(sid, [_seq(page[at])], user_id=self.user_id)
-            return self._deleted(page[at], n)
+        return await adelete_at(self._memory, self._locks, active_session_id(key), self.user_id, idx)
 
     def delete_last_message(self, key: str) -> ChatMessage | None:
         """Delete the newest message and return it; None when there is none."""
@@ -383,11 +374,30 @@ class HybridChatStore(EngineHolder, BaseChatStore):
             return self._deleted(last[0], n)
 
     def _deleted(self, msg: Message, n: int) -> ChatMessage | None:
-        # The engine reports the rows PostgreSQL held; 0 means another process deleted it first. In
-        # session_only mode there is no PostgreSQL and the count is always 0.
-        if n or self._memory.config.mode is Mode.SESSION_ONLY:
-            return from_fresh_engine(msg)
+        return deleted(self._memory, msg, n)
+
+
+def deleted(memory: HybridMemory, msg: Message, n: int) -> ChatMessage | None:
+    """The deleted message, or None if it was gone already."""
+    # The engine reports the rows PostgreSQL held; 0 means another process deleted it first. In session_only
+    # mode there is no PostgreSQL and the count is always 0.
+    if n or memory.config.mode is Mode.SESSION_ONLY:
+        return from_fresh_engine(msg)
+    return None
+
+
+async def adelete_at(memory: HybridMemory, locks: KeyLocks, sid: str, uid: str | None,
+                     idx: int) -> ChatMessage | None:
+    """Delete the message at position `idx` (0 = oldest) of a session and return it; None when out of range."""
+    at = position(idx)
+    if at < 0:
         return None
+    async with locks.ahold(sid):
+        page = await aread(memory, sid, uid, at + 1)
+        if len(page) <= at:
+            return None
+        n = await memory.adelete_messages(sid, [_seq(page[at])], user_id=uid)
+    return deleted(memory, page[at], n)
 
 
 def _seq(msg: Message) -> int:

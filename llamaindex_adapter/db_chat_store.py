@@ -12,7 +12,18 @@ from langchain_hybrid_memory import HybridConfig, HybridMemory, Message, Mode
 from langchain_hybrid_memory.messages import check_user_id
 
 from ._convert import active_session_id, archived_session_id, from_fresh_engine, key_of, to_engine_many
-from .chat_store import EngineHolder, KeyLocks, aadd_all, aclear, alist_keys, aread, position, resolve_memory, validate
+from .chat_store import (
+    EngineHolder,
+    KeyLocks,
+    aadd_all,
+    aclear,
+    adelete_at,
+    alist_keys,
+    aread,
+    position,
+    resolve_memory,
+    validate,
+)
 
 # Metadata key of an archived copy: the seq the message had in the active session. Messages of both statuses
 # are listed in that order (sequence numbers are microsecond clocks, comparable across sessions), so an
@@ -176,16 +187,7 @@ class HybridDBChatStore(EngineHolder, AsyncDBChatStore):
 
     async def delete_message(self, key: str, idx: int) -> ChatMessage | None:
         """Delete the ACTIVE message at position `idx` (0 = oldest) and return it; None when out of range."""
-        at = position(idx)
-        if at < 0:
-            return None
-        sid = active_session_id(key)
-        async with self._locks.ahold(sid):
-            page = await aread(self._memory, sid, self.user_id, at + 1)
-            if len(page) <= at:
-                return None
-            n = await self._memory.adelete_messages(sid, [_seq(page[at])], user_id=self.user_id)
-        return from_fresh_engine(page[at]) if n or self._memory.config.mode is Mode.SESSION_ONLY else None
+        return await adelete_at(self._memory, self._locks, active_session_id(key), self.user_id, idx)
 
     async def delete_oldest_messages(self, key: str, n: int) -> list[ChatMessage]:
         """Delete the `n` oldest ACTIVE messages and return them."""
