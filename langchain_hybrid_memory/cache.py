@@ -7,6 +7,7 @@ a fallback to PostgreSQL; the caller never sees them.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,9 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 from redis.sentinel import Sentinel as SyncSentinel
 
@@ -29,9 +32,13 @@ from .keys import KeyLayout
 from .messages import CorruptEntry
 
 # Every script takes KEYS = window, meta, ids, outbox, active and starts its ARGV with
-# 1 session_id, 2 ttl_ms, 3 capacity (elements kept), 4 summary threshold (0 = auto-summarize off).
+# 1 session_id, 2 ttl_ms, 3 capacity (elements kept), 4 summary threshold (0 = auto-summarize off),
+# 5 touch (1: slide the TTLs now; the client asks at most every ttl/10 per session, see `TouchLog`).
 # The meta hash's presence means "this window is complete". Its fields: seq (last assigned), uid (owner),
-# partial, sum_upto / sum_text (the latest summary), unsum (messages after the summary).
+# n (the window's length), partial, sum_upto / sum_text (the latest summary), unsum (messages after it).
+#
+# Each redis.call costs about 3 µs inside a script, and a reply passing through Lua about 1 µs per element, so
+# the scripts batch (one RPUSH, one ZADD, one HSET) and reads use no script at all (MULTI, see `_Calls`).
 #
 # `fill(b)` loads a window from the store. Its ARGV block starts at index b: base_seq, owner, partial (1/0),
 # sum_upto, sum_text, unsum, floor (a tombstone's seq), n, then n pairs (message id, element). It merges in
@@ -51,10 +58,11 @@ local function touch(ttl, now)
 end
 -- Under memory pressure (allkeys-lru) Redis may evict one key of a session and keep the others. The meta
 -- hash records the window's length; a window whose length or id set no longer matches is dropped and
--- reloaded, never served short.
+-- reloaded, never served short. Returns the id set's size, or false when the window was dropped.
 local function intact(n)
   local len = redis.call('LLEN', KEYS[1])
-  if tonumber(n or -1) == len and (len == 0 or redis.call('EXISTS', KEYS[3]) == 1) then return true end
+  local zc = redis.call('ZCARD', KEYS[3])
+  if tonumber(n or -1) == len and (len == 0 or zc > 0) then return zc end
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   return false
 end
@@ -95,82 +103,104 @@ local function fill(b)
   table.sort(order)
   redis.call('DEL', KEYS[1], KEYS[3])
   local first = math.max(1, #order - tonumber(ARGV[3]) + 1)
+  local push, zadd = {}, {}
   for k = first, #order do
     local s = order[k]
-    redis.call('RPUSH', KEYS[1], byseq[s][2])
-    redis.call('ZADD', KEYS[3], s, byseq[s][1])
+    push[#push + 1] = byseq[s][2]
+    zadd[#zadd + 1] = s
+    zadd[#zadd + 1] = byseq[s][1]
+  end
+  if #push > 0 then
+    redis.call('RPUSH', KEYS[1], unpack(push))
+    redis.call('ZADD', KEYS[3], unpack(zadd))
   end
   if #order > 0 and order[#order] > base then base = order[#order] end
   redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', base), 'unsum', unsum,
-             'sum_upto', ARGV[b + 3], 'sum_text', ARGV[b + 4], 'n', redis.call('LLEN', KEYS[1]))
+             'sum_upto', ARGV[b + 3], 'sum_text', ARGV[b + 4], 'n', #push)
   if ARGV[b + 1] ~= '' then redis.call('HSET', KEYS[2], 'uid', ARGV[b + 1]) end
   if ARGV[b + 2] == '1' then redis.call('HSET', KEYS[2], 'partial', '1') else redis.call('HDEL', KEYS[2], 'partial') end
   return b + 8 + 2 * n
 end
 """
 
-# ARGV: 5 idempotency_keep, 6 persist (1/0), 7 user_id ('' = none), 8 has_init (1/0),
+# ARGV: 6 idempotency_keep, 7 persist (1/0), 8 user_id ('' = none), 9 has_init (1/0),
 #       [fill block if has_init], then n, then n pairs (id, payload).
 # Returns {-1} when the window is not cached and no init data was given, {-2, owner} on an ownership
 # conflict, else {1 or 2 (2: the user was bound now), outbox entry id or '', summary due (1/0),
 # seq_1..seq_n, new_1..new_n}.
 APPEND = _COMMON + """
-local i = 9
+local i = 10
+local fresh = false  -- keys (re)created here get their TTL now, whatever ARGV[5] says
 local meta = redis.call('HMGET', KEYS[2], 'seq', 'uid', 'n')
-if meta[1] and not intact(meta[3]) then meta[1] = false end
-if not meta[1] then
-  if ARGV[8] ~= '1' then return {-1} end
-  i = fill(9)
-  meta = redis.call('HMGET', KEYS[2], 'seq', 'uid')
-elseif ARGV[8] == '1' then
-  i = 9 + 8 + 2 * tonumber(ARGV[16])
+local zc = meta[1] and intact(meta[3])
+if not zc then
+  if ARGV[9] ~= '1' then return {-1} end
+  i = fill(10)
+  meta = redis.call('HMGET', KEYS[2], 'seq', 'uid', 'n')
+  zc = redis.call('ZCARD', KEYS[3])
+  fresh = true
+elseif ARGV[9] == '1' then
+  i = 10 + 8 + 2 * tonumber(ARGV[17])
 end
 local status = 1
 local owner = meta[2]
-if ARGV[7] ~= '' then
-  if owner and owner ~= ARGV[7] then return {-2, owner} end
+if ARGV[8] ~= '' then
+  if owner and owner ~= ARGV[8] then return {-2, owner} end
   if not owner then
-    redis.call('HSET', KEYS[2], 'uid', ARGV[7])
+    redis.call('HSET', KEYS[2], 'uid', ARGV[8])
     status = 2
   end
 end
+local n = tonumber(ARGV[i])
+local ids = {}
+for k = 1, n do ids[k] = ARGV[i - 1 + 2 * k] end
+-- prepare() refuses an id twice in one call, so one ZMSCORE up front equals a lookup per message
+local olds = redis.call('ZMSCORE', KEYS[3], unpack(ids))
 local last = tonumber(meta[1])
 local now = now_us()
-local n = tonumber(ARGV[i])
-local seqs, news, fields = {}, {}, {}
-for k = 0, n - 1 do
-  local id, payload = ARGV[i + 1 + 2 * k], ARGV[i + 2 + 2 * k]
-  local old = redis.call('ZSCORE', KEYS[3], id)
-  if old then
-    seqs[k + 1] = old
-    news[k + 1] = '0'
+local seqs, news, push, zadd, fields = {}, {}, {}, {}, {}
+for k = 1, n do
+  if olds[k] then
+    seqs[k] = olds[k]
+    news[k] = '0'
   else
     -- A hybrid logical clock: strictly increasing per session, close to server time, so a session that
     -- lost its cached counter (restart, eviction) never reuses a number.
     local seq = math.max(last + 1, now)
     last = seq
     local s = string.format('%.0f', seq)
-    local el = '{"s":' .. s .. ',' .. string.sub(payload, 2)
-    redis.call('RPUSH', KEYS[1], el)
-    redis.call('ZADD', KEYS[3], s, id)
-    seqs[k + 1] = s
-    news[k + 1] = '1'
-    fields[#fields + 1] = id
+    local el = '{"s":' .. s .. ',' .. string.sub(ARGV[i + 2 * k], 2)
+    push[#push + 1] = el
+    zadd[#zadd + 1] = s
+    zadd[#zadd + 1] = ids[k]
+    fields[#fields + 1] = ids[k]
     fields[#fields + 1] = el
+    seqs[k] = s
+    news[k] = '1'
   end
 end
-redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', last))
+local added = #push
 local threshold = tonumber(ARGV[4])
 local unsum = 0
-if threshold > 0 then unsum = redis.call('HINCRBY', KEYS[2], 'unsum', #fields / 2) end
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
-redis.call('HSET', KEYS[2], 'n', redis.call('LLEN', KEYS[1]))
-local keep = tonumber(ARGV[5])
-if redis.call('ZCARD', KEYS[3]) > keep + 20 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -keep - 1) end
-touch(tonumber(ARGV[2]), now)
+if added > 0 then
+  local cap = tonumber(ARGV[3])
+  local len = redis.call('RPUSH', KEYS[1], unpack(push))
+  if len == added then fresh = true end
+  if len > cap then
+    redis.call('LTRIM', KEYS[1], -cap, -1)
+    len = cap
+  end
+  redis.call('ZADD', KEYS[3], unpack(zadd))
+  if zc == 0 then fresh = true end
+  local keep = tonumber(ARGV[6])
+  if zc + added > keep + 20 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -keep - 1) end
+  redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', last), 'n', len)
+end
+if threshold > 0 then unsum = redis.call('HINCRBY', KEYS[2], 'unsum', added) end
+if fresh or ARGV[5] == '1' then touch(tonumber(ARGV[2]), now) end
 local xid = ''
-if ARGV[6] == '1' and #fields > 0 then
-  xid = redis.call('XADD', KEYS[4], '*', 's', ARGV[1], 'u', ARGV[7], unpack(fields))
+if ARGV[7] == '1' and added > 0 then
+  xid = redis.call('XADD', KEYS[4], '*', 's', ARGV[1], 'u', ARGV[8], unpack(fields))
 end
 local due = 0
 if threshold > 0 and unsum >= threshold then due = 1 end
@@ -180,37 +210,16 @@ for k = 1, n do out[#out + 1] = news[k] end
 return out
 """
 
-# ARGV: 5 limit (0 = the context view: every cached element, with the summary fields).
-# Returns false on a miss, the last seq (an integer) when the window is partial (written while PostgreSQL
-# was down, so older history is missing), else {owner or '', element_1..element_k} for a limit, or
-# {owner, sum_upto, sum_text, unsum, element_1..element_k} for the context view.
-READ = _COMMON + """
-local meta = redis.call('HMGET', KEYS[2], 'seq', 'partial', 'uid', 'sum_upto', 'sum_text', 'unsum', 'n')
-if not meta[1] then return false end
-if meta[2] then return tonumber(meta[1]) end
-if not intact(meta[7]) then return false end
-touch(tonumber(ARGV[2]), now_us())
-local limit = tonumber(ARGV[5])
-if limit > 0 then
-  local out = redis.call('LRANGE', KEYS[1], -limit, -1)
-  table.insert(out, 1, meta[3] or '')
-  return out
-end
-local out = redis.call('LRANGE', KEYS[1], 0, -1)
-for k = 6, 3, -1 do table.insert(out, 1, meta[k] or '') end
-return out
-"""
-
-# ARGV: 5 expected seq ('' = load only if not cached; else replace a partial window whose last seq is still
+# ARGV: 6 expected seq ('' = load only if not cached; else replace a partial window whose last seq is still
 # this one), then the fill block. Returns {1 if loaded or 0 if somebody wrote meanwhile (their data is
 # newer and is kept), owner, the cached elements}.
 FILL = _COMMON + """
 local loaded = 1
 if redis.call('EXISTS', KEYS[2]) == 1 then
   local partial = redis.call('HGET', KEYS[2], 'partial') == '1'
-  if ARGV[5] == '' or not partial or redis.call('HGET', KEYS[2], 'seq') ~= ARGV[5] then loaded = 0 end
+  if ARGV[6] == '' or not partial or redis.call('HGET', KEYS[2], 'seq') ~= ARGV[6] then loaded = 0 end
 end
-if loaded == 1 then fill(6) end
+if loaded == 1 then fill(7) end
 touch(tonumber(ARGV[2]), now_us())
 local out = redis.call('LRANGE', KEYS[1], 0, -1)
 table.insert(out, 1, redis.call('HGET', KEYS[2], 'uid') or '')
@@ -218,16 +227,21 @@ table.insert(out, 1, loaded)
 return out
 """
 
-# ARGV: 5 upto_seq, 6 text, 7 messages covered. Publishes a new summary to a cached window (if any), unless
+# ARGV: 6 upto_seq, 7 text, 8 messages covered. Publishes a new summary to a cached window (if any), unless
 # a newer one is there already. Returns 1 if stored.
 SET_SUMMARY = _COMMON + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-if tonumber(redis.call('HGET', KEYS[2], 'sum_upto') or '0') >= tonumber(ARGV[5]) then return 0 end
-redis.call('HSET', KEYS[2], 'sum_upto', ARGV[5], 'sum_text', ARGV[6])
-local left = redis.call('HINCRBY', KEYS[2], 'unsum', -tonumber(ARGV[7]))
+if tonumber(redis.call('HGET', KEYS[2], 'sum_upto') or '0') >= tonumber(ARGV[6]) then return 0 end
+redis.call('HSET', KEYS[2], 'sum_upto', ARGV[6], 'sum_text', ARGV[7])
+local left = redis.call('HINCRBY', KEYS[2], 'unsum', -tonumber(ARGV[8]))
 if left < 0 then redis.call('HSET', KEYS[2], 'unsum', 0) end
 return 1
 """
+
+# Reads run no script: a MULTI of HMGET meta, LLEN and LRANGE (plus the TTL slide when due) costs Redis about
+# a tenth of a script that returns the same window.
+_READ_FIELDS = ("seq", "partial", "uid", "n")
+_CONTEXT_FIELDS = (*_READ_FIELDS, "sum_upto", "sum_text", "unsum")
 
 
 class CacheDown(Exception):
@@ -363,19 +377,94 @@ def _pool_kwargs(config: HybridConfig, retry: Any) -> tuple[str, dict[str, Any]]
     return url, kwargs
 
 
-class _Calls:
-    """Arguments and result parsing of the hot-path scripts, shared by the async and sync clients."""
+class TouchLog:
+    """When this process last slid each session's TTLs (a bounded map, shared by all clients of one memory).
 
-    def __init__(self, config: HybridConfig, keys: KeyLayout) -> None:
+    A TTL slid at t keeps the keys until t + ttl, so sliding at most every ttl/10 keeps every key alive for at
+    least 0.9 x ttl after its last use, and spares most calls three PEXPIREs and a ZADD. Keys are only ever
+    created by a fill or an append, and both set their TTL, so a skipped slide never leaves a key without one.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self._every = ttl_s / 10
+        self._last: dict[str, float] = {}
+
+    def due(self, session_id: str) -> bool:
+        now = time.monotonic()
+        last = self._last.get(session_id)
+        if last is not None and now - last < self._every:
+            return False
+        if len(self._last) >= 100_000:  # bounded: a long-running process sees unbounded session ids
+            self._last.clear()
+        self._last[session_id] = now
+        return True
+
+
+class _Calls:
+    """Arguments and result parsing of the hot-path calls, shared by the async and sync clients."""
+
+    def __init__(self, config: HybridConfig, keys: KeyLayout, touches: TouchLog | None) -> None:
         self.config = config
         self.keys = keys
         self._ttl_ms = int(config.session_ttl * 1000)
         self._capacity = config.cache_capacity
         self._threshold = config.summary_threshold
+        self.touches = touches or TouchLog(config.session_ttl)
 
-    def head(self, session_id: str) -> tuple[list[str], list[Any]]:
+    def head(self, session_id: str, touch: bool | None = None) -> tuple[list[str], list[Any]]:
         k = self.keys.session(session_id)
-        return list(k.all), [session_id, self._ttl_ms, self._capacity, self._threshold]
+        if touch is None:
+            touch = self.touches.due(session_id)
+        return list(k.all), [session_id, self._ttl_ms, self._capacity, self._threshold, 1 if touch else 0]
+
+    def read_cmds(self, session_id: str, limit: int) -> list[tuple[Any, ...]]:
+        """The commands of one read, run as a MULTI: meta fields, length, elements (limit 0: all, with the
+        summary fields), then the TTL slide when due."""
+        k = self.keys.session(session_id)
+        cmds: list[tuple[Any, ...]] = [("HMGET", k.meta, *(_CONTEXT_FIELDS if limit == 0 else _READ_FIELDS)),
+                                       ("LLEN", k.window), ("LRANGE", k.window, -limit if limit else 0, -1)]
+        if self.touches.due(session_id):
+            ttl = self._ttl_ms
+            cmds += [("PEXPIRE", k.window, ttl), ("PEXPIRE", k.meta, ttl), ("PEXPIRE", k.ids, ttl),
+                     ("ZADD", k.active, int(time.time() * 1000), session_id)]
+        return cmds
+
+    @staticmethod
+    def _read_common(out: list[Any]) -> list[Any] | int | None:
+        """The meta fields of a hit; None on a miss, the last seq on a partial window."""
+        if any(isinstance(x, Exception) for x in out):
+            raise CorruptEntry("corrupt cache entry (wrong key type)")
+        meta, length = out[0], out[1]
+        if meta[0] is None:
+            return None
+        try:
+            if meta[1] is not None:
+                return int(meta[0])
+            if meta[3] is None or int(meta[3]) != length:
+                # Redis evicted part of the session (allkeys-* policies): never serve it short
+                raise CorruptEntry("damaged cache entry (window length)")
+        except ValueError:
+            raise CorruptEntry("corrupt cache entry (meta)") from None
+        return meta  # type: ignore[no-any-return]
+
+    def read_result(self, out: list[Any]) -> tuple[str, list[bytes]] | int | None:
+        meta = self._read_common(out)
+        if meta is None or isinstance(meta, int):
+            return meta
+        try:
+            return (meta[2] or b"").decode("utf-8"), out[2]
+        except UnicodeDecodeError:
+            raise CorruptEntry("corrupt cache entry (owner)") from None
+
+    def context_result(self, out: list[Any]) -> CachedContext | int | None:
+        meta = self._read_common(out)
+        if meta is None or isinstance(meta, int):
+            return meta
+        try:
+            return CachedContext((meta[2] or b"").decode("utf-8"), int(meta[4] or 0),
+                                 (meta[5] or b"").decode("utf-8"), int(meta[6] or 0), out[2])
+        except (UnicodeDecodeError, ValueError):
+            raise CorruptEntry("corrupt cache entry (summary fields)") from None
 
     @staticmethod
     def fill_args(fill: Fill) -> list[Any]:
@@ -384,25 +473,6 @@ class _Calls:
         for msg_id, element in fill.pairs:
             args += (msg_id, element)
         return args
-
-    @staticmethod
-    def read_result(out: Any) -> tuple[str, list[bytes]] | int | None:
-        if out is None or isinstance(out, int):
-            return out
-        try:
-            return out[0].decode("utf-8"), out[1:]
-        except UnicodeDecodeError:
-            raise CorruptEntry("corrupt cache entry (owner)") from None
-
-    @staticmethod
-    def context_result(out: Any) -> CachedContext | int | None:
-        if out is None or isinstance(out, int):
-            return out
-        try:
-            return CachedContext(out[0].decode("utf-8"), int(out[1] or 0), out[2].decode("utf-8"),
-                                 int(out[3] or 0), out[4:])
-        except (UnicodeDecodeError, ValueError):
-            raise CorruptEntry("corrupt cache entry (summary fields)") from None
 
     def append_args(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str],
                     persist: bool, init: Fill | None) -> tuple[list[str], list[Any]]:
@@ -426,40 +496,73 @@ class _Calls:
                             seqs=[int(s) for s in out[3:3 + n]], new=[s == b"1" for s in out[3 + n:3 + 2 * n]])
 
 
+# Connection errors worth one retry on a fresh connection (a pooled one may predate a Redis restart), as the
+# clients' own Retry(NoBackoff(), 1) does for single commands.
+_RETRY = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _exec_reply(reply: Any, n: int) -> list[Any]:
+    if not isinstance(reply, list) or len(reply) != n:
+        raise RedisConnectionError("unexpected MULTI reply")  # the caller drops the connection
+    return reply
+
+
 class SyncHotPath(_Calls):
     """The two hot calls (read a window, append) on a blocking client, for the sync API.
 
     A sync caller then pays one Redis round trip, not a hop to the engine thread and back.
     """
 
-    def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False) -> None:
-        super().__init__(config, keys)
+    def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False,
+                 touches: TouchLog | None = None) -> None:
+        super().__init__(config, keys, touches)
+        self.cluster = cluster
         self.client: Any = _make_client(config, cluster, sync=True)
         self._append = self.client.register_script(APPEND)
-        self._read = self.client.register_script(READ)
 
     def close(self) -> None:
         self.client.close()
 
-    def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
-        keys, args = self.head(session_id)
+    def _multi(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        """MULTI ... EXEC in one round trip, errors inside it returned as values."""
         try:
-            out = self._read(keys=keys, args=[*args, limit])
+            if self.cluster:  # the cluster client routes the slot and follows MOVED itself
+                pipe = self.client.pipeline(transaction=True)
+                for cmd in cmds:
+                    pipe.execute_command(*cmd)
+                return list(pipe.execute(raise_on_error=False))
+            for attempt in (0, 1):
+                try:
+                    return self._multi_once(cmds)
+                except _RETRY:
+                    if attempt:
+                        raise
+            raise AssertionError("unreachable")
         except ResponseError:
             raise
         except (RedisError, OSError) as exc:
             raise CacheDown(type(exc).__name__) from None
-        return self.read_result(out)
+
+    def _multi_once(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        # The pipeline object costs more Python than the round trip itself; this is the same wire exchange.
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands([("MULTI",), *cmds, ("EXEC",)]))
+            for _ in range(len(cmds) + 1):
+                conn.read_response()  # OK, then QUEUED for each command
+            return _exec_reply(conn.read_response(), len(cmds))
+        except BaseException:
+            conn.disconnect()  # a half-read reply must not reach the next user of this connection
+            raise
+        finally:
+            pool.release(conn)
+
+    def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
+        return self.read_result(self._multi(self.read_cmds(session_id, limit)))
 
     def context(self, session_id: str) -> CachedContext | int | None:
-        keys, args = self.head(session_id)
-        try:
-            out = self._read(keys=keys, args=[*args, 0])
-        except ResponseError:
-            raise
-        except (RedisError, OSError) as exc:
-            raise CacheDown(type(exc).__name__) from None
-        return self.context_result(out)
+        return self.context_result(self._multi(self.read_cmds(session_id, 0)))
 
     def append(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str], *,
                persist: bool) -> AppendResult | None:
@@ -476,13 +579,13 @@ class SyncHotPath(_Calls):
 class RedisCache(_Calls):
     """Every Redis call of the engine, on redis.asyncio (one instance per event loop)."""
 
-    def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False) -> None:
-        super().__init__(config, keys)
+    def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False,
+                 touches: TouchLog | None = None) -> None:
+        super().__init__(config, keys, touches)
         self.cluster = cluster
         self.client: Any = _make_client(config, cluster, sync=False)
         self._slots = asyncio.Semaphore(config.redis_max_connections)  # never more calls than connections
         self._append = self.client.register_script(APPEND)
-        self._read = self.client.register_script(READ)
         self._fill = self.client.register_script(FILL)
         self._set_summary = self.client.register_script(SET_SUMMARY)
 
@@ -497,6 +600,35 @@ class RedisCache(_Calls):
             raise
         except (RedisError, OSError) as exc:
             raise CacheDown(type(exc).__name__) from None
+
+    async def _multi(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        if self.cluster:
+            pipe = self.client.pipeline(transaction=True)
+            for cmd in cmds:
+                pipe.execute_command(*cmd)
+            return list(await self._call(pipe.execute(raise_on_error=False)))
+        for attempt in (0, 1):
+            try:
+                out: list[Any] = await self._call(self._multi_once(cmds))
+                return out
+            except CacheDown:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _multi_once(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(conn.pack_commands([("MULTI",), *cmds, ("EXEC",)]))
+            for _ in range(len(cmds) + 1):
+                await conn.read_response()
+            return _exec_reply(await conn.read_response(), len(cmds))
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
 
     async def ping(self) -> None:
         await self._call(self.client.ping())
@@ -514,16 +646,14 @@ class RedisCache(_Calls):
 
     async def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
         """None on a miss; the last seq (int) if the window is partial; else (owner, elements)."""
-        keys, args = self.head(session_id)
-        return self.read_result(await self._call(self._read(keys=keys, args=[*args, limit])))
+        return self.read_result(await self._multi(self.read_cmds(session_id, limit)))
 
     async def context(self, session_id: str) -> CachedContext | int | None:
         """The summary fields and every cached element (None: miss; int: partial window)."""
-        keys, args = self.head(session_id)
-        return self.context_result(await self._call(self._read(keys=keys, args=[*args, 0])))
+        return self.context_result(await self._multi(self.read_cmds(session_id, 0)))
 
     async def set_summary(self, session_id: str, upto_seq: int, text: str, covered: int) -> bool:
-        keys, args = self.head(session_id)
+        keys, args = self.head(session_id, touch=False)
         return bool(await self._call(self._set_summary(keys=keys, args=[*args, upto_seq, text, covered])))
 
     async def append(self, session_id: str, user_id: str | None, ids: Sequence[str],
@@ -535,7 +665,7 @@ class RedisCache(_Calls):
     async def fill(self, session_id: str, fill: Fill, expect_seq: int | None = None
                    ) -> tuple[bool, str, list[bytes]]:
         """Cache `fill` unless somebody wrote first; returns (loaded, owner, the window now cached)."""
-        keys, args = self.head(session_id)
+        keys, args = self.head(session_id, touch=True)
         args += ["" if expect_seq is None else str(expect_seq), *self.fill_args(fill)]
         out = await self._call(self._fill(keys=keys, args=args))
         return bool(out[0]), out[1].decode("utf-8"), out[2:]
@@ -546,7 +676,7 @@ class RedisCache(_Calls):
         # Concurrent script calls rather than a pipeline: each may need its script loaded on its own node.
         calls = []
         for sid, fill in fills.items():
-            keys, args = self.head(sid)
+            keys, args = self.head(sid, touch=True)
             calls.append(self._call(self._fill(keys=keys, args=[*args, "", *self.fill_args(fill)])))
         return sum(int(x[0]) for x in await asyncio.gather(*calls))
 

@@ -28,6 +28,7 @@ from .cache import (
     OwnershipConflict,
     RedisCache,
     SyncHotPath,
+    TouchLog,
     detect_cluster,
 )
 from .config import HybridConfig, Mode, redact_url, seconds
@@ -80,6 +81,7 @@ class HybridMemory:
             config = HybridConfig(**{**dict(config), **overrides})
         self.config = config
         self.keys = KeyLayout(config.namespace, config.outbox_shards)
+        self._touches = TouchLog(config.session_ttl)  # shared by every Redis client of this memory
         self._engine = EngineLoop()
         self._stats = Stats()
         self._cache: RedisCache | None = None  # the engine loop's client
@@ -121,8 +123,8 @@ class HybridMemory:
             cfg = self.config
             if cfg.mode is not Mode.PERSISTENT:
                 self._cluster = await detect_cluster(cfg)
-                self._cache = RedisCache(cfg, self.keys, self._cluster)
-                self._sync = SyncHotPath(cfg, self.keys, self._cluster)
+                self._cache = RedisCache(cfg, self.keys, self._cluster, self._touches)
+                self._sync = SyncHotPath(cfg, self.keys, self._cluster, self._touches)
             if cfg.mode is not Mode.SESSION_ONLY:
                 self._store = PostgresStore(cfg)
                 try:
@@ -311,7 +313,7 @@ class HybridMemory:
             if loop not in self._loops_seen:
                 self._loops_seen.add(loop)
                 return None
-            cache = self._loop_caches[loop] = RedisCache(self.config, self.keys, self._cluster)
+            cache = self._loop_caches[loop] = RedisCache(self.config, self.keys, self._cluster, self._touches)
         return cache
 
     def _soon(self, fn: Callable[..., Any], *args: Any) -> None:
