@@ -239,7 +239,15 @@ return 1
 """
 
 # Reads run no script: a MULTI of HMGET meta, LLEN and LRANGE (plus the TTL slide when due) costs Redis about
-# a tenth of a script that returns the same window.
+# a tenth of a script that returns the same window. A Redis Cluster client has no raw connection to send that
+# MULTI on (and its transaction pipeline retries through a failover for seconds), so there the same reply
+# comes from this script. ARGV: 6 LRANGE start, 7... the meta fields.
+READ = _COMMON + """
+local meta = redis.call('HMGET', KEYS[2], unpack(ARGV, 7))
+local out = {meta, redis.call('LLEN', KEYS[1]), redis.call('LRANGE', KEYS[1], ARGV[6], -1)}
+if ARGV[5] == '1' then touch(tonumber(ARGV[2]), now_us()) end
+return out
+"""
 _READ_FIELDS = ("seq", "partial", "uid", "n")
 _CONTEXT_FIELDS = (*_READ_FIELDS, "sum_upto", "sum_text", "unsum")
 
@@ -422,12 +430,17 @@ class _Calls:
         summary fields), then the TTL slide when due."""
         k = self.keys.session(session_id)
         cmds: list[tuple[Any, ...]] = [("HMGET", k.meta, *(_CONTEXT_FIELDS if limit == 0 else _READ_FIELDS)),
-                                       ("LLEN", k.window), ("LRANGE", k.window, -limit if limit else 0, -1)]
+                                       ("LLEN", k.window), ("LRANGE", k.window, -limit, -1)]
         if self.touches.due(session_id):
             ttl = self._ttl_ms
             cmds += [("PEXPIRE", k.window, ttl), ("PEXPIRE", k.meta, ttl), ("PEXPIRE", k.ids, ttl),
                      ("ZADD", k.active, int(time.time() * 1000), session_id)]
         return cmds
+
+    def read_script_args(self, session_id: str, limit: int) -> tuple[list[str], list[Any]]:
+        """The READ script's arguments for the same read (Redis Cluster)."""
+        keys, args = self.head(session_id)
+        return keys, [*args, -limit, *(_CONTEXT_FIELDS if limit == 0 else _READ_FIELDS)]
 
     @staticmethod
     def _read_common(out: list[Any]) -> list[Any] | int | None:
@@ -519,18 +532,18 @@ class SyncHotPath(_Calls):
         self.cluster = cluster
         self.client: Any = _make_client(config, cluster, sync=True)
         self._append = self.client.register_script(APPEND)
+        self._read = self.client.register_script(READ)
 
     def close(self) -> None:
         self.client.close()
 
-    def _multi(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
-        """MULTI ... EXEC in one round trip, errors inside it returned as values."""
+    def _window(self, session_id: str, limit: int) -> list[Any]:
+        """One read's reply: [meta fields, length, elements, ...], errors inside it returned as values."""
         try:
-            if self.cluster:  # the cluster client routes the slot and follows MOVED itself
-                pipe = self.client.pipeline(transaction=True)
-                for cmd in cmds:
-                    pipe.execute_command(*cmd)
-                return list(pipe.execute(raise_on_error=False))
+            if self.cluster:
+                keys, args = self.read_script_args(session_id, limit)
+                return list(self._read(keys=keys, args=args))
+            cmds = self.read_cmds(session_id, limit)
             for attempt in (0, 1):
                 try:
                     return self._multi_once(cmds)
@@ -559,10 +572,10 @@ class SyncHotPath(_Calls):
             pool.release(conn)
 
     def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
-        return self.read_result(self._multi(self.read_cmds(session_id, limit)))
+        return self.read_result(self._window(session_id, limit))
 
     def context(self, session_id: str) -> CachedContext | int | None:
-        return self.context_result(self._multi(self.read_cmds(session_id, 0)))
+        return self.context_result(self._window(session_id, 0))
 
     def append(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str], *,
                persist: bool) -> AppendResult | None:
@@ -586,6 +599,7 @@ class RedisCache(_Calls):
         self.client: Any = _make_client(config, cluster, sync=False)
         self._slots = asyncio.Semaphore(config.redis_max_connections)  # never more calls than connections
         self._append = self.client.register_script(APPEND)
+        self._read = self.client.register_script(READ)
         self._fill = self.client.register_script(FILL)
         self._set_summary = self.client.register_script(SET_SUMMARY)
 
@@ -601,12 +615,11 @@ class RedisCache(_Calls):
         except (RedisError, OSError) as exc:
             raise CacheDown(type(exc).__name__) from None
 
-    async def _multi(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+    async def _window(self, session_id: str, limit: int) -> list[Any]:
         if self.cluster:
-            pipe = self.client.pipeline(transaction=True)
-            for cmd in cmds:
-                pipe.execute_command(*cmd)
-            return list(await self._call(pipe.execute(raise_on_error=False)))
+            keys, args = self.read_script_args(session_id, limit)
+            return list(await self._call(self._read(keys=keys, args=args)))
+        cmds = self.read_cmds(session_id, limit)
         for attempt in (0, 1):
             try:
                 out: list[Any] = await self._call(self._multi_once(cmds))
@@ -646,11 +659,11 @@ class RedisCache(_Calls):
 
     async def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
         """None on a miss; the last seq (int) if the window is partial; else (owner, elements)."""
-        return self.read_result(await self._multi(self.read_cmds(session_id, limit)))
+        return self.read_result(await self._window(session_id, limit))
 
     async def context(self, session_id: str) -> CachedContext | int | None:
         """The summary fields and every cached element (None: miss; int: partial window)."""
-        return self.context_result(await self._multi(self.read_cmds(session_id, 0)))
+        return self.context_result(await self._window(session_id, 0))
 
     async def set_summary(self, session_id: str, upto_seq: int, text: str, covered: int) -> bool:
         keys, args = self.head(session_id, touch=False)
