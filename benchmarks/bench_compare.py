@@ -59,7 +59,9 @@ TARGET_FLAT = 1.25  # ours' floor ratio may vary this much across session length
 TARGET_VS_FULL = 10.0  # context read at 1,000 messages vs every full-history competitor
 TARGET_SYNC = 1.5  # sync API p50 within this factor of the async API
 TARGET_PERSIST = 50_000.0  # messages/s into PostgreSQL
-TARGET_TURN_P99 = 0.002  # s, chat turn p99 under 64 concurrent clients
+TARGET_TURN_P99 = 0.002  # s, chat turn p99 under 64 concurrent conversations
+# A conversation waits for the model between two turns: uniform(0.25, 0.75) s, a fast model's answer.
+THINK = (0.25, 0.75)
 FULL_HISTORY_SHAPE = 1000
 
 
@@ -77,6 +79,9 @@ class Plan:
     mixed_slice: float  # seconds per subject, client count and round
     mixed_sessions: int
     mixed_prefill: int
+    paced_clients: tuple[int, ...]
+    paced_rounds: int
+    paced_slice: float
     persist_messages: int
     persist_seconds: float  # time bound of each competitor's persistence run
     content_chars: int = 240
@@ -86,13 +91,15 @@ class Plan:
         return cls(shapes=(10, 100, 1000, 10000), sessions={10: 32, 100: 16, 1000: 6, 10000: 2}, rounds=20,
                    per_round=40, seconds=2.5, cold_per_round=10, cold_seconds=1.5,
                    mixed_clients=(1, 2, 4, 8, 16, 32, 64), mixed_rounds=3, mixed_slice=0.5, mixed_sessions=1000,
-                   mixed_prefill=10, persist_messages=100_000, persist_seconds=3.0)
+                   mixed_prefill=10, paced_clients=(1, 16, 64, 256), paced_rounds=2, paced_slice=4.0,
+                   persist_messages=100_000, persist_seconds=3.0)
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(shapes=(10, 1000), sessions={10: 12, 1000: 3}, rounds=8, per_round=30, seconds=0.5,
                    cold_per_round=5, cold_seconds=0.4, mixed_clients=(1, 8, 64), mixed_rounds=2, mixed_slice=0.3,
-                   mixed_sessions=1000, mixed_prefill=10, persist_messages=10_000, persist_seconds=0.7)
+                   mixed_sessions=1000, mixed_prefill=10, paced_clients=(64,), paced_rounds=1, paced_slice=2.0,
+                   persist_messages=10_000, persist_seconds=0.7)
 
 
 @dataclass
@@ -109,6 +116,7 @@ class Bench:
     redis_usage: list[dict[str, Any]] = field(default_factory=list)
     prefill_s: dict[str, dict[int, float]] = field(default_factory=dict)
     mixed: dict[str, Any] = field(default_factory=dict)
+    paced: dict[str, Any] = field(default_factory=dict)
     persistence: dict[str, Any] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
 
@@ -228,6 +236,9 @@ class Bench:
 
     # -- mixed load ------------------------------------------------------------------------------------------
     async def mixed_load(self) -> None:
+        """Two loads on the same sessions: back to back (saturation: throughput, and the p99 a queue makes) and
+        paced like conversations (each client waits THINK for the model between turns: latency under
+        concurrency)."""
         p = self.plan
         first = min(p.shapes)
         turn_rows = {r["key"]: r for r in self.rows if r["measure"] == "turn" and r["shape"] == first}
@@ -248,19 +259,30 @@ class Bench:
                   f"{time.perf_counter() - t0:.1f}s", flush=True)
         assert self.world is not None
         await self.world.mem.aflush(timeout=300)
+        common = {"sessions": p.mixed_sessions, "prefill": p.mixed_prefill, "subjects": keys, "best_competitor": best}
+        self.mixed = {**common, **await self._load(keys, best, sids, p.mixed_clients, p.mixed_rounds, p.mixed_slice,
+                                                   None)}
+        if p.paced_clients:
+            print(f"    paced: a think time of {THINK[0]}-{THINK[1]} s between turns", flush=True)
+            self.paced = {**common, "think_s": list(THINK), **await self._load(
+                keys, best, sids, p.paced_clients, p.paced_rounds, p.paced_slice, THINK)}
+
+    async def _load(self, keys: list[str], best: str | None, sids: list[str], clients_list: tuple[int, ...],
+                    rounds: int, slice_s: float, think: tuple[float, float] | None) -> dict[str, Any]:
+        assert self.world is not None
         points: dict[tuple[int, str], LoadPoint] = {}
-        for clients in p.mixed_clients:
+        for clients in clients_list:
             fns = {k: await self.subjects[k].mixed_turn_factory(clients) for k in keys}
-            for rnd in range(p.mixed_rounds):
+            for rnd in range(rounds):
                 order = keys[rnd % len(keys):] + keys[:rnd % len(keys)]
                 for k in order:
                     s = self.subjects[k]
                     gc.collect()
                     seed = clients * 100 + rnd
                     if s.is_async:
-                        got = await load_async(fns[k], s.batch, sids, clients, p.mixed_slice, seed)
+                        got = await load_async(fns[k], s.batch, sids, clients, slice_s, seed, think)
                     else:
-                        got = load_threads(fns[k], s.batch, sids, clients, p.mixed_slice, seed)
+                        got = load_threads(fns[k], s.batch, sids, clients, slice_s, seed, think)
                     points.setdefault((clients, k), LoadPoint()).rounds.append(got)
             for k in keys:
                 await self.subjects[k].mixed_done()
@@ -279,9 +301,7 @@ class Bench:
                 "round_throughput": [r.throughput for r in pt.rounds], "floor": floor, "x_floor_tput": f_tp,
                 "x_floor_p99": f99, "best": best, "x_best_tput": b_tp, "x_best_p99": b99})
         out.sort(key=lambda r: (r["clients"], keys.index(r["key"])))
-        self.mixed = {"clients": list(p.mixed_clients), "sessions": p.mixed_sessions, "prefill": p.mixed_prefill,
-                      "subjects": keys, "best_competitor": best, "points": out, "slice_s": p.mixed_slice,
-                      "rounds": p.mixed_rounds}
+        return {"clients": list(clients_list), "points": out, "slice_s": slice_s, "rounds": rounds}
 
     # -- persistence -----------------------------------------------------------------------------------------
     async def persist(self) -> None:
@@ -490,14 +510,15 @@ class Bench:
             drain = self.persistence["ours_parked"]["drain_rate"]
             out.append((f"persistence, flusher alone (drain of a parked backlog): {drain:,.0f} msgs/s "
                         f"(target >= {TARGET_PERSIST:,.0f})", drain >= TARGET_PERSIST))
-        if self.mixed:
-            top = max(self.mixed["clients"])
-            for pt in self.mixed["points"]:
+        if self.paced:
+            top = 64 if 64 in self.paced["clients"] else max(self.paced["clients"])
+            for pt in self.paced["points"]:
                 if pt["clients"] == top and pt["key"] in ("ours-async", "ours-sync"):
-                    floor = next((q for q in self.mixed["points"] if q["clients"] == top and q["key"] == pt["floor"]),
+                    floor = next((q for q in self.paced["points"] if q["clients"] == top and q["key"] == pt["floor"]),
                                  None)
                     extra = f"; raw floor p99 {floor['p99'] * 1e3:.2f} ms" if floor else ""
-                    out.append((f"chat turn p99 under {top} clients ({pt['api']}): {pt['p99'] * 1e3:.2f} ms at "
+                    out.append((f"chat turn p99 under {top} concurrent conversations ({pt['api']}, {THINK[0]}-"
+                                f"{THINK[1]} s for the model between turns): {pt['p99'] * 1e3:.2f} ms at "
                                 f"{pt['throughput']:,.0f} turns/s (target < {TARGET_TURN_P99 * 1e3:.0f} ms{extra})",
                                 pt["p99"] < TARGET_TURN_P99))
         return out
@@ -578,7 +599,7 @@ async def run(args: argparse.Namespace, plan: Plan, keys: list[str], ns: str) ->
             print("  persistence ...", flush=True)
             await bench.persist()
         checks = bench.checks()
-        return {"rows": bench.rows, "redis_usage": bench.redis_usage, "mixed": bench.mixed,
+        return {"rows": bench.rows, "redis_usage": bench.redis_usage, "mixed": bench.mixed, "paced": bench.paced,
                 "persistence": bench.persistence, "prefill_s": bench.prefill_s, "subjects": bench.subjects_info(),
                 "order": [*keys, "floor-pg"], "checks": [{"check": c, "pass": ok} for c, ok in checks]}
     finally:
@@ -651,6 +672,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nmixed load: chat turns on random sessions out of {m['sessions']:,} ({m['prefill']} msgs each at "
               f"start), {m['rounds']} rounds x {m['slice_s']}s per subject and client count; best competitor "
               f"(chat turn p50 at {min(plan.shapes)} msgs): {m['best_competitor']}")
+        print(report.mixed_table(m["points"]))
+    if data.get("paced"):
+        m = data["paced"]
+        print(f"\nconversations: the same turns, each client waiting {m['think_s'][0]}-{m['think_s'][1]} s for the "
+              f"model between two turns, {m['rounds']} rounds x {m['slice_s']}s per subject and client count")
         print(report.mixed_table(m["points"]))
     ps = data["persistence"]
     if ps:

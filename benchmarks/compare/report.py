@@ -107,16 +107,22 @@ def markdown(data: dict[str, Any], command: str) -> str:
         out.append(f"| {labels[key]['label']} | " + " | ".join(cells) + " |")
     out.append("")
     out.append("(in parentheses: messages returned)")
-    mixed = data.get("mixed") or {}
-    if mixed.get("points"):
-        subj = mixed["subjects"]
-        out += ["", f"Mixed load: N concurrent clients doing chat turns (read context + add 2 messages) on random "
-                    f"sessions out of {mixed['sessions']:,}; turns/s and p99 ms (asyncio tasks for async APIs, "
-                    "threads for sync ones):", "",
+    for name, intro in (
+            ("mixed", "Saturation: N clients doing chat turns (read context + add 2 messages) back to back on random "
+                      "sessions out of {sessions:,}, so turns queue in one Python process; turns/s and p99 ms "
+                      "(asyncio tasks for async APIs, threads for sync ones):"),
+            ("paced", "Conversations: N clients doing the same turns, each waiting {think} s for the model between "
+                      "two turns (what a chat app does); turns/s and p99 ms of a turn:")):
+        load = data.get(name) or {}
+        if not load.get("points"):
+            continue
+        subj = load["subjects"]
+        think = "-".join(str(t) for t in load.get("think_s", []))
+        out += ["", intro.format(sessions=load["sessions"], think=think), "",
                 "| clients | " + " | ".join(labels[k]["label"] for k in subj) + " |",
                 "| ---: | " + " | ".join("---:" for _ in subj) + " |"]
-        pts = {(p["clients"], p["key"]): p for p in mixed["points"]}
-        for n in mixed["clients"]:
+        pts = {(p["clients"], p["key"]): p for p in load["points"]}
+        for n in load["clients"]:
             cells = []
             for k in subj:
                 p = pts.get((n, k))

@@ -110,14 +110,19 @@ class LoadRound:
 
 
 async def load_async(turn: Callable[[str, Any], Any], batch: Callable[[int, int], Any], sids: list[str],
-                     clients: int, seconds: float, seed: int) -> LoadRound:
-    """`clients` asyncio tasks, each doing chat turns on random sessions until the deadline."""
+                     clients: int, seconds: float, seed: int, think: tuple[float, float] | None = None) -> LoadRound:
+    """`clients` asyncio tasks, each doing chat turns on random sessions until the deadline.
+
+    `think`: each client then waits uniform(lo, hi) seconds before its next turn (the model's answer); None:
+    back to back, which measures saturation rather than a conversation's latency."""
     clock = time.perf_counter
     lat: list[float] = []
     counter = [seed * 1_000_000]
 
     async def client(c: int) -> None:
         rng = random.Random(seed * 1000 + c)
+        if think:  # spread the first turns over one think time, as conversations are not in lock step
+            await asyncio.sleep(rng.uniform(0, think[1]))
         while clock() < deadline:
             counter[0] += 1
             b = batch(counter[0], 2)
@@ -125,6 +130,8 @@ async def load_async(turn: Callable[[str, Any], Any], batch: Callable[[int, int]
             t0 = clock()
             await turn(sid, b)
             lat.append(clock() - t0)
+            if think:
+                await asyncio.sleep(rng.uniform(*think))
 
     start = clock()
     deadline = start + seconds
@@ -133,7 +140,7 @@ async def load_async(turn: Callable[[str, Any], Any], batch: Callable[[int, int]
 
 
 def load_threads(turn: Callable[[str, Any], Any], batch: Callable[[int, int], Any], sids: list[str],
-                 clients: int, seconds: float, seed: int) -> LoadRound:
+                 clients: int, seconds: float, seed: int, think: tuple[float, float] | None = None) -> LoadRound:
     """`clients` threads, each doing chat turns on random sessions until the deadline (sync APIs)."""
     clock = time.perf_counter
     lats: list[list[float]] = [[] for _ in range(clients)]
@@ -147,6 +154,8 @@ def load_threads(turn: Callable[[str, Any], Any], batch: Callable[[int, int], An
         n = (seed * 1000 + c) * 1_000_000
         gate.wait()
         try:
+            if think:
+                time.sleep(rng.uniform(0, think[1]))
             while clock() < deadline[0]:
                 n += 1
                 b = batch(n, 2)
@@ -154,6 +163,8 @@ def load_threads(turn: Callable[[str, Any], Any], batch: Callable[[int, int], An
                 t0 = clock()
                 turn(sid, b)
                 mine.append(clock() - t0)
+                if think:
+                    time.sleep(rng.uniform(*think))
         except BaseException as exc:  # reported by the caller
             errors.append(exc)
 
