@@ -21,7 +21,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 from redis.sentinel import Sentinel as SyncSentinel
@@ -514,16 +514,24 @@ class _Calls:
 _RETRY = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-def _exec_reply(reply: Any, n: int) -> list[Any]:
-    if not isinstance(reply, list) or len(reply) != n:
-        raise RedisConnectionError("unexpected MULTI reply")  # the caller drops the connection
-    return reply
+def _multi(cmds: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [("MULTI",), *cmds, ("EXEC",)]
+
+
+def _exec_reply(replies: list[Any], n: int) -> list[Any]:
+    """The EXEC reply of a `_multi` exchange (errors inside it are values, as in a pipeline)."""
+    out = replies[-1]
+    if not isinstance(out, list) or len(out) != n:
+        raise RedisConnectionError("unexpected MULTI reply")
+    return out
 
 
 class SyncHotPath(_Calls):
     """The two hot calls (read a window, append) on a blocking client, for the sync API.
 
-    A sync caller then pays one Redis round trip, not a hop to the engine thread and back.
+    A sync caller then pays one Redis round trip, not a hop to the engine thread and back. On a single server
+    or Sentinel the commands are packed and sent on one of the client's pooled connections: redis-py's
+    command and pipeline objects cost more Python than the round trip itself, for the same bytes on the wire.
     """
 
     def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False,
@@ -531,11 +539,38 @@ class SyncHotPath(_Calls):
         super().__init__(config, keys, touches)
         self.cluster = cluster
         self.client: Any = _make_client(config, cluster, sync=True)
-        self._append = self.client.register_script(APPEND)
+        self._append = self.client.register_script(APPEND)  # Cluster: the client routes and loads scripts
         self._read = self.client.register_script(READ)
 
     def close(self) -> None:
         self.client.close()
+
+    def _exchange(self, cmds: list[tuple[Any, ...]], script: str | None = None) -> list[Any]:
+        """Send `cmds` in one write, read one reply each. `script`: the source of an EVALSHA among them, loaded
+        and retried once if the server does not know it (a restart, SCRIPT FLUSH)."""
+        for attempt in (0, 1, 2):
+            try:
+                return self._exchange_once(cmds)
+            except NoScriptError:
+                if script is None or attempt == 2:
+                    raise
+                self.client.script_load(script)
+            except _RETRY:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _exchange_once(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(cmds))
+            return [conn.read_response() for _ in cmds]
+        except BaseException:
+            conn.disconnect()  # a half-read reply must not reach the next user of this connection
+            raise
+        finally:
+            pool.release(conn)
 
     def _window(self, session_id: str, limit: int) -> list[Any]:
         """One read's reply: [meta fields, length, elements, ...], errors inside it returned as values."""
@@ -544,32 +579,11 @@ class SyncHotPath(_Calls):
                 keys, args = self.read_script_args(session_id, limit)
                 return list(self._read(keys=keys, args=args))
             cmds = self.read_cmds(session_id, limit)
-            for attempt in (0, 1):
-                try:
-                    return self._multi_once(cmds)
-                except _RETRY:
-                    if attempt:
-                        raise
-            raise AssertionError("unreachable")
+            return _exec_reply(self._exchange(_multi(cmds)), len(cmds))
         except ResponseError:
             raise
         except (RedisError, OSError) as exc:
             raise CacheDown(type(exc).__name__) from None
-
-    def _multi_once(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
-        # The pipeline object costs more Python than the round trip itself; this is the same wire exchange.
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(conn.pack_commands([("MULTI",), *cmds, ("EXEC",)]))
-            for _ in range(len(cmds) + 1):
-                conn.read_response()  # OK, then QUEUED for each command
-            return _exec_reply(conn.read_response(), len(cmds))
-        except BaseException:
-            conn.disconnect()  # a half-read reply must not reach the next user of this connection
-            raise
-        finally:
-            pool.release(conn)
 
     def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
         return self.read_result(self._window(session_id, limit))
@@ -581,7 +595,10 @@ class SyncHotPath(_Calls):
                persist: bool) -> AppendResult | None:
         keys, args = self.append_args(session_id, user_id, ids, payloads, persist, None)
         try:
-            out = self._append(keys=keys, args=args)
+            if self.cluster:
+                out = self._append(keys=keys, args=args)
+            else:
+                out = self._exchange([("EVALSHA", self._append.sha, len(keys), *keys, *args)], APPEND)[0]
         except ResponseError:
             raise
         except (RedisError, OSError) as exc:
@@ -615,33 +632,39 @@ class RedisCache(_Calls):
         except (RedisError, OSError) as exc:
             raise CacheDown(type(exc).__name__) from None
 
-    async def _window(self, session_id: str, limit: int) -> list[Any]:
-        if self.cluster:
-            keys, args = self.read_script_args(session_id, limit)
-            return list(await self._call(self._read(keys=keys, args=args)))
-        cmds = self.read_cmds(session_id, limit)
-        for attempt in (0, 1):
+    async def _exchange(self, cmds: list[tuple[Any, ...]], script: str | None = None) -> list[Any]:
+        """As SyncHotPath._exchange (single server or Sentinel), bounded by the connection semaphore."""
+        for attempt in (0, 1, 2):
             try:
-                out: list[Any] = await self._call(self._multi_once(cmds))
+                out: list[Any] = await self._call(self._exchange_once(cmds))
                 return out
+            except NoScriptError:
+                if script is None or attempt == 2:
+                    raise
+                await self._call(self.client.script_load(script))
             except CacheDown:
                 if attempt:
                     raise
         raise AssertionError("unreachable")
 
-    async def _multi_once(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+    async def _exchange_once(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
         pool = self.client.connection_pool
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(conn.pack_commands([("MULTI",), *cmds, ("EXEC",)]))
-            for _ in range(len(cmds) + 1):
-                await conn.read_response()
-            return _exec_reply(await conn.read_response(), len(cmds))
+            await conn.send_packed_command(conn.pack_commands(cmds))
+            return [await conn.read_response() for _ in cmds]
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
         finally:
             await pool.release(conn)
+
+    async def _window(self, session_id: str, limit: int) -> list[Any]:
+        if self.cluster:
+            keys, args = self.read_script_args(session_id, limit)
+            return list(await self._call(self._read(keys=keys, args=args)))
+        cmds = self.read_cmds(session_id, limit)
+        return _exec_reply(await self._exchange(_multi(cmds)), len(cmds))
 
     async def ping(self) -> None:
         await self._call(self.client.ping())
@@ -673,7 +696,11 @@ class RedisCache(_Calls):
                      payloads: Sequence[str], *, persist: bool, init: Fill | None = None) -> AppendResult | None:
         """Append atomically; None means "not cached: load a Fill from the store and call again"."""
         keys, args = self.append_args(session_id, user_id, ids, payloads, persist, init)
-        return self.append_result(await self._call(self._append(keys=keys, args=args)), len(ids))
+        if self.cluster:
+            out = await self._call(self._append(keys=keys, args=args))
+        else:
+            out = (await self._exchange([("EVALSHA", self._append.sha, len(keys), *keys, *args)], APPEND))[0]
+        return self.append_result(out, len(ids))
 
     async def fill(self, session_id: str, fill: Fill, expect_seq: int | None = None
                    ) -> tuple[bool, str, list[bytes]]:

@@ -79,6 +79,9 @@ class HybridConfig(BaseModel):
     # Write-behind.
     max_backlog: int = Field(100_000, ge=1)
     persist_batch_size: int = Field(10_000, ge=1)
+    # Full batches committed at once, on as many connections: PostgreSQL then uses more than one core for a
+    # backlog (about 1.4x the rows/s of one COPY at a time on 2 cores).
+    persist_concurrency: int = Field(2, ge=1, le=16)
     outbox_shards: int = Field(64, ge=1, le=16384)
     reclaim_after: float = Field(30.0, gt=0)  # an outbox entry this old belongs to a dead writer
     reclaim_interval: float = Field(5.0, gt=0)

@@ -180,16 +180,24 @@ class WriteBehind:
                 t.cancel()
         self._tasks = []
 
-    def _take(self) -> _Batch:
-        batch = _Batch()
+    def _take(self) -> list[_Batch]:
+        """Consecutive batches from the queue's front: one, plus more (up to persist_concurrency) only while
+        each is full, so a backlog is committed on several connections and a trickle still on one."""
         limit = self.config.persist_batch_size
+        batches = [_Batch()]
         for entry in self._queue:
+            batch = batches[-1]
             if batch.rows and len(batch.rows) + len(entry.rows) > limit:
-                break
+                if len(batches) == self.config.persist_concurrency:
+                    break
+                batch = _Batch()
+                batches.append(batch)
             batch.entries.append(entry)
             batch.rows.extend(entry.rows)
             batch.users.extend([entry.user_id] * len(entry.rows))
-        return batch
+        if len(batches) > 1 and len(batches[-1].rows) < limit // 2:
+            batches.pop()  # a small tail waits for the next round rather than hold up nothing
+        return batches
 
     async def _flusher(self) -> None:
         backoff = 0.05
@@ -202,10 +210,25 @@ class WriteBehind:
             self._hurry.clear()
             self._drain()
             while self._queue and not self._closing:
-                batch = self._take()
-                try:
-                    await self.commit_or_set_aside(batch.rows, batch.users)
-                except StoreDown:
+                batches = self._take()
+                results = await asyncio.gather(*(self.commit_or_set_aside(b.rows, b.users) for b in batches),
+                                               return_exceptions=True)
+                failed = False
+                for batch, result in zip(batches, results, strict=True):
+                    if isinstance(result, StoreDown):
+                        failed = True
+                    elif isinstance(result, BaseException):
+                        raise result
+                    elif not failed:
+                        # The queue is released in order: a batch committed after a failed one stays queued
+                        # and is replayed (idempotently) with it.
+                        self._done(batch.entries)
+                        # Acknowledge in the background: the next COPY need not wait for Redis (a late or
+                        # lost XDEL only means an idempotent replay).
+                        task = asyncio.create_task(self.ack(batch.entries))
+                        self._acks.add(task)
+                        task.add_done_callback(self._acks.discard)
+                if failed:
                     self.stats.persist_failures += 1
                     self._on_store(False)
                     await asyncio.sleep(backoff)
@@ -213,12 +236,6 @@ class WriteBehind:
                     continue
                 backoff = 0.05
                 self._on_store(True)
-                self._done(batch.entries)
-                # Acknowledge in the background: the next COPY need not wait for Redis (a late or lost XDEL
-                # only means an idempotent replay).
-                task = asyncio.create_task(self.ack(batch.entries))
-                self._acks.add(task)
-                task.add_done_callback(self._acks.discard)
 
     async def commit_or_set_aside(self, rows: list[Row], users: list[str]) -> None:
         """Commit a batch; if PostgreSQL refuses it for a reason other than being down, commit row by row

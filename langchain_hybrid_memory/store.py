@@ -91,14 +91,37 @@ _LOCK_SHARED = ("SELECT pg_advisory_xact_lock_shared(hashtextextended(s, 11))"
 _LOCK_EXCLUSIVE = ("SELECT pg_advisory_xact_lock(hashtextextended(s, 11))"
                    " FROM (SELECT DISTINCT unnest($1::text[]) AS s ORDER BY 1) q")
 
+# One row per session (aggregated by the caller, in session order so concurrent batches lock rows in one
+# order). last_active_at is kept to the second: a busy session's row is rewritten (a new tuple and index
+# entries) at most once a second, not once per batch.
 _TOUCH_SESSIONS = """
 INSERT INTO sessions AS s (session_id, user_id, created_at, last_active_at)
-SELECT session_id, max(NULLIF(user_id, '')), to_timestamp(min(ts)), to_timestamp(max(ts))
-FROM unnest($1::text[], $2::text[], $3::float8[]) AS b(session_id, user_id, ts) GROUP BY session_id
+SELECT session_id, NULLIF(user_id, ''), to_timestamp(first_ts), to_timestamp(last_ts)
+FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[]) AS b(session_id, user_id, first_ts, last_ts)
 ON CONFLICT (session_id) DO UPDATE
     SET last_active_at = GREATEST(s.last_active_at, EXCLUDED.last_active_at),
         user_id = COALESCE(s.user_id, EXCLUDED.user_id)
+    WHERE s.last_active_at < EXCLUDED.last_active_at - interval '1 second'
+       OR (s.user_id IS NULL AND EXCLUDED.user_id IS NOT NULL)
 """
+
+
+def _session_touches(live: Sequence[tuple[Row, str]]) -> list[list[Any]]:
+    """_TOUCH_SESSIONS's arrays: per session (sorted) the user, first and last message time."""
+    agg: dict[str, list[Any]] = {}
+    for r, u in live:
+        a = agg.get(r.session_id)
+        if a is None:
+            agg[r.session_id] = [u, r.created_at, r.created_at]
+        else:
+            if u and not a[0]:
+                a[0] = u
+            if r.created_at < a[1]:
+                a[1] = r.created_at
+            if r.created_at > a[2]:
+                a[2] = r.created_at
+    sids = sorted(agg)
+    return [sids, [agg[s][0] for s in sids], [agg[s][1] for s in sids], [agg[s][2] for s in sids]]
 
 _WINDOWS = """
 SELECT q.session_id, s.session_id IS NOT NULL, s.user_id, coalesce(t.upto_seq, 0),
@@ -254,8 +277,7 @@ class PostgresStore:
                             col.append(value)
                     new = {(rec[0], rec[1]) for rec in await conn.fetch(_PERSIST, *cols, timeout=t)}
                     return new  # _PERSIST also bumped the sessions
-                await conn.execute(_TOUCH_SESSIONS, [r.session_id for r, _ in live], [u for _, u in live],
-                                   [r.created_at for r, _ in live], timeout=t)
+                await conn.execute(_TOUCH_SESSIONS, *_session_touches(live), timeout=t)
                 return new
         except _DOWN as exc:
             raise StoreDown(type(exc).__name__) from None

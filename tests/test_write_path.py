@@ -11,7 +11,7 @@ import redis
 from langchain_hybrid_memory import HybridMemory, Message
 from langchain_hybrid_memory.messages import split_element
 
-from conftest import REDIS_URL, pg_fetch
+from conftest import PG_URL, REDIS_URL, pg_fetch
 
 
 def _redis_seqs(memory: HybridMemory, sid: str) -> list[int]:
@@ -130,3 +130,25 @@ async def test_async_api_same_guarantees(make_memory, namespace):
     assert len(rows) == 30
     window = await memory.aget_recent_messages("s")
     assert [m.seq for m in window] == [r[0] for r in rows]
+
+
+async def test_hot_path_reloads_its_script_after_script_flush(private_redis, namespace):
+    """A restarted Redis (or SCRIPT FLUSH) forgets the scripts; the hot path loads them again, no fallback."""
+    memory = HybridMemory(database_url=PG_URL, redis_url=private_redis.url, namespace=namespace)
+    try:
+        memory.add_messages("s", [Message("human", "a")])
+        await memory.aadd_messages("s", [Message("human", "b")])
+        await memory.aadd_messages("s", [Message("human", "c")])  # this loop's own client from now on
+        r = redis.Redis(port=private_redis.port)
+        for i, add in enumerate((memory.add_messages, memory.aadd_messages)):
+            r.script_flush()
+            out = add("s", [Message("human", f"after-{i}")])
+            if asyncio.iscoroutine(out):
+                await out
+        stats = memory.get_cache_stats()
+        assert (stats.fallback_writes, stats.redis_errors) == (0, 0)
+        assert [m.content for m in memory.get_recent_messages("s")] == ["a", "b", "c", "after-0", "after-1"]
+        memory.flush()
+        assert len(_pg_rows(namespace, "s")) == 5
+    finally:
+        memory.close()
