@@ -31,6 +31,12 @@ from .errors import ConfigurationError
 from .keys import KeyLayout
 from .messages import CorruptEntry
 
+_hiredis_pack: Any
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # redis installed without its hiredis extra: the clients' own packers
+    _hiredis_pack = None
+
 # Every script takes KEYS = window, meta, ids, outbox, active and starts its ARGV with
 # 1 session_id, 2 ttl_ms, 3 capacity (elements kept), 4 summary threshold (0 = auto-summarize off),
 # 5 touch (1: slide the TTLs now; the client asks at most every ttl/10 per session, see `TouchLog`).
@@ -55,16 +61,6 @@ local function touch(ttl, now)
   redis.call('PEXPIRE', KEYS[2], ttl)
   redis.call('PEXPIRE', KEYS[3], ttl)
   redis.call('ZADD', KEYS[5], math.floor(now / 1000), ARGV[1])
-end
--- Under memory pressure (allkeys-lru) Redis may evict one key of a session and keep the others. The meta
--- hash records the window's length; a window whose length or id set no longer matches is dropped and
--- reloaded, never served short. Returns the id set's size, or false when the window was dropped.
-local function intact(n)
-  local len = redis.call('LLEN', KEYS[1])
-  local zc = redis.call('ZCARD', KEYS[3])
-  if tonumber(n or -1) == len and (len == 0 or zc > 0) then return zc end
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  return false
 end
 local function seq_of(el)
   return tonumber(string.match(el, '^{"s":(%d+),'))
@@ -132,7 +128,17 @@ APPEND = _COMMON + """
 local i = 10
 local fresh = false  -- keys (re)created here get their TTL now, whatever ARGV[5] says
 local meta = redis.call('HMGET', KEYS[2], 'seq', 'uid', 'n')
-local zc = meta[1] and intact(meta[3])
+-- Under memory pressure Redis may evict one key of a session and keep the others. The meta hash records the
+-- window's length: a session whose id set (here) or window (checked by RPUSH's reply below) no longer
+-- matches it is dropped and reloaded, never extended.
+local zc = false
+if meta[1] then
+  zc = redis.call('ZCARD', KEYS[3])
+  if zc == 0 and tonumber(meta[3] or -1) ~= 0 then
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+    zc = false
+  end
+end
 if not zc then
   if ARGV[9] ~= '1' then return {-1} end
   i = fill(10)
@@ -185,6 +191,10 @@ local unsum = 0
 if added > 0 then
   local cap = tonumber(ARGV[3])
   local len = redis.call('RPUSH', KEYS[1], unpack(push))
+  if len ~= tonumber(meta[3] or -1) + added then
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+    return {-1}
+  end
   if len == added then fresh = true end
   if len > cap then
     redis.call('LTRIM', KEYS[1], -cap, -1)
@@ -514,6 +524,14 @@ class _Calls:
 _RETRY = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def _pack(conn: Any, cmds: list[tuple[Any, ...]]) -> Any:
+    """The wire bytes of `cmds`. redis.asyncio packs in pure Python (about 1 µs per argument); hiredis's packer,
+    which the blocking client uses too, is a C call per command."""
+    if _hiredis_pack is None:
+        return conn.pack_commands(cmds)
+    return [b"".join([_hiredis_pack(c) for c in cmds])]  # a list of chunks, as both clients' packers return
+
+
 def _multi(cmds: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [("MULTI",), *cmds, ("EXEC",)]
 
@@ -564,7 +582,7 @@ class SyncHotPath(_Calls):
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(conn.pack_commands(cmds))
+            conn.send_packed_command(_pack(conn, cmds))
             return [conn.read_response() for _ in cmds]
         except BaseException:
             conn.disconnect()  # a half-read reply must not reach the next user of this connection
@@ -651,7 +669,7 @@ class RedisCache(_Calls):
         pool = self.client.connection_pool
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(conn.pack_commands(cmds))
+            await conn.send_packed_command(_pack(conn, cmds))
             return [await conn.read_response() for _ in cmds]
         except BaseException:
             await conn.disconnect(nowait=True)

@@ -239,48 +239,52 @@ class PostgresStore:
     async def persist(self, rows: Sequence[Row], users: Sequence[str]) -> set[tuple[str, int]]:
         """Insert a batch idempotently; return the (session, seq) pairs that were new.
 
-        Fast path: COPY straight into `messages` (about twice the rows/s of INSERT ... ON CONFLICT). A replay
-        (a row already stored) makes the COPY fail on a unique key; the batch then goes through `_PERSIST`,
-        which skips what is stored. Tombstoned rows are filtered out first on both paths.
+        Fast path: COPY straight into `messages` (about twice the rows/s of INSERT ... ON CONFLICT), in a
+        transaction of five round trips. A replay (a row already stored) makes the COPY fail on a unique key
+        and rolls that transaction back; the batch then goes again through `_PERSIST`, which skips what is
+        stored. Tombstoned rows are left out on both paths.
         """
         if not rows:
             return set()
         if self.pool is None:
             raise StoreDown("not connected")
         try:
-            async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
-                t = self.config.pg_timeout
-                sids = list({r.session_id for r in rows})
-                # Shared per-session locks: an erase (exclusive) either finishes before we look for its
-                # tombstone, or waits until our rows are in and then deletes them too.
-                await conn.execute(_LOCK_SHARED, sids, timeout=t)
-                by_digest = {digest(sid): sid for sid in sids}
-                tombs = {by_digest[d]: upto for d, upto in await conn.fetch(
-                    "SELECT session_id, upto_seq FROM tombstones WHERE session_id = ANY($1::text[])",
-                    list(by_digest), timeout=t)}
-                live = [(r, u) for r, u in zip(rows, users, strict=True) if r.seq > tombs.get(r.session_id, 0)]
-                if not live:
-                    return set()
-                try:
-                    async with conn.transaction():  # a savepoint: a failed COPY leaves the batch untouched
-                        await conn.copy_records_to_table(
-                            "messages", schema_name=self.schema, timeout=t,
-                            columns=["session_id", "seq", "msg_id", "role", "body", "created_at"],
-                            records=[(r.session_id, r.seq, r.msg_id, r.role, r.body,
-                                      datetime.fromtimestamp(r.created_at, UTC)) for r, _ in live])
-                    new = {(r.session_id, r.seq) for r, _ in live}
-                except asyncpg.exceptions.UniqueViolationError:
-                    cols: list[list[Any]] = [[], [], [], [], [], [], []]
-                    for r, u in live:
-                        for col, value in zip(cols, (r.session_id, r.seq, r.msg_id, r.role, r.body, r.created_at, u),
-                                              strict=True):
-                            col.append(value)
-                    new = {(rec[0], rec[1]) for rec in await conn.fetch(_PERSIST, *cols, timeout=t)}
-                    return new  # _PERSIST also bumped the sessions
-                await conn.execute(_TOUCH_SESSIONS, *_session_touches(live), timeout=t)
-                return new
+            try:
+                return await self._persist(rows, users, copy=True)
+            except asyncpg.exceptions.UniqueViolationError:
+                return await self._persist(rows, users, copy=False)
         except _DOWN as exc:
             raise StoreDown(type(exc).__name__) from None
+
+    async def _persist(self, rows: Sequence[Row], users: Sequence[str], *, copy: bool) -> set[tuple[str, int]]:
+        assert self.pool is not None
+        async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
+            t = self.config.pg_timeout
+            sids = list({r.session_id for r in rows})
+            # Shared per-session locks: an erase (exclusive) either finishes before we look for its
+            # tombstone, or waits until our rows are in and then deletes them too.
+            await conn.execute(_LOCK_SHARED, sids, timeout=t)
+            if not copy:
+                cols: list[list[Any]] = [[], [], [], [], [], [], []]
+                for r, u in zip(rows, users, strict=True):
+                    for col, value in zip(cols, (r.session_id, r.seq, r.msg_id, r.role, r.body, r.created_at, u),
+                                          strict=True):
+                        col.append(value)
+                return {(rec[0], rec[1]) for rec in await conn.fetch(_PERSIST, *cols, timeout=t)}
+            by_digest = {digest(sid): sid for sid in sids}
+            tombs = {by_digest[d]: upto for d, upto in await conn.fetch(
+                "SELECT session_id, upto_seq FROM tombstones WHERE session_id = ANY($1::text[])",
+                list(by_digest), timeout=t)}
+            live = [(r, u) for r, u in zip(rows, users, strict=True) if r.seq > tombs.get(r.session_id, 0)]
+            if not live:
+                return set()
+            await conn.copy_records_to_table(
+                "messages", schema_name=self.schema, timeout=t,
+                columns=["session_id", "seq", "msg_id", "role", "body", "created_at"],
+                records=[(r.session_id, r.seq, r.msg_id, r.role, r.body,
+                          datetime.fromtimestamp(r.created_at, UTC)) for r, _ in live])
+            await conn.execute(_TOUCH_SESSIONS, *_session_touches(live), timeout=t)
+            return {(r.session_id, r.seq) for r, _ in live}
 
     async def missing_ids(self, pairs: Sequence[tuple[str, str, int]]) -> set[tuple[str, str]]:
         """Which (session, msg_id, seq) were neither stored nor deleted: their seq collided with another id."""
