@@ -91,7 +91,7 @@ class Plan:
         return cls(shapes=(10, 100, 1000, 10000), sessions={10: 32, 100: 16, 1000: 6, 10000: 2}, rounds=20,
                    per_round=40, seconds=2.5, cold_per_round=10, cold_seconds=1.5,
                    mixed_clients=(1, 2, 4, 8, 16, 32, 64), mixed_rounds=3, mixed_slice=0.5, mixed_sessions=1000,
-                   mixed_prefill=10, paced_clients=(1, 16, 64, 256), paced_rounds=2, paced_slice=4.0,
+                   mixed_prefill=10, paced_clients=(1, 16, 64), paced_rounds=2, paced_slice=3.0,
                    persist_messages=100_000, persist_seconds=3.0)
 
     @classmethod

@@ -6,8 +6,9 @@ therefore update the window and enqueue for persistence atomically, on a single 
 Session ids are percent-encoded in keys: the mapping is injective (no two ids share a key) and no id can
 inject `{`, `}` or `:` into the layout.
 
-    {ns}:{n}:s:<quoted id>:w   LIST   the recent window, elements b"<seq>:<json>"
-    {ns}:{n}:s:<quoted id>:m   HASH   seq (last assigned), uid (owner); its presence means "window complete"
+    {ns}:{n}:s:<quoted id>:w   LIST   the recent window, elements b'{"s":<seq>,...}' (one JSON object each)
+    {ns}:{n}:s:<quoted id>:m   HASH   seq (last assigned), uid (owner), n (window length), summary fields;
+                                      its presence means "window complete"
     {ns}:{n}:s:<quoted id>:i   ZSET   recent message ids -> seq, for idempotent retries
     {ns}:{n}:outbox            STREAM acknowledged writes not yet committed to PostgreSQL
     {ns}:{n}:active            ZSET   session id -> last access (ms), for stats without KEYS

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
+import asyncpg
 import redis
 
 from langchain_hybrid_memory import HybridMemory, Message
@@ -152,3 +154,54 @@ async def test_hot_path_reloads_its_script_after_script_flush(private_redis, nam
         assert len(_pg_rows(namespace, "s")) == 5
     finally:
         memory.close()
+
+
+def test_a_backlog_commits_in_concurrent_batches_once_and_in_order(make_memory, namespace):
+    """Full batches go to PostgreSQL several at a time; one of them a replay (rows another process already
+    committed): every message once, each session in its order."""
+    memory = make_memory(persist_batch_size=40, persist_concurrency=3, pg_timeout=30)
+    memory.start()  # the schema exists from here on
+    store = memory._store
+    assert store is not None
+    inflight, most = [0], [0]
+    persist = store.persist
+
+    async def counted(rows: Any, users: Any) -> Any:
+        inflight[0] += 1
+        most[0] = max(most[0], inflight[0])
+        try:
+            return await persist(rows, users)
+        finally:
+            inflight[0] -= 1
+
+    store.persist = counted  # type: ignore[method-assign]
+    loop = asyncio.new_event_loop()
+    lock = loop.run_until_complete(asyncpg.connect(PG_URL))
+    try:
+        # Park the flusher behind a table lock so that the whole backlog queues up.
+        tr = lock.transaction()
+        loop.run_until_complete(tr.start())
+        loop.run_until_complete(lock.execute(f'LOCK TABLE "{namespace}".messages IN SHARE MODE'))
+        sent = [memory.add_messages(f"s{i % 7}", [Message("human", str(i))])[0] for i in range(400)]
+
+        async def pending() -> list[Any]:
+            assert memory._wb is not None
+            return memory._wb.pending_rows("s3")
+
+        replay = memory._run(pending())[5:25]
+        assert len(replay) == 20
+        # "another process" commits part of the backlog first
+        loop.run_until_complete(lock.executemany(
+            f'INSERT INTO "{namespace}".messages (session_id, seq, msg_id, role, body, created_at)'
+            " VALUES ($1, $2, $3, $4, $5, now())", [(r.session_id, r.seq, r.msg_id, r.role, r.body) for r in replay]))
+        loop.run_until_complete(tr.commit())
+        memory.flush(timeout=60)
+    finally:
+        loop.run_until_complete(lock.close())
+        loop.close()
+    stats = memory.get_cache_stats()
+    assert stats.backlog == 0 and stats.dead_letters == 0
+    assert stats.persist_batches >= 400 // 40
+    assert most[0] == 3  # batches were in flight together
+    for j in range(7):
+        assert [r[1] for r in _pg_rows(namespace, f"s{j}")] == [m.id for m in sent[j::7]]
