@@ -268,16 +268,21 @@ class HybridMemory:
             await asyncio.sleep(self.config.health_check_interval)
             try:
                 await self._cache.ping()
-                # Sessions written while Redis was away may still have a pre-outage window there (a network
-                # cut keeps data): drop them before the cache serves anything.
-                dirty = list(self._dirty)
-                await self._cache.drop(dirty)
-                self._dirty.difference_update(dirty)
                 await self._purge_dirty()
+                # Sessions written while Redis was away may still have a pre-outage window there (a network
+                # cut keeps data): drop them before the cache serves anything. Writes to PostgreSQL go on
+                # meanwhile, so drop until none is left, then mark Redis up with no await in between; a write
+                # still in flight then drops its own session (_add_direct).
+                while self._dirty:
+                    dirty = list(self._dirty)
+                    await self._cache.drop(dirty)
+                    self._dirty.difference_update(dirty)
             except CacheDown:
                 continue
             except StoreDown:
                 pass  # our own dirty sessions are dropped; other processes' are dropped by their janitor
+            if self._dirty:
+                continue  # written during a failed purge: drop them on the next pass
             self._redis_up = True
             log.warning("hybrid-memory: Redis is back; the cache warms up again")
             return
@@ -504,6 +509,14 @@ class HybridMemory:
         if hybrid:
             self._dirty.add(sid)
             self._stats.fallback_writes += 1
+            if self._redis_up and self._cache is not None:
+                # Redis came back while this write was in flight: the probe has dropped the dirty sessions
+                # already, so this one drops its own stale window before the write is acknowledged.
+                try:
+                    await self._cache.drop([sid])
+                    self._dirty.discard(sid)
+                except CacheDown:
+                    self._redis_failed()
         for msg, seq in zip(items, seqs, strict=True):
             msg.seq = seq
         self._summary_due(sid)  # the worker checks PostgreSQL's count itself
