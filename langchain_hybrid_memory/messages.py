@@ -21,6 +21,7 @@ Content = str | list[Any]
 
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=True).encode
 _loads = json.loads
+_ascii_str = json.encoder.encode_basestring_ascii  # what _dumps applies to every str
 
 
 @dataclass(slots=True)
@@ -55,7 +56,12 @@ class Context:
 
 def encode(msg: Message) -> str:
     """Serialise everything but `seq` (the engine prefixes it) to ASCII JSON."""
-    obj: dict[str, Any] = {"i": msg.id, "r": msg.role, "c": msg.content, "t": msg.created_at}
+    i, r, c, t = msg.id, msg.role, msg.content, msg.created_at
+    if type(c) is str and type(t) is float and t - t == 0.0 and type(i) is str and type(r) is str and not msg.metadata:
+        # The usual message, byte for byte what _dumps makes of it (finite floats are written with repr), in
+        # half the time: the encoder object and its dict walk cost as much as the escaping.
+        return '{"i":' + _ascii_str(i) + ',"r":' + _ascii_str(r) + ',"c":' + _ascii_str(c) + ',"t":' + repr(t) + "}"
+    obj: dict[str, Any] = {"i": i, "r": r, "c": c, "t": t}
     if msg.metadata:
         obj["m"] = msg.metadata
     return _dumps(obj)
@@ -192,21 +198,23 @@ def prepare(messages: object, *, max_bytes: int, max_count: int, now: float | No
     payloads: list[str] = []
     seen: set[str] = set()
     for index, msg in enumerate(items):
-        if not isinstance(msg.role, str) or not msg.role or len(msg.role) > 64 or _has_forbidden_chars(msg.role):
+        role, content, mid = msg.role, msg.content, msg.id
+        if not isinstance(role, str) or not role or len(role) > 64 or _has_forbidden_chars(role):
             raise InvalidMessageError(
                 f"message {index}: role must be a printable str of 1 to 64 characters")
-        if not isinstance(msg.content, (str, list)):
+        if not isinstance(content, (str, list)):
             raise InvalidMessageError(f"message {index}: content must be a str or a list of content blocks")
-        if not isinstance(msg.id, str) or not msg.id or len(msg.id) > 256 or _has_forbidden_chars(msg.id):
+        if not isinstance(mid, str) or not mid or len(mid) > 256 or _has_forbidden_chars(mid):
             raise InvalidMessageError(f"message {index}: id must be a printable str of 1 to 256 characters")
         if not isinstance(msg.metadata, dict):
             raise InvalidMessageError(f"message {index}: metadata must be a dict")
-        if msg.id in seen:
-            raise InvalidMessageError(f"message {index}: id {msg.id!r} appears twice in one call")
-        seen.add(msg.id)
-        problem = _inexact(msg.content) or _inexact(msg.metadata)
-        if problem:
-            raise InvalidMessageError(f"message {index}: {problem} would not come back exactly; refused")
+        if mid in seen:
+            raise InvalidMessageError(f"message {index}: id {mid!r} appears twice in one call")
+        seen.add(mid)
+        if not (type(content) is str and content.isascii()) or msg.metadata:  # else nothing JSON could change
+            problem = _inexact(content) or _inexact(msg.metadata)
+            if problem:
+                raise InvalidMessageError(f"message {index}: {problem} would not come back exactly; refused")
         if msg.created_at is None:
             msg.created_at = stamp
         try:

@@ -191,6 +191,16 @@ def test_contents_and_metadata_round_trip_exactly(content_world: Any, content: A
         assert _same(m.metadata, metadata), stage
 
 
+@HYPO
+@given(content=ANY_TEXT | HUGE, role=ROLES, msg_id=st.text(min_size=1, max_size=64),
+       stamp=st.floats(allow_nan=True, allow_infinity=True) | st.integers() | st.none())
+def test_the_fast_encoder_writes_what_json_writes(content: str, role: str, msg_id: str, stamp: Any) -> None:
+    """encode() has a shortcut for plain messages; its bytes must be exactly the general JSON encoder's."""
+    from langchain_hybrid_memory.messages import _dumps, encode
+    msg = Message(role, content, msg_id, created_at=stamp)
+    assert encode(msg) == _dumps({"i": msg_id, "r": role, "c": content, "t": stamp})
+
+
 @pytest.mark.parametrize("metadata, content", [
     pytest.param({"nan": float("nan"), "inf": float("-inf"), "big": 2**80}, "x", id="nan-inf-bigint"),
     pytest.param({"k": "\x00\ud800x\udfff"}, ["\x00", {"\udfff": "\ud800"}], id="nul-and-lone-surrogates"),
