@@ -590,6 +590,12 @@ class SyncHotPath(_Calls):
         finally:
             pool.release(conn)
 
+    def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA of a registered script (the Cluster client routes it and loads it itself)."""
+        if self.cluster:
+            return script(keys=keys, args=args)
+        return self._exchange([("EVALSHA", script.sha, len(keys), *keys, *args)], script.script)[0]
+
     def _window(self, session_id: str, limit: int) -> list[Any]:
         """One read's reply: [meta fields, length, elements, ...], errors inside it returned as values."""
         try:
@@ -613,10 +619,7 @@ class SyncHotPath(_Calls):
                persist: bool) -> AppendResult | None:
         keys, args = self.append_args(session_id, user_id, ids, payloads, persist, None)
         try:
-            if self.cluster:
-                out = self._append(keys=keys, args=args)
-            else:
-                out = self._exchange([("EVALSHA", self._append.sha, len(keys), *keys, *args)], APPEND)[0]
+            out = self._eval(self._append, keys, args)
         except ResponseError:
             raise
         except (RedisError, OSError) as exc:
@@ -677,6 +680,11 @@ class RedisCache(_Calls):
         finally:
             await pool.release(conn)
 
+    async def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if self.cluster:
+            return await self._call(script(keys=keys, args=args))
+        return (await self._exchange([("EVALSHA", script.sha, len(keys), *keys, *args)], script.script))[0]
+
     async def _window(self, session_id: str, limit: int) -> list[Any]:
         if self.cluster:
             keys, args = self.read_script_args(session_id, limit)
@@ -708,24 +716,20 @@ class RedisCache(_Calls):
 
     async def set_summary(self, session_id: str, upto_seq: int, text: str, covered: int) -> bool:
         keys, args = self.head(session_id, touch=False)
-        return bool(await self._call(self._set_summary(keys=keys, args=[*args, upto_seq, text, covered])))
+        return bool(await self._eval(self._set_summary, keys, [*args, upto_seq, text, covered]))
 
     async def append(self, session_id: str, user_id: str | None, ids: Sequence[str],
                      payloads: Sequence[str], *, persist: bool, init: Fill | None = None) -> AppendResult | None:
         """Append atomically; None means "not cached: load a Fill from the store and call again"."""
         keys, args = self.append_args(session_id, user_id, ids, payloads, persist, init)
-        if self.cluster:
-            out = await self._call(self._append(keys=keys, args=args))
-        else:
-            out = (await self._exchange([("EVALSHA", self._append.sha, len(keys), *keys, *args)], APPEND))[0]
-        return self.append_result(out, len(ids))
+        return self.append_result(await self._eval(self._append, keys, args), len(ids))
 
     async def fill(self, session_id: str, fill: Fill, expect_seq: int | None = None
                    ) -> tuple[bool, str, list[bytes]]:
         """Cache `fill` unless somebody wrote first; returns (loaded, owner, the window now cached)."""
         keys, args = self.head(session_id, touch=True)
         args += ["" if expect_seq is None else str(expect_seq), *self.fill_args(fill)]
-        out = await self._call(self._fill(keys=keys, args=args))
+        out = await self._eval(self._fill, keys, args)
         return bool(out[0]), out[1].decode("utf-8"), out[2:]
 
     async def fill_many(self, fills: dict[str, Fill]) -> int:
@@ -735,7 +739,7 @@ class RedisCache(_Calls):
         calls = []
         for sid, fill in fills.items():
             keys, args = self.head(sid, touch=True)
-            calls.append(self._call(self._fill(keys=keys, args=[*args, "", *self.fill_args(fill)])))
+            calls.append(self._eval(self._fill, keys, [*args, "", *self.fill_args(fill)]))
         return sum(int(x[0]) for x in await asyncio.gather(*calls))
 
     async def last_seqs(self, session_ids: Sequence[str]) -> list[int]:
