@@ -3,9 +3,11 @@ writes keep being acknowledged up to the backlog limit, cold reads raise a typed
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -160,3 +162,30 @@ def _port_open(port: int) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+async def test_kept_connections_survive_a_quick_redis_restart(private_redis, namespace):
+    """The hot path keeps its connections between calls; after a restart (all of them dead, scripts gone) the
+    next calls reconnect and reload instead of failing over to PostgreSQL."""
+    memory = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=private_redis.url, namespace=namespace,
+                                       **FAST))
+    try:
+        await memory.aadd_messages("s", [Message("human", "first")])  # this loop gets its own client
+        for _ in range(3):  # calls in flight together: the sync and the async client each keep several
+            await asyncio.gather(*(memory.aget_recent_messages("s") for _ in range(6)))
+            threads = [threading.Thread(target=memory.get_recent_messages, args=("s",)) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        memory.flush()
+        private_redis.kill()
+        private_redis.start()
+        memory.add_messages("s", [Message("human", "after-sync")])
+        await memory.aadd_messages("s", [Message("human", "after-async")])
+        stats = memory.get_cache_stats()
+        assert stats.redis_up and (stats.fallback_writes, stats.redis_errors) == (0, 0)
+        got = _contents(await memory.aget_recent_messages("s"))
+        assert got == ["first", "after-sync", "after-async"]
+    finally:
+        memory.close()
