@@ -268,24 +268,30 @@ class HybridMemory:
             await asyncio.sleep(self.config.health_check_interval)
             try:
                 await self._cache.ping()
-                await self._purge_dirty()
                 # Sessions written while Redis was away may still have a pre-outage window there (a network
-                # cut keeps data): drop them before the cache serves anything. Writes to PostgreSQL go on
-                # meanwhile, so drop until none is left, then mark Redis up with no await in between; a write
-                # still in flight then drops its own session (_add_direct).
-                while self._dirty:
-                    dirty = list(self._dirty)
-                    await self._cache.drop(dirty)
-                    self._dirty.difference_update(dirty)
+                # cut keeps data): drop them before the cache serves anything.
+                await self._drop_dirty()
+                try:
+                    await self._purge_dirty()  # other processes' (marked in PostgreSQL)
+                except StoreDown:
+                    pass  # theirs are dropped by their janitor
+                await self._drop_dirty()  # ours written meanwhile
             except CacheDown:
                 continue
-            except StoreDown:
-                pass  # our own dirty sessions are dropped; other processes' are dropped by their janitor
-            if self._dirty:
-                continue  # written during a failed purge: drop them on the next pass
+            # No await since _drop_dirty found none left: a write still in flight drops its own session
+            # (_add_direct).
             self._redis_up = True
             log.warning("hybrid-memory: Redis is back; the cache warms up again")
             return
+
+    async def _drop_dirty(self) -> None:
+        """Drop the cached windows of sessions this process wrote to PostgreSQL directly, until none is left
+        (direct writes go on while it runs)."""
+        assert self._cache is not None
+        while self._dirty:
+            dirty = list(self._dirty)
+            await self._cache.drop(dirty)
+            self._dirty.difference_update(dirty)
 
     async def _purge_dirty(self) -> None:
         if self._store is None or self._cache is None:

@@ -189,3 +189,29 @@ async def test_kept_connections_survive_a_quick_redis_restart(private_redis, nam
         assert got == ["first", "after-sync", "after-async"]
     finally:
         memory.close()
+
+
+def test_redis_back_while_postgres_is_down_is_used_again(private_redis, private_pg, namespace):
+    """A double fault: sessions written to PostgreSQL during a Redis outage, then PostgreSQL stops and Redis
+    returns. Redis must be used again (its stale windows of those sessions dropped) even though PostgreSQL
+    cannot be asked for other processes' marks; writes are acknowledged again."""
+    memory = HybridMemory(HybridConfig(database_url=private_pg.url, redis_url=private_redis.url,
+                                       namespace=namespace, **FAST))
+    try:
+        memory.add_messages("s", [Message("human", "before")])
+        memory.flush()
+        private_redis.kill()
+        memory.add_messages("s", [Message("human", "during")])  # straight to PostgreSQL: "s" is dirty
+        private_pg.stop()
+        private_redis.start()
+        _wait(lambda: memory.redis_available)
+        memory.add_messages("t", [Message("human", "acknowledged by Redis")])  # a new session: partial window
+        assert memory.get_cache_stats().backlog == 1
+        private_pg.start()
+        memory.flush(timeout=30)
+        assert _contents(memory.get_recent_messages("s")) == ["before", "during"]
+        assert _contents(memory.get_recent_messages("t")) == ["acknowledged by Redis"]
+    finally:
+        if not _port_open(private_pg.port):
+            private_pg.start()
+        memory.close()
