@@ -55,7 +55,7 @@ from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 
 WINDOW = 30
 TARGET_HOT = 1.5  # hot read and add: p50 within this factor of the raw Redis round trip
-TARGET_FLAT = 1.25  # ours' floor ratio may vary this much across session lengths
+TARGET_FLAT = 1.25  # ours' floor ratio may grow this much from the shortest session to the longest
 TARGET_VS_FULL = 10.0  # context read at 1,000 messages vs every full-history competitor
 TARGET_SYNC = 1.5  # sync API p50 within this factor of the async API
 TARGET_PERSIST = 50_000.0  # messages/s into PostgreSQL
@@ -474,10 +474,12 @@ class Bench:
                 out.append((f"hot {report.MEASURES[measure]} ({api}) within {TARGET_HOT}x of raw Redis at every "
                             f"session length: " + ", ".join(f"{s:,}: {v:.2f}x" for s, v in vals),
                             worst <= TARGET_HOT))
-                lo, hi = min(v for _, v in vals), worst
-                out.append((f"hot {report.MEASURES[measure]} ({api}) flat in session length: floor ratio varies "
-                            f"{hi / lo:.2f}x from {shapes[0]:,} to {shapes[-1]:,} msgs (target <= {TARGET_FLAT}x)",
-                            hi / lo <= TARGET_FLAT))
+                # "Flat, not growing with history": the ratio at any length against the ratio at the shortest.
+                # (It may fall: the floor decodes each element on its own, ours the window in one call.)
+                growth = max(v for _, v in vals) / vals[0][1]
+                out.append((f"hot {report.MEASURES[measure]} ({api}) not growing with session length: floor ratio "
+                            f"at most {growth:.2f}x its value at {shapes[0]:,} msgs, up to {shapes[-1]:,} msgs "
+                            f"(target <= {TARGET_FLAT}x)", growth <= TARGET_FLAT))
         ref = FULL_HISTORY_SHAPE if FULL_HISTORY_SHAPE in shapes else max(shapes)
         for comp in COMPETITORS:
             if comp not in self.subjects or not self.subjects[comp].full_history:
