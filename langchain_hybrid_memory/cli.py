@@ -31,8 +31,8 @@ from .messages import Context, Message
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-MIN_REDIS = (5, 0)  # scripts call TIME before writing: needs effects replication (default since 5.0); streams
-MIN_POSTGRES = 110000  # hashtextextended() (advisory lock keys) arrived in PostgreSQL 11
+MIN_REDIS = (6, 2)  # ZMSCORE (the append script's id lookup) arrived in Redis 6.2
+MIN_POSTGRES = 120000  # plan_cache_mode (set on the engine's pool) arrived in PostgreSQL 12
 T = TypeVar("T")
 
 
@@ -440,10 +440,10 @@ def _redis_checks(config: HybridConfig) -> Iterator[Check]:
         version = str(info.get("redis_version", "0"))
         parsed = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
         if parsed < MIN_REDIS:
-            yield Check("redis version", "FAIL", f"Redis {version} is too old: the scripts need 5.0 or newer",
+            yield Check("redis version", "FAIL", f"Redis {version} is too old: the scripts need 6.2 or newer",
                         "upgrade Redis (7.x recommended)")
         else:
-            yield Check("redis version", "ok", f"Redis {version} (5.0 or newer needed)")
+            yield Check("redis version", "ok", f"Redis {version} (6.2 or newer needed)")
         samples = []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -529,10 +529,10 @@ async def _pg_checks(config: HybridConfig) -> list[Check]:
                                            f"(database {database}, user {user})"))
         version = str(version).split()[0]
         if number < MIN_POSTGRES:
-            out.append(Check("postgres version", "FAIL", f"PostgreSQL {version} is too old: 11 or newer is needed",
+            out.append(Check("postgres version", "FAIL", f"PostgreSQL {version} is too old: 12 or newer is needed",
                              "upgrade PostgreSQL (15+ recommended)"))
         else:
-            out.append(Check("postgres version", "ok", f"PostgreSQL {version} (11 or newer needed)"))
+            out.append(Check("postgres version", "ok", f"PostgreSQL {version} (12 or newer needed)"))
         samples = []
         for _ in range(20):
             t0 = time.perf_counter()
