@@ -478,7 +478,7 @@ class _Calls:
             if meta[1] is not None:
                 return int(meta[0])
             if meta[3] is None or int(meta[3]) != length:
-                # Redis evicted part of the session (allkeys-* policies): never serve it short
+                # Redis evicted part of the session (any policy but noeviction): never serve it short
                 raise CorruptEntry("damaged cache entry (window length)")
         except ValueError:
             raise CorruptEntry("corrupt cache entry (meta)") from None
@@ -598,8 +598,9 @@ class SyncHotPath(_Calls):
     """The two hot calls (read a window, append) on a blocking client, for the sync API.
 
     A sync caller then pays one Redis round trip, not a hop to the engine thread and back. On a single server
-    or Sentinel the commands are packed and sent on one of the client's pooled connections: redis-py's
-    command and pipeline objects cost more Python than the round trip itself, for the same bytes on the wire.
+    or Sentinel the commands are packed and sent on one of the client's connections, kept between calls
+    (`_Idle`): redis-py's command and pipeline objects cost more Python than the round trip itself, for the
+    same bytes on the wire.
     """
 
     def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False,
