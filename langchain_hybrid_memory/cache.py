@@ -613,9 +613,13 @@ class SyncHotPath(_Calls):
         self._read = self.client.register_script(READ)
 
     def close(self) -> None:
+        self._drop_idle()
+        self.client.close()
+
+    def _drop_idle(self) -> None:
         for conn in self._idle.drain():
             conn.disconnect()
-        self.client.close()
+            self.client.connection_pool.release(conn)
 
     def _exchange(self, cmds: list[tuple[Any, ...]], script: str | None = None) -> list[Any]:
         """Send `cmds` in one write, read one reply each. `script`: the source of an EVALSHA among them, loaded
@@ -630,10 +634,7 @@ class SyncHotPath(_Calls):
             except _RETRY:
                 if attempt:
                     raise
-                # Kept connections may all predate a Redis restart: retry on a fresh one from the pool.
-                for conn in self._idle.drain():
-                    conn.disconnect()
-                    self.client.connection_pool.release(conn)
+                self._drop_idle()  # kept connections may all predate a Redis restart: retry on a fresh one
         raise AssertionError("unreachable")
 
     def _exchange_once(self, cmds: list[tuple[Any, ...]]) -> list[Any]:

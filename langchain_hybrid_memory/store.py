@@ -58,6 +58,17 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
+# How both write paths bump a session's row: last_active_at is kept to the second, so a busy session's row is
+# rewritten (a new tuple and index entries) at most once a second, not once per batch. Rows go in session
+# order, so concurrent batches lock them in one order.
+_SESSION_UPSERT = """
+ON CONFLICT (session_id) DO UPDATE
+    SET last_active_at = GREATEST(s.last_active_at, EXCLUDED.last_active_at),
+        user_id = COALESCE(s.user_id, EXCLUDED.user_id)
+    WHERE s.last_active_at < EXCLUDED.last_active_at - interval '1 second'
+       OR (s.user_id IS NULL AND EXCLUDED.user_id IS NOT NULL)
+"""
+
 # One statement, one round trip: insert the batch (skipping ids already stored and tombstoned sessions) and
 # bump each session's activity. ON CONFLICT DO NOTHING makes replays from the outbox harmless.
 _PERSIST = """
@@ -77,10 +88,8 @@ WITH batch AS (
 ), sess AS (
     INSERT INTO sessions AS s (session_id, user_id, created_at, last_active_at)
     SELECT session_id, max(NULLIF(user_id, '')), to_timestamp(min(ts)), to_timestamp(max(ts))
-    FROM live GROUP BY session_id
-    ON CONFLICT (session_id) DO UPDATE
-        SET last_active_at = GREATEST(s.last_active_at, EXCLUDED.last_active_at),
-            user_id = COALESCE(s.user_id, EXCLUDED.user_id)
+    FROM live GROUP BY session_id ORDER BY session_id
+    """ + _SESSION_UPSERT + """
 )
 SELECT session_id, seq FROM ins
 """
@@ -91,19 +100,12 @@ _LOCK_SHARED = ("SELECT pg_advisory_xact_lock_shared(hashtextextended(s, 11))"
 _LOCK_EXCLUSIVE = ("SELECT pg_advisory_xact_lock(hashtextextended(s, 11))"
                    " FROM (SELECT DISTINCT unnest($1::text[]) AS s ORDER BY 1) q")
 
-# One row per session (aggregated by the caller, in session order so concurrent batches lock rows in one
-# order). last_active_at is kept to the second: a busy session's row is rewritten (a new tuple and index
-# entries) at most once a second, not once per batch.
+# The COPY path's session bump: one row per session, aggregated and sorted by the caller.
 _TOUCH_SESSIONS = """
 INSERT INTO sessions AS s (session_id, user_id, created_at, last_active_at)
 SELECT session_id, NULLIF(user_id, ''), to_timestamp(first_ts), to_timestamp(last_ts)
 FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[]) AS b(session_id, user_id, first_ts, last_ts)
-ON CONFLICT (session_id) DO UPDATE
-    SET last_active_at = GREATEST(s.last_active_at, EXCLUDED.last_active_at),
-        user_id = COALESCE(s.user_id, EXCLUDED.user_id)
-    WHERE s.last_active_at < EXCLUDED.last_active_at - interval '1 second'
-       OR (s.user_id IS NULL AND EXCLUDED.user_id IS NOT NULL)
-"""
+""" + _SESSION_UPSERT
 
 
 def _session_touches(live: Sequence[tuple[Row, str]]) -> list[list[Any]]:
@@ -122,6 +124,7 @@ def _session_touches(live: Sequence[tuple[Row, str]]) -> list[list[Any]]:
                 a[2] = r.created_at
     sids = sorted(agg)
     return [sids, [agg[s][0] for s in sids], [agg[s][1] for s in sids], [agg[s][2] for s in sids]]
+
 
 # One row per session (owner, tombstone, latest summary, messages after it), then its last $2 messages: the
 # summary text is sent once, not beside every message.
