@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import json
 import platform
 import random
@@ -292,14 +293,19 @@ class Bench:
             database_url=PG_URL, redis_url=REDIS_URL, namespace=self.ns, max_session_messages=WINDOW,
             write_behind_delay=0.05, max_backlog=4 * p.persist_messages, pg_timeout=300))
 
-    async def _enqueue(self, mem: HybridMemory, tag: str) -> tuple[int, list[str]]:
-        """`persist_messages` messages over `persist_sessions` sessions, `persist_per_call` per aadd_messages,
-        from `persist_concurrency` tasks. Returns (messages, session ids)."""
+    def _batches(self) -> list[list[Message]]:
+        """The messages of one persistence run, built before the clock starts (as the COPY floor's rows are)."""
         p = self.plan
         calls_per_session = max(1, p.persist_messages // p.persist_sessions // p.persist_per_call)
+        return [[self.message(c * p.persist_per_call + k) for k in range(p.persist_per_call)]
+                for c in range(p.persist_sessions * calls_per_session)]
+
+    async def _enqueue(self, mem: HybridMemory, tag: str, calls: list[list[Message]]) -> tuple[int, list[str]]:
+        """`calls` (`persist_per_call` messages each) over `persist_sessions` sessions, from
+        `persist_concurrency` tasks. Returns (messages, session ids)."""
+        p = self.plan
+        calls_per_session = len(calls) // p.persist_sessions
         sids = [f"{tag}-{j}" for j in range(p.persist_sessions)]
-        calls = [[self.message(c * p.persist_per_call + k) for k in range(p.persist_per_call)]
-                 for c in range(p.persist_sessions * calls_per_session)]
 
         async def worker(w: int) -> None:
             mine = sids[w::p.persist_concurrency]
@@ -325,11 +331,13 @@ class Bench:
                 await mem.aadd_messages(f"{tag}-{j}", [self.message(j)])
             warmed = self.plan.persist_sessions
             await mem.aflush(timeout=300)
+        calls = self._batches()
+        gc.collect()
         busy = _PersistTimer(mem)
         busy.install()
         try:
             t0 = time.perf_counter()
-            total, _ = await self._enqueue(mem, tag)
+            total, _ = await self._enqueue(mem, tag, calls)
             t_enq = time.perf_counter() - t0
             await mem.aflush(timeout=300)
             t_total = time.perf_counter() - t0
@@ -347,6 +355,7 @@ class Bench:
         rate), measure cold reads while the Redis outbox holds the whole backlog, then release the lock and
         time the drain alone (the pure persistence rate of the write-behind path)."""
         tag = f"parked{run}"
+        calls = self._batches()
         lock = await asyncpg.connect(PG_URL, server_settings={"search_path": self.ns})
         try:
             tr = lock.transaction()
@@ -354,7 +363,7 @@ class Bench:
             await lock.execute("LOCK TABLE messages IN SHARE MODE")
             try:
                 t0 = time.perf_counter()
-                total, _ = await self._enqueue(mem, tag)
+                total, _ = await self._enqueue(mem, tag, calls)
                 t_enq = time.perf_counter() - t0
                 stats = await mem.aget_cache_stats()
                 cold = await self._cold_with_backlog(mem)

@@ -552,25 +552,24 @@ def _raise_errors(replies: list[Any]) -> list[Any]:
     return replies
 
 
-class _Pipe:
+class _Pipe(asyncio.Protocol):
     """One connection that every hot-path call of an event loop shares (async API, single server or Sentinel).
 
     Calls made while others wait leave together in one write at the next turn of the loop, and Redis answers a
     connection's commands in order, so replies are matched to callers by position. Under concurrency this
     replaces a send and a receive per call (each a syscall on both sides, the largest cost of a call on a busy
     machine) with one per batch; a lone call is written at once and pays nothing extra. Each caller's commands
-    are contiguous, so a MULTI block stays intact. Any error (connection lost, no reply within the timeout,
-    a protocol error) fails every waiting call with a connection error and retires the pipe; the cache opens a
-    new one on the next call.
+    are contiguous, so a MULTI block stays intact. The pool opens the connection (AUTH, SELECT, TLS, Sentinel
+    discovery); the pipe then takes its transport over, so replies are parsed as they arrive, with no task.
+    Any error (connection lost, no reply for a whole timeout while calls wait, a protocol error) fails every
+    waiting call with a connection error and retires the pipe; the cache opens a new one on the next call.
     """
 
     def __init__(self, conn: Any, timeout: float) -> None:
-        self.conn = conn  # connected by the pool (AUTH, SELECT, TLS, Sentinel discovery done there)
+        self.conn = conn
         self.pid = os.getpid()
         self.error: BaseException | None = None
         self._timeout = timeout
-        self._writer: asyncio.StreamWriter = conn._writer
-        self._stream: asyncio.StreamReader = conn._reader
         self._parser = hiredis.Reader()
         self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
         self._out: list[bytes] = []
@@ -578,12 +577,15 @@ class _Pipe:
         self._replies = 0  # replies received so far: the watchdog's measure of progress
         self._watch: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._read_loop())
+        self._transport: asyncio.Transport = conn._writer.transport
+        self._transport.set_protocol(self)
 
-    @classmethod
-    def usable(cls, conn: Any) -> bool:
-        return isinstance(getattr(conn, "_writer", None), asyncio.StreamWriter) and isinstance(
-            getattr(conn, "_reader", None), asyncio.StreamReader)
+    @staticmethod
+    def usable(conn: Any) -> bool:
+        """A connection whose transport can be taken over: an asyncio stream with nothing unread."""
+        reader, writer = getattr(conn, "_reader", None), getattr(conn, "_writer", None)
+        return (isinstance(writer, asyncio.StreamWriter) and isinstance(reader, asyncio.StreamReader)
+                and not getattr(reader, "_buffer", b"") and not writer.transport.is_closing())
 
     def call(self, data: bytes, n: int) -> asyncio.Future[list[Any]]:
         """Send `data` (n commands); the future gets their n replies (error replies as values)."""
@@ -596,7 +598,7 @@ class _Pipe:
                 self._flush_due = True
                 self._loop.call_soon(self._flush)
         else:  # nothing in flight: no batch to join, write now
-            self._writer.write(data)
+            self._transport.write(data)
         self._waiting.append((fut, n, []))
         if self._watch is None:
             self._watch = self._loop.call_later(self._timeout, self._check, self._replies)
@@ -607,7 +609,7 @@ class _Pipe:
         if self._out and self.error is None:
             data = b"".join(self._out)
             self._out.clear()
-            self._writer.write(data)
+            self._transport.write(data)
 
     def _check(self, replies_then: int) -> None:
         """No reply at all for a whole timeout while calls wait: the server or the network is gone."""
@@ -619,28 +621,29 @@ class _Pipe:
             return
         self._watch = self._loop.call_later(self._timeout, self._check, self._replies)
 
-    async def _read_loop(self) -> None:
+    def data_received(self, data: bytes) -> None:
         parser, waiting = self._parser, self._waiting
         try:
-            while True:
-                data = await self._stream.read(1 << 16)
-                if not data:
-                    raise RedisConnectionError("Redis closed the connection")
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    self._replies += 1
-                    if not waiting:
-                        raise RedisConnectionError("a reply nobody asked for")
-                    fut, n, got = waiting[0]
-                    got.append(reply)
-                    if len(got) == n:
-                        waiting.popleft()
-                        if not fut.done():  # a cancelled caller's replies are read and dropped
-                            fut.set_result(got)
-        except asyncio.CancelledError:
-            self.fail(RedisConnectionError("Redis connection closed"))
-        except (hiredis.ProtocolError, RedisError, OSError) as exc:
-            self.fail(exc if isinstance(exc, RedisError) else RedisConnectionError(type(exc).__name__))
+            parser.feed(data)
+            while (reply := parser.gets()) is not False:
+                self._replies += 1
+                if not waiting:
+                    raise RedisConnectionError("a reply nobody asked for")
+                fut, n, got = waiting[0]
+                got.append(reply)
+                if len(got) == n:
+                    waiting.popleft()
+                    if not fut.done():  # a cancelled caller's replies are read and dropped
+                        fut.set_result(got)
+        except (hiredis.ProtocolError, RedisError) as exc:
+            self.fail(exc if isinstance(exc, RedisError) else RedisConnectionError("Redis protocol error"))
+
+    def eof_received(self) -> bool:
+        self.fail(RedisConnectionError("Redis closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError("Redis connection lost"))
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -653,13 +656,10 @@ class _Pipe:
         for fut, _, _ in waiting:
             if not fut.done():
                 fut.set_exception(exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc)))
-        if self._task is not asyncio.current_task():
-            self._task.cancel()
+        self._transport.abort()  # a later reply must never reach anyone
 
     async def close(self, pool: Any) -> None:
         self.fail(RedisConnectionError("Redis connection closed"))
-        if self._task is not asyncio.current_task():
-            await asyncio.gather(self._task, return_exceptions=True)  # let it end before its loop may stop
         await self.conn.disconnect(nowait=True)
         await pool.release(self.conn)
 

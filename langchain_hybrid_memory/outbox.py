@@ -263,12 +263,12 @@ class WriteBehind:
         """Insert rows idempotently; re-sequence the (split-brain) rows whose seq was taken by another id."""
         if not rows:
             return
-        new = await self.store.persist(rows, users)
+        old = await self.store.persist(rows, users)
         self.stats.persist_batches += 1
-        self.stats.persisted += len(new)
-        if len(new) == len(rows):
+        self.stats.persisted += len(rows) - len(old)
+        if not old:
             return
-        replayed = [(r.session_id, r.msg_id, r.seq) for r in rows if (r.session_id, r.seq) not in new]
+        replayed = [(r.session_id, r.msg_id, r.seq) for r in old]
         for sid, msg_id in await self.store.missing_ids(replayed):
             row = next(r for r in rows if r.session_id == sid and r.msg_id == msg_id)
             log.warning("hybrid-memory: sequence collision in one session; appending the message again")

@@ -246,8 +246,8 @@ class PostgresStore:
         return int(await self._run("fetchval", "SELECT coalesce(max(version), 0) FROM schema_migrations"))
 
     # -- write path --------------------------------------------------------------------------------------
-    async def persist(self, rows: Sequence[Row], users: Sequence[str]) -> set[tuple[str, int]]:
-        """Insert a batch idempotently; return the (session, seq) pairs that were new.
+    async def persist(self, rows: Sequence[Row], users: Sequence[str]) -> list[Row]:
+        """Insert a batch idempotently; return the rows that were not new (usually none).
 
         Fast path: COPY straight into `messages` (about twice the rows/s of INSERT ... ON CONFLICT), in a
         transaction of five round trips. A replay (a row already stored) makes the COPY fail on a unique key
@@ -255,7 +255,7 @@ class PostgresStore:
         stored. Tombstoned rows are left out on both paths.
         """
         if not rows:
-            return set()
+            return []
         if self.pool is None:
             raise StoreDown("not connected")
         try:
@@ -266,7 +266,7 @@ class PostgresStore:
         except _DOWN as exc:
             raise StoreDown(type(exc).__name__) from None
 
-    async def _persist(self, rows: Sequence[Row], users: Sequence[str], *, copy: bool) -> set[tuple[str, int]]:
+    async def _persist(self, rows: Sequence[Row], users: Sequence[str], *, copy: bool) -> list[Row]:
         assert self.pool is not None
         async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
             t = self.config.pg_timeout
@@ -280,21 +280,26 @@ class PostgresStore:
                     for col, value in zip(cols, (r.session_id, r.seq, r.msg_id, r.role, r.body, r.created_at, u),
                                           strict=True):
                         col.append(value)
-                return {(rec[0], rec[1]) for rec in await conn.fetch(_PERSIST, *cols, timeout=t)}
+                stored = {(rec[0], rec[1]) for rec in await conn.fetch(_PERSIST, *cols, timeout=t)}
+                return [r for r in rows if (r.session_id, r.seq) not in stored]
             by_digest = {digest(sid): sid for sid in sids}
             tombs = {by_digest[d]: upto for d, upto in await conn.fetch(
                 "SELECT session_id, upto_seq FROM tombstones WHERE session_id = ANY($1::text[])",
                 list(by_digest), timeout=t)}
-            live = [(r, u) for r, u in zip(rows, users, strict=True) if r.seq > tombs.get(r.session_id, 0)]
+            live, dropped = list(zip(rows, users, strict=True)), []
+            if tombs:
+                dropped = [r for r in rows if r.seq <= tombs.get(r.session_id, 0)]
+                live = [(r, u) for r, u in live if r.seq > tombs.get(r.session_id, 0)]
             if not live:
-                return set()
+                return dropped
+            # The messages of one call share a timestamp: convert each distinct one once.
+            stamps = {r.created_at: datetime.fromtimestamp(r.created_at, UTC) for r in rows}
             await conn.copy_records_to_table(
                 "messages", schema_name=self.schema, timeout=t,
                 columns=["session_id", "seq", "msg_id", "role", "body", "created_at"],
-                records=[(r.session_id, r.seq, r.msg_id, r.role, r.body,
-                          datetime.fromtimestamp(r.created_at, UTC)) for r, _ in live])
+                records=[(r.session_id, r.seq, r.msg_id, r.role, r.body, stamps[r.created_at]) for r, _ in live])
             await conn.execute(_TOUCH_SESSIONS, *_session_touches(live), timeout=t)
-            return {(r.session_id, r.seq) for r, _ in live}
+            return dropped
 
     async def missing_ids(self, pairs: Sequence[tuple[str, str, int]]) -> set[tuple[str, str]]:
         """Which (session, msg_id, seq) were neither stored nor deleted: their seq collided with another id."""
