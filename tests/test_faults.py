@@ -298,16 +298,9 @@ def test_evicted_outbox_does_not_hide_an_acknowledged_write(make_memory: Callabl
     assert [m.content for m in writer.get_recent_messages("s")] == ["one", "two"]
 
 
-FILL_RACE_BUG = (
-    "engine bug: a refill reads PostgreSQL (memory._load_fill -> store.windows) before the bucket's outbox (the "
-    "FILL script's XRANGE, cache.py fill()); it snapshots this process's pending rows first, but another "
-    "process's batch committed after the PostgreSQL snapshot and XDEL'd before the FILL runs is in neither, "
-    "and the window is cached without it. Seen in the PostgreSQL-stop scenario as windows missing acknowledged "
-    "messages after recovery. Read the session's outbox entries before the PostgreSQL query (and pass them to "
-    "FILL), or keep committed entries in the stream for a grace period longer than a refill")
-
-
 def test_refill_racing_a_commit_keeps_the_acknowledged_write(make_memory: Callable[..., HybridMemory]) -> None:
+    """Regression: a refill read PostgreSQL before the outbox, so another process's batch committed after that
+    snapshot and deleted from the outbox before the FILL was in neither, and was cached without it."""
     writer = make_memory(write_behind_delay=600.0, reclaim_interval=600.0)
     writer.add_messages("s", [Message("human", "one")])
     writer.flush()
@@ -329,17 +322,10 @@ def test_refill_racing_a_commit_keeps_the_acknowledged_write(make_memory: Callab
     assert [m.content for m in writer.get_recent_messages("s")] == ["one", "two"]  # and the writer reads it too
 
 
-AMBIGUOUS_WRITE_BUG = (
-    "engine bug: a Redis call that timed out is taken as not done. When only the answer was lost (or the "
-    "request was merely delayed) the APPEND did run: the message is acknowledged from PostgreSQL under one seq "
-    "(memory._add_direct) while Redis holds it under another, with an outbox entry. Dropping the dirty window "
-    "on recovery (memory._probe_redis) leaves that outbox entry, and the FILL script merges outbox entries by "
-    "seq, not by message id: the refilled window holds the message twice. A fencing token (a per-bucket epoch "
-    "bumped on recovery and checked by every script) or merging the outbox by id would prevent it")
-
-
 def test_a_write_whose_answer_was_lost_is_not_applied_twice(make_memory: Callable[..., HybridMemory],
                                                             private_redis: Any) -> None:
+    """Regression: an APPEND whose answer was lost did run; the write was then also acknowledged from
+    PostgreSQL under another seq, and a refill merged the outbox entry by seq: the message appeared twice."""
     with TcpProxy(private_redis.port) as proxy:
         memory = make_memory(redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_timeout=0.3,
                              health_check_interval=0.2, connect_timeout=1.0, reclaim_after=30.0)
