@@ -25,7 +25,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 from redis.sentinel import Sentinel as SyncSentinel
@@ -849,7 +849,13 @@ class RedisCache(_Calls):
                 pipe = self._pipe
                 if pipe is None or pipe.error is not None or pipe.pid != os.getpid():
                     pipe = await self._new_pipe()
-                return _raise_errors(await pipe.call(data, len(cmds)))
+                try:
+                    return _raise_errors(await pipe.call(data, len(cmds)))
+                except ReadOnlyError:
+                    # Talking to a demoted primary (a Sentinel failover that kept connections open): a new
+                    # connection asks the sentinels again, as redis-py's Sentinel connections do.
+                    pipe.fail(RedisConnectionError("the primary is now a replica"))
+                    raise RedisConnectionError("the primary is now a replica") from None
             except NoScriptError:
                 if script is None or attempt == 2:
                     raise

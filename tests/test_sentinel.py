@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -50,4 +51,40 @@ def test_sentinel_primary_and_failover(namespace):
         assert len(stored) == len(set(stored)) == 2 + len(acked)
     finally:
         memory.close()
+        setup.stop()
+
+
+async def test_a_failover_that_demotes_the_primary_moves_async_calls_to_the_new_one(namespace):
+    """`SENTINEL FAILOVER`: the old primary lives on as a replica and may keep its connections open, so the
+    async path's shared connection gets READONLY; it must reconnect through the sentinels, not fail writes."""
+    setup = SentinelSetup().start()
+    memory = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=setup.url, namespace=namespace,
+                                       redis_timeout=0.3, health_check_interval=0.2))
+    try:
+        for k in range(3):  # from the second call on, this loop has its own connection
+            await memory.aadd_messages("d", [Message("human", f"before {k}")])
+        first = setup.primary_port()
+        redis.Redis(port=setup.sentinel_port).execute_command("SENTINEL", "FAILOVER", "mymaster")
+        deadline = time.monotonic() + 30
+        while setup.primary_port() == first or redis.Redis(port=first).info("replication")["role"] != "slave":
+            assert time.monotonic() < deadline, "no failover"
+            await asyncio.sleep(0.05)
+        acked = []
+        for k in range(20):
+            acked += await memory.aadd_messages("d", [Message("human", f"after {k}")])  # never raises
+            await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 15
+        while not memory.redis_available:
+            assert time.monotonic() < deadline, "Redis never came back"
+            await asyncio.sleep(0.05)
+        await memory.aadd_messages("d", [Message("human", "last")])
+        assert [m.content for m in await memory.aget_recent_messages("d")][-2:] == ["after 19", "last"]
+        assert redis.Redis(port=setup.primary_port()).exists(memory.keys.session("d").window)
+        pipe = memory._loop_caches[asyncio.get_running_loop()]._pipe  # this loop's shared connection
+        assert pipe is not None and pipe.conn.port == setup.primary_port()  # not left on the replica
+        await memory.aflush()
+        stored = [r[0] for r in pg_fetch(f'SELECT msg_id FROM "{namespace}".messages')]
+        assert len(stored) == len(set(stored)) == 3 + len(acked) + 1
+    finally:
+        await memory.aclose()
         setup.stop()
