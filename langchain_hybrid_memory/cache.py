@@ -117,15 +117,15 @@ local function fill(b)
 end
 """
 
-# ARGV: 6 idempotency_keep, 7 persist (1/0), 8 user_id ('' = none), 9 has_init (1/0),
-#       [fill block if has_init], then n, then n pairs (id, payload).
+# ARGV: 6 idempotency_keep, 7 persist (1/0), 8 user_id ('' = none), 9 has_init (1/0), 10 ceiling (elements
+#       kept at most while summarization lags), [fill block if has_init], then n, then n pairs (id, payload).
 # Returns {-1} when the window is not cached and no init data was given, {-2, owner} on an ownership
 # conflict, else {1 or 2 (2: the user was bound now), outbox entry id or '', summary due (1/0),
 # seq_1..seq_n, new_1..new_n}.
 APPEND = _COMMON + """
-local i = 10
+local i = 11
 local fresh = false  -- keys (re)created here get their TTL now, whatever ARGV[5] says
-local meta = redis.call('HMGET', KEYS[2], 'seq', 'uid', 'n')
+local meta = redis.call('HMGET', KEYS[2], 'seq', 'uid', 'n', 'unsum')
 -- Under memory pressure Redis may evict one key of a session and keep the others. The meta hash records the
 -- window's length: a session whose id set (here) or window (checked by RPUSH's reply below) no longer
 -- matches it is dropped and reloaded, never extended.
@@ -139,12 +139,12 @@ if meta[1] then
 end
 if not zc then
   if ARGV[9] ~= '1' then return {-1} end
-  i = fill(10)
-  meta = redis.call('HMGET', KEYS[2], 'seq', 'uid', 'n')
+  i = fill(11)
+  meta = redis.call('HMGET', KEYS[2], 'seq', 'uid', 'n', 'unsum')
   zc = redis.call('ZCARD', KEYS[3])
   fresh = true
 elseif ARGV[9] == '1' then
-  i = 10 + 8 + 2 * tonumber(ARGV[17])
+  i = 11 + 8 + 2 * tonumber(ARGV[18])
 end
 local status = 1
 local owner = meta[2]
@@ -188,6 +188,11 @@ local threshold = tonumber(ARGV[4])
 local unsum = 0
 if added > 0 then
   local cap = tonumber(ARGV[3])
+  if threshold > 0 then
+    -- Keep every message the summary does not cover yet (up to the ceiling): while the summarizer lags, the
+    -- context view (summary + all after it) is still served from here instead of from PostgreSQL.
+    cap = math.max(cap, math.min(tonumber(meta[4] or 0) + added, tonumber(ARGV[10])))
+  end
   local len = redis.call('RPUSH', KEYS[1], unpack(push))
   if len ~= tonumber(meta[3] or -1) + added then
     redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
@@ -437,6 +442,7 @@ class _Calls:
         self.keys = keys
         self._ttl_ms = int(config.session_ttl * 1000)
         self._capacity = config.cache_capacity
+        self._ceiling = config.cache_ceiling
         self._threshold = config.summary_threshold
         self.touches = touches or TouchLog(config.session_ttl)
 
@@ -511,7 +517,8 @@ class _Calls:
     def append_args(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str],
                     persist: bool, init: Fill | None) -> tuple[list[str], list[Any]]:
         keys, args = self.head(session_id)
-        args += [self.config.idempotency_window, 1 if persist else 0, user_id or "", 1 if init else 0]
+        args += [self.config.idempotency_window, 1 if persist else 0, user_id or "", 1 if init else 0,
+                 self._ceiling]
         if init is not None:
             args += self.fill_args(init)
         args.append(len(ids))

@@ -148,6 +148,14 @@ class HybridConfig(BaseModel):
         return self.max_session_messages + 2 * self.summarize_chunk_size
 
     @property
+    def cache_ceiling(self) -> int:
+        """Elements cached per session at most: while the summarizer lags, up to two more chunks stay cached
+        (beyond that, or with the summarizer down, the context view is read from PostgreSQL)."""
+        if not self.enable_auto_summarize:
+            return self.max_session_messages
+        return self.cache_capacity + 2 * self.summarize_chunk_size
+
+    @property
     def summary_threshold(self) -> int:
         """Messages after the summary that make the next one due (0: auto-summarize off)."""
         if not self.enable_auto_summarize:

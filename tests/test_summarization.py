@@ -6,13 +6,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
+import redis
 
 from langchain_hybrid_memory import HybridMemory, Message
 from langchain_hybrid_memory.summarize import chunk_end
-from langchain_hybrid_memory.summarizers import OfflineSummarizer, OpenAISummarizer
+from langchain_hybrid_memory.summarizers import CallableSummarizer, OfflineSummarizer, OpenAISummarizer
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
 from fake_openai import FakeOpenAI
@@ -195,3 +197,43 @@ def test_save_summary_made_outside_the_engine(make_memory, namespace):
     assert _summaries(namespace, "s") == [(sent[0].seq, sent[5].seq, 6, "first six")]
     assert memory.save_summary("s", "next two", upto_message_id=sent[7].id, model="lc") is True
     assert [m.id for m in memory.get_context("s").messages] == [m.id for m in sent[8:]]
+
+
+def test_a_lagging_summarizer_keeps_the_context_view_in_redis(make_memory):
+    """While summaries lag (a slow model, fast turns), Redis keeps every message after the summary, up to the
+    ceiling, so the context view stays one Redis read; past the ceiling it is read from PostgreSQL, exactly;
+    once summaries land, the window shrinks back to its capacity."""
+    gate = threading.Event()
+
+    def slow(previous: str | None, messages: list[Message]) -> str:
+        gate.wait(30)
+        return f"summary up to {messages[-1].content}"
+
+    memory = make_memory(enable_auto_summarize=True, max_session_messages=4, summarize_chunk_size=4,
+                         summarizer=CallableSummarizer(slow))
+    cfg = memory.config
+    assert (cfg.cache_capacity, cfg.cache_ceiling, cfg.summary_threshold) == (12, 20, 8)
+    r = redis.Redis.from_url(REDIS_URL)
+    window = memory.keys.session("lag").window
+    try:
+        _write_turns(memory, "lag", 18)  # a summary is due from message 8 on; the summarizer hangs
+        ctx = memory.get_context("lag")
+        assert ctx.summary is None and [m.content for m in ctx.messages] == [f"message {i}" for i in range(18)]
+        # More than the capacity of 12: nothing unsummarized was trimmed, so the view above came from this one
+        # cached read (a trimmed window sends it to PostgreSQL).
+        assert r.llen(window) == 18
+        for i in range(18, 24):
+            memory.add_messages("lag", [Message("human", f"message {i}")])
+        assert r.llen(window) == 20  # the ceiling
+        ctx = memory.get_context("lag")  # beyond it: PostgreSQL, still every message
+        assert [m.content for m in ctx.messages] == [f"message {i}" for i in range(24)]
+        gate.set()
+        assert memory.wait_for_summaries(30)
+        memory.add_messages("lag", [Message("human", "message 24")])
+        ctx = memory.get_context("lag")
+        assert ctx.summary and ctx.summarized_upto_seq
+        assert [m.content for m in ctx.messages][-1] == "message 24" and len(ctx.messages) < 8
+        assert r.llen(window) == cfg.cache_capacity  # back to the window plus room for the next chunks
+    finally:
+        gate.set()
+        r.close()
