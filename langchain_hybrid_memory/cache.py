@@ -517,6 +517,8 @@ class _Calls:
     def append_args(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str],
                     persist: bool, init: Fill | None) -> tuple[list[str], list[Any]]:
         keys, args = self.head(session_id)
+        if init is not None:
+            args[2] = max(args[2], len(init.pairs))  # as in fill()
         args += [self.config.idempotency_window, 1 if persist else 0, user_id or "", 1 if init else 0,
                  self._ceiling]
         if init is not None:
@@ -948,6 +950,7 @@ class RedisCache(_Calls):
                    ) -> tuple[bool, str, list[bytes]]:
         """Cache `fill` unless somebody wrote first; returns (loaded, owner, the window now cached)."""
         keys, args = self.head(session_id, touch=True)
+        args[2] = max(args[2], len(fill.pairs))  # a fill may hold more than the capacity (summaries lagging)
         args += ["" if expect_seq is None else str(expect_seq), *self.fill_args(fill)]
         out = await self._eval(self._fill, keys, args)
         return bool(out[0]), out[1].decode("utf-8"), out[2:]

@@ -545,10 +545,25 @@ class HybridMemory:
             fill = self._merge_fill(None, 0, [], pending)
             fill.partial = True
             return fill
-        return self._window_fill(sid, w, pending)
+        size = self._fill_size(w.unsum + len(pending))
+        if size > len(w.rows) == self.config.cache_capacity:  # summaries lag: cache all they do not cover yet
+            try:
+                w = (await self._store.windows([sid], size))[sid]
+            except StoreDown as exc:
+                if not for_write:
+                    raise self._store_down(exc) from None
+        return self._window_fill(sid, w, pending, size)
 
-    def _window_fill(self, sid: str, w: Window, pending: list[Row]) -> Fill:
-        fill = self._merge_fill(w.owner, w.floor_seq, w.rows, pending, self.config.cache_capacity)
+    def _fill_size(self, unsummarized: int) -> int:
+        """Elements to cache on a refill: the capacity, or (auto-summarize) every message the summary does not
+        cover yet, up to the ceiling, as appends keep them (see the APPEND script)."""
+        cfg = self.config
+        if not cfg.enable_auto_summarize:
+            return cfg.cache_capacity
+        return max(cfg.cache_capacity, min(unsummarized, cfg.cache_ceiling))
+
+    def _window_fill(self, sid: str, w: Window, pending: list[Row], size: int | None = None) -> Fill:
+        fill = self._merge_fill(w.owner, w.floor_seq, w.rows, pending, size or self.config.cache_capacity)
         fill.sum_upto, fill.sum_text = w.sum_upto, w.sum_text
         stored = {seq for seq, _, _ in w.rows}
         fill.unsum = w.unsum + sum(1 for r in pending if r.seq > w.sum_upto and r.seq not in stored)

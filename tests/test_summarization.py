@@ -222,6 +222,9 @@ def test_a_lagging_summarizer_keeps_the_context_view_in_redis(make_memory):
         # More than the capacity of 12: nothing unsummarized was trimmed, so the view above came from this one
         # cached read (a trimmed window sends it to PostgreSQL).
         assert r.llen(window) == 18
+        memory.invalidate_session("lag")  # a refill caches the same: all 18, not the capacity of 12
+        assert [m.content for m in memory.get_context("lag").messages] == [f"message {i}" for i in range(18)]
+        assert r.llen(window) == 18
         for i in range(18, 24):
             memory.add_messages("lag", [Message("human", f"message {i}")])
         assert r.llen(window) == 20  # the ceiling
