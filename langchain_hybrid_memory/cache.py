@@ -949,20 +949,19 @@ class RedisCache(_Calls):
     async def fill(self, session_id: str, fill: Fill, expect_seq: int | None = None
                    ) -> tuple[bool, str, list[bytes]]:
         """Cache `fill` unless somebody wrote first; returns (loaded, owner, the window now cached)."""
+        out = await self._eval(self._fill, *self._fill_args(session_id, fill, expect_seq))
+        return bool(out[0]), out[1].decode("utf-8"), out[2:]
+
+    def _fill_args(self, session_id: str, fill: Fill, expect_seq: int | None) -> tuple[list[str], list[Any]]:
         keys, args = self.head(session_id, touch=True)
         args[2] = max(args[2], len(fill.pairs))  # a fill may hold more than the capacity (summaries lagging)
-        args += ["" if expect_seq is None else str(expect_seq), *self.fill_args(fill)]
-        out = await self._eval(self._fill, keys, args)
-        return bool(out[0]), out[1].decode("utf-8"), out[2:]
+        return keys, [*args, "" if expect_seq is None else str(expect_seq), *self.fill_args(fill)]
 
     async def fill_many(self, fills: dict[str, Fill]) -> int:
         if not fills:
             return 0
         # Concurrent script calls rather than a pipeline: each may need its script loaded on its own node.
-        calls = []
-        for sid, fill in fills.items():
-            keys, args = self.head(sid, touch=True)
-            calls.append(self._eval(self._fill, keys, [*args, "", *self.fill_args(fill)]))
+        calls = [self._eval(self._fill, *self._fill_args(sid, fill, None)) for sid, fill in fills.items()]
         return sum(int(x[0]) for x in await asyncio.gather(*calls))
 
     async def last_seqs(self, session_ids: Sequence[str]) -> list[int]:

@@ -1228,11 +1228,17 @@ class HybridMemory:
         for i in range(0, len(sids), chunk):
             part = list(dict.fromkeys(sids[i:i + chunk]))
             pending = {sid: self._pending(sid) for sid in part}
+            cap = self.config.cache_capacity
             try:
-                windows = await self._store.windows(part, self.config.cache_capacity)
+                windows = await self._store.windows(part, cap)
+                sizes = {sid: self._fill_size(w.unsum + len(pending[sid])) for sid, w in windows.items()}
+                lagging = [sid for sid, n in sizes.items() if n > len(windows[sid].rows) == cap]
+                if lagging:  # as in _load_fill
+                    windows.update(await self._store.windows(lagging, max(sizes[sid] for sid in lagging)))
             except StoreDown as exc:
                 raise self._store_down(exc) from None
-            fills = {sid: self._window_fill(sid, w, pending[sid]) for sid, w in windows.items() if w.exists}
+            fills = {sid: self._window_fill(sid, w, pending[sid], sizes[sid])
+                     for sid, w in windows.items() if w.exists}
             try:
                 loaded += await self._cache.fill_many(fills)
             except CacheDown:
