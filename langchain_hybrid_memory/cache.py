@@ -590,11 +590,13 @@ class _Pipe(asyncio.Protocol):
         self._transport.set_protocol(self)
 
     @staticmethod
-    def usable(conn: Any) -> bool:
-        """A connection whose transport can be taken over: an asyncio stream with nothing unread."""
+    def check(conn: Any) -> None:
+        """Raise unless the connection's transport can be taken over: an open asyncio stream, nothing unread."""
         reader, writer = getattr(conn, "_reader", None), getattr(conn, "_writer", None)
-        return (isinstance(writer, asyncio.StreamWriter) and isinstance(reader, asyncio.StreamReader)
-                and not getattr(reader, "_buffer", b"") and not writer.transport.is_closing())
+        if not (isinstance(writer, asyncio.StreamWriter) and isinstance(reader, asyncio.StreamReader)):
+            raise ConfigurationError("this redis-py version's asyncio connections are not supported")
+        if getattr(reader, "_buffer", b"") or writer.transport.is_closing():
+            raise RedisConnectionError("a new Redis connection was not clean")
 
     def call(self, data: bytes, n: int) -> asyncio.Future[list[Any]]:
         """Send `data` (n commands); the future gets their n replies (error replies as values)."""
@@ -889,8 +891,7 @@ class RedisCache(_Calls):
             pool = self.client.connection_pool
             conn = await pool.get_connection()
             try:
-                if not _Pipe.usable(conn):  # a redis-py whose connections are not asyncio streams
-                    raise ConfigurationError("this redis-py version's asyncio connections are not supported")
+                _Pipe.check(conn)
                 self._pipe = _Pipe(conn, self.config.redis_timeout)
             except BaseException:
                 await pool.release(conn)
