@@ -203,10 +203,20 @@ if added > 0 then
     redis.call('LTRIM', KEYS[1], -cap, -1)
     len = cap
   end
-  redis.call('ZADD', KEYS[3], unpack(zadd))
-  if zc == 0 then fresh = true end
+  -- Trim before adding, so the set never holds more than keep + 20 ids: past 128 entries Redis converts a
+  -- sorted set to a skiplist (about 150 B per id instead of 50) and never converts it back.
   local keep = tonumber(ARGV[6])
-  if zc + added > keep + 20 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -keep - 1) end
+  if zc + added > keep + 20 then
+    if added >= keep then
+      redis.call('DEL', KEYS[3])  -- only this call's newest `keep` ids are remembered
+      zadd = {unpack(zadd, 2 * (added - keep) + 1)}
+      zc = 0
+    else
+      redis.call('ZREMRANGEBYRANK', KEYS[3], 0, zc + added - keep - 1)
+    end
+  end
+  redis.call('ZADD', KEYS[3], unpack(zadd))
+  if zc == 0 then fresh = true end  -- (re)created here: it gets its TTL below
   redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', last), 'n', len)
 end
 if threshold > 0 then unsum = redis.call('HINCRBY', KEYS[2], 'unsum', added) end

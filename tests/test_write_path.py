@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import asyncpg
+import pytest
 import redis
 
 from langchain_hybrid_memory import HybridMemory, Message
@@ -205,3 +206,27 @@ def test_a_backlog_commits_in_concurrent_batches_once_and_in_order(make_memory, 
     assert most[0] == 3  # batches were in flight together
     for j in range(7):
         assert [r[1] for r in _pg_rows(namespace, f"s{j}")] == [m.id for m in sent[j::7]]
+
+
+@pytest.mark.parametrize("per_call", [1, 10, 500])
+def test_the_id_set_stays_compact_whatever_the_batch_size(make_memory, namespace, per_call):
+    """Batches of any size leave at most `idempotency_window` + 20 ids, in Redis's compact encoding (a sorted
+    set that once passed 128 entries stays a skiplist, three times the bytes), with a TTL; the newest ids
+    still make a retry idempotent."""
+    memory = make_memory()
+    sent: list[Message] = []
+    for c in range(1000 // per_call):
+        sent += memory.add_messages("ids", [Message("human", f"m{c}-{k}") for k in range(per_call)])
+    key = memory.keys.session("ids").ids
+    keep = memory.config.idempotency_window
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        assert keep <= r.zcard(key) <= keep + 20
+        assert r.object("encoding", key) in (b"listpack", b"ziplist")
+        assert r.pttl(key) > 0
+    finally:
+        r.close()
+    again = memory.add_messages("ids", [Message(m.role, m.content, id=m.id) for m in sent[-keep:]])
+    assert [m.seq for m in again] == [m.seq for m in sent[-keep:]]  # recognised, not appended again
+    memory.flush()
+    assert len(_pg_rows(namespace, "ids")) == 1000
