@@ -686,7 +686,7 @@ class _Pipe(asyncio.Protocol):
 
 
 class _Idle:
-    """Connections the hot path keeps between two calls instead of handing them back to the pool.
+    """Connections the sync hot path keeps between two calls instead of handing them back to the pool.
 
     A pool round (lock, a readiness check that costs a syscall, release) takes about 30 µs of CPU per call;
     a kept connection is used as it is, and any error drops it. At most `cap` are kept (so the pool always
@@ -718,7 +718,7 @@ class _Idle:
 
 
 def _idle_cap(config: HybridConfig) -> int:
-    return config.redis_max_connections // 8
+    return config.redis_max_connections // 8  # the blocking pool keeps the rest for the threads' other calls
 
 
 def _multi(cmds: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -535,7 +535,8 @@ class HybridMemory:
         # and one still pending is in these; never in neither.
         pending = list({r.seq: r for r in self._pending(sid) + await self._outbox_rows(sid)}.values())
         try:
-            w = (await self._store.windows([sid], self.config.cache_capacity))[sid]
+            windows, sizes = await self._fill_windows([sid], {sid: pending})
+            w = windows[sid]
         except StoreDown as exc:
             if not for_write:
                 raise self._store_down(exc) from None
@@ -545,25 +546,25 @@ class HybridMemory:
             fill = self._merge_fill(None, 0, [], pending)
             fill.partial = True
             return fill
-        size = self._fill_size(w.unsum + len(pending))
-        if size > len(w.rows) == self.config.cache_capacity:  # summaries lag: cache all they do not cover yet
-            try:
-                w = (await self._store.windows([sid], size))[sid]
-            except StoreDown as exc:
-                if not for_write:
-                    raise self._store_down(exc) from None
-        return self._window_fill(sid, w, pending, size)
+        return self._window_fill(sid, w, pending, sizes[sid])
 
-    def _fill_size(self, unsummarized: int) -> int:
-        """Elements to cache on a refill: the capacity, or (auto-summarize) every message the summary does not
-        cover yet, up to the ceiling, as appends keep them (see the APPEND script)."""
-        cfg = self.config
-        if not cfg.enable_auto_summarize:
-            return cfg.cache_capacity
-        return max(cfg.cache_capacity, min(unsummarized, cfg.cache_ceiling))
+    async def _fill_windows(self, sids: list[str], pending: dict[str, list[Row]]
+                            ) -> tuple[dict[str, Window], dict[str, int]]:
+        """PostgreSQL's tails of `sids` for a refill, and how many elements each should cache: the capacity, or
+        (auto-summarize) every message the summary does not cover yet, up to the ceiling, as appends keep them
+        (see the APPEND script). Sessions whose summaries lag are asked again for their longer tail."""
+        assert self._store is not None
+        cfg, cap = self.config, self.config.cache_capacity
+        windows = await self._store.windows(sids, cap)
+        sizes = {sid: cap if not cfg.enable_auto_summarize else
+                 max(cap, min(w.unsum + len(pending[sid]), cfg.cache_ceiling)) for sid, w in windows.items()}
+        lagging = [sid for sid, n in sizes.items() if n > len(windows[sid].rows) == cap]
+        if lagging:
+            windows.update(await self._store.windows(lagging, max(sizes[sid] for sid in lagging)))
+        return windows, sizes
 
-    def _window_fill(self, sid: str, w: Window, pending: list[Row], size: int | None = None) -> Fill:
-        fill = self._merge_fill(w.owner, w.floor_seq, w.rows, pending, size or self.config.cache_capacity)
+    def _window_fill(self, sid: str, w: Window, pending: list[Row], size: int) -> Fill:
+        fill = self._merge_fill(w.owner, w.floor_seq, w.rows, pending, size)
         fill.sum_upto, fill.sum_text = w.sum_upto, w.sum_text
         stored = {seq for seq, _, _ in w.rows}
         fill.unsum = w.unsum + sum(1 for r in pending if r.seq > w.sum_upto and r.seq not in stored)
@@ -1228,13 +1229,8 @@ class HybridMemory:
         for i in range(0, len(sids), chunk):
             part = list(dict.fromkeys(sids[i:i + chunk]))
             pending = {sid: self._pending(sid) for sid in part}
-            cap = self.config.cache_capacity
             try:
-                windows = await self._store.windows(part, cap)
-                sizes = {sid: self._fill_size(w.unsum + len(pending[sid])) for sid, w in windows.items()}
-                lagging = [sid for sid, n in sizes.items() if n > len(windows[sid].rows) == cap]
-                if lagging:  # as in _load_fill
-                    windows.update(await self._store.windows(lagging, max(sizes[sid] for sid in lagging)))
+                windows, sizes = await self._fill_windows(part, pending)
             except StoreDown as exc:
                 raise self._store_down(exc) from None
             fills = {sid: self._window_fill(sid, w, pending[sid], sizes[sid])
