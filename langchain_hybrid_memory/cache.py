@@ -456,11 +456,15 @@ class _Calls:
         self._threshold = config.summary_threshold
         self.touches = touches or TouchLog(config.session_ttl)
 
-    def head(self, session_id: str, touch: bool | None = None) -> tuple[list[str], list[Any]]:
+    def head(self, session_id: str, touch: bool | None = None, fill: Fill | None = None
+             ) -> tuple[list[str], list[Any]]:
+        """Every script's KEYS and first ARGV. A `fill` may hold more than the capacity (summaries lagging):
+        the capacity passed is then its size, so the script keeps all of it."""
         k = self.keys.session(session_id)
         if touch is None:
             touch = self.touches.due(session_id)
-        return list(k.all), [session_id, self._ttl_ms, self._capacity, self._threshold, 1 if touch else 0]
+        cap = self._capacity if fill is None else max(self._capacity, len(fill.pairs))
+        return list(k.all), [session_id, self._ttl_ms, cap, self._threshold, 1 if touch else 0]
 
     def read_cmds(self, session_id: str, limit: int) -> list[tuple[Any, ...]]:
         """The commands of one read, run as a MULTI: meta fields, length, elements (limit 0: all, with the
@@ -526,9 +530,7 @@ class _Calls:
 
     def append_args(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str],
                     persist: bool, init: Fill | None) -> tuple[list[str], list[Any]]:
-        keys, args = self.head(session_id)
-        if init is not None:
-            args[2] = max(args[2], len(init.pairs))  # as in fill()
+        keys, args = self.head(session_id, fill=init)
         args += [self.config.idempotency_window, 1 if persist else 0, user_id or "", 1 if init else 0,
                  self._ceiling]
         if init is not None:
@@ -964,8 +966,7 @@ class RedisCache(_Calls):
         return bool(out[0]), out[1].decode("utf-8"), out[2:]
 
     def _fill_args(self, session_id: str, fill: Fill, expect_seq: int | None) -> tuple[list[str], list[Any]]:
-        keys, args = self.head(session_id, touch=True)
-        args[2] = max(args[2], len(fill.pairs))  # a fill may hold more than the capacity (summaries lagging)
+        keys, args = self.head(session_id, touch=True, fill=fill)
         return keys, [*args, "" if expect_seq is None else str(expect_seq), *self.fill_args(fill)]
 
     async def fill_many(self, fills: dict[str, Fill]) -> int:
