@@ -44,7 +44,8 @@ from .messages import CorruptEntry
 # Each redis.call costs about 3 µs inside a script, and a reply passing through Lua about 1 µs per element, so
 # the scripts batch (one RPUSH, one ZADD, one HSET) and reads use no script at all (MULTI, see `_Calls`).
 #
-# `fill(b)` loads a window from the store. Its ARGV block starts at index b: base_seq, owner, partial (1/0),
+# `fill(b)` loads a window from the store; ARGV[6] of a script that fills is idempotency_keep (ids remembered).
+# Its ARGV block starts at index b: base_seq, owner, partial (1/0),
 # sum_upto, sum_text, unsum, floor (a tombstone's seq), n, then n pairs (message id, element). It merges in
 # the session's entries still in the bucket's outbox (acknowledged by some process, maybe not yet in
 # PostgreSQL), so a reload never loses a recent write.
@@ -97,12 +98,17 @@ local function fill(b)
   table.sort(order)
   redis.call('DEL', KEYS[1], KEYS[3])
   local first = math.max(1, #order - tonumber(ARGV[3]) + 1)
+  -- only the newest `keep` ids, as APPEND keeps them: a window longer than that must not turn the id set into
+  -- a skiplist (see APPEND)
+  local idfrom = math.max(first, #order - tonumber(ARGV[6]) + 1)
   local push, zadd = {}, {}
   for k = first, #order do
     local s = order[k]
     push[#push + 1] = byseq[s][2]
-    zadd[#zadd + 1] = s
-    zadd[#zadd + 1] = byseq[s][1]
+    if k >= idfrom then
+      zadd[#zadd + 1] = s
+      zadd[#zadd + 1] = byseq[s][1]
+    end
   end
   if #push > 0 then
     redis.call('RPUSH', KEYS[1], unpack(push))
@@ -233,16 +239,16 @@ for k = 1, n do out[#out + 1] = news[k] end
 return out
 """
 
-# ARGV: 6 expected seq ('' = load only if not cached; else replace a partial window whose last seq is still
-# this one), then the fill block. Returns {1 if loaded or 0 if somebody wrote meanwhile (their data is
+# ARGV: 6 idempotency_keep, 7 expected seq ('' = load only if not cached; else replace a partial window whose
+# last seq is still this one), then the fill block. Returns {1 if loaded or 0 if somebody wrote meanwhile (their data is
 # newer and is kept), owner, the cached elements}.
 FILL = _COMMON + """
 local loaded = 1
 if redis.call('EXISTS', KEYS[2]) == 1 then
   local partial = redis.call('HGET', KEYS[2], 'partial') == '1'
-  if ARGV[6] == '' or not partial or redis.call('HGET', KEYS[2], 'seq') ~= ARGV[6] then loaded = 0 end
+  if ARGV[7] == '' or not partial or redis.call('HGET', KEYS[2], 'seq') ~= ARGV[7] then loaded = 0 end
 end
-if loaded == 1 then fill(7) end
+if loaded == 1 then fill(8) end
 touch(tonumber(ARGV[2]), now_us())
 local out = redis.call('LRANGE', KEYS[1], 0, -1)
 table.insert(out, 1, redis.call('HGET', KEYS[2], 'uid') or '')
@@ -967,7 +973,8 @@ class RedisCache(_Calls):
 
     def _fill_args(self, session_id: str, fill: Fill, expect_seq: int | None) -> tuple[list[str], list[Any]]:
         keys, args = self.head(session_id, touch=True, fill=fill)
-        return keys, [*args, "" if expect_seq is None else str(expect_seq), *self.fill_args(fill)]
+        return keys, [*args, self.config.idempotency_window, "" if expect_seq is None else str(expect_seq),
+                      *self.fill_args(fill)]
 
     async def fill_many(self, fills: dict[str, Fill]) -> int:
         if not fills:

@@ -230,3 +230,33 @@ def test_the_id_set_stays_compact_whatever_the_batch_size(make_memory, namespace
     assert [m.seq for m in again] == [m.seq for m in sent[-keep:]]  # recognised, not appended again
     memory.flush()
     assert len(_pg_rows(namespace, "ids")) == 1000
+
+
+@pytest.mark.parametrize("reload", ["read", "prefetch", "write"])
+def test_a_refill_longer_than_the_id_window_keeps_the_id_set_compact(make_memory, namespace, reload):
+    """A window of 200 reloaded from PostgreSQL (a read miss, a prefetch, a write to an uncached session)
+    remembers only the newest `idempotency_window` ids, as appends do, so the set stays in the compact
+    encoding; retrying those ids after the reload is still recognised."""
+    memory = make_memory(max_session_messages=200)
+    sent = memory.add_messages("long", [Message("human", f"m{k}") for k in range(200)])
+    memory.flush()
+    memory.invalidate_session("long")
+    if reload == "read":
+        assert len(memory.get_recent_messages("long")) == 200
+    elif reload == "prefetch":
+        assert memory.prefetch_context(["long"]) == 1
+    else:
+        sent += memory.add_messages("long", [Message("human", "after")])
+    key = memory.keys.session("long").ids
+    keep = memory.config.idempotency_window
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        assert r.llen(memory.keys.session("long").window) == 200
+        assert keep <= r.zcard(key) <= keep + 1
+        assert r.object("encoding", key) in (b"listpack", b"ziplist")
+    finally:
+        r.close()
+    again = memory.add_messages("long", [Message(m.role, m.content, id=m.id) for m in sent[-keep:]])
+    assert [m.seq for m in again] == [m.seq for m in sent[-keep:]]
+    memory.flush()
+    assert len(_pg_rows(namespace, "long")) == len(sent)
