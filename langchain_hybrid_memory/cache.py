@@ -35,7 +35,7 @@ from .errors import ConfigurationError
 from .keys import KeyLayout
 from .messages import CorruptEntry
 
-# Every script takes KEYS = window, meta, ids, outbox, active and starts its ARGV with
+# Every script takes KEYS = window, meta, ids, outbox, active, pending (see keys.py) and starts its ARGV with
 # 1 session_id, 2 ttl_ms, 3 capacity (elements kept), 4 summary threshold (0 = auto-summarize off),
 # 5 touch (1: slide the TTLs now; the client asks at most every ttl/10 per session, see `TouchLog`).
 # The meta hash's presence means "this window is complete". Its fields: seq (last assigned), uid (owner),
@@ -48,7 +48,11 @@ from .messages import CorruptEntry
 # Its ARGV block starts at index b: base_seq, owner, partial (1/0),
 # sum_upto, sum_text, unsum, floor (a tombstone's seq), n, then n pairs (message id, element). It merges in
 # the session's entries still in the bucket's outbox (acknowledged by some process, maybe not yet in
-# PostgreSQL), so a reload never loses a recent write.
+# PostgreSQL), so a reload never loses a recent write; the pending set names them, so this costs a lookup per
+# entry of this session, not a scan of the bucket's whole backlog.
+#
+# The pending set may name an entry already deleted (an acknowledgement deletes the entry first, then its
+# name): `outbox_entries` drops such names as it finds them.
 _COMMON = """
 local function now_us()
   local t = redis.call('TIME')
@@ -63,6 +67,14 @@ local function touch(ttl, now)
 end
 local function seq_of(el)
   return tonumber(string.match(el, '^{"s":(%d+),'))
+end
+local function outbox_entries()
+  local out = {}
+  for _, xid in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+    local e = redis.call('XRANGE', KEYS[4], xid, xid)[1]
+    if e then out[#out + 1] = e else redis.call('SREM', KEYS[6], xid) end
+  end
+  return out
 end
 local function fill(b)
   local n = tonumber(ARGV[b + 7])
@@ -79,7 +91,7 @@ local function fill(b)
     ids[id] = true
     order[#order + 1] = s
   end
-  for _, e in ipairs(redis.call('XRANGE', KEYS[4], '-', '+')) do
+  for _, e in ipairs(outbox_entries()) do
     local f = e[2]
     if f[2] == ARGV[1] then
       for j = 5, #f, 2 do
@@ -230,6 +242,7 @@ if fresh or ARGV[5] == '1' then touch(tonumber(ARGV[2]), now) end
 local xid = ''
 if ARGV[7] == '1' and added > 0 then
   xid = redis.call('XADD', KEYS[4], '*', 's', ARGV[1], 'u', ARGV[8], unpack(fields))
+  redis.call('SADD', KEYS[6], xid)
 end
 local due = 0
 if threshold > 0 and unsum >= threshold then due = 1 end
@@ -267,11 +280,10 @@ if left < 0 then redis.call('HSET', KEYS[2], 'unsum', 0) end
 return 1
 """
 
-# KEYS[1] = a bucket's outbox stream, ARGV[1] = a session id: that session's entries, {xid, fields, ...}. The
-# stream holds every session of the bucket; filtering here spares the client decoding all of them.
-OUTBOX_OF = """
+# The session's entries in its bucket's outbox, {xid, fields, ...} (KEYS and ARGV[1] as every script's).
+OUTBOX_OF = _COMMON + """
 local out = {}
-for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+for _, e in ipairs(outbox_entries()) do
   if e[2][2] == ARGV[1] then
     out[#out + 1] = e[1]
     out[#out + 1] = e[2]
@@ -1027,13 +1039,25 @@ class RedisCache(_Calls):
     async def forget_user(self, user_id: str) -> None:
         await self._call(self.client.delete(self.keys.user(user_id)))
 
-    async def ack(self, entries: dict[str, list[str]]) -> None:
-        """Remove persisted entries from the outbox streams."""
+    async def ack(self, entries: Sequence[tuple[str, str | None, str]]) -> None:
+        """Remove entries, given as (stream, session id or None if unknown, entry id), from the outbox streams,
+        then their names from the sessions' pending sets (in that order: a name whose entry is gone is harmless,
+        see `outbox_entries`)."""
         if not entries:
             return
+        streams: dict[str, list[str]] = {}
+        names: dict[str, list[str]] = {}
+        for stream, sid, xid in entries:
+            streams.setdefault(stream, []).append(xid)
+            if sid is not None:
+                names.setdefault(self.keys.session(sid).pending, []).append(xid)
+        cmds = [("XDEL", s, *x) for s, x in streams.items()] + [("SREM", k, *x) for k, x in names.items()]
+        if not self.cluster:
+            await self._exchange(cmds)  # packed by hiredis: a batch acknowledges up to thousands of sessions
+            return
         pipe = self.client.pipeline(transaction=False)
-        for stream, xids in entries.items():
-            pipe.xdel(stream, *xids)
+        for cmd in cmds:
+            pipe.execute_command(*cmd)
         await self._call(pipe.execute())
 
     async def orphans(self, older_than_s: float, count: int
@@ -1063,7 +1087,7 @@ class RedisCache(_Calls):
 
     async def session_outbox(self, session_id: str) -> list[tuple[str, str, bytes, str]]:
         """(entry id, message id, element, user id) of the session's entries still in its bucket's outbox."""
-        flat = await self._eval(self._outbox_of, [self.keys.session(session_id).outbox], [session_id])
+        flat = await self._eval(self._outbox_of, *self.head(session_id, touch=False))
         out = []
         for i in range(0, len(flat) - 1, 2):
             xid, f = flat[i].decode(), flat[i + 1]
@@ -1076,9 +1100,8 @@ class RedisCache(_Calls):
     async def forget_outbox(self, session_ids: Sequence[str]) -> None:
         """Delete every outbox entry of these sessions (any writer's): part of erasing them."""
         for sid in session_ids:
-            xids = sorted({xid for xid, _, _, _ in await self.session_outbox(sid)})
-            if xids:
-                await self._call(self.client.xdel(self.keys.session(sid).outbox, *xids))
+            stream = self.keys.session(sid).outbox
+            await self.ack([(stream, sid, xid) for xid in sorted({x for x, _, _, _ in await self.session_outbox(sid)})])
 
     async def outbox_depth(self) -> int:
         pipe = self.client.pipeline(transaction=False)

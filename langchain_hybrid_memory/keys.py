@@ -10,6 +10,8 @@ inject `{`, `}` or `:` into the layout.
     {ns}:{n}:s:<quoted id>:m   HASH   seq (last assigned), uid (owner), n (window length), summary fields;
                                       its presence means "window complete"
     {ns}:{n}:s:<quoted id>:i   ZSET   recent message ids -> seq, for idempotent retries
+    {ns}:{n}:s:<quoted id>:o   SET    ids of the session's entries in the outbox (no TTL: lives as long as
+                                      they do), so a refill reads them without scanning the bucket's stream
     {ns}:{n}:outbox            STREAM acknowledged writes not yet committed to PostgreSQL
     {ns}:{n}:active            ZSET   session id -> last access (ms), for stats without KEYS
     {ns}:{u<n>}:u:<quoted uid> SET    session ids of a user (cache index for invalidate_user)
@@ -29,10 +31,11 @@ class SessionKeys:
     ids: str
     outbox: str
     active: str
+    pending: str
 
     @property
-    def all(self) -> tuple[str, str, str, str, str]:
-        return (self.window, self.meta, self.ids, self.outbox, self.active)
+    def all(self) -> tuple[str, str, str, str, str, str]:
+        return (self.window, self.meta, self.ids, self.outbox, self.active, self.pending)
 
 
 class KeyLayout:
@@ -52,7 +55,7 @@ class KeyLayout:
             n = self.bucket(session_id)
             base = f"{self.namespace}:{{{n}}}:s:{quote(session_id, safe='')}"
             keys = self._cache[session_id] = SessionKeys(f"{base}:w", f"{base}:m", f"{base}:i", self.outbox(n),
-                                                         self.active(n))
+                                                         self.active(n), f"{base}:o")
         return keys
 
     def outbox(self, bucket: int) -> str:

@@ -298,12 +298,8 @@ class WriteBehind:
         """Delete entries from the outbox (committed, or erased with their session)."""
         if self.cache is None or not self._redis_up():
             return  # the janitor replays what stays in the stream; replays are idempotent
-        acks: dict[str, list[str]] = {}
-        for e in entries:
-            if e.stream:
-                acks.setdefault(e.stream, []).append(e.xid)
         try:
-            await self.cache.ack(acks)
+            await self.cache.ack([(e.stream, e.session_id, e.xid) for e in entries if e.stream])
         except CacheDown:
             pass
 
@@ -353,7 +349,7 @@ class WriteBehind:
                 return total
             rows: list[Row] = []
             users: list[str] = []
-            acks: dict[str, list[str]] = {}
+            acks: list[tuple[str, str | None, str]] = []
             for stream, xid, sid, uid, elements in found:
                 for msg_id, el in elements:
                     try:
@@ -365,7 +361,7 @@ class WriteBehind:
                         # A damaged entry cannot be committed; it must not block the others either.
                         self.stats.dead_letters += 1
                         log.error("hybrid-memory: an undecodable outbox entry was set aside")
-                acks.setdefault(stream, []).append(xid)
+                acks.append((stream, sid or None, xid))  # a damaged entry names no session
             await self.commit_or_set_aside(rows, users)
             self.stats.reclaimed += len(rows)
             await self.cache.ack(acks)

@@ -10,6 +10,8 @@ import sys
 import textwrap
 import time
 
+import redis
+
 from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
@@ -50,14 +52,26 @@ def test_killed_writer_is_finished_by_another_process(namespace):
     # The schema exists (the writer migrated) but nothing was committed before the kill.
     assert _stored(namespace) == []
     rescuer = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=REDIS_URL, namespace=namespace))
+    r = redis.Redis.from_url(REDIS_URL)
     try:
+        sids = sorted({a[0] for a in acked})
+        for sid in sids:
+            # Each session's pending set names exactly its entries in the shared bucket stream...
+            k = rescuer.keys.session(sid)
+            mine = {xid for xid, f in r.xrange(k.outbox) if f[b"s"] == sid.encode()}
+            assert {x.decode() for x in r.smembers(k.pending)} == {x.decode() for x in mine} != set()
+        rescuer.invalidate_session(sids[0])
+        # ...so a refill finds the dead writer's uncommitted messages without reading anyone else's.
+        assert [m.id for m in rescuer.get_recent_messages(sids[0])] == [i for s, i, _ in acked if s == sids[0]]
         assert rescuer.reclaim_orphans(older_than=0) == 200
         assert rescuer.reclaim_orphans(older_than=0) == 0  # the outbox is empty now
+        assert not list(r.scan_iter(match=f"{namespace}:*:o", count=1000))  # and so are the pending sets
         stored = _stored(namespace)
         assert sorted((s, q, i) for s, i, q in acked) == stored  # each exactly once, same seq
         for sid in {a[0] for a in acked}:  # Redis and PostgreSQL agree on each session's order
             assert [m.seq for m in rescuer.get_recent_messages(sid)] == [q for s, q, _ in stored if s == sid]
     finally:
+        r.close()
         rescuer.close()
 
 

@@ -9,7 +9,7 @@ import redis
 
 from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 
-from conftest import PG_URL
+from conftest import PG_URL, REDIS_URL
 
 
 def _calls(r: redis.Redis) -> dict[str, int]:
@@ -168,3 +168,31 @@ def test_cleared_session_does_not_come_back_from_the_outbox(make_memory):
         memory.clear_session("t")
         memory.invalidate_session("t")
         assert memory.get_recent_messages("t") == []
+
+
+def test_a_refill_finds_other_writers_entries_by_the_sessions_pending_set(namespace):
+    """One outbox stream for every session (outbox_shards=1) holding another writer's uncommitted backlog: a
+    cold read gets its session's acknowledged messages through the session's pending set, drops a name whose
+    entry is gone, and the sets are gone once everything is committed."""
+    settings = {"database_url": PG_URL, "redis_url": REDIS_URL, "namespace": namespace, "outbox_shards": 1,
+                "reclaim_interval": 600}
+    writer = HybridMemory(HybridConfig(**settings, write_behind_delay=600))
+    reader = HybridMemory(HybridConfig(**settings))
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        for j in range(100):
+            writer.add_messages(f"other{j}", [Message("human", f"o{j}")])
+        mine = [writer.add_messages("x", [Message("human", f"x{k}")])[0] for k in range(3)]
+        k = reader.keys.session("x")
+        assert r.scard(k.pending) == 3 and r.xlen(k.outbox) == 103
+        r.sadd(k.pending, "1-1")  # a name whose entry was deleted (an acknowledgement cut short)
+        reader.invalidate_session("x")  # a cold read: PostgreSQL has nothing yet, the outbox has it all
+        assert [m.id for m in reader.get_recent_messages("x")] == [m.id for m in mine]
+        assert not r.sismember(k.pending, "1-1")
+        writer.flush()  # returns after the acknowledgements too
+        assert not list(r.scan_iter(match=f"{namespace}:*:o", count=1000))
+        assert r.xlen(k.outbox) == 0
+    finally:
+        r.close()
+        reader.close()
+        writer.close()
