@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import random
 import statistics
 import sys
@@ -11,6 +12,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -198,3 +200,14 @@ def ms(seconds: float) -> str:
 
 def times(x: float) -> str:
     return f"{x:.2f}x"
+
+
+def cpu_model() -> str:
+    """The processor's name: machines of one kind differ (figures move with it)."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                    if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        return f"{info['model name']}, family {info.get('cpu family', '?')} model {info.get('model', '?')}"
+    except (OSError, KeyError):
+        return platform.processor() or "unknown cpu"

@@ -46,7 +46,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import PG_URL, REDIS_URL, drop_namespace, new_namespace, ratio, text
+from _common import PG_URL, REDIS_URL, cpu_model, drop_namespace, new_namespace, ratio, text
 from compare import report
 from compare.runner import Budget, LoadPoint, Result, Timed, interleave, load_async, load_ratio, load_threads
 from compare.subjects import ALL, COMPETITORS, FloorPG, LCPostgres, LIPostgres, Subject, World
@@ -657,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     data.update({"mode": mode, "namespace": ns, "window": WINDOW, "shapes": list(plan.shapes), "plan": asdict(plan),
                  "wall_s": elapsed, "command": command,
                  "env": {"date": dt.date.today().isoformat(), "python": platform.python_version(),
-                         "platform": platform.platform(), "cpus": os.cpu_count(), "redis": rv, "postgres": pv,
+                         "platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu_model(), "redis": rv,
+                         "postgres": pv,
                          "packages": versions(keys)}})
     print()
     print(report.latency_table(data["rows"]))

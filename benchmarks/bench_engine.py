@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import gc
 import json
+import os
 import platform
 import random
 import sys
@@ -35,6 +36,7 @@ from _common import (
     AsyncOpSpec,
     Op,
     Series,
+    cpu_model,
     drop_namespace,
     interleave_async,
     interleave_sync,
@@ -541,8 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     print(f"hybrid-memory engine benchmark ({'quick' if args.quick else 'full'}), namespace {ns}, "
           f"window {WINDOW}, {plan.sessions_per_shape} sessions per shape, {plan.content_chars} chars per message, "
-          f"Python {platform.python_version()}",
-          flush=True)
+          f"Python {platform.python_version()}, {os.cpu_count()} cores ({cpu_model()})", flush=True)
     bench = Bench(plan, ns)
     try:
         bench.start()
@@ -566,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwall time {elapsed:.1f}s")
     if args.json:
         data.update({"mode": "quick" if args.quick else "full", "namespace": ns, "window": WINDOW,
-                     "plan": vars(plan), "wall_s": elapsed, "python": platform.python_version(),
+                     "plan": vars(plan), "wall_s": elapsed, "python": platform.python_version(), "cpu": cpu_model(),
                      "redis_py": redis.__version__, "asyncpg": asyncpg.__version__})
         Path(args.json).write_text(json.dumps(data, indent=2, default=str))
     return 0

@@ -69,7 +69,8 @@ def markdown(data: dict[str, Any], command: str) -> str:
     ref = 1000 if 1000 in shapes else max(shapes)
     by = {(r["measure"], r["shape"], r["key"]): r for r in rows}
     env = data["env"]
-    out = [f"Measured with `{command}` ({env['date']}, {env['cpus']} cores, Python {env['python']}, "
+    cpu = f" ({env['cpu']})" if env.get("cpu") else ""
+    out = [f"Measured with `{command}` ({env['date']}, {env['cpus']} cores{cpu}, Python {env['python']}, "
            f"Redis {env['redis']}, PostgreSQL {env['postgres']}; one run, every subject interleaved with the "
            "others and with the raw floors, so ratios hold on a noisy machine). Latencies in ms, p50 / p99. "
            "\"x floor\": p50 ratio (median of per-round ratios) to a raw redis-py / redis.asyncio call doing the "
