@@ -68,8 +68,22 @@ end
 local function seq_of(el)
   return tonumber(string.match(el, '^{"s":(%d+),'))
 end
+-- A pending set of the wrong type (written by something else) is replaced, as any damaged key is dropped;
+-- the entries it named are still committed by their writer or the janitor.
+local function name_entry(xid)
+  local r = redis.pcall('SADD', KEYS[6], xid)
+  if type(r) == 'table' and r.err then
+    redis.call('DEL', KEYS[6])
+    redis.call('SADD', KEYS[6], xid)
+  end
+end
 local function outbox_entries()
   local out = {}
+  local t = redis.call('TYPE', KEYS[6])['ok']
+  if t ~= 'set' then
+    if t ~= 'none' then redis.call('DEL', KEYS[6]) end
+    return out
+  end
   for _, xid in ipairs(redis.call('SMEMBERS', KEYS[6])) do
     local e = redis.call('XRANGE', KEYS[4], xid, xid)[1]
     if e then out[#out + 1] = e else redis.call('SREM', KEYS[6], xid) end
@@ -242,7 +256,7 @@ if fresh or ARGV[5] == '1' then touch(tonumber(ARGV[2]), now) end
 local xid = ''
 if ARGV[7] == '1' and added > 0 then
   xid = redis.call('XADD', KEYS[4], '*', 's', ARGV[1], 'u', ARGV[8], unpack(fields))
-  redis.call('SADD', KEYS[6], xid)
+  name_entry(xid)
 end
 local due = 0
 if threshold > 0 and unsum >= threshold then due = 1 end
@@ -253,8 +267,8 @@ return out
 """
 
 # ARGV: 6 idempotency_keep, 7 expected seq ('' = load only if not cached; else replace a partial window whose
-# last seq is still this one), then the fill block. Returns {1 if loaded or 0 if somebody wrote meanwhile (their data is
-# newer and is kept), owner, the cached elements}.
+# last seq is still this one), then the fill block. Returns {1 if loaded or 0 if somebody wrote meanwhile
+# (their data is newer and is kept), owner, the cached elements}.
 FILL = _COMMON + """
 local loaded = 1
 if redis.call('EXISTS', KEYS[2]) == 1 then

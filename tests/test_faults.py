@@ -208,6 +208,23 @@ def test_window_key_of_wrong_type_is_repaired(cached: Any) -> None:
     _cache_ok(memory, sid, [*texts, "after"])
 
 
+@pytest.mark.parametrize("then", ["add", "cold read"])
+def test_pending_set_of_wrong_type_is_replaced(cached: Any, then: str) -> None:
+    """Something else wrote a string where the session's pending set lives: the next add or refill replaces
+    it, and nothing is lost or doubled."""
+    memory, r, sid, texts = cached
+    k = memory.keys.session(sid)
+    r.set(k.pending, "not a set")
+    if then == "cold read":
+        memory.invalidate_session(sid)
+        _cache_ok(memory, sid, texts)
+    memory.add_messages(sid, [Message("human", "after")])
+    _cache_ok(memory, sid, [*texts, "after"])
+    memory.flush()
+    assert r.type(k.pending) == b"none"  # replaced by a set, emptied by the acknowledgement
+    assert [m.content for m in memory.get_messages(sid)] == [*texts, "after"]
+
+
 def _same_bucket(memory: HybridMemory, sid: str) -> str:
     n = memory.keys.bucket(sid)
     return next(f"other-{i}" for i in range(100_000) if memory.keys.bucket(f"other-{i}") == n)
