@@ -145,7 +145,7 @@ local function fill(b)
              'sum_upto', ARGV[b + 3], 'sum_text', ARGV[b + 4], 'n', #push)
   if ARGV[b + 1] ~= '' then redis.call('HSET', KEYS[2], 'uid', ARGV[b + 1]) end
   if ARGV[b + 2] == '1' then redis.call('HSET', KEYS[2], 'partial', '1') else redis.call('HDEL', KEYS[2], 'partial') end
-  return b + 8 + 2 * n
+  return b + 8 + 2 * n, #order - n  -- the next ARGV index, and how many outbox entries were merged in
 end
 """
 
@@ -268,18 +268,21 @@ return out
 
 # ARGV: 6 idempotency_keep, 7 expected seq ('' = load only if not cached; else replace a partial window whose
 # last seq is still this one), then the fill block. Returns {1 if loaded or 0 if somebody wrote meanwhile
-# (their data is newer and is kept), owner, the cached elements}.
+# (their data is newer and is kept), owner, then the cached elements, or none when they are exactly the fill's
+# (loaded, nothing merged from the outbox): the caller has them, and a window back through Lua is a third of
+# the script's cost}.
 FILL = _COMMON + """
-local loaded = 1
+local loaded, merged, next_arg = 1, 0, 0
 if redis.call('EXISTS', KEYS[2]) == 1 then
   local partial = redis.call('HGET', KEYS[2], 'partial') == '1'
   if ARGV[7] == '' or not partial or redis.call('HGET', KEYS[2], 'seq') ~= ARGV[7] then loaded = 0 end
 end
-if loaded == 1 then fill(8) end
+if loaded == 1 then next_arg, merged = fill(8) end
 touch(tonumber(ARGV[2]), now_us())
-local out = redis.call('LRANGE', KEYS[1], 0, -1)
+local out = {}
+if loaded == 0 or merged > 0 then out = redis.call('LRANGE', KEYS[1], 0, -1) end
 table.insert(out, 1, redis.call('HGET', KEYS[2], 'uid') or '')
-table.insert(out, 1, loaded)
+table.insert(out, 1, loaded == 1 and merged == 0 and 2 or loaded)
 return out
 """
 
@@ -995,7 +998,8 @@ class RedisCache(_Calls):
                    ) -> tuple[bool, str, list[bytes]]:
         """Cache `fill` unless somebody wrote first; returns (loaded, owner, the window now cached)."""
         out = await self._eval(self._fill, *self._fill_args(session_id, fill, expect_seq))
-        return bool(out[0]), out[1].decode("utf-8"), out[2:]
+        cached = [el for _, el in fill.pairs] if out[0] == 2 else out[2:]  # 2: cached exactly as given
+        return bool(out[0]), out[1].decode("utf-8"), cached
 
     def _fill_args(self, session_id: str, fill: Fill, expect_seq: int | None) -> tuple[list[str], list[Any]]:
         keys, args = self.head(session_id, touch=True, fill=fill)
@@ -1007,7 +1011,7 @@ class RedisCache(_Calls):
             return 0
         # Concurrent script calls rather than a pipeline: each may need its script loaded on its own node.
         calls = [self._eval(self._fill, *self._fill_args(sid, fill, None)) for sid, fill in fills.items()]
-        return sum(int(x[0]) for x in await asyncio.gather(*calls))
+        return sum(1 for x in await asyncio.gather(*calls) if x[0])
 
     async def last_seqs(self, session_ids: Sequence[str]) -> list[int]:
         pipe = self.client.pipeline(transaction=False)
