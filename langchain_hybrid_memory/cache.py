@@ -68,15 +68,8 @@ end
 local function seq_of(el)
   return tonumber(string.match(el, '^{"s":(%d+),'))
 end
--- A pending set of the wrong type (written by something else) is replaced, as any damaged key is dropped;
--- the entries it named are still committed by their writer or the janitor.
-local function name_entry(xid)
-  local r = redis.pcall('SADD', KEYS[6], xid)
-  if type(r) == 'table' and r.err then
-    redis.call('DEL', KEYS[6])
-    redis.call('SADD', KEYS[6], xid)
-  end
-end
+-- A pending set of the wrong type (written by something else) is replaced, here and in APPEND, as any damaged
+-- key is dropped; the entries it named are still committed by their writer or the janitor.
 local function outbox_entries()
   local out = {}
   local t = redis.call('TYPE', KEYS[6])['ok']
@@ -155,6 +148,13 @@ end
 # conflict, else {1 or 2 (2: the user was bound now), outbox entry id or '', summary due (1/0),
 # seq_1..seq_n, new_1..new_n}.
 APPEND = _COMMON + """
+local function name_entry(xid)
+  local r = redis.pcall('SADD', KEYS[6], xid)
+  if type(r) == 'table' and r.err then
+    redis.call('DEL', KEYS[6])
+    redis.call('SADD', KEYS[6], xid)
+  end
+end
 local i = 11
 local fresh = false  -- keys (re)created here get their TTL now, whatever ARGV[5] says
 local meta = redis.call('HMGET', KEYS[2], 'seq', 'uid', 'n', 'unsum')
