@@ -108,10 +108,10 @@ FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[]) AS b(session_id,
 """ + _SESSION_UPSERT
 
 
-def _session_touches(live: Sequence[tuple[Row, str]]) -> list[list[Any]]:
+def _session_touches(live: Sequence[Row], users: Sequence[str]) -> list[list[Any]]:
     """_TOUCH_SESSIONS's arrays: per session (sorted) the user, first and last message time."""
     agg: dict[str, list[Any]] = {}
-    for r, u in live:
+    for r, u in zip(live, users, strict=True):
         a = agg.get(r.session_id)
         if a is None:
             agg[r.session_id] = [u, r.created_at, r.created_at]
@@ -286,19 +286,20 @@ class PostgresStore:
             tombs = {by_digest[d]: upto for d, upto in await conn.fetch(
                 "SELECT session_id, upto_seq FROM tombstones WHERE session_id = ANY($1::text[])",
                 list(by_digest), timeout=t)}
-            live, dropped = list(zip(rows, users, strict=True)), []
+            live, dropped = rows, []
             if tombs:
                 dropped = [r for r in rows if r.seq <= tombs.get(r.session_id, 0)]
-                live = [(r, u) for r, u in live if r.seq > tombs.get(r.session_id, 0)]
+                kept = [(r, u) for r, u in zip(rows, users, strict=True) if r.seq > tombs.get(r.session_id, 0)]
+                live, users = [r for r, _ in kept], [u for _, u in kept]
             if not live:
                 return dropped
             # The messages of one call share a timestamp: convert each distinct one once.
-            stamps = {r.created_at: datetime.fromtimestamp(r.created_at, UTC) for r in rows}
+            stamps = {ts: datetime.fromtimestamp(ts, UTC) for ts in {r.created_at for r in live}}
             await conn.copy_records_to_table(
                 "messages", schema_name=self.schema, timeout=t,
                 columns=["session_id", "seq", "msg_id", "role", "body", "created_at"],
-                records=[(r.session_id, r.seq, r.msg_id, r.role, r.body, stamps[r.created_at]) for r, _ in live])
-            await conn.execute(_TOUCH_SESSIONS, *_session_touches(live), timeout=t)
+                records=[(r.session_id, r.seq, r.msg_id, r.role, r.body, stamps[r.created_at]) for r in live])
+            await conn.execute(_TOUCH_SESSIONS, *_session_touches(live, users), timeout=t)
             return dropped
 
     async def missing_ids(self, pairs: Sequence[tuple[str, str, int]]) -> set[tuple[str, str]]:
