@@ -208,6 +208,19 @@ class SentinelSetup:
                               "mymaster"], capture_output=True, text=True).stdout.split()
         return int(out[1]) if len(out) > 1 else 0
 
+    def failover(self, timeout: float = 30.0) -> None:
+        """`SENTINEL FAILOVER`, once the sentinel knows a replica it can promote: it learns of replicas from
+        the primary's INFO, and until then answers NOGOODSLAVE."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = subprocess.run(["redis-cli", "-p", str(self.sentinel_port), "sentinel", "failover", "mymaster"],
+                                 capture_output=True, text=True).stdout.strip()
+            if out == "OK":
+                return
+            if "NOGOODSLAVE" not in out or time.monotonic() > deadline:
+                raise RuntimeError(f"SENTINEL FAILOVER: {out}")
+            time.sleep(0.2)
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.kill()

@@ -64,7 +64,7 @@ async def test_a_failover_that_demotes_the_primary_moves_async_calls_to_the_new_
         for k in range(3):  # from the second call on, this loop has its own connection
             await memory.aadd_messages("d", [Message("human", f"before {k}")])
         first = setup.primary_port()
-        redis.Redis(port=setup.sentinel_port).execute_command("SENTINEL", "FAILOVER", "mymaster")
+        setup.failover()
         deadline = time.monotonic() + 30
         while setup.primary_port() == first or redis.Redis(port=first).info("replication")["role"] != "slave":
             assert time.monotonic() < deadline, "no failover"
