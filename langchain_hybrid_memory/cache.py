@@ -272,12 +272,12 @@ return out
 # (loaded, nothing merged from the outbox): the caller has them, and a window back through Lua is a third of
 # the script's cost}.
 FILL = _COMMON + """
-local loaded, merged, next_arg = 1, 0, 0
+local loaded, merged = 1, 0
 if redis.call('EXISTS', KEYS[2]) == 1 then
   local partial = redis.call('HGET', KEYS[2], 'partial') == '1'
   if ARGV[7] == '' or not partial or redis.call('HGET', KEYS[2], 'seq') ~= ARGV[7] then loaded = 0 end
 end
-if loaded == 1 then next_arg, merged = fill(8) end
+if loaded == 1 then merged = select(2, fill(8)) end
 touch(tonumber(ARGV[2]), now_us())
 local out = {}
 if loaded == 0 or merged > 0 then out = redis.call('LRANGE', KEYS[1], 0, -1) end
