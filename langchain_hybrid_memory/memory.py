@@ -1129,7 +1129,8 @@ class HybridMemory:
         return n
 
     def list_sessions(self, *, user_id: str | None = None, limit: int | None = None) -> list[str]:
-        """Session ids (of one user, if given), sorted; from PostgreSQL, or Redis in session_only mode."""
+        """Ids of the sessions holding messages (of one user, if given), sorted; from PostgreSQL (plus this
+        process's queued writes), or Redis in session_only mode."""
         return self._run(self._list_sessions(check_user_id(user_id, self.config.max_session_id_length), limit))
 
     async def alist_sessions(self, *, user_id: str | None = None, limit: int | None = None) -> list[str]:
@@ -1145,12 +1146,12 @@ class HybridMemory:
                 found.update(await self._store.list_sessions(uid, None))
             except StoreDown as exc:
                 raise self._store_down(exc) from None
-        elif uid is not None:
-            found = set(await self._user_sessions(uid))
         else:
             assert self._cache is not None
             try:
                 found = set(await self._cache.active_sessions())
+                if uid is not None:  # a user's index keeps sessions emptied since: list only those still cached
+                    found &= set(await self._cache.user_sessions(uid))
             except CacheDown:
                 raise StorageUnavailableError("Redis is unreachable and mode is session_only") from None
         out = sorted(found)

@@ -433,9 +433,14 @@ class PostgresStore:
             " SELECT count(*) FROM d", session_id, list(seqs)))
 
     async def list_sessions(self, user_id: str | None, limit: int | None) -> list[str]:
+        """Sessions holding at least one message: deleting messages one by one keeps the session's row (its
+        owner, summary switch and summaries), but a session with nothing left is not listed."""
+        # LATERAL ... LIMIT 1 probes one session's partition by index, never a scan of every message.
         return [r[0] for r in await self._run(
             "fetch",
-            "SELECT session_id FROM sessions WHERE $1::text IS NULL OR user_id = $1 ORDER BY session_id LIMIT $2",
+            "SELECT s.session_id FROM sessions s"
+            " CROSS JOIN LATERAL (SELECT 1 FROM messages m WHERE m.session_id = s.session_id LIMIT 1) m"
+            " WHERE $1::text IS NULL OR s.user_id = $1 ORDER BY s.session_id LIMIT $2",
             user_id, limit)]
 
     # -- summaries ---------------------------------------------------------------------------------------

@@ -212,7 +212,8 @@ class HybridChatStore(EngineHolder, BaseChatStore):
       order of the others. `add_message(key, message, idx)` inserts at a position by re-appending the tail.
     - Deletes drop the cached window; the next read caches it again with the sliding TTL (`ttl`, the
       memory's `session_ttl`), so no key is ever left without one. PostgreSQL keeps messages until deleted.
-    - `get_keys()` lists sessions from PostgreSQL (never `KEYS`).
+    - `get_keys()` lists the keys holding messages, from PostgreSQL (never `KEYS`): a key whose last message
+      is deleted is not listed.
     - Positional operations and `set_messages` are serialised per key within this process. Across processes
       they are as atomic as the engine's single calls (an append is; read-then-delete is not).
     - `to_dict()` carries the namespace, mode, TTL and user id, never a URL or password; `from_dict` rebuilds

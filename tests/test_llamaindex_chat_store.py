@@ -21,6 +21,7 @@ from langchain_hybrid_memory import (
     HybridMemoryError,
     InvalidMessageError,
     InvalidSessionIdError,
+    Message,
     Mode,
     SessionOwnershipError,
 )
@@ -95,6 +96,70 @@ def test_get_keys_uses_neither_keys_nor_scan(make_memory: Callable[..., HybridMe
         assert not {"cmdstat_keys", "cmdstat_scan"} & set(stats), sorted(stats)
     finally:
         r.close()
+
+
+# -- a key emptied message by message leaves get_keys ------------------------------------------------------
+@pytest.mark.parametrize("mode", [Mode.HYBRID, Mode.PERSISTENT, Mode.SESSION_ONLY], ids=lambda m: m.value)
+@pytest.mark.parametrize("user_id", [None, "alice"], ids=["anyone", "owner"])
+def test_chat_store_keys_emptied_one_message_at_a_time(make_memory: Callable[..., HybridMemory], mode: Mode,
+                                                       user_id: str | None) -> None:
+    """As with LlamaIndex's SQL and Redis stores, a key whose last message is deleted is no longer listed."""
+    extra: dict[str, Any] = {"database_url": None} if mode is Mode.SESSION_ONLY else {}
+    store = HybridChatStore(memory=make_memory(mode=mode, **extra), user_id=user_id)
+    for key in ("a", "b", "c"):
+        store.add_messages(key, msgs(key, 2))
+    assert store.delete_message("a", 1) is not None and store.delete_message("a", 0) is not None
+    assert store.delete_last_message("b") is not None and store.delete_last_message("b") is not None
+    assert store.get_keys() == ["c"]
+
+    async def async_deletes() -> list[str]:
+        assert await store.adelete_message("c", 0) is not None
+        assert await store.aget_keys() == ["c"]  # one message left
+        assert await store.adelete_last_message("c") is not None
+        return await store.aget_keys()
+
+    assert asyncio.run(async_deletes()) == []
+    store.add_message("b", ChatMessage(content="back"))  # written again: listed again
+    assert store.get_keys() == ["b"]
+
+
+def test_a_queued_message_keeps_an_emptied_key_listed(make_memory: Callable[..., HybridMemory]) -> None:
+    """A message not yet in PostgreSQL (still in the write-behind queue) counts as present."""
+    memory = make_memory(write_behind_delay=30.0)  # nothing is committed unless flushed
+    store = HybridChatStore(memory=memory)
+    store.add_messages("k", msgs("k", 1))
+    assert store.delete_last_message("k") is not None and store.get_keys() == []
+    memory.add_messages("k", [Message("human", "queued")])
+    assert memory.list_sessions() == ["k"]  # queued only, not committed yet
+    assert store.get_keys() == ["k"]
+
+
+def test_keys_emptied_while_redis_is_down(make_memory: Callable[..., HybridMemory], private_redis: Any) -> None:
+    memory = make_memory(redis_url=private_redis.url, redis_timeout=0.3, health_check_interval=0.2)
+    store = HybridChatStore(memory=memory)
+    store.add_messages("a", msgs("a", 1))
+    store.add_messages("b", msgs("b", 1))
+    private_redis.kill()
+    assert store.delete_last_message("a") is not None  # straight to PostgreSQL
+    assert store.get_keys() == ["b"]
+    store.add_message("a", ChatMessage(content="while down"))
+    assert store.get_keys() == ["a", "b"]
+
+
+async def test_db_store_keys_emptied_one_message_at_a_time(make_memory: Callable[..., HybridMemory]) -> None:
+    """`get_keys` lists keys with messages of any status: emptying ACTIVE drops a key only without ARCHIVED."""
+    memory = make_memory()
+    db, store = HybridDBChatStore(memory=memory), HybridChatStore(memory=memory)
+    for key in ("a", "b", "c"):
+        await db.add_messages(key, msgs(key, 2))
+    assert await db.delete_message("a", 1) is not None and await db.delete_message("a", 0) is not None
+    assert [m.content for m in await db.delete_oldest_messages("b", 5)] == ["b-0", "b-1"]
+    assert await db.get_keys() == ["c"]
+    assert [m.content for m in await db.archive_oldest_messages("c", 2)] == ["c-0", "c-1"]
+    assert await db.get_keys() == ["c"]  # archived messages are still messages of "c"
+    assert await store.aget_keys() == []  # ...but no longer in its active conversation
+    await db.delete_messages("c", MessageStatus.ARCHIVED)
+    assert await db.get_keys() == []
 
 
 # -- serialisation -----------------------------------------------------------------------------------------
