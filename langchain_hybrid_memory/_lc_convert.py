@@ -1,9 +1,12 @@
 """LangChain messages <-> engine `Message`, and the model's view (summary + window) built from a `Context`.
 
 A LangChain message is stored as: `role` = its type ("human", "ai", "system", "tool", "chat", "function"),
-`content` = its content, `id` = its id (or a fresh one), and its other fields under `metadata["langchain"]`
-(which also marks it as ours). `tool_calls`, `tool_call_id` and `name` are copied to the top level of
-`metadata` too, where every reader looks for them (the engine's summarizer prompt, the LlamaIndex adapter).
+`content` = its content, `id` = its id (or a fresh one, which the engine needs for idempotence), and its other
+fields under `metadata["langchain"]` (which also marks it as ours). A message added without an id records
+`"id": None` there, so it comes back without one, as `InMemoryChatMessageHistory` returns it; only the agent
+middleware asks for the engine's id instead (graph state needs one, and a stable one keeps re-adds idempotent).
+`tool_calls`, `tool_call_id` and `name` are copied to the top level of `metadata` too, where every reader looks
+for them (the engine's summarizer prompt, the LlamaIndex adapter).
 Fields come from `message_to_dict` and go back through `messages_from_dict`, never `load`/`loads`: stored data
 can only ever become a plain message, not an arbitrary object.
 """
@@ -80,21 +83,24 @@ def to_engine(message: BaseMessage) -> Message:
     lc_id = data.pop("id", None)
     fields = {k: v for k, v in data.items() if not _is_empty_default(type(message), k, v)}
     mid = engine_id(lc_id)
-    if lc_id is not None and mid != lc_id:
-        fields["id"] = lc_id  # the original, which the engine could not take as its id
+    if lc_id is None or mid != lc_id:
+        fields["id"] = lc_id  # what the caller gave (None, or an id the engine could not take as its own)
     metadata: dict[str, Any] = {k: fields[k] for k in LIFTED if fields.get(k)}
     metadata[LC_KEY] = fields
     return Message(role=role, content=content, id=mid, metadata=metadata)
 
 
-def from_engine(message: Message) -> BaseMessage:
+def from_engine(message: Message, *, engine_ids: bool = False) -> BaseMessage:
     """Convert an engine `Message` back to the LangChain message it was stored from.
 
+    A message stored without an id comes back without one, unless `engine_ids` (then it carries the engine's).
     Messages written by other adapters (no LangChain fields) map by role: user/assistant/system/tool/...
     """
     fields = message.metadata.get(LC_KEY)
     if isinstance(fields, dict) and message.role in _STORED_TYPES:
         data: dict[str, Any] = {"id": message.id, **fields, "content": message.content}
+        if engine_ids and data["id"] is None:
+            data["id"] = message.id
         return messages_from_dict([{"type": message.role, "data": data}])[0]
     return _foreign(message)
 
@@ -146,7 +152,8 @@ def is_summary_message(message: BaseMessage) -> bool:
     return message.additional_kwargs.get("lc_source") == SUMMARY_SOURCE
 
 
-def build_view(context: Context, template: str = DEFAULT_SUMMARY_TEMPLATE) -> list[BaseMessage]:
+def build_view(context: Context, template: str = DEFAULT_SUMMARY_TEMPLATE, *,
+               engine_ids: bool = False) -> list[BaseMessage]:
     """What the model should see: the summary (one leading system message), then the window, oldest first.
 
     Window messages the summary already covers are left out, and so are leading ToolMessages: their AIMessage
@@ -156,7 +163,7 @@ def build_view(context: Context, template: str = DEFAULT_SUMMARY_TEMPLATE) -> li
     upto = context.summarized_upto_seq
     if upto is not None:
         engine_msgs = [m for m in engine_msgs if m.seq is None or m.seq > upto]
-    window = [from_engine(m) for m in engine_msgs]
+    window = [from_engine(m, engine_ids=engine_ids) for m in engine_msgs]
     start = 0
     while start < len(window) and isinstance(window[start], ToolMessage):
         start += 1

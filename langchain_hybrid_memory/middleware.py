@@ -126,7 +126,7 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any, Any]):
         return mark is not None and mark.get("session_id") == sid
 
     def _load_update(self, state: HybridMemoryState, sid: str, ctx: Context) -> dict[str, Any]:
-        view = build_view(ctx, self.summary_template)
+        view = build_view(ctx, self.summary_template, engine_ids=True)
         current = list(state["messages"])
         present = {m.id for m in current}
         history = [m for m in view if m.id not in present]

@@ -141,6 +141,21 @@ async def test_three_runs_remember_earlier_turns_and_a_fresh_process_sees_them(m
     assert [r["msg_id"] for r in rows] == [m.id for m in transcript] + ["h-fresh", "ai-fresh"]
 
 
+async def test_history_written_without_ids_is_loaded_once_and_never_stored_again(memory):
+    """A chain's history (no message ids) taken over by an agent: the state carries the engine's ids, so the
+    middleware recognises the loaded messages and persists only the run's new ones, on every run."""
+    HybridChatMessageHistory("handover", memory=memory).add_messages([HumanMessage("I live in Oslo"),
+                                                                       AIMessage("Noted.")])
+    model = ScriptedModel(replies=[AIMessage("Oslo.", id="ai-a"), AIMessage("Still Oslo.", id="ai-b")])
+    agent = create_agent(model, tools=[], middleware=[HybridMemoryMiddleware(memory)])
+    await agent.ainvoke({"messages": [HumanMessage("Where do I live?", id="h-a")]}, _cfg("handover"))
+    await agent.ainvoke({"messages": [HumanMessage("And now?", id="h-b")]}, _cfg("handover"))
+    assert [m.content for m in model.seen[0]] == ["I live in Oslo", "Noted.", "Where do I live?"]
+    assert all(m.id for m in model.seen[0])
+    contents = [m.content for m in _stored(memory, "handover")]
+    assert contents == ["I live in Oslo", "Noted.", "Where do I live?", "Oslo.", "And now?", "Still Oslo."]
+
+
 async def test_with_a_checkpointer_nothing_is_loaded_or_stored_twice(make_memory):
     memory = make_memory()
     replies: list[AIMessage | Exception] = [_call("c1", "Oslo"), AIMessage("Cold.", id="a1"),

@@ -154,8 +154,7 @@ async def test_rwmh_50_turns_each_way_then_a_fresh_engine_reads_postgres(make_me
     assert len(stored) == len(expected)
     for got, want in zip(stored, expected, strict=True):
         assert type(got) is type(want)  # streamed replies are stored as AIMessage, never AIMessageChunk
-        assert comparable(got, with_id=want.id is not None) == comparable(want, with_id=want.id is not None)
-        assert got.id
+        assert comparable(got) == comparable(want)  # ids included: None where the caller gave none
     # The view of the new engine (Redis refilled from PostgreSQL) is the tail, with the ids stored.
     assert [m.id for m in history.messages] == [m.id for m in stored[-window:]]
 
@@ -333,11 +332,25 @@ def test_ids_make_adds_idempotent(memory):
     history = HybridChatMessageHistory("idem", memory=memory)
     history.add_messages([HumanMessage("once", id="same"), HumanMessage("twice", id="same"), AIMessage("no id")])
     view = history.messages
-    assert [(m.id, m.content) for m in view] == [("same", "once"), (view[1].id, "no id")]
-    assert view[1].id  # a message without id gets one; it comes back with it...
-    history.add_messages(view)  # ...so writing the view back changes nothing
+    assert [(m.id, m.content) for m in view] == [("same", "once"), (None, "no id")]
+    history.add_messages(view[:1])  # an id already stored: nothing new
     memory.flush()
     assert [m.content for m in history.get_transcript().messages] == ["once", "no id"]
+
+
+async def test_messages_without_ids_come_back_without_ids(memory):
+    """As `InMemoryChatMessageHistory` and langchain-postgres return them: what was added, `==` included."""
+    history = HybridChatMessageHistory("no-ids", memory=memory)
+    sent = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello")]
+    await history.aadd_messages(sent)
+    assert await history.aget_messages() == sent
+    assert await HybridChatMessageHistory("no-ids", memory=memory).aget_messages() == sent
+    await memory.aflush()
+    await memory.ainvalidate_session("no-ids")  # from PostgreSQL too
+    assert await HybridChatMessageHistory("no-ids", memory=memory).aget_messages() == sent
+    assert (await history.aget_transcript()).messages == sent
+    # The engine still keeps an id of its own for each row (idempotent retries of the write-behind).
+    assert all(m.id for m in await memory.aget_messages("no-ids"))
 
 
 def test_unusable_ids_are_hashed_and_kept(memory):
@@ -451,3 +464,26 @@ def test_message_to_dict_is_the_stored_shape(memory):
     assert (stored.role, stored.content, stored.id) == ("ai", "x", "shape")
     assert stored.metadata == {"langchain": {"name": "n", "response_metadata": {"a": 1}}, "name": "n"}
     assert message_to_dict(HybridChatMessageHistory("shape", memory=memory).messages[0]) == message_to_dict(sent)
+
+
+def test_the_package_imports_without_langchain_cores_chat_history_base_class():
+    """langchain-core deprecates BaseChatMessageHistory (removal planned for 2.0): the engine, the agent
+    middleware and the LlamaIndex adapters must keep importing, and the history must say what to do instead."""
+    code = (
+        "import langchain_core.chat_history as ch; del ch.BaseChatMessageHistory\n"
+        "import langchain_hybrid_memory as lhm\n"
+        "from langchain_hybrid_memory import HybridMemory, HybridMemoryMiddleware\n"
+        "import llamaindex_adapter\n"
+        "HybridMemory(database_url='postgresql://u@127.0.0.1/db')\n"
+        "try:\n"
+        "    lhm.HybridChatMessageHistory\n"
+        "except ImportError as exc:\n"
+        "    print('ImportError:', exc)\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("ImportError: HybridChatMessageHistory needs"), out.stdout
+    assert "HybridMemoryMiddleware" in out.stdout and "langchain-core<2" in out.stdout
