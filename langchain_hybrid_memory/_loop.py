@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -30,17 +31,19 @@ class EngineLoop:
             return loop
         with self._lock:
             if self._loop is None:
-                ready = threading.Event()
                 loop = asyncio.new_event_loop()
 
                 def run() -> None:
                     asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
+                    try:
+                        loop.run_forever()
+                    finally:
+                        loop.close()
 
+                # Not waiting for the loop to run: callbacks scheduled before it starts run when it does, and a
+                # wait here would block the first async caller's own loop.
                 self._thread = threading.Thread(target=run, name=self._name, daemon=True)
                 self._thread.start()
-                ready.wait()
                 self._loop = loop
             return self._loop
 
@@ -66,14 +69,23 @@ class EngineLoop:
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
-    def stop(self) -> None:
+    def _request_stop(self) -> threading.Thread | None:
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
         if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        if thread is not threading.current_thread():
+            return None
+        loop.call_soon_threadsafe(loop.stop)  # the thread then closes the loop
+        return None if thread is threading.current_thread() else thread
+
+    def stop(self) -> None:
+        thread = self._request_stop()
+        if thread is not None:
             thread.join(5)
-        if not loop.is_running():
-            loop.close()
+
+    async def astop(self) -> None:
+        """`stop` for async callers: waits for the thread without blocking the caller's loop."""
+        thread = self._request_stop()
+        deadline = time.monotonic() + 5
+        while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)

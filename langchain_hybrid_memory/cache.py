@@ -7,10 +7,11 @@ a fallback to PostgreSQL; the caller never sees them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -394,8 +395,8 @@ def _make_client(config: HybridConfig, cluster: bool, *, sync: bool) -> Any:
     if url.startswith(SENTINEL_SCHEMES):
         sentinels, service, db, password, tls = parse_sentinel_url(url)
         conn = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout", "retry")}
-        conn.update(db=db, password=kwargs.get("password", password), ssl=tls)
-        probe = {"socket_timeout": config.redis_timeout, "socket_connect_timeout": config.redis_timeout}
+        conn.update(db=db, password=kwargs.get("password", password), ssl=tls, **_DRIVER)
+        probe = {"socket_timeout": config.redis_timeout, "socket_connect_timeout": config.redis_timeout, **_DRIVER}
         sentinel_cls = SyncSentinel if sync else AsyncSentinel
         # The returned client asks the sentinels for the current primary on (re)connect: failovers are
         # followed without a restart.
@@ -415,7 +416,8 @@ def _make_client(config: HybridConfig, cluster: bool, *, sync: bool) -> Any:
 
 def _cluster_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Pool options that RedisCluster accepts (it keeps one pool per node and has its own retry logic)."""
-    out = {k: v for k, v in kwargs.items() if k in ("socket_timeout", "socket_connect_timeout", "password")}
+    out = {k: v for k, v in kwargs.items()
+           if k in ("socket_timeout", "socket_connect_timeout", "password", "driver_info", "lib_version")}
     out["max_connections"] = kwargs["max_connections"]
     return out
 
@@ -439,8 +441,22 @@ async def detect_cluster(config: HybridConfig) -> bool:
         await client.aclose()
 
 
+def _driver_kwargs() -> dict[str, Any]:
+    # Given explicitly: without it, redis-py reads its package metadata (file I/O) in every Connection's
+    # constructor, which would block the event loop of whoever opens a connection.
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # redis-py before 7.1
+        return {"lib_version": syncredis.__version__}
+    return {"driver_info": DriverInfo(lib_version=syncredis.__version__)}
+
+
+_DRIVER = _driver_kwargs()
+
+
 def _pool_kwargs(config: HybridConfig, retry: Any) -> tuple[str, dict[str, Any]]:
     kwargs: dict[str, Any] = {
+        **_DRIVER,
         "socket_timeout": config.redis_timeout,
         "socket_connect_timeout": min(config.connect_timeout, max(config.redis_timeout, 0.1) * 4),
         "max_connections": config.redis_max_connections,
@@ -884,10 +900,48 @@ class RedisCache(_Calls):
         self._fill = self.client.register_script(FILL)
         self._set_summary = self.client.register_script(SET_SUMMARY)
         self._outbox_of = self.client.register_script(OUTBOX_OF)
+        self.closed = False
+        self._lifetime: AsyncGenerator[None, None] | None = None
 
     async def close(self) -> None:
+        self.closed = True
+        self._end_lifetime()
         await self._drop_pipe()
         await self.client.aclose()
+
+    def close_with_loop(self) -> None:
+        """Close this client when the running loop shuts down, so its connections never outlive their loop.
+
+        `asyncio.run`, `asyncio.Runner` and pytest-asyncio finalize a loop's async generators before closing it:
+        a generator suspended for the client's whole life is that hook.
+        """
+        async def lifetime() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                if not self.closed:
+                    await self.close()
+
+        gen = lifetime()
+        with contextlib.suppress(StopIteration):
+            gen.asend(None).send(None)  # the first step registers the generator with the running loop
+        self._lifetime = gen
+
+    def _end_lifetime(self) -> None:
+        gen, self._lifetime = self._lifetime, None
+        if gen is not None:
+            # Finishes at once (closed is set, nothing to await); from inside its own finally it is running.
+            with contextlib.suppress(StopIteration, RuntimeError):
+                gen.aclose().send(None)
+
+    def abandon(self) -> None:
+        """Forget a client whose loop no longer runs (no loop left to close its connections on)."""
+        self.closed = True
+        self._end_lifetime()
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing can be scheduled on it
+                pipe.fail(RedisConnectionError("Redis connection closed"))
 
     async def _call(self, coro: Any) -> Any:
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -124,7 +125,8 @@ class HybridMemory:
             if cfg.mode is not Mode.PERSISTENT:
                 self._cluster = await detect_cluster(cfg)
                 self._cache = RedisCache(cfg, self.keys, self._cluster, self._touches)
-                self._sync = SyncHotPath(cfg, self.keys, self._cluster, self._touches)
+                # In a thread: a Cluster client connects in its constructor (blocking sockets).
+                self._sync = await asyncio.to_thread(SyncHotPath, cfg, self.keys, self._cluster, self._touches)
             if cfg.mode is not Mode.SESSION_ONLY:
                 self._store = PostgresStore(cfg)
                 try:
@@ -191,10 +193,36 @@ class HybridMemory:
         if self._store is not None:
             await self._store.close()
 
+    def _close_loop_caches(self) -> list[asyncio.Future[None] | concurrent.futures.Future[None]]:
+        """Close the clients of the callers' loops, each on its own loop; returns the closes under way.
+
+        A loop that no longer runs cannot close anything: its client is abandoned (asyncio.run and its kin
+        already closed it when the loop shut down, see `RedisCache.close_with_loop`).
+        """
+        caches, self._loop_caches = list(self._loop_caches.items()), weakref.WeakKeyDictionary()
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        closing: list[asyncio.Future[None] | concurrent.futures.Future[None]] = []
+        for loop, cache in caches:
+            if loop is here:
+                closing.append(loop.create_task(cache.close()))
+            elif loop.is_running():
+                closing.append(asyncio.run_coroutine_threadsafe(cache.close(), loop))
+            else:
+                cache.abandon()
+        return closing
+
     def close(self, flush_timeout: float = 10.0) -> None:
         """Flush the write-behind queue (bounded by `flush_timeout`), then close connections."""
         if self._engine.in_loop():
             raise RuntimeError("use aclose() from the engine loop")
+        for fut in self._close_loop_caches():
+            # A task on this thread's own loop (a sync close inside a running loop) finishes after we return.
+            if isinstance(fut, concurrent.futures.Future):
+                with contextlib.suppress(Exception):
+                    fut.result(5)
         try:
             self._engine.run(self._close(flush_timeout), timeout=flush_timeout + 15)
         except TimeoutError:
@@ -204,13 +232,13 @@ class HybridMemory:
             atexit.unregister(self._atexit)
 
     async def aclose(self, flush_timeout: float = 10.0) -> None:
-        mine = self._loop_caches.pop(asyncio.get_running_loop(), None)
-        if mine is not None:
-            await mine.close()
+        closing = [asyncio.wrap_future(f) for f in self._close_loop_caches()]
+        if closing:
+            await asyncio.wait(closing, timeout=5)
         try:
             await self._engine.arun(self._close(flush_timeout))
         finally:
-            self._engine.stop()
+            await self._engine.astop()
             atexit.unregister(self._atexit)
 
     def __enter__(self) -> HybridMemory:
@@ -325,6 +353,7 @@ class HybridMemory:
                 self._loops_seen.add(loop)
                 return None
             cache = self._loop_caches[loop] = RedisCache(self.config, self.keys, self._cluster, self._touches)
+            cache.close_with_loop()
         return cache
 
     def _soon(self, fn: Callable[..., Any], *args: Any) -> None:

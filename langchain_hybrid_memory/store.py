@@ -7,6 +7,7 @@ no SQL is ever built from user input.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -48,8 +49,9 @@ class Row:
     created_at: float
 
 
+@functools.cache
 def migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every bundled migration, in order."""
+    """(version, name, sql) of every bundled migration, in order (read once; the files never change)."""
     out = []
     for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
         m = _MIGRATION_RE.match(entry.name)
@@ -204,6 +206,7 @@ class PostgresStore:
         if self.pool is None:
             raise StoreDown("not connected")
         applied: list[str] = []
+        bundled = await asyncio.to_thread(migrations)  # file reads, off the loop
         try:
             async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('hybrid_memory:' || $1, 0))",
@@ -213,7 +216,7 @@ class PostgresStore:
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("
                     "version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
                 done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-                for version, name, sql in migrations():
+                for version, name, sql in bundled:
                     if version in done:
                         continue
                     await conn.execute(sql)

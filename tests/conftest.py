@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,12 +13,41 @@ from typing import Any
 import asyncpg
 import pytest
 import redis
+from blockbuster import BlockBuster, blockbuster_ctx
 
 from langchain_hybrid_memory import HybridConfig, HybridMemory
 
 PG_URL = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL") or \
     "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
+# The sync API blocks by design (it waits for Redis or the engine loop); called inside a running loop (a Jupyter
+# cell, a test mixing both APIs) that is the caller's choice. Blocking anywhere else in our code is a bug.
+SYNC_API = ("langchain_hybrid_memory/memory.py",
+            {name for name, fn in vars(HybridMemory).items()
+             if callable(fn) and not name.startswith("_") and not inspect.iscoroutinefunction(fn)})
+SYNC_BRIDGE = ("langchain_hybrid_memory/_loop.py", {"run", "stop"})
+
+
+@pytest.fixture(autouse=True)
+def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster]:
+    """Any blocking call (file or socket I/O, sleep, a wait on a lock) made by our packages while an event loop
+    runs in that thread raises `BlockingError`: in async callers' loops and on the engine's own loop alike.
+
+    Calls into the sync API are exempt, unless the test is marked `strict_loop` (tests/test_event_loop.py):
+    there, an async method that reached the sync API would fail too.
+    """
+    strict = request.node.get_closest_marker("strict_loop") is not None
+    with blockbuster_ctx(["langchain_hybrid_memory", "llamaindex_adapter"]) as bb:
+        for function in bb.functions.values():
+            # asyncpg parses its connect arguments on the loop for each new connection, reading ~/.pgpass and
+            # TLS files. Every PostgreSQL connection lives on the engine's own loop, never a caller's.
+            function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
+            if not strict:
+                function.can_block_in(*SYNC_API)
+                function.can_block_in(*SYNC_BRIDGE)
+        yield bb
 
 
 def drop_namespace(namespace: str, pg_url: str = PG_URL, redis_url: str = REDIS_URL) -> None:
