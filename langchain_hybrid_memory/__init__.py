@@ -1,5 +1,7 @@
 """Chat memory for LangChain and LlamaIndex: a Redis window over PostgreSQL, with write-behind and failover."""
 
+from typing import TYPE_CHECKING
+
 from .config import HybridConfig, Mode, redact_url
 from .errors import (
     BacklogFullError,
@@ -13,10 +15,12 @@ from .errors import (
     SessionOwnershipError,
     StorageUnavailableError,
 )
-from .history import HybridChatMessageHistory, TranscriptPage
 from .memory import HybridMemory
 from .messages import Context, Message
 from .stats import CacheStats
+
+if TYPE_CHECKING:
+    from .history import HybridChatMessageHistory, TranscriptPage
 
 __all__ = [
     "BacklogFullError",
@@ -41,8 +45,11 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-# The agent middleware needs the `agents` extra (langchain >= 1): import it only when asked for.
+# Imported only when asked for: the agent middleware needs the `agents` extra (langchain >= 1), and the chat
+# history subclasses langchain-core's BaseChatMessageHistory, deprecated there and due to go in 2.0, so the
+# engine keeps importing whatever langchain-core does.
 _AGENT_NAMES = ("HybridMemoryMiddleware", "HybridSummarizer", "SummaryRecord", "HybridMemoryState")
+_HISTORY_NAMES = ("HybridChatMessageHistory", "TranscriptPage")
 
 
 def __getattr__(name: str) -> object:
@@ -50,4 +57,8 @@ def __getattr__(name: str) -> object:
         from . import middleware
 
         return getattr(middleware, name)
+    if name in _HISTORY_NAMES:
+        from . import history
+
+        return getattr(history, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,8 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
-from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage
+
+try:
+    from langchain_core.chat_history import BaseChatMessageHistory
+except ImportError as exc:  # deprecated in langchain-core 1.6.4, to be removed in 2.0
+    from importlib.metadata import version
+
+    raise ImportError(
+        f"HybridChatMessageHistory needs langchain_core.chat_history.BaseChatMessageHistory, which langchain-core "
+        f"{version('langchain-core')} no longer has. LangChain 1.x agents keep memory with "
+        "`create_agent(..., middleware=[HybridMemoryMiddleware(memory)])`; for chains with history, install "
+        "langchain-core<2.") from exc
 
 from ._lc_convert import DEFAULT_SUMMARY_TEMPLATE, build_view, from_engine, to_engine_batch
 from .memory import HybridMemory
