@@ -1,4 +1,4 @@
-"""Comparison benchmark (issue 8): ours against the LangChain / LlamaIndex chat stores and the raw floors.
+"""Comparison benchmark: ours against the LangChain / LlamaIndex chat stores and the raw floors.
 
     python benchmarks/bench_compare.py [--quick] [--json PATH] [--out-dir DIR] [--subjects a,b,...]
 
@@ -14,7 +14,7 @@ after cache loss; a chat turn (read context + add two messages); mixed load from
 
 Latencies are measured in interleaved rounds (every subject in every round, rotating who goes first), bounded
 by time per subject; every figure is also given as a ratio to the floor and to the best competitor of the same
-run (medians of per-round ratios). Prints the tables and PASS/FAIL lines for the issue's targets, and writes
+run (medians of per-round ratios). Prints the tables and PASS/FAIL lines for our targets, and writes
 JSON, a markdown table for the README and a PNG plot (default under benchmarks/results/; `compare-quick.*` for
 --quick). Everything lives in a private namespace (PostgreSQL schema + Redis key prefix), dropped at the end.
 Servers: BENCH_DATABASE_URL / DATABASE_URL and BENCH_REDIS_URL / REDIS_URL (defaults: local PostgreSQL and Redis).

@@ -1,4 +1,4 @@
-"""Run the fault-injection scenarios of issue 7 standalone and print the table.
+"""Run the fault-injection scenarios standalone and print the table.
 
     python benchmarks/fault_suite.py                 # all seven
     python benchmarks/fault_suite.py redis_kill eviction --details

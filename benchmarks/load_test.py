@@ -4,7 +4,7 @@
 
 Each process runs chat turns on random sessions of its share: read the context (what a prompt carries), then
 add a user and an assistant message. Prints throughput, latency percentiles, hit rate, Redis memory per cached
-session (against the seed's sizing table) and PostgreSQL size. Uses DATABASE_URL / REDIS_URL (default
+session (against the original design's sizing guesses) and PostgreSQL size. Uses DATABASE_URL / REDIS_URL (default
 127.0.0.1) and a namespace of its own, dropped at the end unless --keep.
 """
 
@@ -133,7 +133,7 @@ def main() -> None:
     for users, conc, seed in ((100, 50, "50 MB"), (1_000, 500, "500 MB"), (10_000, 5_000, "5 GB"),
                               (100_000, 50_000, "50 GB")):
         print(f"    sizing: {users:>7,} users / {conc:>6,} concurrent sessions -> "
-              f"{conc * per_session_kb / 1024:,.1f} MB measured (the seed's table: {seed})")
+              f"{conc * per_session_kb / 1024:,.1f} MB measured (the original design guessed {seed})")
     print(f"  PostgreSQL        {report['pg_mb']:.1f} MB ({report['pg_bytes_per_message']:.0f} bytes per message "
           "incl. indexes)")
     print(f"  median across processes: {statistics.median(res['elapsed'] for res in results):.1f} s")

@@ -17,7 +17,7 @@ _NAMESPACE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
 
 class Mode(StrEnum):
-    """Where messages live, as in the seed design."""
+    """Where messages live: Redis only, PostgreSQL only, or both (Redis window over PostgreSQL)."""
 
     SESSION_ONLY = "session_only"  # Redis only: fast, nothing survives the TTL
     PERSISTENT = "persistent"  # PostgreSQL only: durable, every read is a query
@@ -126,7 +126,7 @@ class HybridConfig(BaseModel):
     def _redis_url_ok(cls, v: Any) -> Any:
         raw = v.get_secret_value() if isinstance(v, SecretStr) else v
         if isinstance(raw, str) and "://" not in raw:
-            # The seed accepts a bare host:port.
+            # A bare host:port is accepted, as redis-cli takes one.
             raw = f"redis://{raw}"
         return raw
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics (extra `metrics`): the seed's monitoring list, read from `get_cache_stats()` on scrape.
+"""Prometheus metrics (extra `metrics`): hit rate, latency, memory, pool, backlog and summaries, read from
+`get_cache_stats()` on scrape.
 
     from prometheus_client import REGISTRY, start_http_server
     REGISTRY.register(HybridMemoryCollector(memory))

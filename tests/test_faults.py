@@ -1,4 +1,4 @@
-"""Fault injection (issue 7): nothing acknowledged is lost, one order per session, no stale read after recovery.
+"""Fault injection: nothing acknowledged is lost, one order per session, no stale read after recovery.
 
 The seven load scenarios live in `faults/scenarios.py` (real redis-server, PostgreSQL and writer processes,
 nothing mocked); each one's verdict becomes a row of the table printed at the end of this module (also written
@@ -42,7 +42,7 @@ def fault_table(request: pytest.FixtureRequest) -> Iterator[list[Outcome]]:
     yield ROWS
     if not ROWS:
         return
-    text = "\n\nFault injection (issue 7)\n" + format_table(ROWS) + "\n"
+    text = "\n\nFault injection\n" + format_table(ROWS) + "\n"
     path = Path(os.environ.get("FAULT_TABLE_FILE") or Path(tempfile.gettempdir()) / "hybrid-memory-faults.txt")
     path.write_text(text)
     capman = request.config.pluginmanager.getplugin("capturemanager")
@@ -62,7 +62,7 @@ def _run(pg: PostgresServer, scenario: Callable[[PostgresServer], Outcome]) -> O
 
 
 def _assert_exact(o: Outcome, *, max_stall: float) -> None:
-    """The acceptance lines of issue 7, for one fault."""
+    """What every fault must leave: nothing lost, no duplicate, one order, no stale read, a bounded stall."""
     why = o.summary()
     assert o.writers >= 2 and o.sessions >= 200 and o.acked >= 1000, f"the load did not happen\n{why}"
     assert o.reads >= 200, why

@@ -1,4 +1,4 @@
-"""Security and bad input (issue 7): exact round trips or typed errors, no injection, user isolation, no secret
+"""Security and bad input: exact round trips or typed errors, no injection, user isolation, no secret
 anywhere, TLS passed through, limits enforced.
 
 Real servers only: the shared ones in a private namespace, private redis-servers where a test must see (or kill)

@@ -51,7 +51,7 @@ from langchain_hybrid_memory.messages import decode_element
 WRITER = str(Path(__file__).with_name("writer.py"))
 SHARDS = 64  # HybridConfig.outbox_shards default; the writers use it too
 
-# Small bounds so that detection and recovery take well under a second (see the notes).
+# Small bounds so that detection and recovery take well under a second (short timeouts, frequent probes).
 FAST: dict[str, Any] = {
     "redis_timeout": 0.3,
     "pg_timeout": 2.0,

@@ -1,4 +1,4 @@
-"""The seven faults of issue 7, each against real processes: `scenario(pg) -> Outcome`.
+"""The faults the engine must survive, each against real processes: `scenario(pg) -> Outcome`.
 
 `pg` is a private PostgreSQL (`servers.PostgresServer`, already started) that the scenario may stop; every
 scenario starts its own private redis-server and writer processes, and leaves the servers running (or
