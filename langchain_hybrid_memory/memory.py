@@ -11,7 +11,10 @@ import atexit
 import concurrent.futures
 import contextlib
 import logging
+import os
+import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import timedelta
@@ -104,11 +107,23 @@ class HybridMemory:
         self._token_counter = token_counter
         self._summaries: SummaryWorker | None = None
         self._atexit = _register_atexit(self)
+        self._token = _register_live(self)  # names this engine in pickles taken from it
 
     def __repr__(self) -> str:
         c = self.config
         return (f"HybridMemory(mode={c.mode.value!r}, namespace={c.namespace!r}, "
                 f"redis={redact_url(c.redis_dsn())!r}, database={redact_url(c.database_dsn())!r})")
+
+    def __reduce__(self) -> tuple[Callable[[str, HybridConfig, bool], HybridMemory], tuple[str, HybridConfig, bool]]:
+        """Pickle as a handle to the engine: unpickled (or `copy.deepcopy`-ed) in this process, it is this very
+        engine (same pools, same summarizer); in another process, a new `HybridMemory(config)`, connected
+        lazily and closed at exit, shared by every object unpickled there from this engine. A closed engine
+        comes back closed (`MemoryClosedError` on use). A custom summarizer or token counter is not carried:
+        another process uses the defaults.
+
+        The pickle holds the config, and so the plain values of its secrets (`SecretStr` pickles its value):
+        treat pickled bytes like the credentials themselves."""
+        return _revive, (self._token, self.config, self._closed)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def _ensure_started(self) -> None:
@@ -1375,6 +1390,44 @@ class HybridMemory:
             return await self._need_store().migrate()
         except StoreDown as exc:
             raise self._store_down(exc) from None
+
+
+# Live engines by pickle token: unpickling in this process finds the engine itself. Weak: a pickle does not
+# keep an engine alive.
+_LIVE: weakref.WeakValueDictionary[str, HybridMemory] = weakref.WeakValueDictionary()
+_LIVE_LOCK = threading.Lock()
+
+
+def _live_after_fork() -> None:
+    # A forked child has copies of the engines but not their threads: it revives engines of its own.
+    _LIVE.clear()
+    _LIVE_LOCK.release()
+
+
+os.register_at_fork(before=_LIVE_LOCK.acquire, after_in_parent=_LIVE_LOCK.release, after_in_child=_live_after_fork)
+
+
+def _register_live(memory: HybridMemory) -> str:
+    """A new token naming `memory` in this process's registry."""
+    token = uuid.uuid4().hex
+    with _LIVE_LOCK:
+        _LIVE[token] = memory
+    return token
+
+
+def _revive(token: str, config: HybridConfig, closed: bool) -> HybridMemory:
+    """Unpickle a `HybridMemory`: the live engine `token` names in this process, else a new one from `config`
+    registered under the same token (so further unpickles here share it, and pickles of it name it)."""
+    with _LIVE_LOCK:
+        live = _LIVE.get(token)
+    if live is not None:
+        return live
+    memory = HybridMemory(config)  # no I/O until its first call
+    memory._closed = closed  # a closed engine stays closed wherever it is unpickled
+    with _LIVE_LOCK:
+        live = _LIVE.setdefault(token, memory)  # another thread may have revived it meanwhile
+    live._token = token
+    return live
 
 
 def _register_atexit(memory: HybridMemory) -> Callable[[], None]:

@@ -8,9 +8,9 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
 from llama_index.core.llms import ChatMessage
 from llama_index.core.storage.chat_store.base import BaseChatStore
 from llama_index.core.storage.chat_store.loading import RECOGNIZED_CHAT_STORES
@@ -41,6 +41,10 @@ class KeyLocks:
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._locks: weakref.WeakValueDictionary[str, _Lock] = weakref.WeakValueDictionary()
+
+    def __reduce__(self) -> tuple[type[KeyLocks], tuple[()]]:
+        # Locks belong to this process and its threads: a pickled or deep-copied store gets fresh ones.
+        return KeyLocks, ()
 
     def _get(self, name: str) -> _Lock:
         with self._guard:
@@ -179,7 +183,8 @@ def position(idx: int) -> int:
 
 
 class EngineHolder:
-    """`memory`, `close()` and `aclose()`, shared by both stores (which declare the two private attributes)."""
+    """`memory`, `close()`, `aclose()` and pickling, shared by both stores (which declare the two private
+    attributes and are pydantic models)."""
 
     if TYPE_CHECKING:
         _memory: HybridMemory
@@ -197,6 +202,16 @@ class EngineHolder:
     async def aclose(self) -> None:
         if self._owns_memory:
             await self._memory.aclose()
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pydantic's state, engine included (it pickles as a handle, see `HybridMemory.__reduce__`)."""
+        # Not LlamaIndex's BaseComponent.__getstate__: it silently drops whatever fails to pickle.
+        return BaseModel.__getstate__(cast(BaseModel, self))
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        # Not BaseComponent.__setstate__: it re-runs __init__ with the fields, which builds another engine from
+        # the environment instead of restoring the pickled one.
+        BaseModel.__setstate__(cast(BaseModel, self), state)
 
 
 class HybridChatStore(EngineHolder, BaseChatStore):
