@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -86,6 +85,5 @@ class EngineLoop:
     async def astop(self) -> None:
         """`stop` for async callers: waits for the thread without blocking the caller's loop."""
         thread = self._request_stop()
-        deadline = time.monotonic() + 5
-        while thread is not None and thread.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.002)
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 5)

@@ -40,6 +40,14 @@ def redact_url(url: str | None) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
+def _has_password(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.password is not None or "password=" in parts.query.lower()
+    except ValueError:
+        return True  # unparseable: treat as secret
+
+
 def seconds(value: Any) -> Any:
     """A timedelta as seconds; anything else unchanged (pydantic validates it)."""
     return value.total_seconds() if isinstance(value, timedelta) else value
@@ -176,6 +184,23 @@ class HybridConfig(BaseModel):
                 env[field] = value
         env.update(overrides)
         return cls(**env)
+
+    def without_secrets(self) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """(settings, withheld): every setting but the secrets, and the names of those left out.
+
+        A URL is withheld only when it carries a password; `redis_password` whenever it is set. `from_env`
+        fills the withheld ones in again from DATABASE_URL / REDIS_URL / REDIS_PASSWORD.
+        """
+        settings = self.model_dump(exclude={"database_url", "redis_url", "redis_password"})
+        withheld: list[str] = []
+        for name, url in (("database_url", self.database_dsn()), ("redis_url", self.redis_dsn())):
+            if url and _has_password(url):
+                withheld.append(name)
+            else:
+                settings[name] = url
+        if self.redis_password is not None:
+            withheld.append("redis_password")
+        return settings, tuple(withheld)
 
     # Plain accessors for the connection code: the only places secrets are unwrapped.
     def database_dsn(self) -> str | None:

@@ -38,6 +38,7 @@ from .cache import (
 from .config import HybridConfig, Mode, redact_url, seconds
 from .errors import (
     BacklogFullError,
+    ConfigurationError,
     HybridMemoryError,
     InvalidInputError,
     InvalidMessageError,
@@ -114,16 +115,17 @@ class HybridMemory:
         return (f"HybridMemory(mode={c.mode.value!r}, namespace={c.namespace!r}, "
                 f"redis={redact_url(c.redis_dsn())!r}, database={redact_url(c.database_dsn())!r})")
 
-    def __reduce__(self) -> tuple[Callable[[str, HybridConfig, bool], HybridMemory], tuple[str, HybridConfig, bool]]:
+    def __reduce__(self) -> tuple[Callable[..., HybridMemory], tuple[Any, ...]]:
         """Pickle as a handle to the engine: unpickled (or `copy.deepcopy`-ed) in this process, it is this very
-        engine (same pools, same summarizer); in another process, a new `HybridMemory(config)`, connected
-        lazily and closed at exit, shared by every object unpickled there from this engine. A closed engine
-        comes back closed (`MemoryClosedError` on use). A custom summarizer or token counter is not carried:
-        another process uses the defaults.
+        engine (same pools, same summarizer); in another process, a new `HybridMemory` from the same settings,
+        connected lazily and closed at exit, shared by every object unpickled there from this engine. A closed
+        engine comes back closed (`MemoryClosedError` on use). A custom summarizer or token counter is not
+        carried: another process uses the defaults.
 
-        The pickle holds the config, and so the plain values of its secrets (`SecretStr` pickles its value):
-        treat pickled bytes like the credentials themselves."""
-        return _revive, (self._token, self.config, self._closed)
+        A pickle never carries a secret: a URL with a password (and `redis_password`) is left out, and another
+        process takes it from DATABASE_URL / REDIS_URL / REDIS_PASSWORD, as `HybridConfig.from_env` does."""
+        settings, withheld = self.config.without_secrets()
+        return _revive, (self._token, settings, withheld, self._closed)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def _ensure_started(self) -> None:
@@ -1415,14 +1417,21 @@ def _register_live(memory: HybridMemory) -> str:
     return token
 
 
-def _revive(token: str, config: HybridConfig, closed: bool) -> HybridMemory:
-    """Unpickle a `HybridMemory`: the live engine `token` names in this process, else a new one from `config`
-    registered under the same token (so further unpickles here share it, and pickles of it name it)."""
+def _revive(token: str, settings: dict[str, Any], withheld: tuple[str, ...], closed: bool) -> HybridMemory:
+    """Unpickle a `HybridMemory`: the live engine `token` names in this process, else a new one from the
+    settings and this process's environment, registered under the same token (so further unpickles here share
+    it, and pickles of it name it)."""
     with _LIVE_LOCK:
         live = _LIVE.get(token)
     if live is not None:
         return live
-    memory = HybridMemory(config)  # no I/O until its first call
+    missing = [name for name in withheld if not os.environ.get(name.upper())]
+    if missing:
+        names = ", ".join(name.upper() for name in missing)
+        raise ConfigurationError(
+            f"this HybridMemory was pickled without its {', '.join(missing)} (a pickle never carries a password):"
+            f" set {names} in the environment of the process that unpickles it")
+    memory = HybridMemory(HybridConfig.from_env(**settings))  # no I/O until its first call
     memory._closed = closed  # a closed engine stays closed wherever it is unpickled
     with _LIVE_LOCK:
         live = _LIVE.setdefault(token, memory)  # another thread may have revived it meanwhile

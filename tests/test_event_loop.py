@@ -191,7 +191,7 @@ def test_async_methods_never_block_the_loop(cls, make_memory, blockbuster):
     assert blockbuster is not None  # the fixture is active for this test
     memory = make_memory(enable_auto_summarize=True, max_session_messages=4, summarize_chunk_size=2)
     table = calls(memory)[cls]
-    for name, call in table.items():
+    for call in table.values():
         async def twice(call: Call = call) -> None:
             await call()  # the first call on this loop
             await call()  # the loop's own connection from now on

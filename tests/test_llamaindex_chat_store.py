@@ -178,11 +178,10 @@ def test_to_dict_and_friends_carry_no_secret() -> None:
     try:
         store, db = HybridChatStore(memory=memory, user_id="alice"), HybridDBChatStore(memory=memory)
         buffer = ChatMemoryBuffer.from_defaults(chat_store=store, token_limit=1000)
-        # A pickle carries the engine's config, secrets included (see HybridMemory.__reduce__); what it
-        # unpickles to shows none.
         revived = pickle.loads(pickle.dumps(store))
         dumped = [store.to_dict(), store.to_json(), store.model_dump_json(), repr(store), str(store),
                   buffer.to_string(), buffer.to_dict(), db.model_dump(), db.model_dump_json(), repr(db),
+                  pickle.dumps(store), pickle.dumps(buffer), pickle.dumps(db),
                   repr(revived), repr(revived.memory), revived.to_json()]
         for d in dumped:
             assert SECRET not in str(d)

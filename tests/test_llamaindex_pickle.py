@@ -157,7 +157,7 @@ def test_unpickled_in_another_process_rebuilds_from_the_config(namespace: str) -
     memory = HybridMemory(config)
     closed = HybridMemory(config)
     closed.close()
-    unreachable = HybridMemory(HybridConfig(database_url=f"postgresql://app:{SECRET}@127.0.0.1:1/db",
+    unreachable = HybridMemory(HybridConfig(database_url="postgresql://app@127.0.0.1:1/db",
                                             redis_url=REDIS_URL, namespace=namespace, connect_timeout=0.5))
     try:
         buffer = ChatMemoryBuffer.from_defaults(chat_store=HybridChatStore(memory=memory), chat_store_key="k",
@@ -167,8 +167,16 @@ def test_unpickled_in_another_process_rebuilds_from_the_config(namespace: str) -
         blob = pickle.dumps({"buffer": buffer, "db": HybridDBChatStore(memory=memory),
                              "block": HybridSummaryBlock(memory=memory), "closed": closed,
                              "unreachable": unreachable})
-        assert SECRET.encode() in blob  # by design: the pickle carries the config, secrets included
+        assert SECRET.encode() not in blob  # a pickle never carries a password...
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env.pop("DATABASE_URL", None)
+        refused = subprocess.run([sys.executable, "-c", CHILD], input=blob, capture_output=True, cwd=ROOT, env=env,
+                                 timeout=60, check=False)
+        assert refused.returncode != 0
+        assert ("ConfigurationError: this HybridMemory was pickled without its database_url (a pickle never "
+                "carries a password): set DATABASE_URL") in refused.stderr.decode()
+        assert SECRET not in refused.stderr.decode()
+        env["DATABASE_URL"] = config.database_dsn() or ""  # ...another process takes it from its environment
         child = subprocess.run([sys.executable, "-c", CHILD], input=blob, capture_output=True, cwd=ROOT, env=env,
                                timeout=60, check=False)
         stdout, stderr = child.stdout.decode(), child.stderr.decode()
@@ -178,7 +186,7 @@ def test_unpickled_in_another_process_rebuilds_from_the_config(namespace: str) -
         assert out["lazy"] and out["one_engine"] and out["config"] == config.describe()
         assert out["read"] == out["archived"] == ["from the parent"]
         assert out["errors"][0] == "MemoryClosedError: this HybridMemory is closed"
-        assert out["errors"][1].startswith("StorageUnavailableError: PostgreSQL at postgresql://app:***@")
+        assert out["errors"][1].startswith("StorageUnavailableError: PostgreSQL at postgresql://app@127.0.0.1:1/db")
         assert texts(buffer.get_all()) == ["from the parent", "from the child"]  # the child's write landed
     finally:
         memory.close()
