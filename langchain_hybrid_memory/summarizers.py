@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .errors import ConfigurationError
 from .messages import Message
 
 TokenCounter = Callable[[str], int]
@@ -88,8 +90,42 @@ def prompt_for(request: SummaryRequest) -> tuple[str, str]:
     return SYSTEM_PROMPT.format(max_tokens=request.max_tokens), user
 
 
+# OpenAI's reasoning families (o1, o3-mini, o4-mini, gpt-5, gpt-5-mini, gpt-5.1, ...; "openai/o3" through a proxy,
+# "ft:o4-mini:..." fine-tuned): they refuse `max_tokens` and any temperature but the default.
+_REASONING_MODEL = re.compile(r"(?:^|[/:])(?:o\d+|gpt-5)(?:[-.:_]|$)", re.IGNORECASE)
+_STYLE_PARAMS = ("max_tokens", "max_completion_tokens", "temperature")
+
+
+def is_reasoning_model(model: str) -> bool:
+    """True for a name of OpenAI's reasoning families (o-series, gpt-5), which take `max_completion_tokens`."""
+    return _REASONING_MODEL.search(model.strip()) is not None
+
+
+def _refused_param(exc: BaseException, sent: dict[str, Any]) -> str | None:
+    """The request parameter a 400 answer refuses, if it is one of the style-dependent ones we sent."""
+    if getattr(exc, "status_code", None) != 400:
+        return None
+    candidates = [p for p in _STYLE_PARAMS if p in sent]
+    param = getattr(exc, "param", None)
+    if param in candidates:
+        return str(param)
+    # Some servers leave `param` empty and only name it in the text ("Unrecognized request argument supplied:
+    # max_completion_tokens"): look for a whole word, so max_tokens is not found inside max_completion_tokens.
+    body = getattr(exc, "body", None)
+    text = str(body.get("message") or "") if isinstance(body, dict) else ""
+    for name in candidates:
+        if re.search(rf"\b{name}\b", text):
+            return name
+    return None
+
+
 class OpenAISummarizer:
-    """The default: the `openai` async client (any OpenAI-compatible server via OPENAI_BASE_URL)."""
+    """The default: the `openai` async client (any OpenAI-compatible server via OPENAI_BASE_URL).
+
+    Classic models get `max_tokens` and `temperature`; reasoning models (o-series, gpt-5) get
+    `max_completion_tokens` and the default temperature. A deployment name may hide the family, so a 400 that
+    refuses one of those parameters switches to the other style once, for this summarizer's lifetime.
+    """
 
     def __init__(self, model: str = "gpt-4o-mini", *, client: Any | None = None, api_key: str | None = None,
                  base_url: str | None = None, timeout: float = 60.0, temperature: float = 0.0) -> None:
@@ -101,15 +137,41 @@ class OpenAISummarizer:
         self.client = client
         self.model = model
         self.temperature = temperature
+        self.reasoning_style = is_reasoning_model(model)
 
     def __repr__(self) -> str:
         return f"OpenAISummarizer(model={self.model!r})"
 
+    def _params(self, reasoning: bool, max_tokens: int) -> dict[str, Any]:
+        if reasoning:
+            return {"max_completion_tokens": max_tokens}
+        return {"max_tokens": max_tokens, "temperature": self.temperature}
+
     async def summarize(self, request: SummaryRequest) -> SummaryResult:
         system, user = prompt_for(request)
-        resp = await self.client.chat.completions.create(
-            model=self.model, temperature=self.temperature, max_tokens=request.max_tokens,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}])
+        messages: list[Any] = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        style = self.reasoning_style
+        params = self._params(style, request.max_tokens)
+        try:
+            resp = await self.client.chat.completions.create(model=self.model, messages=messages, **params)
+        except Exception as exc:
+            refused = _refused_param(exc, params)
+            if refused is None:
+                raise
+            # The name did not tell the family: the refusal does. Keep the other style for every later call.
+            style = self.reasoning_style = not style
+            retry = self._params(style, request.max_tokens)
+            try:
+                resp = await self.client.chat.completions.create(model=self.model, messages=messages, **retry)
+            except Exception as again:
+                refused_too = _refused_param(again, retry)
+                if refused_too is None:
+                    raise
+                # from None: the server's text may quote request headers (an API key); the names say enough.
+                raise ConfigurationError(
+                    f"model {self.model!r} refused both parameter styles: {refused!r} (with "
+                    f"{', '.join(sorted(params))}) and {refused_too!r} (with {', '.join(sorted(retry))}); "
+                    "check the model or deployment name") from None
         text = (resp.choices[0].message.content or "").strip()
         usage = getattr(resp, "usage", None)
         return SummaryResult(text, self.model, getattr(usage, "prompt_tokens", None),

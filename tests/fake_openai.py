@@ -1,6 +1,7 @@
 """A local HTTP server speaking the chat-completions protocol, for the real `openai` client to call.
 
-It records every request and can fail on purpose (HTTP errors, slow answers).
+It records every request and can fail on purpose (HTTP errors, slow answers), or refuse parameters the way a
+reasoning model (o-series, gpt-5) or a classic one does, with OpenAI's 400 error bodies.
 """
 
 from __future__ import annotations
@@ -11,10 +12,34 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+# What each kind of model refuses: a reasoning model `max_tokens` and any temperature but 1, a classic model (or
+# an older compatible server) `max_completion_tokens`.
+REASONING = frozenset({"max_tokens", "temperature"})
+CLASSIC = frozenset({"max_completion_tokens"})
+
+
+def refusal(body: dict[str, Any], refuse: frozenset[str]) -> dict[str, Any] | None:
+    """OpenAI's 400 body for the first refused parameter the request carries, or None."""
+    if "max_tokens" in body and "max_tokens" in refuse:
+        return {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                           "'max_completion_tokens' instead.",
+                "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}
+    if body.get("temperature", 1) != 1 and "temperature" in refuse:
+        return {"message": f"Unsupported value: 'temperature' does not support {body['temperature']} with this "
+                           "model. Only the default (1) value is supported.",
+                "type": "invalid_request_error", "param": "temperature", "code": "unsupported_value"}
+    if "max_completion_tokens" in body and "max_completion_tokens" in refuse:
+        # What servers that predate the parameter answer: no `param`, the name only in the text.
+        return {"message": "Unrecognized request argument supplied: max_completion_tokens",
+                "type": "invalid_request_error", "param": None, "code": None}
+    return None
+
 
 class FakeOpenAI:
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []  # the requests answered with a completion
+        self.received: list[dict[str, Any]] = []  # every request, refused ones included
+        self.refuse: frozenset[str] = frozenset()  # parameters answered with a 400 (REASONING, CLASSIC or both)
         self.failures: list[int | float] = []  # next answers: an HTTP status, or a delay in seconds (float)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -46,10 +71,15 @@ class FakeOpenAI:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with fake.lock:
-                    failure = fake.failures.pop(0) if fake.failures else None
-                    if failure is None or isinstance(failure, float):
+                    fake.received.append(body)
+                    refused = refusal(body, fake.refuse)
+                    failure = None if refused else (fake.failures.pop(0) if fake.failures else None)
+                    if refused is None and (failure is None or isinstance(failure, float)):
                         fake.requests.append(body)
                         n = len(fake.requests)
+                if refused is not None:
+                    self._send(400, {"error": refused})
+                    return
                 if isinstance(failure, int):
                     self._send(failure, {"error": {"message": "injected failure", "type": "server_error"}})
                     return

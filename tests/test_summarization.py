@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import traceback
 
+import openai
 import pytest
 import redis
 
-from langchain_hybrid_memory import HybridMemory, Message
+from langchain_hybrid_memory import ConfigurationError, HybridMemory, Message
 from langchain_hybrid_memory.summarize import chunk_end
-from langchain_hybrid_memory.summarizers import CallableSummarizer, OfflineSummarizer, OpenAISummarizer
+from langchain_hybrid_memory.summarizers import (
+    CallableSummarizer,
+    OfflineSummarizer,
+    OpenAISummarizer,
+    SummaryRequest,
+)
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
-from fake_openai import FakeOpenAI
+from fake_openai import CLASSIC, REASONING, FakeOpenAI
 
 SUMMARY = {"enable_auto_summarize": True, "max_session_messages": 20, "summarize_chunk_size": 30,
            "summary_retry_base": 0.1}
@@ -243,3 +251,81 @@ def test_a_lagging_summarizer_keeps_the_context_view_in_redis(make_memory):
     finally:
         gate.set()
         r.close()
+
+
+# -- OpenAI parameter styles: classic models, reasoning ones (o-series, gpt-5), names that hide which --------
+def _request() -> SummaryRequest:
+    return SummaryRequest("s", None, [Message("human", "hello"), Message("ai", "hi")], max_tokens=200)
+
+
+def _styles(llm: FakeOpenAI) -> list[dict[str, object]]:
+    """The style-dependent parameters of every request the server received, refused ones included."""
+    keys = ("max_tokens", "max_completion_tokens", "temperature")
+    return [{k: body[k] for k in keys if k in body} for body in llm.received]
+
+
+CLASSIC_STYLE = {"max_tokens": 200, "temperature": 0.0}
+REASONING_STYLE = {"max_completion_tokens": 200}
+
+
+def test_a_classic_model_gets_max_tokens_and_temperature(llm):
+    llm.refuse = CLASSIC
+    summarizer = OpenAISummarizer("gpt-4o-mini", api_key="sk-test", base_url=llm.base_url)
+    result = asyncio.run(summarizer.summarize(_request()))
+    assert result.text.startswith("summary #1: 2 messages")
+    assert _styles(llm) == [CLASSIC_STYLE]
+
+
+@pytest.mark.parametrize("model", ["o1", "o3-mini", "o4-mini", "gpt-5", "gpt-5-mini", "openai/o3"])
+def test_a_reasoning_model_gets_max_completion_tokens_and_no_temperature(llm, model):
+    llm.refuse = REASONING
+    summarizer = OpenAISummarizer(model, api_key="sk-test", base_url=llm.base_url)
+    result = asyncio.run(summarizer.summarize(_request()))
+    assert result.text.startswith("summary #1: 2 messages")
+    assert _styles(llm) == [REASONING_STYLE]  # right the first time: no refused request
+
+
+@pytest.mark.parametrize("refuse, first, then", [(REASONING, CLASSIC_STYLE, REASONING_STYLE),
+                                                 (CLASSIC, REASONING_STYLE, CLASSIC_STYLE)],
+                         ids=["reasoning-behind-a-plain-name", "classic-behind-a-gpt-5-name"])
+def test_a_name_that_hides_the_family_switches_style_once_and_remembers(llm, refuse, first, then):
+    llm.refuse = refuse
+    model = "summaries-prod" if refuse is REASONING else "gpt-5-compat-proxy"
+    summarizer = OpenAISummarizer(model, api_key="sk-test", base_url=llm.base_url)
+    assert asyncio.run(summarizer.summarize(_request())).text.startswith("summary #1")
+    assert _styles(llm) == [first, then]  # refused once, then answered
+    assert asyncio.run(summarizer.summarize(_request())).text.startswith("summary #2")
+    assert _styles(llm) == [first, then, then]  # the second call went straight to the style that works
+
+
+def test_the_engine_keeps_the_switched_style_across_summaries(make_memory, namespace, llm):
+    llm.refuse = REASONING
+    memory = make_memory(**SUMMARY, summarizer=OpenAISummarizer("summaries-prod", api_key="sk-test",
+                                                                 base_url=llm.base_url))
+    _write_turns(memory, "s", 80)
+    assert memory.wait_for_summaries(60)
+    assert len(_summaries(namespace, "s")) == 2
+    classic, reasoning = {"max_tokens": 512, "temperature": 0.0}, {"max_completion_tokens": 512}  # the default budget
+    assert _styles(llm) == [classic, reasoning, reasoning]  # one refusal for two summaries
+    assert memory.get_cache_stats().summary_failures == 0  # the switch happened inside the call
+
+
+def test_a_server_refusing_both_styles_raises_a_typed_error_naming_model_and_parameters(llm):
+    llm.refuse = REASONING | CLASSIC
+    key = "sk-test-5e3d1c0b9a8f"
+    summarizer = OpenAISummarizer("summaries-prod", api_key=key, base_url=llm.base_url)
+    with pytest.raises(ConfigurationError) as err:
+        asyncio.run(summarizer.summarize(_request()))
+    message = str(err.value)
+    assert "'summaries-prod'" in message
+    assert "'max_tokens'" in message and "'max_completion_tokens'" in message
+    assert key not in "".join(traceback.format_exception(err.value))
+    assert _styles(llm) == [CLASSIC_STYLE, REASONING_STYLE]  # one retry, no loop
+
+
+def test_a_400_about_anything_else_is_not_retried(llm):
+    llm.failures = [400]
+    summarizer = OpenAISummarizer("summaries-prod", api_key="sk-test", base_url=llm.base_url)
+    with pytest.raises(openai.BadRequestError):
+        asyncio.run(summarizer.summarize(_request()))
+    assert _styles(llm) == [CLASSIC_STYLE]
