@@ -136,9 +136,9 @@ def _redis_client(config: HybridConfig, timeout: float | None = None) -> Any:
 
     url = config.redis_dsn()
     if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
-        from .cache import _make_client
+        from .cache import make_client
 
-        return _make_client(config, False, sync=True)  # as the engine does: ask the sentinels for the primary
+        return make_client(config, False, sync=True)  # as the engine does: ask the sentinels for the primary
     kwargs: dict[str, Any] = {"socket_connect_timeout": config.connect_timeout,
                               "socket_timeout": timeout or max(config.redis_timeout, 1.0),
                               "retry": Retry(NoBackoff(), 0)}  # a diagnosis must not hide a failure by retrying
@@ -485,9 +485,9 @@ def _eviction_check(info: dict[str, Any]) -> Check:
 def _outbox_check(config: HybridConfig, cluster: bool, client: Any) -> Check:
     """How many acknowledged writes wait in the namespace's outbox streams, and how old the oldest is."""
     if cluster:  # the streams live on several nodes: use the engine's cluster client, which routes per slot
-        from .cache import _make_client
+        from .cache import make_client
 
-        client = _make_client(config, True, sync=True)
+        client = make_client(config, True, sync=True)
     try:
         streams = KeyLayout(config.namespace, config.outbox_shards).all_outboxes()
         pipe = client.pipeline(transaction=False)

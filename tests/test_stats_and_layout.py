@@ -229,3 +229,17 @@ def test_retention_purges_idle_sessions(make_memory, namespace):
     assert seen == [(1, 1)]
     assert memory.get_messages("old") == [] and memory.get_recent_messages("old") == []
     assert [m.content for m in memory.get_messages("new")] == ["y"]
+
+
+def test_package_data_names_files_that_exist():
+    """Every package-data pattern in pyproject.toml matches a file (a pattern matching nothing ships nothing)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package, patterns in data.items():
+        for pattern in patterns:
+            assert list((root / package).glob(pattern)), f"{package}/{pattern} matches no file"
+    lua = {p.stem for p in (root / "langchain_hybrid_memory" / "cache" / "lua").glob("*.lua")}
+    assert {"common", "append", "fill", "read", "set_summary", "outbox_of"} <= lua

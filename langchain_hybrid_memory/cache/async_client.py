@@ -1,0 +1,352 @@
+"""`RedisCache`: every Redis call of the engine on redis.asyncio, one instance per event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
+
+from ..config import HybridConfig
+from ..keys import KeyLayout
+from .connections import make_client
+from .protocol import (
+    AppendResult,
+    CachedContext,
+    CacheDown,
+    Commands,
+    Fill,
+    TouchLog,
+    exec_reply,
+    multi,
+    pack,
+    raise_errors,
+)
+from .scripts import APPEND, FILL, OUTBOX_OF, READ, SET_SUMMARY
+from .shared_connection import SharedConnection
+
+
+class RedisCache(Commands):
+    """Every Redis call of the engine, on redis.asyncio (one instance per event loop)."""
+
+    def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False,
+                 touches: TouchLog | None = None) -> None:
+        super().__init__(config, keys, touches)
+        self.cluster = cluster
+        self.client: Any = make_client(config, cluster, sync=False)
+        self._pipe: SharedConnection | None = None
+        self._pipe_lock = asyncio.Lock()
+        self._pipe_attempts = 0
+        # Never more calls than the pool has connections, counting the pipe's.
+        self._slots = asyncio.Semaphore(max(1, config.redis_max_connections - 1))
+        self._append = self.client.register_script(APPEND)
+        self._read = self.client.register_script(READ)
+        self._fill = self.client.register_script(FILL)
+        self._set_summary = self.client.register_script(SET_SUMMARY)
+        self._outbox_of = self.client.register_script(OUTBOX_OF)
+        self.closed = False
+        self._lifetime: AsyncGenerator[None, None] | None = None
+
+    async def close(self) -> None:
+        self.closed = True
+        self._end_lifetime()
+        await self._drop_pipe()
+        await self.client.aclose()
+
+    def close_with_loop(self) -> None:
+        """Close this client when the running loop shuts down, so its connections never outlive their loop.
+
+        `asyncio.run`, `asyncio.Runner` and pytest-asyncio finalize a loop's async generators before closing it:
+        a generator suspended for the client's whole life is that hook.
+        """
+        async def lifetime() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                if not self.closed:
+                    await self.close()
+
+        gen = lifetime()
+        with contextlib.suppress(StopIteration):
+            gen.asend(None).send(None)  # the first step registers the generator with the running loop
+        self._lifetime = gen
+
+    def _end_lifetime(self) -> None:
+        gen, self._lifetime = self._lifetime, None
+        if gen is not None:
+            # Finishes at once (closed is set, nothing to await); from inside its own finally it is running.
+            with contextlib.suppress(StopIteration, RuntimeError):
+                gen.aclose().send(None)
+
+    def abandon(self) -> None:
+        """Forget a client whose loop no longer runs (no loop left to close its connections on)."""
+        self.closed = True
+        self._end_lifetime()
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing can be scheduled on it
+                pipe.fail(RedisConnectionError("Redis connection closed"))
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            async with self._slots:
+                return await coro
+        except ResponseError:
+            raise
+        except (RedisError, OSError) as exc:
+            raise CacheDown(type(exc).__name__) from None
+
+    async def _exchange(self, cmds: list[tuple[Any, ...]], script: str | None = None) -> list[Any]:
+        """Send `cmds` on the pipe, return one reply each (single server or Sentinel). `script` as in
+        SyncHotPath._exchange; a lost connection is retried once on a new one (it may predate a restart)."""
+        data = pack(cmds)
+        for attempt in (0, 1, 2):
+            try:
+                pipe = self._pipe
+                if pipe is None or pipe.error is not None or pipe.pid != os.getpid():
+                    pipe = await self._new_pipe()
+                try:
+                    return raise_errors(await pipe.call(data, len(cmds)))
+                except ReadOnlyError:
+                    # Talking to a demoted primary (a Sentinel failover that kept connections open): a new
+                    # connection asks the sentinels again, as redis-py's Sentinel connections do.
+                    pipe.fail(RedisConnectionError("the primary is now a replica"))
+                    raise RedisConnectionError("the primary is now a replica") from None
+            except NoScriptError:
+                if script is None or attempt == 2:
+                    raise
+                await self._call(self.client.script_load(script))
+            except ResponseError:
+                raise
+            except (RedisError, OSError) as exc:
+                if attempt:
+                    raise CacheDown(type(exc).__name__) from None
+        raise AssertionError("unreachable")
+
+    async def _new_pipe(self) -> SharedConnection:
+        tried = self._pipe_attempts
+        async with self._pipe_lock:  # callers arriving together share one new connection
+            pipe = self._pipe
+            if pipe is not None and pipe.error is None and pipe.pid == os.getpid():
+                return pipe
+            if self._pipe_attempts != tried:  # it failed while this caller waited: fail with it, do not queue up
+                raise RedisConnectionError("Redis connection failed")
+            self._pipe_attempts += 1
+            await self._drop_pipe()
+            pool = self.client.connection_pool
+            conn = await pool.get_connection()
+            try:
+                SharedConnection.check(conn)
+                self._pipe = SharedConnection(conn, self.config.redis_timeout)
+            except BaseException:
+                await pool.release(conn)
+                raise
+            return self._pipe
+
+    async def _drop_pipe(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None and pipe.pid == os.getpid():
+            await pipe.close(self.client.connection_pool)
+
+    async def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if self.cluster:
+            return await self._call(script(keys=keys, args=args))
+        return (await self._exchange([("EVALSHA", script.sha, len(keys), *keys, *args)], script.script))[0]
+
+    async def _window(self, session_id: str, limit: int) -> list[Any]:
+        if self.cluster:
+            keys, args = self.read_script_args(session_id, limit)
+            return list(await self._call(self._read(keys=keys, args=args)))
+        cmds = self.read_cmds(session_id, limit)
+        return exec_reply(await self._exchange(multi(cmds)), len(cmds))
+
+    async def ping(self) -> None:
+        await self._call(self.client.ping())
+
+    async def eviction_policy(self) -> str:
+        """The server's maxmemory-policy ('' when CONFIG is not allowed, as on some managed services)."""
+        try:
+            out = await self._call(self.client.config_get("maxmemory-policy"))
+        except ResponseError:
+            return ""
+        if out and isinstance(next(iter(out.values())), dict):  # a cluster answers per node
+            out = next(iter(out.values()))
+        value = out.get("maxmemory-policy", b"") if out else b""
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
+        """None on a miss; the last seq (int) if the window is partial; else (owner, elements)."""
+        return self.read_result(await self._window(session_id, limit))
+
+    async def context(self, session_id: str) -> CachedContext | int | None:
+        """The summary fields and every cached element (None: miss; int: partial window)."""
+        return self.context_result(await self._window(session_id, 0))
+
+    async def set_summary(self, session_id: str, upto_seq: int, text: str, covered: int) -> bool:
+        keys, args = self.head(session_id, touch=False)
+        return bool(await self._eval(self._set_summary, keys, [*args, upto_seq, text, covered]))
+
+    async def append(self, session_id: str, user_id: str | None, ids: Sequence[str],
+                     payloads: Sequence[str], *, persist: bool, init: Fill | None = None) -> AppendResult | None:
+        """Append atomically; None means "not cached: load a Fill from the store and call again"."""
+        keys, args = self.append_args(session_id, user_id, ids, payloads, persist, init)
+        return self.append_result(await self._eval(self._append, keys, args), len(ids))
+
+    async def fill(self, session_id: str, fill: Fill, expect_seq: int | None = None
+                   ) -> tuple[bool, str, list[bytes]]:
+        """Cache `fill` unless somebody wrote first; returns (loaded, owner, the window now cached)."""
+        out = await self._eval(self._fill, *self._fill_args(session_id, fill, expect_seq))
+        cached = [el for _, el in fill.pairs] if out[0] == 2 else out[2:]  # 2: cached exactly as given
+        return bool(out[0]), out[1].decode("utf-8"), cached
+
+    def _fill_args(self, session_id: str, fill: Fill, expect_seq: int | None) -> tuple[list[str], list[Any]]:
+        keys, args = self.head(session_id, touch=True, fill=fill)
+        return keys, [*args, self.config.idempotency_window, "" if expect_seq is None else str(expect_seq),
+                      *self.fill_args(fill)]
+
+    async def fill_many(self, fills: dict[str, Fill]) -> int:
+        if not fills:
+            return 0
+        # Concurrent script calls rather than a pipeline: each may need its script loaded on its own node.
+        calls = [self._eval(self._fill, *self._fill_args(sid, fill, None)) for sid, fill in fills.items()]
+        return sum(1 for x in await asyncio.gather(*calls) if x[0])
+
+    async def last_seqs(self, session_ids: Sequence[str]) -> list[int]:
+        pipe = self.client.pipeline(transaction=False)
+        for sid in session_ids:
+            pipe.hget(self.keys.session(sid).meta, "seq")
+        return [int(v) if v else 0 for v in await self._call(pipe.execute())]
+
+    async def owners(self, session_ids: Sequence[str]) -> list[str | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for sid in session_ids:
+            pipe.hget(self.keys.session(sid).meta, "uid")
+        return [v.decode("utf-8") if v else None for v in await self._call(pipe.execute())]
+
+    async def drop(self, session_ids: Sequence[str]) -> None:
+        """Forget the cached windows (cache only; PostgreSQL is untouched)."""
+        if not session_ids:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for sid in session_ids:
+            k = self.keys.session(sid)
+            pipe.delete(k.window, k.meta, k.ids)
+            pipe.zrem(k.active, sid)
+        await self._call(pipe.execute())
+
+    async def active_sessions(self) -> list[str]:
+        """Sessions touched within the TTL (session_only mode has no other index)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in self.keys.all_active():
+            pipe.zrange(key, 0, -1)
+        return sorted({m.decode("utf-8") for members in await self._call(pipe.execute()) for m in members})
+
+    async def index_user(self, user_id: str, session_id: str) -> None:
+        key = self.keys.user(user_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(key, session_id)
+        pipe.pexpire(key, self._ttl_ms)
+        await self._call(pipe.execute())
+
+    async def user_sessions(self, user_id: str) -> list[str]:
+        members = await self._call(self.client.smembers(self.keys.user(user_id)))
+        return sorted(m.decode("utf-8") for m in members)
+
+    async def forget_user(self, user_id: str) -> None:
+        await self._call(self.client.delete(self.keys.user(user_id)))
+
+    async def ack(self, entries: Sequence[tuple[str, str | None, str]]) -> None:
+        """Remove entries, given as (stream, session id or None if unknown, entry id), from the outbox streams,
+        then their names from the sessions' pending sets (in that order: a name whose entry is gone is harmless,
+        see `outbox_entries`)."""
+        if not entries:
+            return
+        streams: dict[str, list[str]] = {}
+        names: dict[str, list[str]] = {}
+        for stream, sid, xid in entries:
+            streams.setdefault(stream, []).append(xid)
+            if sid is not None:
+                names.setdefault(self.keys.session(sid).pending, []).append(xid)
+        cmds = [("XDEL", s, *x) for s, x in streams.items()] + [("SREM", k, *x) for k, x in names.items()]
+        if not self.cluster:
+            await self._exchange(cmds)  # packed by hiredis: a batch acknowledges up to thousands of sessions
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for cmd in cmds:
+            pipe.execute_command(*cmd)
+        await self._call(pipe.execute())
+
+    async def orphans(self, older_than_s: float, count: int
+                      ) -> list[tuple[str, str, str, str, list[tuple[bytes, bytes]]]]:
+        """Outbox entries older than `older_than_s`: their writer died or lost its connection.
+
+        Stream ids are Redis-clock milliseconds, so age needs no extra bookkeeping.
+        """
+        secs, micros = await self._time()
+        cutoff = int(secs * 1000 + micros // 1000 - older_than_s * 1000)
+        if cutoff <= 0:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        streams = self.keys.all_outboxes()
+        for stream in streams:
+            pipe.xrange(stream, "-", str(cutoff), count=count)
+        found: list[tuple[str, str, str, str, list[tuple[bytes, bytes]]]] = []
+        for stream, entries in zip(streams, await self._call(pipe.execute()), strict=True):
+            for xid, fields in entries:
+                try:
+                    sid = fields.pop(b"s").decode("utf-8")
+                    uid = fields.pop(b"u").decode("utf-8")
+                except (KeyError, UnicodeDecodeError):
+                    sid, uid, fields = "", "", {}  # damaged: nothing to commit, and it gets deleted
+                found.append((stream, xid.decode(), sid, uid, list(fields.items())))
+        return found
+
+    async def session_outbox(self, session_id: str) -> list[tuple[str, str, bytes, str]]:
+        """(entry id, message id, element, user id) of the session's entries still in its bucket's outbox."""
+        flat = await self._eval(self._outbox_of, *self.head(session_id, touch=False))
+        out = []
+        for i in range(0, len(flat) - 1, 2):
+            xid, f = flat[i].decode(), flat[i + 1]
+            if len(f) < 4 or f[0] != b"s" or f[2] != b"u":
+                continue  # not an entry the engine wrote: the janitor sets it aside
+            uid = f[3].decode("utf-8", "replace")
+            out += [(xid, f[j].decode("utf-8", "replace"), f[j + 1], uid) for j in range(4, len(f) - 1, 2)]
+        return out
+
+    async def forget_outbox(self, session_ids: Sequence[str]) -> None:
+        """Delete every outbox entry of these sessions (any writer's): part of erasing them."""
+        for sid in session_ids:
+            stream = self.keys.session(sid).outbox
+            await self.ack([(stream, sid, xid) for xid in sorted({x for x, _, _, _ in await self.session_outbox(sid)})])
+
+    async def outbox_depth(self) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.keys.all_outboxes():
+            pipe.xlen(stream)
+        return sum(await self._call(pipe.execute()))
+
+    async def cached_sessions(self) -> int:
+        secs, _ = await self._time()
+        cutoff = (secs - self.config.session_ttl) * 1000
+        pipe = self.client.pipeline(transaction=False)
+        for key in self.keys.all_active():
+            pipe.zremrangebyscore(key, "-inf", cutoff)
+            pipe.zcard(key)
+        out = await self._call(pipe.execute())
+        return sum(out[1::2])
+
+    async def memory_mb(self) -> float:
+        info = await self._call(self.client.info("memory"))
+        if "used_memory" not in info:  # a cluster answers per node: add them up
+            return sum(float(v.get("used_memory", 0)) for v in info.values() if isinstance(v, dict)) / 2**20
+        return float(info.get("used_memory", 0)) / (1024 * 1024)
+
+    async def _time(self) -> tuple[int, int]:
+        out = await self._call(self.client.time())
+        if isinstance(out, dict):  # a cluster may answer per node
+            out = next(iter(out.values()))
+        return int(out[0]), int(out[1])

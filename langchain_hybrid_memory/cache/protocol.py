@@ -1,0 +1,231 @@
+"""Redis commands and replies without I/O: what the sync and async clients send, and how replies are read.
+
+Both clients drive the same `Commands` (arguments of every hot-path call, parsing of every reply); only the
+exchange differs (`sync_client.py` blocks on a kept connection, `async_client.py` awaits the shared one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+from redis._parsers import BaseParser
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..config import HybridConfig
+from ..keys import KeyLayout
+from ..messages import CorruptEntry
+from .scripts import CONTEXT_FIELDS, READ_FIELDS
+
+
+class CacheDown(Exception):
+    """Redis could not be reached (or timed out)."""
+
+
+class OwnershipConflict(Exception):
+    def __init__(self, owner: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
+
+
+@dataclass(slots=True)
+class Fill:
+    """A window as loaded from PostgreSQL, ready to cache."""
+
+    base_seq: int
+    owner: str | None
+    pairs: list[tuple[str, bytes]]  # (message id, element, see messages.element) oldest first
+    partial: bool = False  # PostgreSQL was unreachable: older history is missing from this window
+    sum_upto: int = 0  # the latest summary covers messages up to this seq
+    sum_text: str = ""
+    unsum: int = 0  # messages stored after the summary
+    floor: int = 0  # a tombstone: outbox entries at or below it were deleted
+
+
+@dataclass(slots=True)
+class CachedContext:
+    owner: str
+    sum_upto: int
+    sum_text: str
+    unsum: int  # how many messages follow the summary: the cache covers them all only if it holds that many
+    elements: list[bytes]
+
+
+@dataclass(slots=True)
+class AppendResult:
+    bound: bool  # the session was bound to the user by this call
+    xid: str
+    due: bool  # enough messages follow the summary for the next one
+    seqs: list[int]
+    new: list[bool]
+
+
+
+class TouchLog:
+    """When this process last slid each session's TTLs (a bounded map, shared by all clients of one memory).
+
+    A TTL slid at t keeps the keys until t + ttl, so sliding at most every ttl/10 keeps every key alive for at
+    least 0.9 x ttl after its last use, and spares most calls three PEXPIREs and a ZADD. Keys are only ever
+    created by a fill or an append, and both set their TTL, so a skipped slide never leaves a key without one.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self._every = ttl_s / 10
+        self._last: dict[str, float] = {}
+
+    def due(self, session_id: str) -> bool:
+        now = time.monotonic()
+        last = self._last.get(session_id)
+        if last is not None and now - last < self._every:
+            return False
+        if len(self._last) >= 100_000:  # bounded: a long-running process sees unbounded session ids
+            self._last.clear()
+        self._last[session_id] = now
+        return True
+
+
+class Commands:
+    """Arguments and result parsing of the hot-path calls, shared by the async and sync clients."""
+
+    def __init__(self, config: HybridConfig, keys: KeyLayout, touches: TouchLog | None) -> None:
+        self.config = config
+        self.keys = keys
+        self._ttl_ms = int(config.session_ttl * 1000)
+        self._capacity = config.cache_capacity
+        self._ceiling = config.cache_ceiling
+        self._threshold = config.summary_threshold
+        self.touches = touches or TouchLog(config.session_ttl)
+
+    def head(self, session_id: str, touch: bool | None = None, fill: Fill | None = None
+             ) -> tuple[list[str], list[Any]]:
+        """Every script's KEYS and first ARGV. A `fill` may hold more than the capacity (summaries lagging):
+        the capacity passed is then its size, so the script keeps all of it."""
+        k = self.keys.session(session_id)
+        if touch is None:
+            touch = self.touches.due(session_id)
+        cap = self._capacity if fill is None else max(self._capacity, len(fill.pairs))
+        return list(k.all), [session_id, self._ttl_ms, cap, self._threshold, 1 if touch else 0]
+
+    def read_cmds(self, session_id: str, limit: int) -> list[tuple[Any, ...]]:
+        """The commands of one read, run as a MULTI: meta fields, length, elements (limit 0: all, with the
+        summary fields), then the TTL slide when due."""
+        k = self.keys.session(session_id)
+        cmds: list[tuple[Any, ...]] = [("HMGET", k.meta, *(CONTEXT_FIELDS if limit == 0 else READ_FIELDS)),
+                                       ("LLEN", k.window), ("LRANGE", k.window, -limit, -1)]
+        if self.touches.due(session_id):
+            ttl = self._ttl_ms
+            cmds += [("PEXPIRE", k.window, ttl), ("PEXPIRE", k.meta, ttl), ("PEXPIRE", k.ids, ttl),
+                     ("ZADD", k.active, int(time.time() * 1000), session_id)]
+        return cmds
+
+    def read_script_args(self, session_id: str, limit: int) -> tuple[list[str], list[Any]]:
+        """The READ script's arguments for the same read (Redis Cluster)."""
+        keys, args = self.head(session_id)
+        return keys, [*args, -limit, *(CONTEXT_FIELDS if limit == 0 else READ_FIELDS)]
+
+    @staticmethod
+    def _read_common(out: list[Any]) -> list[Any] | int | None:
+        """The meta fields of a hit; None on a miss, the last seq on a partial window."""
+        if any(isinstance(x, Exception) for x in out):
+            raise CorruptEntry("corrupt cache entry (wrong key type)")
+        meta, length = out[0], out[1]
+        if meta[0] is None:
+            return None
+        try:
+            if meta[1] is not None:
+                return int(meta[0])
+            if meta[3] is None or int(meta[3]) != length:
+                # Redis evicted part of the session (any policy but noeviction): never serve it short
+                raise CorruptEntry("damaged cache entry (window length)")
+        except ValueError:
+            raise CorruptEntry("corrupt cache entry (meta)") from None
+        return meta  # type: ignore[no-any-return]
+
+    def read_result(self, out: list[Any]) -> tuple[str, list[bytes]] | int | None:
+        meta = self._read_common(out)
+        if meta is None or isinstance(meta, int):
+            return meta
+        try:
+            return (meta[2] or b"").decode("utf-8"), out[2]
+        except UnicodeDecodeError:
+            raise CorruptEntry("corrupt cache entry (owner)") from None
+
+    def context_result(self, out: list[Any]) -> CachedContext | int | None:
+        meta = self._read_common(out)
+        if meta is None or isinstance(meta, int):
+            return meta
+        try:
+            return CachedContext((meta[2] or b"").decode("utf-8"), int(meta[4] or 0),
+                                 (meta[5] or b"").decode("utf-8"), int(meta[6] or 0), out[2])
+        except (UnicodeDecodeError, ValueError):
+            raise CorruptEntry("corrupt cache entry (summary fields)") from None
+
+    @staticmethod
+    def fill_args(fill: Fill) -> list[Any]:
+        args: list[Any] = [fill.base_seq, fill.owner or "", 1 if fill.partial else 0, fill.sum_upto,
+                           fill.sum_text, fill.unsum, fill.floor, len(fill.pairs)]
+        for msg_id, element in fill.pairs:
+            args += (msg_id, element)
+        return args
+
+    def append_args(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str],
+                    persist: bool, init: Fill | None) -> tuple[list[str], list[Any]]:
+        keys, args = self.head(session_id, fill=init)
+        args += [self.config.idempotency_window, 1 if persist else 0, user_id or "", 1 if init else 0,
+                 self._ceiling]
+        if init is not None:
+            args += self.fill_args(init)
+        args.append(len(ids))
+        for msg_id, payload in zip(ids, payloads, strict=True):
+            args += (msg_id, payload)
+        return keys, args
+
+    @staticmethod
+    def append_result(out: Any, n: int) -> AppendResult | None:
+        status = out[0]
+        if status == -1:
+            return None
+        if status == -2:
+            raise OwnershipConflict(out[1].decode("utf-8"))
+        return AppendResult(bound=status == 2, xid=out[1].decode() if out[1] else "", due=out[2] == 1,
+                            seqs=[int(s) for s in out[3:3 + n]], new=[s == b"1" for s in out[3 + n:3 + 2 * n]])
+
+
+
+# Connection errors worth one retry on a fresh connection (a pooled one may predate a Redis restart), as the
+# clients' own Retry(NoBackoff(), 1) does for single commands.
+RETRY = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def pack(cmds: list[tuple[Any, ...]]) -> bytes:
+    """The wire bytes of `cmds`: hiredis's packer is a C call per command; redis.asyncio packs in pure Python
+    (about 1 µs per argument)."""
+    return b"".join([hiredis.pack_command(c) for c in cmds])
+
+
+_parse_error: Any = BaseParser.parse_error  # error reply -> the exception class redis-py would raise
+
+
+def raise_errors(replies: list[Any]) -> list[Any]:
+    """Raise the first top-level error reply as redis-py would (NOSCRIPT -> NoScriptError, ...)."""
+    for r in replies:
+        if isinstance(r, hiredis.ReplyError):
+            raise _parse_error(str(r))
+    return replies
+
+
+
+def multi(cmds: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [("MULTI",), *cmds, ("EXEC",)]
+
+
+def exec_reply(replies: list[Any], n: int) -> list[Any]:
+    """The EXEC reply of a `multi` exchange (errors inside it are values, as in a pipeline)."""
+    out = replies[-1]
+    if not isinstance(out, list) or len(out) != n:
+        raise RedisConnectionError("unexpected MULTI reply")
+    return out

@@ -1,0 +1,158 @@
+"""`SyncHotPath`: the hot calls for the sync API, on a blocking client and connections kept between calls."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from ..config import HybridConfig
+from ..keys import KeyLayout
+from .connections import make_client
+from .protocol import (
+    RETRY,
+    AppendResult,
+    CachedContext,
+    CacheDown,
+    Commands,
+    TouchLog,
+    exec_reply,
+    multi,
+    pack,
+)
+from .scripts import APPEND, READ
+
+
+class KeptConnections:
+    """Connections the sync hot path keeps between two calls instead of handing them back to the pool.
+
+    A pool round (lock, a readiness check that costs a syscall, release) takes about 30 µs of CPU per call;
+    a kept connection is used as it is, and any error drops it. At most `cap` are kept (so the pool always
+    has room for the other calls); none survive a fork.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._conns: list[Any] = []
+        self._pid = os.getpid()
+
+    def take(self) -> Any | None:
+        if self._pid != os.getpid():  # a forked child must not talk on its parent's sockets
+            self._conns, self._pid = [], os.getpid()
+        try:
+            return self._conns.pop()
+        except IndexError:  # empty (another thread may have taken the last one)
+            return None
+
+    def keep(self, conn: Any) -> bool:
+        if len(self._conns) >= self.cap:
+            return False
+        self._conns.append(conn)
+        return True
+
+    def drain(self) -> list[Any]:
+        conns, self._conns = self._conns, []
+        return conns
+
+
+def kept_cap(config: HybridConfig) -> int:
+    return config.redis_max_connections // 8  # the blocking pool keeps the rest for the threads' other calls
+
+
+
+class SyncHotPath(Commands):
+    """The two hot calls (read a window, append) on a blocking client, for the sync API.
+
+    A sync caller then pays one Redis round trip, not a hop to the engine thread and back. On a single server
+    or Sentinel the commands are packed and sent on one of the client's connections, kept between calls
+    (`KeptConnections`): redis-py's command and pipeline objects cost more Python than the round trip itself, for the
+    same bytes on the wire.
+    """
+
+    def __init__(self, config: HybridConfig, keys: KeyLayout, cluster: bool = False,
+                 touches: TouchLog | None = None) -> None:
+        super().__init__(config, keys, touches)
+        self.cluster = cluster
+        self.client: Any = make_client(config, cluster, sync=True)
+        self._idle = KeptConnections(kept_cap(config))
+        self._append = self.client.register_script(APPEND)  # Cluster: the client routes and loads scripts
+        self._read = self.client.register_script(READ)
+
+    def close(self) -> None:
+        self._drop_idle()
+        self.client.close()
+
+    def _drop_idle(self) -> None:
+        for conn in self._idle.drain():
+            conn.disconnect()
+            self.client.connection_pool.release(conn)
+
+    def _exchange(self, cmds: list[tuple[Any, ...]], script: str | None = None) -> list[Any]:
+        """Send `cmds` in one write, read one reply each. `script`: the source of an EVALSHA among them, loaded
+        and retried once if the server does not know it (a restart, SCRIPT FLUSH)."""
+        for attempt in (0, 1, 2):
+            try:
+                return self._exchange_once(cmds)
+            except NoScriptError:
+                if script is None or attempt == 2:
+                    raise
+                self.client.script_load(script)
+            except RETRY:
+                if attempt:
+                    raise
+                self._drop_idle()  # kept connections may all predate a Redis restart: retry on a fresh one
+        raise AssertionError("unreachable")
+
+    def _exchange_once(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        pool = self.client.connection_pool
+        conn = self._idle.take()
+        if conn is None:
+            conn = pool.get_connection()
+        try:
+            conn.send_packed_command([pack(cmds)])
+            out = [conn.read_response() for _ in cmds]
+        except BaseException:
+            conn.disconnect()  # a half-read reply must not reach the next user of this connection
+            pool.release(conn)
+            raise
+        if not self._idle.keep(conn):
+            pool.release(conn)
+        return out
+
+    def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA of a registered script (the Cluster client routes it and loads it itself)."""
+        if self.cluster:
+            return script(keys=keys, args=args)
+        return self._exchange([("EVALSHA", script.sha, len(keys), *keys, *args)], script.script)[0]
+
+    def _window(self, session_id: str, limit: int) -> list[Any]:
+        """One read's reply: [meta fields, length, elements, ...], errors inside it returned as values."""
+        try:
+            if self.cluster:
+                keys, args = self.read_script_args(session_id, limit)
+                return list(self._read(keys=keys, args=args))
+            cmds = self.read_cmds(session_id, limit)
+            return exec_reply(self._exchange(multi(cmds)), len(cmds))
+        except ResponseError:
+            raise
+        except (RedisError, OSError) as exc:
+            raise CacheDown(type(exc).__name__) from None
+
+    def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
+        return self.read_result(self._window(session_id, limit))
+
+    def context(self, session_id: str) -> CachedContext | int | None:
+        return self.context_result(self._window(session_id, 0))
+
+    def append(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str], *,
+               persist: bool) -> AppendResult | None:
+        keys, args = self.append_args(session_id, user_id, ids, payloads, persist, None)
+        try:
+            out = self._eval(self._append, keys, args)
+        except ResponseError:
+            raise
+        except (RedisError, OSError) as exc:
+            raise CacheDown(type(exc).__name__) from None
+        return self.append_result(out, len(ids))
