@@ -169,6 +169,7 @@ class PostgresStore:
         self.config = config
         self.schema = config.namespace
         self.pool: asyncpg.Pool | None = None
+        self._probe: Any = None  # the one plain connection of `probe`
 
     async def connect(self) -> None:
         cfg = self.config
@@ -185,6 +186,9 @@ class PostgresStore:
             raise StoreDown(type(exc).__name__) from None
 
     async def close(self) -> None:
+        if self._probe is not None:
+            probe, self._probe = self._probe, None
+            await probe.close()
         if self.pool is not None:
             try:
                 await asyncio.wait_for(self.pool.close(), self.config.pg_timeout)
@@ -241,12 +245,6 @@ class PostgresStore:
             await conn.execute(f"CREATE TABLE messages_p{i} PARTITION OF messages"
                                f" FOR VALUES WITH (MODULUS {int(n)}, REMAINDER {i})")
         await conn.execute("DROP TABLE messages_unpartitioned")
-
-    async def schema_version(self) -> int:
-        exists = await self._run("fetchval", "SELECT to_regclass('schema_migrations') IS NOT NULL")
-        if not exists:
-            return 0
-        return int(await self._run("fetchval", "SELECT coalesce(max(version), 0) FROM schema_migrations"))
 
     # -- write path --------------------------------------------------------------------------------------
     async def persist(self, rows: Sequence[Row], users: Sequence[str]) -> list[Row]:
@@ -396,13 +394,6 @@ class PostgresStore:
     async def owner(self, session_id: str) -> tuple[bool, str | None]:
         rec = await self._run("fetchrow", "SELECT user_id FROM sessions WHERE session_id = $1", session_id)
         return (rec is not None, rec[0] if rec else None)
-
-    async def count(self, session_id: str) -> int:
-        return int(await self._run("fetchval", "SELECT count(*) FROM messages WHERE session_id = $1", session_id))
-
-    async def max_seq(self, session_id: str) -> int:
-        return int(await self._run(
-            "fetchval", "SELECT coalesce(max(seq), 0) FROM messages WHERE session_id = $1", session_id))
 
     # -- deletes and indexes -----------------------------------------------------------------------------
     async def delete_sessions(self, session_ids: Sequence[str], upto: Sequence[int]) -> int:
@@ -556,3 +547,48 @@ class PostgresStore:
             return 0, 0
         size = self.pool.get_size()
         return size - self.pool.get_idle_size(), size
+
+    # -- diagnosis (the command line's doctor and pre-checks) --------------------------------------------
+    # On one plain connection, never the pool: no session settings (the pool's plan_cache_mode needs
+    # PostgreSQL 12, which doctor checks for), so names are schema-qualified; and asyncpg's errors come through
+    # as raised, so the CLI can tell a wrong password from a missing database.
+    @classmethod
+    async def probe(cls, config: HybridConfig) -> PostgresStore:
+        """A store on one short-lived connection, for the methods below; `close` ends it."""
+        store = cls(config)
+        store._probe = await asyncio.wait_for(
+            asyncpg.connect(config.database_dsn(), timeout=config.connect_timeout), config.connect_timeout * 2)
+        return store
+
+    def _probed(self) -> Any:
+        if self._probe is None:
+            raise StoreDown("not connected (PostgresStore.probe)")
+        return self._probe
+
+    async def server_info(self) -> tuple[str, str, int, str]:
+        """(current user, database, server_version_num, server_version)."""
+        user, database, number, version = await self._probed().fetchrow(
+            "SELECT current_user, current_database(), current_setting('server_version_num')::int,"
+            " current_setting('server_version')")
+        return str(user), str(database), int(number), str(version)
+
+    async def ping(self) -> None:
+        await self._probed().fetchval("SELECT 1")
+
+    async def schema_version(self) -> int:
+        """The namespace's applied migration version; 0 when it has no schema."""
+        conn = self._probed()
+        if await conn.fetchval("SELECT to_regclass($1)", f'"{self.schema}".schema_migrations') is None:
+            return 0
+        return int(await conn.fetchval(f'SELECT coalesce(max(version), 0) FROM "{self.schema}".schema_migrations'))
+
+    async def may_create_schema(self) -> bool:
+        """Whether the current user may create a schema (the namespace) in this database."""
+        return bool(await self._probed().fetchval("SELECT has_database_privilege(current_database(), 'CREATE')"))
+
+    async def tables_not_writable(self) -> list[str]:
+        """The namespace's tables the current user may not read and write, by name."""
+        return [r[0] for r in await self._probed().fetch(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1"
+            " AND c.relkind = 'r' AND NOT has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE') ORDER BY 1",
+            self.schema)]
