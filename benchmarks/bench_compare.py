@@ -44,14 +44,12 @@ import asyncpg
 import redis
 import redis.asyncio as aioredis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 
 from _common import PG_URL, REDIS_URL, cpu_model, drop_namespace, new_namespace, ratio, text
 from compare import report
 from compare.runner import Budget, LoadPoint, Result, Timed, interleave, load_async, load_ratio, load_threads
 from compare.subjects import ALL, COMPETITORS, FloorPG, LCPostgres, LIPostgres, Subject, World
-
-from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 
 WINDOW = 30
 TARGET_HOT = 1.5  # hot read and add: p50 within this factor of the raw Redis round trip

@@ -28,7 +28,7 @@ import asyncpg
 import redis
 import redis.asyncio as aioredis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 
 from _common import (
     PG_URL,
@@ -48,8 +48,6 @@ from _common import (
     text,
     times,
 )
-
-from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 
 WINDOW = 30
 SHAPES = (10, 100, 1000)

@@ -4,22 +4,19 @@
     python benchmarks/fault_suite.py redis_kill eviction --details
 
 Each scenario starts its own redis-server and writer processes; one private PostgreSQL cluster (initdb on a
-free port, as `tests/servers.py` does) serves them all and is stopped by the `pg_stop` scenario. Nothing here
-touches the shared servers. The same scenarios run under pytest in `tests/test_faults.py` (and CI).
+free port, `hybrid_memory_testing.servers.PostgresServer`) serves them all and is stopped by the `pg_stop`
+scenario. Nothing here touches the shared servers. The same scenarios run under pytest in `tests/test_faults.py`
+(and CI). The scenarios come from the test-support package `hybrid_memory_testing` (tests/hybrid_memory_testing/),
+installed with the project: `pip install -e ".[all]"`.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from faults.harness import Outcome, format_table
-from faults.scenarios import ALL
-
-from servers import PostgresServer
+from hybrid_memory_testing.faults.harness import Outcome, format_table
+from hybrid_memory_testing.faults.scenarios import ALL
+from hybrid_memory_testing.servers import PostgresServer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,7 +123,7 @@ def pg_fetch(sql: str, *args: Any, url: str = PG_URL) -> list[asyncpg.Record]:
 @pytest.fixture
 def private_redis() -> Iterator[Any]:
     """A redis-server of this test's own, on a free port, that the test may kill."""
-    from servers import RedisServer
+    from hybrid_memory_testing.servers import RedisServer
 
     server = RedisServer().start()
     yield server
@@ -133,7 +133,7 @@ def private_redis() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def private_pg() -> Iterator[Any]:
     """A PostgreSQL cluster of this module's own, on a free port, that tests may stop and start."""
-    from servers import PostgresServer
+    from hybrid_memory_testing.servers import PostgresServer
 
     server = PostgresServer().init().start()
     yield server

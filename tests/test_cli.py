@@ -22,7 +22,7 @@ from langchain_hybrid_memory.keys import KeyLayout
 from langchain_hybrid_memory.store import migrations
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
-from servers import RedisServer, free_port
+from hybrid_memory_testing.servers import RedisServer, free_port
 
 LATEST = max(v for v, _, _ in migrations())
 

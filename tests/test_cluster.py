@@ -11,7 +11,7 @@ import pytest
 from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 
 from conftest import PG_URL, pg_fetch
-from servers import RedisClusterServers
+from hybrid_memory_testing.servers import RedisClusterServers
 
 
 @pytest.fixture(scope="module")

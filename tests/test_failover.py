@@ -22,7 +22,7 @@ from langchain_hybrid_memory import (
 )
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
-from servers import wait_port
+from hybrid_memory_testing.servers import wait_port
 
 FAST = {"redis_timeout": 0.3, "health_check_interval": 0.2, "pg_timeout": 2.0, "connect_timeout": 1.0}
 

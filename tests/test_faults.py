@@ -1,10 +1,11 @@
 """Fault injection: nothing acknowledged is lost, one order per session, no stale read after recovery.
 
-The seven load scenarios live in `faults/scenarios.py` (real redis-server, PostgreSQL and writer processes,
-nothing mocked); each one's verdict becomes a row of the table printed at the end of this module (also written
-to $FAULT_TABLE_FILE, default <tmp>/hybrid-memory-faults.txt). `python benchmarks/fault_suite.py` runs the same
-scenarios standalone. Below them: deterministic versions of the cache faults (corruption, single-key eviction)
-that pin each failure mode down, a test of the proxy, and tests that the verdict itself can fail.
+The seven load scenarios live in `hybrid_memory_testing.faults.scenarios` (real redis-server, PostgreSQL and
+writer processes, nothing mocked); each one's verdict becomes a row of the table printed at the end of this
+module (also written to $FAULT_TABLE_FILE, default <tmp>/hybrid-memory-faults.txt).
+`python benchmarks/fault_suite.py` runs the same scenarios standalone. Below them: deterministic versions of the
+cache faults (corruption, single-key eviction) that pin each failure mode down, a test of the proxy, and tests
+that the verdict itself can fail.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
-from faults import scenarios
-from faults.harness import FAST, FaultRun, Op, Outcome, format_table, read_log
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from tcp_proxy import TcpProxy
 
 from langchain_hybrid_memory import HybridConfig, HybridMemory, HybridMemoryError, Message
 from langchain_hybrid_memory.messages import decode_element
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
-from servers import PostgresServer
+from hybrid_memory_testing.faults import scenarios
+from hybrid_memory_testing.faults.harness import FAST, FaultRun, Op, Outcome, format_table, read_log
+from hybrid_memory_testing.servers import PostgresServer
+from hybrid_memory_testing.tcp_proxy import TcpProxy
 
 ROWS: list[Outcome] = []
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from langchain_hybrid_memory import Message
 from langchain_hybrid_memory.metrics import HybridMemoryCollector
 
-from servers import free_port
+from hybrid_memory_testing.servers import free_port
 
 
 def test_scrape(make_memory, namespace):

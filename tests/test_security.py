@@ -47,7 +47,7 @@ from langchain_hybrid_memory.messages import encode
 from langchain_hybrid_memory.summarizers import OfflineSummarizer, OpenAISummarizer
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
-from servers import NoTLSRedisError, PostgresServer, TLSRedisServer, free_port, in_ci
+from hybrid_memory_testing.servers import NoTLSRedisError, PostgresServer, TLSRedisServer, free_port, in_ci
 
 HYPO = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -564,7 +564,7 @@ def _no_secret(text: str, where: str) -> None:
 
 @pytest.fixture
 def auth_redis() -> Iterator[Any]:
-    from servers import RedisServer
+    from hybrid_memory_testing.servers import RedisServer
 
     server = RedisServer("--requirepass", REDIS_SECRET).start()
     yield server

@@ -12,7 +12,7 @@ from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 from langchain_hybrid_memory.cache import parse_sentinel_url
 
 from conftest import PG_URL, pg_fetch
-from servers import SentinelSetup
+from hybrid_memory_testing.servers import SentinelSetup
 
 
 def test_parse_sentinel_url():

@@ -25,7 +25,7 @@ from langchain_hybrid_memory.summarizers import (
 )
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
-from fake_openai import CLASSIC, REASONING, FakeOpenAI
+from hybrid_memory_testing.fake_openai import CLASSIC, REASONING, FakeOpenAI
 
 SUMMARY = {"enable_auto_summarize": True, "max_session_messages": 20, "summarize_chunk_size": 30,
            "summary_retry_base": 0.1}

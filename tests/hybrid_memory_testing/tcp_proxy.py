@@ -15,7 +15,7 @@ import contextlib
 import threading
 from types import TracebackType
 
-from servers import free_port
+from .servers import free_port
 
 
 class TcpProxy:

@@ -1,9 +1,9 @@
 """The faults the engine must survive, each against real processes: `scenario(pg) -> Outcome`.
 
-`pg` is a private PostgreSQL (`servers.PostgresServer`, already started) that the scenario may stop; every
-scenario starts its own private redis-server and writer processes, and leaves the servers running (or
-restarted) as it found them. Timings are short on purpose (the whole suite must stay within minutes) but each
-fault lasts several detection periods of the configured bounds (`FAST`).
+`pg` is a private PostgreSQL (`hybrid_memory_testing.servers.PostgresServer`, already started) that the
+scenario may stop; every scenario starts its own private redis-server and writer processes, and leaves the
+servers running (or restarted) as it found them. Timings are short on purpose (the whole suite must stay within
+minutes) but each fault lasts several detection periods of the configured bounds (`FAST`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 
 import redis
-from tcp_proxy import TcpProxy
 
+from ..servers import PostgresServer, RedisServer, wait_port
+from ..tcp_proxy import TcpProxy
 from .harness import FaultRun, Outcome, pg_fetch, read_log
-from servers import PostgresServer, RedisServer, wait_port
 
 
 def _load_for(run: FaultRun, seconds: float) -> None:
