@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import inspect
 import os
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -118,6 +119,13 @@ def pg_fetch(sql: str, *args: Any, url: str = PG_URL) -> list[asyncpg.Record]:
     # A thread of its own: callers may be inside a running event loop (async tests).
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, run()).result()
+
+
+def valid_id(value: Any, limit: int) -> bool:
+    """The engine's documented rule for session and user ids: a string of 1 to `limit` characters, without
+    control characters (NUL included) or lone surrogates."""
+    return isinstance(value, str) and 1 <= len(value) <= limit and \
+        not any(unicodedata.category(c) in ("Cc", "Cs") for c in value)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Failover: Redis down or cut -> PostgreSQL serves, no error, no stale cache after; PostgreSQL down ->
-writes keep being acknowledged up to the backlog limit, cold reads raise a typed error; nothing hangs."""
+writes keep being acknowledged up to the backlog limit, cold reads raise a typed error; nothing hangs.
+PostgreSQL unreachable from the start is a typed error too."""
 
 from __future__ import annotations
 
@@ -215,3 +216,11 @@ def test_redis_back_while_postgres_is_down_is_used_again(private_redis, private_
         if not _port_open(private_pg.port):
             private_pg.start()
         memory.close()
+
+
+def test_postgres_unreachable_at_start_is_a_typed_error(namespace):
+    memory = HybridMemory(HybridConfig(database_url="postgresql://postgres@127.0.0.1:1/x", namespace=namespace,
+                                       connect_timeout=0.5))
+    with pytest.raises(StorageUnavailableError, match="unreachable"):
+        memory.add_messages("s", [Message("human", "x")])
+    memory.close()

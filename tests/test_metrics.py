@@ -1,9 +1,11 @@
-"""Prometheus metrics: a real scrape over HTTP shows the engine's numbers."""
+"""What the engine reports about itself: `get_cache_stats()` fills every field (hits, misses, latencies, pool,
+memory, health), and a real Prometheus scrape over HTTP shows the same numbers."""
 
 from __future__ import annotations
 
 import urllib.request
 
+import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
 from langchain_hybrid_memory import Message
@@ -36,3 +38,19 @@ def test_scrape(make_memory, namespace):
     assert lines[f"hybrid_memory_redis_memory_megabytes{label}"] > 0
     assert f'hybrid_memory_latency_seconds{{namespace="{namespace}",op="read",quantile="0.99"}}' in lines
     assert "hybrid_memory_write_behind_backlog" in text and "hybrid_memory_pg_pool_size" in text
+
+
+def test_stats_fields(make_memory):
+    memory = make_memory()
+    memory.add_messages("a", [Message("human", "x")])
+    memory.get_recent_messages("a")
+    memory.invalidate_session("a")
+    memory.get_recent_messages("a")
+    s = memory.get_cache_stats()
+    assert (s.hits, s.misses) == (1, 1) and s.hit_rate == pytest.approx(50.0)
+    assert s.redis_memory_mb is not None and s.redis_memory_mb > 0
+    assert s.cached_sessions == 1
+    assert s.pg_pool_size >= 1 and 0 <= s.pg_pool_in_use <= s.pg_pool_size
+    assert s.read_p99_ms >= s.read_p50_ms > 0 and s.write_p50_ms > 0
+    assert s.redis_up and s.postgres_up
+    assert set(s.to_dict()) >= {"hits", "misses", "hit_rate", "redis_memory_mb", "cached_sessions", "backlog"}

@@ -1,4 +1,5 @@
-"""Read path: a hit is one Redis round trip; a miss is one PostgreSQL query and a race-free refill."""
+"""Read path: a hit is one Redis round trip; a miss is one PostgreSQL query and a race-free refill; warmup
+and prefetch load sessions into the cache ahead of their reads."""
 
 from __future__ import annotations
 
@@ -196,3 +197,22 @@ def test_a_refill_finds_other_writers_entries_by_the_sessions_pending_set(namesp
         r.close()
         reader.close()
         writer.close()
+
+
+def test_warmup_and_prefetch(make_memory):
+    memory = make_memory()
+    for i in range(5):
+        memory.add_messages(f"s{i}", [Message("human", "x")], user_id="u" if i < 2 else None)
+    memory.flush()
+    for i in range(5):
+        memory.invalidate_session(f"s{i}")
+    seen: list[tuple[int, int]] = []
+    assert memory.warmup(limit=3, on_progress=lambda d, t: seen.append((d, t))) == 3
+    assert seen[-1] == (3, 3)
+    assert memory.prefetch_context(user_id="u") == 2  # s0 and s1 were not among the 3 most recent
+    assert memory.prefetch_context(["s0", "s1", "s2", "s3", "s4"]) == 0  # all cached already
+    before = memory.get_cache_stats()
+    for i in range(5):
+        memory.get_recent_messages(f"s{i}")
+    after = memory.get_cache_stats()
+    assert after.hits - before.hits == 5  # everything was warm

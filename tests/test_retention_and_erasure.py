@@ -1,0 +1,55 @@
+"""Retention and erasure: what is deleted stays deleted. A cleared session is not brought back by write-behind
+still in flight in another process; single messages are deleted from Redis and PostgreSQL alike (and
+`list_sessions` follows); retention purges sessions idle longer than asked, and only those.
+
+Deleting a user (`delete_user` leaves no trace anywhere) is checked with user isolation in `test_security.py`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from langchain_hybrid_memory import Message, SessionOwnershipError
+
+from conftest import pg_fetch
+
+
+def test_clear_session_is_not_undone_by_inflight_write_behind(make_memory, namespace):
+    writer = make_memory(write_behind_delay=600)
+    writer.add_messages("s", [Message("human", f"m{i}") for i in range(5)])
+    other = make_memory()
+    other.clear_session("s")  # another process deletes while the writes are still in flight
+    writer.flush()
+    other.reclaim_orphans(0)
+    assert pg_fetch(f'SELECT count(*) FROM "{namespace}".messages')[0][0] == 0
+    writer.add_messages("s", [Message("human", "after clear")])
+    writer.flush()
+    assert [m.content for m in other.get_messages("s")] == ["after clear"]
+
+
+def test_delete_single_messages_and_list_sessions(make_memory, namespace):
+    memory = make_memory(max_session_messages=4)
+    sent = memory.add_messages("s", [Message("human", f"m{i}") for i in range(6)], user_id="u")
+    memory.add_messages("t", [Message("human", "other")])
+    assert memory.delete_messages("s", [sent[1].seq, sent[5].seq]) == 2  # type: ignore[list-item]
+    assert [m.content for m in memory.get_messages("s")] == ["m0", "m2", "m3", "m4"]
+    assert [m.content for m in memory.get_recent_messages("s")] == ["m0", "m2", "m3", "m4"]
+    assert memory.list_sessions() == ["s", "t"]
+    assert memory.list_sessions(user_id="u") == ["s"]
+    assert memory.list_sessions(limit=1) == ["s"]
+    with pytest.raises(SessionOwnershipError):
+        memory.delete_messages("s", [sent[0].seq], user_id="intruder")  # type: ignore[list-item]
+
+
+def test_retention_purges_idle_sessions(make_memory, namespace):
+    memory = make_memory()
+    memory.add_messages("old", [Message("human", "x")])
+    memory.add_messages("new", [Message("human", "y")])
+    memory.flush()
+    pg_fetch(f"UPDATE \"{namespace}\".sessions SET last_active_at = now() - interval '40 days'"
+             " WHERE session_id = 'old'")
+    seen: list[tuple[int, int]] = []
+    assert memory.purge_idle_sessions(30 * 86400, on_progress=lambda d, t: seen.append((d, t))) == 1
+    assert seen == [(1, 1)]
+    assert memory.get_messages("old") == [] and memory.get_recent_messages("old") == []
+    assert [m.content for m in memory.get_messages("new")] == ["y"]
