@@ -202,7 +202,8 @@ class HybridConfig(BaseModel):
             withheld.append("redis_password")
         return settings, tuple(withheld)
 
-    # Plain accessors for the connection code: the only places secrets are unwrapped.
+    # Plain accessors for the connection code. Secrets are unwrapped only here, in `without_secrets` (to test
+    # for a password) and where the Redis client takes `redis_password` (cache/connections.py).
     def database_dsn(self) -> str | None:
         return self.database_url.get_secret_value() if self.database_url else None
 

@@ -31,11 +31,11 @@ class SessionKeys:
     ids: str
     outbox: str
     active: str
-    pending: str
+    entries: str  # names of the session's entries in the outbox
 
     @property
     def all(self) -> tuple[str, str, str, str, str, str]:
-        return (self.window, self.meta, self.ids, self.outbox, self.active, self.pending)
+        return (self.window, self.meta, self.ids, self.outbox, self.active, self.entries)
 
 
 class KeyLayout:

@@ -158,7 +158,7 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any, Any]):
 
     # -- persist ---------------------------------------------------------------------------------------
     @staticmethod
-    def _pending(state: HybridMemoryState) -> tuple[list[BaseMessage], dict[str, Any]]:
+    def _unsaved(state: HybridMemoryState) -> tuple[list[BaseMessage], dict[str, Any]]:
         msgs = state["messages"]
         mark = dict(state.get("hybrid_memory") or {})
         start = 0
@@ -176,7 +176,7 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any, Any]):
         return new, mark
 
     def _persist(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        new, mark = self._pending(state)
+        new, mark = self._unsaved(state)
         if not new:
             return None
         sid, uid = self._conversation(runtime)
@@ -184,7 +184,7 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any, Any]):
         return {STATE_KEY: {**mark, "session_id": sid}}
 
     async def _apersist(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        new, mark = self._pending(state)
+        new, mark = self._unsaved(state)
         if not new:
             return None
         sid, uid = self._conversation(runtime)

@@ -26,9 +26,9 @@ log = logging.getLogger("langchain_hybrid_memory")
 
 
 @dataclass(slots=True)
-class Pending:
+class OutboxEntry:
     stream: str  # "" when the entry has no Redis copy
-    xid: str
+    entry_id: str
     session_id: str
     user_id: str
     rows: list[Row]
@@ -37,7 +37,7 @@ class Pending:
 
 @dataclass(slots=True)
 class _Batch:
-    entries: list[Pending] = field(default_factory=list)
+    entries: list[OutboxEntry] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
 
@@ -51,7 +51,7 @@ class WriteBehind:
         self.stats = stats
         self._redis_up = redis_up
         self._on_store = on_store  # tells the facade whether PostgreSQL answered
-        self._queue: deque[Pending] = deque()
+        self._queue: deque[OutboxEntry] = deque()
         self._by_session: dict[str, deque[Row]] = {}
         self._backlog = 0
         self._enqueued = 0
@@ -66,7 +66,7 @@ class WriteBehind:
         self._closing = False
         # Entries from other threads wait here; only the first one after a flush wakes the engine loop, so a
         # burst of writes costs the caller a deque append, not a cross-thread wake-up each.
-        self._inbox: deque[Pending] = deque()
+        self._inbox: deque[OutboxEntry] = deque()
         self._inbox_lock = threading.Lock()
         self._inbox_rows = 0
         self._armed = False
@@ -80,7 +80,7 @@ class WriteBehind:
     def has_room(self, n: int) -> bool:
         return self.backlog + n <= self.config.max_backlog
 
-    def submit(self, entry: Pending) -> None:
+    def submit(self, entry: OutboxEntry) -> None:
         """Queue an entry from any thread (the hot path)."""
         with self._inbox_lock:
             self._inbox.append(entry)
@@ -100,7 +100,7 @@ class WriteBehind:
         for entry in entries:
             self.add(entry)
 
-    def add(self, entry: Pending) -> int:
+    def add(self, entry: OutboxEntry) -> int:
         """Queue an entry (engine loop only); returns its index for `wait_for`."""
         self._enqueued += 1
         entry.index = self._enqueued
@@ -110,21 +110,21 @@ class WriteBehind:
         self._wake.set()
         return entry.index
 
-    def pending_rows(self, session_id: str) -> list[Row]:
+    def queued_rows(self, session_id: str) -> list[Row]:
         """Rows of `session_id` acknowledged by this process and not yet committed (for read-your-writes)."""
         self._drain()
         return list(self._by_session.get(session_id, ()))
 
-    def pending_sessions(self) -> list[str]:
+    def queued_sessions(self) -> list[str]:
         self._drain()
         return list(self._by_session)
 
-    def pending_max_seq(self, session_id: str) -> int:
+    def queued_max_seq(self, session_id: str) -> int:
         self._drain()
         rows = self._by_session.get(session_id)
         return max((r.seq for r in rows), default=0) if rows else 0
 
-    def drop_session(self, session_id: str) -> list[Pending]:
+    def drop_session(self, session_id: str) -> list[OutboxEntry]:
         """Forget a deleted session's queued rows (its tombstone keeps replays out of PostgreSQL)."""
         self._drain()
         if session_id not in self._by_session:
@@ -275,7 +275,7 @@ class WriteBehind:
             await self.store.add_direct(sid, None, [row.msg_id], [row.role], [row.body], [row.created_at],
                                         floor_seq=row.seq, mark_dirty=True)
 
-    def _done(self, entries: list[Pending]) -> None:
+    def _done(self, entries: list[OutboxEntry]) -> None:
         for entry in entries:
             popped = self._queue.popleft()
             assert popped is entry
@@ -294,12 +294,12 @@ class WriteBehind:
         async with self._progress:
             self._progress.notify_all()
 
-    async def ack(self, entries: list[Pending]) -> None:
+    async def ack(self, entries: list[OutboxEntry]) -> None:
         """Delete entries from the outbox (committed, or erased with their session)."""
         if self.cache is None or not self._redis_up():
             return  # the janitor replays what stays in the stream; replays are idempotent
         try:
-            await self.cache.ack([(e.stream, e.session_id, e.xid) for e in entries if e.stream])
+            await self.cache.ack([(e.stream, e.session_id, e.entry_id) for e in entries if e.stream])
         except CacheDown:
             pass
 
@@ -341,7 +341,7 @@ class WriteBehind:
         if self.cache is None or not self._redis_up():
             return 0
         self._drain()
-        mine = {e.xid for e in self._queue}
+        mine = {e.entry_id for e in self._queue}
         total = 0
         while True:
             found = [f for f in await self.cache.orphans(older_than, 1000) if f[1] not in mine]
@@ -350,7 +350,7 @@ class WriteBehind:
             rows: list[Row] = []
             users: list[str] = []
             acks: list[tuple[str, str | None, str]] = []
-            for stream, xid, sid, uid, elements in found:
+            for stream, entry_id, sid, uid, elements in found:
                 for msg_id, el in elements:
                     try:
                         seq, body = split_element(el)
@@ -361,7 +361,7 @@ class WriteBehind:
                         # A damaged entry cannot be committed; it must not block the others either.
                         self.stats.dead_letters += 1
                         log.error("hybrid-memory: an undecodable outbox entry was set aside")
-                acks.append((stream, sid or None, xid))  # a damaged entry names no session
+                acks.append((stream, sid or None, entry_id))  # a damaged entry names no session
             await self.commit_or_set_aside(rows, users)
             self.stats.reclaimed += len(rows)
             await self.cache.ack(acks)

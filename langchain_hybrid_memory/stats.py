@@ -1,4 +1,7 @@
-"""Counters and latency samples behind `get_cache_stats()`; updated only on the engine loop."""
+"""Counters and latency samples behind `get_cache_stats()`.
+
+Updated on the engine loop and, by hot-path calls, in callers' threads, without a lock: under concurrency a few
+increments may be lost (they are statistics, never used for decisions)."""
 
 from __future__ import annotations
 

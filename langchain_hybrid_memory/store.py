@@ -160,7 +160,7 @@ class Window:
     floor_seq: int  # new sequence numbers must stay above this (a tombstone's)
     sum_upto: int  # the latest summary covers up to this seq (0: none)
     sum_text: str
-    unsum: int  # messages after the summary (counted only when auto-summarize is on)
+    unsummarized: int  # messages after the summary (counted only when auto-summarize is on)
     rows: list[tuple[int, str, str]]  # (seq, msg_id, body), oldest first
 
 

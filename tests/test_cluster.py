@@ -31,7 +31,7 @@ def test_all_operations_on_a_cluster(cluster, namespace):
     try:
         for i in range(200):
             memory.add_messages(f"s{i}", [Message("human", f"m{i}")], user_id=f"u{i % 7}")
-        assert memory._cluster
+        assert memory._core.cluster
         for i in range(0, 200, 17):
             assert [m.content for m in memory.get_recent_messages(f"s{i}")] == [f"m{i}"]
         memory.flush()

@@ -59,7 +59,7 @@ def test_killed_writer_is_finished_by_another_process(namespace):
             # Each session's pending set names exactly its entries in the shared bucket stream...
             k = rescuer.keys.session(sid)
             mine = {xid for xid, f in r.xrange(k.outbox) if f[b"s"] == sid.encode()}
-            assert {x.decode() for x in r.smembers(k.pending)} == {x.decode() for x in mine} != set()
+            assert {x.decode() for x in r.smembers(k.entries)} == {x.decode() for x in mine} != set()
         rescuer.invalidate_session(sids[0])
         # ...so a refill finds the dead writer's uncommitted messages without reading anyone else's.
         assert [m.id for m in rescuer.get_recent_messages(sids[0])] == [i for s, i, _ in acked if s == sids[0]]

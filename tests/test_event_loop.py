@@ -98,7 +98,7 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
         owner = store_cls(config=memory.config)  # builds its memory, so its aclose closes it
         await owner.memory.aget_recent_messages("x")
         await owner.aclose()
-        assert owner.memory._closed
+        assert owner.memory._core.closed
 
     async def aiter_all() -> list[Any]:
         return [m async for m in history.aiter_transcript(page_size=2)]

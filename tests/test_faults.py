@@ -215,14 +215,14 @@ def test_pending_set_of_wrong_type_is_replaced(cached: Any, then: str) -> None:
     it, and nothing is lost or doubled."""
     memory, r, sid, texts = cached
     k = memory.keys.session(sid)
-    r.set(k.pending, "not a set")
+    r.set(k.entries, "not a set")
     if then == "cold read":
         memory.invalidate_session(sid)
         _cache_ok(memory, sid, texts)
     memory.add_messages(sid, [Message("human", "after")])
     _cache_ok(memory, sid, [*texts, "after"])
     memory.flush()
-    assert r.type(k.pending) == b"none"  # replaced by a set, emptied by the acknowledgement
+    assert r.type(k.entries) == b"none"  # replaced by a set, emptied by the acknowledgement
     assert [m.content for m in memory.get_messages(sid)] == [*texts, "after"]
 
 

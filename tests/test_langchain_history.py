@@ -435,7 +435,7 @@ def test_constructor_does_no_io(namespace):
         t0 = time.perf_counter()
         history = HybridChatMessageHistory("s", memory=dead, user_id="u")
         assert time.perf_counter() - t0 < 0.05
-        assert dead._started is False
+        assert dead._core.started is False
         with pytest.raises(StorageUnavailableError):
             _ = history.messages
         with pytest.raises(InvalidSessionIdError):

@@ -133,7 +133,7 @@ get_tokenizer()  # loads the buffer's default tokenizer from LlamaIndex's bundle
 objs = pickle.loads(sys.stdin.buffer.read())
 buffer, db, block = objs["buffer"], objs["db"], objs["block"]
 mem = buffer.chat_store.memory
-out = {"lazy": not mem._started, "config": mem.config.describe(), "one_engine": db.memory is block.memory is mem,
+out = {"lazy": not mem._core.started, "config": mem.config.describe(), "one_engine": db.memory is block.memory is mem,
        "read": [m.content for m in buffer.get_all()],
        "archived": [m.content for m in asyncio.run(db.get_messages("k", status=None))],
        "shown": repr(buffer.chat_store) + repr(db) + repr(mem), "errors": []}

@@ -92,12 +92,12 @@ def test_refill_never_overwrites_newer_writes(make_memory):
     memory.invalidate_session("s")
 
     async def race() -> list[str]:
-        assert memory._cache is not None
-        stale = await memory._load_fill("s", for_write=False)  # a reader loaded PostgreSQL's view...
-        await memory._add("s", None, [Message("human", "new")], ['{"i":"n1","r":"human","c":"new","t":1}'])
-        loaded, _, window = await memory._cache.fill("s", stale)  # ...and caches it after a newer write
+        assert memory._core.cache is not None
+        stale = await memory._refill.load("s", for_write=False)  # a reader loaded PostgreSQL's view...
+        await memory._writes.add("s", None, [Message("human", "new")], ['{"i":"n1","r":"human","c":"new","t":1}'])
+        loaded, _, window = await memory._core.cache.fill("s", stale)  # ...and caches it after a newer write
         assert loaded is False and len(window) == 2
-        return [m.content for m in await memory._recent_inner("s", None, 30)]
+        return [m.content for m in await memory._reads.window("s", None, 30)]
 
     assert memory._run(race()) == ["old", "new"]
 
@@ -185,11 +185,11 @@ def test_a_refill_finds_other_writers_entries_by_the_sessions_pending_set(namesp
             writer.add_messages(f"other{j}", [Message("human", f"o{j}")])
         mine = [writer.add_messages("x", [Message("human", f"x{k}")])[0] for k in range(3)]
         k = reader.keys.session("x")
-        assert r.scard(k.pending) == 3 and r.xlen(k.outbox) == 103
-        r.sadd(k.pending, "1-1")  # a name whose entry was deleted (an acknowledgement cut short)
+        assert r.scard(k.entries) == 3 and r.xlen(k.outbox) == 103
+        r.sadd(k.entries, "1-1")  # a name whose entry was deleted (an acknowledgement cut short)
         reader.invalidate_session("x")  # a cold read: PostgreSQL has nothing yet, the outbox has it all
         assert [m.id for m in reader.get_recent_messages("x")] == [m.id for m in mine]
-        assert not r.sismember(k.pending, "1-1")
+        assert not r.sismember(k.entries, "1-1")
         writer.flush()  # returns after the acknowledgements too
         assert not list(r.scan_iter(match=f"{namespace}:*:o", count=1000))
         assert r.xlen(k.outbox) == 0

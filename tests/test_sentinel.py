@@ -80,7 +80,7 @@ async def test_a_failover_that_demotes_the_primary_moves_async_calls_to_the_new_
         await memory.aadd_messages("d", [Message("human", "last")])
         assert [m.content for m in await memory.aget_recent_messages("d")][-2:] == ["after 19", "last"]
         assert redis.Redis(port=setup.primary_port()).exists(memory.keys.session("d").window)
-        pipe = memory._loop_caches[asyncio.get_running_loop()]._pipe  # this loop's shared connection
+        pipe = memory._core.loop_caches[asyncio.get_running_loop()]._pipe  # this loop's shared connection
         assert pipe is not None and pipe.conn.port == setup.primary_port()  # not left on the replica
         await memory.aflush()
         stored = [r[0] for r in pg_fetch(f'SELECT msg_id FROM "{namespace}".messages')]

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from langchain_hybrid_memory import ConfigurationError, HybridMemory, Message
-from langchain_hybrid_memory.summarize import chunk_end
+from langchain_hybrid_memory.summaries import chunk_end
 from langchain_hybrid_memory.summarizers import (
     CallableSummarizer,
     OfflineSummarizer,

@@ -162,7 +162,7 @@ def test_a_backlog_commits_in_concurrent_batches_once_and_in_order(make_memory, 
     committed): every message once, each session in its order."""
     memory = make_memory(persist_batch_size=40, persist_concurrency=3, pg_timeout=30)
     memory.start()  # the schema exists from here on
-    store = memory._store
+    store = memory._core.store
     assert store is not None
     inflight, most = [0], [0]
     persist = store.persist
@@ -186,8 +186,8 @@ def test_a_backlog_commits_in_concurrent_batches_once_and_in_order(make_memory, 
         sent = [memory.add_messages(f"s{i % 7}", [Message("human", str(i))])[0] for i in range(400)]
 
         async def pending() -> list[Any]:
-            assert memory._wb is not None
-            return memory._wb.pending_rows("s3")
+            assert memory._core.wb is not None
+            return memory._core.wb.queued_rows("s3")
 
         replay = memory._run(pending())[5:25]
         assert len(replay) == 20

@@ -19,7 +19,7 @@ from .protocol import (
     CachedContext,
     CacheDown,
     Commands,
-    Fill,
+    Refill,
     TouchLog,
     exec_reply,
     multi,
@@ -191,24 +191,24 @@ class RedisCache(Commands):
         return bool(await self._eval(self._set_summary, keys, [*args, upto_seq, text, covered]))
 
     async def append(self, session_id: str, user_id: str | None, ids: Sequence[str],
-                     payloads: Sequence[str], *, persist: bool, init: Fill | None = None) -> AppendResult | None:
-        """Append atomically; None means "not cached: load a Fill from the store and call again"."""
+                     payloads: Sequence[str], *, persist: bool, init: Refill | None = None) -> AppendResult | None:
+        """Append atomically; None means "not cached: load a Refill from the store and call again"."""
         keys, args = self.append_args(session_id, user_id, ids, payloads, persist, init)
         return self.append_result(await self._eval(self._append, keys, args), len(ids))
 
-    async def fill(self, session_id: str, fill: Fill, expect_seq: int | None = None
+    async def fill(self, session_id: str, fill: Refill, expect_seq: int | None = None
                    ) -> tuple[bool, str, list[bytes]]:
         """Cache `fill` unless somebody wrote first; returns (loaded, owner, the window now cached)."""
         out = await self._eval(self._fill, *self._fill_args(session_id, fill, expect_seq))
         cached = [el for _, el in fill.pairs] if out[0] == 2 else out[2:]  # 2: cached exactly as given
         return bool(out[0]), out[1].decode("utf-8"), cached
 
-    def _fill_args(self, session_id: str, fill: Fill, expect_seq: int | None) -> tuple[list[str], list[Any]]:
+    def _fill_args(self, session_id: str, fill: Refill, expect_seq: int | None) -> tuple[list[str], list[Any]]:
         keys, args = self.head(session_id, touch=True, fill=fill)
         return keys, [*args, self.config.idempotency_window, "" if expect_seq is None else str(expect_seq),
                       *self.fill_args(fill)]
 
-    async def fill_many(self, fills: dict[str, Fill]) -> int:
+    async def fill_many(self, fills: dict[str, Refill]) -> int:
         if not fills:
             return 0
         # Concurrent script calls rather than a pipeline: each may need its script loaded on its own node.
@@ -261,16 +261,16 @@ class RedisCache(Commands):
 
     async def ack(self, entries: Sequence[tuple[str, str | None, str]]) -> None:
         """Remove entries, given as (stream, session id or None if unknown, entry id), from the outbox streams,
-        then their names from the sessions' pending sets (in that order: a name whose entry is gone is harmless,
+        then their names from the sessions' entry sets (in that order: a name whose entry is gone is harmless,
         see `outbox_entries`)."""
         if not entries:
             return
         streams: dict[str, list[str]] = {}
         names: dict[str, list[str]] = {}
-        for stream, sid, xid in entries:
-            streams.setdefault(stream, []).append(xid)
+        for stream, sid, entry_id in entries:
+            streams.setdefault(stream, []).append(entry_id)
             if sid is not None:
-                names.setdefault(self.keys.session(sid).pending, []).append(xid)
+                names.setdefault(self.keys.session(sid).entries, []).append(entry_id)
         cmds = [("XDEL", s, *x) for s, x in streams.items()] + [("SREM", k, *x) for k, x in names.items()]
         if not self.cluster:
             await self._exchange(cmds)  # packed by hiredis: a batch acknowledges up to thousands of sessions
@@ -296,13 +296,13 @@ class RedisCache(Commands):
             pipe.xrange(stream, "-", str(cutoff), count=count)
         found: list[tuple[str, str, str, str, list[tuple[bytes, bytes]]]] = []
         for stream, entries in zip(streams, await self._call(pipe.execute()), strict=True):
-            for xid, fields in entries:
+            for entry_id, fields in entries:
                 try:
                     sid = fields.pop(b"s").decode("utf-8")
                     uid = fields.pop(b"u").decode("utf-8")
                 except (KeyError, UnicodeDecodeError):
                     sid, uid, fields = "", "", {}  # damaged: nothing to commit, and it gets deleted
-                found.append((stream, xid.decode(), sid, uid, list(fields.items())))
+                found.append((stream, entry_id.decode(), sid, uid, list(fields.items())))
         return found
 
     async def session_outbox(self, session_id: str) -> list[tuple[str, str, bytes, str]]:
@@ -310,18 +310,19 @@ class RedisCache(Commands):
         flat = await self._eval(self._outbox_of, *self.head(session_id, touch=False))
         out = []
         for i in range(0, len(flat) - 1, 2):
-            xid, f = flat[i].decode(), flat[i + 1]
+            entry_id, f = flat[i].decode(), flat[i + 1]
             if len(f) < 4 or f[0] != b"s" or f[2] != b"u":
                 continue  # not an entry the engine wrote: the janitor sets it aside
             uid = f[3].decode("utf-8", "replace")
-            out += [(xid, f[j].decode("utf-8", "replace"), f[j + 1], uid) for j in range(4, len(f) - 1, 2)]
+            out += [(entry_id, f[j].decode("utf-8", "replace"), f[j + 1], uid) for j in range(4, len(f) - 1, 2)]
         return out
 
     async def forget_outbox(self, session_ids: Sequence[str]) -> None:
         """Delete every outbox entry of these sessions (any writer's): part of erasing them."""
         for sid in session_ids:
             stream = self.keys.session(sid).outbox
-            await self.ack([(stream, sid, xid) for xid in sorted({x for x, _, _, _ in await self.session_outbox(sid)})])
+            ids = sorted({x for x, _, _, _ in await self.session_outbox(sid)})
+            await self.ack([(stream, sid, entry_id) for entry_id in ids])
 
     async def outbox_depth(self) -> int:
         pipe = self.client.pipeline(transaction=False)

@@ -33,7 +33,7 @@ class OwnershipConflict(Exception):
 
 
 @dataclass(slots=True)
-class Fill:
+class Refill:
     """A window as loaded from PostgreSQL, ready to cache."""
 
     base_seq: int
@@ -42,7 +42,7 @@ class Fill:
     partial: bool = False  # PostgreSQL was unreachable: older history is missing from this window
     sum_upto: int = 0  # the latest summary covers messages up to this seq
     sum_text: str = ""
-    unsum: int = 0  # messages stored after the summary
+    unsummarized: int = 0  # messages stored after the summary
     floor: int = 0  # a tombstone: outbox entries at or below it were deleted
 
 
@@ -51,14 +51,14 @@ class CachedContext:
     owner: str
     sum_upto: int
     sum_text: str
-    unsum: int  # how many messages follow the summary: the cache covers them all only if it holds that many
+    unsummarized: int  # how many messages follow the summary: the cache covers them all only if it holds that many
     elements: list[bytes]
 
 
 @dataclass(slots=True)
 class AppendResult:
     bound: bool  # the session was bound to the user by this call
-    xid: str
+    entry_id: str
     due: bool  # enough messages follow the summary for the next one
     seqs: list[int]
     new: list[bool]
@@ -100,7 +100,7 @@ class Commands:
         self._threshold = config.summary_threshold
         self.touches = touches or TouchLog(config.session_ttl)
 
-    def head(self, session_id: str, touch: bool | None = None, fill: Fill | None = None
+    def head(self, session_id: str, touch: bool | None = None, fill: Refill | None = None
              ) -> tuple[list[str], list[Any]]:
         """Every script's KEYS and first ARGV. A `fill` may hold more than the capacity (summaries lagging):
         the capacity passed is then its size, so the script keeps all of it."""
@@ -165,15 +165,15 @@ class Commands:
             raise CorruptEntry("corrupt cache entry (summary fields)") from None
 
     @staticmethod
-    def fill_args(fill: Fill) -> list[Any]:
+    def fill_args(fill: Refill) -> list[Any]:
         args: list[Any] = [fill.base_seq, fill.owner or "", 1 if fill.partial else 0, fill.sum_upto,
-                           fill.sum_text, fill.unsum, fill.floor, len(fill.pairs)]
+                           fill.sum_text, fill.unsummarized, fill.floor, len(fill.pairs)]
         for msg_id, element in fill.pairs:
             args += (msg_id, element)
         return args
 
     def append_args(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str],
-                    persist: bool, init: Fill | None) -> tuple[list[str], list[Any]]:
+                    persist: bool, init: Refill | None) -> tuple[list[str], list[Any]]:
         keys, args = self.head(session_id, fill=init)
         args += [self.config.idempotency_window, 1 if persist else 0, user_id or "", 1 if init else 0,
                  self._ceiling]
@@ -191,7 +191,7 @@ class Commands:
             return None
         if status == -2:
             raise OwnershipConflict(out[1].decode("utf-8"))
-        return AppendResult(bound=status == 2, xid=out[1].decode() if out[1] else "", due=out[2] == 1,
+        return AppendResult(bound=status == 2, entry_id=out[1].decode() if out[1] else "", due=out[2] == 1,
                             seqs=[int(s) for s in out[3:3 + n]], new=[s == b"1" for s in out[3 + n:3 + 2 * n]])
 
 

@@ -4,10 +4,10 @@
 -- conflict, else {1 or 2 (2: the user was bound now), outbox entry id or '', summary due (1/0),
 -- seq_1..seq_n, new_1..new_n}.
 local function name_entry(xid)
-  local r = redis.pcall('SADD', K_PENDING, xid)
+  local r = redis.pcall('SADD', K_ENTRIES, xid)
   if type(r) == 'table' and r.err then
-    redis.call('DEL', K_PENDING)
-    redis.call('SADD', K_PENDING, xid)
+    redis.call('DEL', K_ENTRIES)
+    redis.call('SADD', K_ENTRIES, xid)
   end
 end
 local i = 11

@@ -1,5 +1,5 @@
 -- Shared by every script. scripts.py puts a prelude before it that names the KEYS (K_WINDOW, K_META, K_IDS,
--- K_OUTBOX, K_ACTIVE, K_PENDING: keys.py's SessionKeys, in its order) and the first five ARGV: A_SESSION (the
+-- K_OUTBOX, K_ACTIVE, K_ENTRIES: keys.py's SessionKeys, in its order) and the first five ARGV: A_SESSION (the
 -- session id), A_TTL_MS, A_CAPACITY (elements kept), A_THRESHOLD (summary due at this many unsummarized
 -- messages; 0 = auto-summarize off), A_TOUCH ('1': slide the TTLs now; the client asks at most every ttl/10
 -- per session, see `TouchLog`).
@@ -13,10 +13,10 @@
 -- Its ARGV block starts at index b: base_seq, owner, partial (1/0),
 -- sum_upto, sum_text, unsum, floor (a tombstone's seq), n, then n pairs (message id, element). It merges in
 -- the session's entries still in the bucket's outbox (acknowledged by some process, maybe not yet in
--- PostgreSQL), so a reload never loses a recent write; the pending set names them, so this costs a lookup per
+-- PostgreSQL), so a reload never loses a recent write; the entry set (K_ENTRIES) names them, so this costs a lookup per
 -- entry of this session, not a scan of the bucket's whole backlog.
 --
--- The pending set may name an entry already deleted (an acknowledgement deletes the entry first, then its
+-- The entry set may name an entry already deleted (an acknowledgement deletes the entry first, then its
 -- name): `outbox_entries` drops such names as it finds them.
 local function now_us()
   local t = redis.call('TIME')
@@ -32,18 +32,18 @@ end
 local function seq_of(el)
   return tonumber(string.match(el, '^{"s":(%d+),'))
 end
--- A pending set of the wrong type (written by something else) is replaced, here and in APPEND, as any damaged
+-- An entry set of the wrong type (written by something else) is replaced, here and in APPEND, as any damaged
 -- key is dropped; the entries it named are still committed by their writer or the janitor.
 local function outbox_entries()
   local out = {}
-  local t = redis.call('TYPE', K_PENDING)['ok']
+  local t = redis.call('TYPE', K_ENTRIES)['ok']
   if t ~= 'set' then
-    if t ~= 'none' then redis.call('DEL', K_PENDING) end
+    if t ~= 'none' then redis.call('DEL', K_ENTRIES) end
     return out
   end
-  for _, xid in ipairs(redis.call('SMEMBERS', K_PENDING)) do
+  for _, xid in ipairs(redis.call('SMEMBERS', K_ENTRIES)) do
     local e = redis.call('XRANGE', K_OUTBOX, xid, xid)[1]
-    if e then out[#out + 1] = e else redis.call('SREM', K_PENDING, xid) end
+    if e then out[#out + 1] = e else redis.call('SREM', K_ENTRIES, xid) end
   end
   return out
 end

@@ -151,7 +151,7 @@ def main() -> int:
     memory = HybridMemory(config)
 
     def dump_tasks(*_: Any) -> None:  # SIGUSR2: what the engine loop is waiting for (diagnosing a hang)
-        loop = memory._engine._loop
+        loop = memory._core.engine._loop
         for _attempt in range(3):
             try:
                 tasks = list(asyncio.all_tasks(loop)) if loop is not None else []

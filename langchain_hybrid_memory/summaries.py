@@ -1,6 +1,7 @@
-"""Auto-summarization, off the request path.
+"""Summaries: when one is due, the worker that makes them off the request path, and the summary operations of
+the API (list, store one made elsewhere, make the due ones now, the per-session switch).
 
-When more than `max_session_messages + summarize_chunk_size` messages follow a session's latest summary, the
+When `max_session_messages + summarize_chunk_size` or more messages follow a session's latest summary, the
 oldest `summarize_chunk_size` of them (never ending between an AI tool call and its results) are summarized
 together with the previous summary, and the result is stored as the next row of `summaries`. The context view
 is then "summary + every message after it": no gap, no overlap. One process at a time per session (a lease
@@ -15,14 +16,19 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .cache import CacheDown, RedisCache
 from .config import HybridConfig
+from .errors import HybridMemoryError, InvalidMessageError, StorageUnavailableError
 from .messages import Message, decode
 from .outbox import WriteBehind
 from .stats import Stats
 from .store import PostgresStore, StoreDown
-from .summarizers import Summarizer, SummaryRequest, TokenCounter, prompt_for
+from .summarizers import Summarizer, SummaryRequest, TokenCounter, default_token_counter, prompt_for
+
+if TYPE_CHECKING:
+    from .core import Core
 
 log = logging.getLogger("langchain_hybrid_memory")
 
@@ -171,3 +177,74 @@ class SummaryWorker:
         finally:
             with contextlib.suppress(StoreDown):
                 await self.store.release(session_id, self._owner)
+
+
+class SummaryOps:
+    """The summary operations of `HybridMemory` (engine loop)."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def list(self, sid: str, uid: str | None) -> list[dict[str, Any]]:
+        core = self.core
+        await core.ensure_started()
+        await core.check_user(sid, uid)
+        with core.health.store_step():
+            return await core.need_store().summaries(sid)
+
+    async def set_enabled(self, sid: str, uid: str | None, enabled: bool) -> None:
+        core = self.core
+        await core.ensure_started()
+        await core.check_user(sid, uid)
+        with core.health.store_step():
+            await core.need_store().set_summarize(sid, enabled)
+        if enabled:
+            core.summary_due(sid)
+
+    async def save(self, sid: str, uid: str | None, text: str, upto_id: str, model: str) -> bool:
+        """Store a summary made elsewhere as the session's next one (see `HybridMemory.save_summary`)."""
+        core = self.core
+        await core.ensure_started()
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidMessageError("summary must be a non-empty str")
+        store = core.need_store()
+        await core.check_user(sid, uid)
+        try:
+            with core.health.store_step():
+                if core.wb is not None:
+                    await core.wb.settle(sid)
+                _, upto, _, _, _ = await store.summary_state(sid, 0)
+                covered = await store.covered_by(sid, upto, upto_id)
+                if covered is None or covered[2] == 0:
+                    return False
+                last, first, count = covered
+                counter = core.token_counter or default_token_counter()
+                stored = await store.add_summary(sid, upto, first, last, count, text, model, None, counter(text))
+        except CacheDown:
+            raise StorageUnavailableError("Redis is unreachable: other writers' pending messages are unknown") \
+                from None
+        if stored and core.use_cache():
+            assert core.cache is not None
+            with contextlib.suppress(CacheDown):
+                await core.cache.set_summary(sid, last, text, count)
+        if stored:
+            core.stats.summaries += 1
+        return stored
+
+    async def make_due(self, sid: str, uid: str | None) -> int:
+        core = self.core
+        await core.ensure_started()
+        await core.check_user(sid, uid)
+        if core.summaries is None:
+            raise HybridMemoryError("auto-summarization is off (enable_auto_summarize=False)")
+        try:
+            with core.health.store_step():
+                return await core.summaries.summarize(sid)
+        except LeaseBusy:
+            return 0  # another process is summarizing this session right now
+
+    async def wait(self, timeout: float | None) -> bool:
+        await self.core.ensure_started()
+        if self.core.summaries is None:
+            return True
+        return await self.core.summaries.wait_idle(timeout)

@@ -1,0 +1,243 @@
+"""`Core`: what every part of the engine shares (settings, clients, queues, health), and the engine's start.
+
+`HybridMemory` (memory.py) owns one and hands it to the read path, write path, refills, erasure and summary
+operations; none of them holds state of its own beyond what is here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from ._loop import EngineLoop
+from .cache import CacheDown, RedisCache, SyncHotPath, TouchLog, detect_cluster
+from .config import HybridConfig, Mode, redact_url
+from .errors import MemoryClosedError, SessionOwnershipError, StorageUnavailableError
+from .health import Health
+from .keys import KeyLayout
+from .outbox import WriteBehind
+from .stats import Stats
+from .store import PostgresStore, Row, StoreDown
+from .summaries import SummaryWorker
+from .summarizers import TokenCounter, as_summarizer, default_summarizer, default_token_counter
+
+log = logging.getLogger("langchain_hybrid_memory")
+
+# What a hot-path call learned from Redis before handing over to the engine loop, when it is not a result:
+UNKNOWN: Any = object()  # nothing (not asked, or Redis failed)
+CORRUPT: Any = object()  # the cached entry is damaged: drop it, then proceed as on a miss
+
+
+class Core:
+    """Settings, clients, queues and health of one `HybridMemory`."""
+
+    def __init__(self, config: HybridConfig, summarizer: Any, token_counter: TokenCounter | None) -> None:
+        self.config = config
+        self.keys = KeyLayout(config.namespace, config.outbox_shards)
+        self.touches = TouchLog(config.session_ttl)  # shared by every Redis client of this memory
+        self.engine = EngineLoop()
+        self.stats = Stats()
+        self.health = Health(self)
+        self.cache: RedisCache | None = None  # the engine loop's client
+        self.sync: SyncHotPath | None = None  # blocking client for the sync hot path
+        # Callers' loops get clients of their own (connections belong to one loop), from their second call on.
+        self.loop_caches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisCache] = (
+            weakref.WeakKeyDictionary())
+        self.loops_seen: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        self.store: PostgresStore | None = None
+        self.wb: WriteBehind | None = None
+        self.summaries: SummaryWorker | None = None
+        self.cluster = False
+        self.started = False
+        self.closed = False
+        self._start_lock: asyncio.Lock | None = None
+        self.summarizer_arg = summarizer
+        self.token_counter = token_counter
+
+    # -- start -------------------------------------------------------------------------------------------
+    async def ensure_started(self) -> None:
+        """Connect on first use (on the engine loop); every engine-loop operation starts with this."""
+        if self.started:
+            return
+        if self.closed:
+            raise MemoryClosedError("this HybridMemory is closed")
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self.started:
+                return
+            cfg = self.config
+            if cfg.mode is not Mode.PERSISTENT:
+                self.cluster = await detect_cluster(cfg)
+                self.cache = RedisCache(cfg, self.keys, self.cluster, self.touches)
+                # In a thread: a Cluster client connects in its constructor (blocking sockets).
+                self.sync = await asyncio.to_thread(SyncHotPath, cfg, self.keys, self.cluster, self.touches)
+            if cfg.mode is not Mode.SESSION_ONLY:
+                self.store = PostgresStore(cfg)
+                try:
+                    await self.store.connect()
+                    if cfg.auto_migrate:
+                        await self.store.migrate()
+                except StoreDown as exc:
+                    self.store = None
+                    raise StorageUnavailableError(
+                        f"PostgreSQL at {redact_url(cfg.database_dsn())} is unreachable ({exc})") from None
+                health = self.health
+                self.wb = WriteBehind(cfg, self.cache, self.store, self.stats, lambda: health.redis_up,
+                                      health.set_pg_up)
+                self.wb.start()
+                if cfg.enable_auto_summarize:
+                    summarizer = (as_summarizer(self.summarizer_arg) if self.summarizer_arg is not None
+                                  else default_summarizer(cfg.summary_model, cfg.summary_timeout))
+                    self.summaries = SummaryWorker(
+                        cfg, self.store, self.wb, self.stats, summarizer,
+                        self.token_counter or default_token_counter(),
+                        lambda: self.cache if health.redis_up else None)
+                    self.summaries.start()
+            self.started = True
+
+    async def start(self) -> None:
+        """Connect now, and warn about an eviction policy that may drop outbox entries."""
+        await self.ensure_started()
+        if self.cache is not None:
+            try:
+                await self.cache.ping()
+                policy = await self.cache.eviction_policy()
+                if policy.startswith("allkeys") and self.wb is not None:
+                    log.warning("hybrid-memory: Redis maxmemory-policy is %s: it may evict outbox entries before "
+                                "they reach PostgreSQL (the writer still commits its own); prefer volatile-lru or "
+                                "noeviction", policy)
+            except CacheDown:
+                self.health.redis_failed()
+
+    async def close(self, flush_timeout: float) -> None:
+        """Stop the background work (flushing the write-behind queue first) and close the connections."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.started:
+            return
+        if self.health.probe is not None:
+            self.health.probe.cancel()
+        if self.summaries is not None:
+            await self.summaries.stop()
+        if self.wb is not None:
+            if not await self.wb.flush(flush_timeout):
+                log.warning("hybrid-memory: closing with %d acknowledged messages not yet in PostgreSQL; "
+                            "they stay in the Redis outbox and the next process persists them",
+                            self.wb.backlog)
+            await self.wb.stop()
+        if self.cache is not None:
+            await self.cache.close()
+        if self.sync is not None:
+            self.sync.close()
+        if self.store is not None:
+            await self.store.close()
+
+    # -- callers' loops ----------------------------------------------------------------------------------
+    def loop_cache(self) -> RedisCache | None:
+        """The async Redis client bound to the running loop (connections belong to one loop).
+
+        None on a loop's first call: a loop seen once may be a throwaway (`asyncio.run` per call, as
+        LlamaIndex's sync wrappers do), and a client opened for it would leak its connection; such calls take
+        the engine loop's path. From the second call on, the loop gets a client of its own, closed when the
+        loop shuts down.
+        """
+        loop = asyncio.get_running_loop()
+        if self.engine.in_loop():
+            return self.cache
+        cache = self.loop_caches.get(loop)
+        if cache is None:
+            if loop not in self.loops_seen:
+                self.loops_seen.add(loop)
+                return None
+            cache = self.loop_caches[loop] = RedisCache(self.config, self.keys, self.cluster, self.touches)
+            cache.close_with_loop()
+        return cache
+
+    def close_loop_caches(self) -> list[asyncio.Future[None] | concurrent.futures.Future[None]]:
+        """Close the clients of the callers' loops, each on its own loop; returns the closes under way.
+
+        A loop that no longer runs cannot close anything: its client is abandoned (asyncio.run and its kin
+        already closed it when the loop shut down, see `RedisCache.close_with_loop`).
+        """
+        caches, self.loop_caches = list(self.loop_caches.items()), weakref.WeakKeyDictionary()
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        closing: list[asyncio.Future[None] | concurrent.futures.Future[None]] = []
+        for loop, cache in caches:
+            if loop is here:
+                closing.append(loop.create_task(cache.close()))
+            elif loop.is_running():
+                closing.append(asyncio.run_coroutine_threadsafe(cache.close(), loop))
+            else:
+                cache.abandon()
+        return closing
+
+    async def flush(self, timeout: float | None) -> None:
+        """Return once every write this process acknowledged is committed in PostgreSQL."""
+        await self.ensure_started()
+        if self.wb is not None and not await self.wb.flush(timeout):
+            raise StorageUnavailableError(
+                f"{self.wb.backlog} acknowledged messages are not yet in PostgreSQL after {timeout}s")
+
+    # -- shared helpers ----------------------------------------------------------------------------------
+    def use_cache(self) -> bool:
+        return self.cache is not None and self.health.redis_up
+
+    def hot(self, limit: int) -> bool:
+        """Whether a call may go to Redis from the caller's own thread or loop (no hop to the engine loop)."""
+        return (self.started and not self.closed and self.health.redis_up and self.cache is not None
+                and limit <= self.config.max_session_messages)
+
+    def need_store(self) -> PostgresStore:
+        if self.store is None:
+            raise StorageUnavailableError("PostgreSQL is not configured (mode=session_only)")
+        return self.store
+
+    def queued_rows(self, sid: str) -> list[Row]:
+        """This process's uncommitted rows of `sid`. Take them *before* querying PostgreSQL: a row committed
+        in between is then in one of the two, never in neither."""
+        return self.wb.queued_rows(sid) if self.wb is not None else []
+
+    def summary_due(self, sid: str) -> None:
+        if self.summaries is not None:
+            self.summaries.request(sid)
+
+    def on_engine_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn` on the engine loop, in order with later calls from this thread (state lives there)."""
+        if self.engine.in_loop():
+            fn(*args)
+        else:
+            self.engine.loop.call_soon_threadsafe(fn, *args)
+
+    @staticmethod
+    def check_owner(owner: str | None, uid: str | None) -> None:
+        if uid is not None and owner and owner != uid:
+            raise SessionOwnershipError("this session belongs to another user")
+
+    async def cached_owner(self, sid: str) -> str | None:
+        if not self.use_cache():
+            return None
+        assert self.cache is not None
+        with self.health.redis_step():
+            return (await self.cache.owners([sid]))[0]
+        return None
+
+    async def owner_of(self, sid: str) -> str | None:
+        owner = await self.cached_owner(sid)
+        if owner is None and self.store is not None:
+            with self.health.store_step():
+                owner = (await self.store.owner(sid))[1]
+        return owner
+
+    async def check_user(self, sid: str, uid: str | None) -> None:
+        """Refuse `uid` if the session belongs to another user (no check without a user)."""
+        if uid is not None:
+            self.check_owner(await self.owner_of(sid), uid)

@@ -1,0 +1,153 @@
+"""Erasure and invalidation: dropping cached windows, erasing sessions and users from both stores, deleting
+single messages, retention, and listing what is stored.
+
+An erased session leaves a tombstone covering every sequence number assigned so far, so write-behind entries
+still in flight (in this process or another) cannot bring a deleted message back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .cache import CacheDown, Refill
+from .errors import StorageUnavailableError
+from .messages import element, encode
+from .outbox import OutboxEntry
+from .refill import ProgressFn
+
+if TYPE_CHECKING:
+    from .core import Core
+    from .reads import ReadPath
+
+
+class Eraser:
+    def __init__(self, core: Core, reads: ReadPath) -> None:
+        self.core = core
+        self.reads = reads
+
+    async def invalidate(self, sid: str, uid: str | None) -> None:
+        await self.core.ensure_started()
+        await self.core.check_user(sid, uid)
+        await self.core.health.drop_cached([sid])
+
+    async def user_sessions(self, uid: str) -> list[str]:
+        """Every session of the user: PostgreSQL's, and the cache's index (session_only, or not yet committed)."""
+        core = self.core
+        sids: set[str] = set()
+        if core.store is not None:
+            with core.health.store_step():
+                sids.update(await core.store.user_sessions(uid))
+        if core.use_cache():
+            assert core.cache is not None
+            with core.health.redis_step():
+                sids.update(await core.cache.user_sessions(uid))
+        return sorted(sids)
+
+    async def invalidate_user(self, uid: str) -> int:
+        await self.core.ensure_started()
+        sids = await self.user_sessions(uid)
+        await self.core.health.drop_cached(sids)
+        return len(sids)
+
+    async def clear(self, sid: str, uid: str | None) -> int:
+        await self.core.ensure_started()
+        await self.core.check_user(sid, uid)
+        return await self.erase([sid])
+
+    async def erase(self, sids: Sequence[str]) -> int:
+        """Delete sessions everywhere; returns how many stored messages PostgreSQL deleted."""
+        core = self.core
+        upto = [time.time_ns() // 1000 for _ in sids]
+        if core.cache is not None and core.use_cache():
+            with core.health.redis_step():
+                metas = await core.cache.last_seqs(sids)
+                upto = [max(u, m) for u, m in zip(upto, metas, strict=True)]
+        gone: list[OutboxEntry] = []
+        if core.wb is not None:
+            for i, sid in enumerate(sids):
+                upto[i] = max(upto[i], core.wb.queued_max_seq(sid))
+                gone += core.wb.drop_session(sid)
+        deleted = 0
+        if core.store is not None:
+            with core.health.store_step():
+                deleted = await core.store.delete_sessions(sids, upto)
+        if gone and core.wb is not None:
+            await core.wb.ack(gone)  # out of the outbox too: a refill must not bring them back
+        if core.use_cache():
+            assert core.cache is not None
+            with core.health.redis_step():
+                await core.cache.forget_outbox(sids)  # other writers' entries too: no trace left in Redis
+        await core.health.drop_cached(sids)
+        return deleted
+
+    async def delete_messages(self, sid: str, uid: str | None, seqs: list[int]) -> int:
+        core = self.core
+        await core.ensure_started()
+        await core.check_user(sid, uid)
+        if not seqs:
+            return 0
+        if core.store is None:  # session_only: rebuild the window without them
+            kept = [m for m in await self.reads.window(sid, None, core.config.max_session_messages)
+                    if m.seq not in set(seqs)]
+            await core.health.drop_cached([sid])
+            if kept:
+                assert core.cache is not None
+                fill = Refill(max(m.seq or 0 for m in kept), uid, [])
+                fill.pairs = [(m.id, element(m.seq or 0, encode(m))) for m in kept]
+                await core.cache.fill(sid, fill)
+            return 0
+        # Commit this process's queued writes first, so the row exists before it is deleted.
+        await core.flush(core.config.pg_timeout)
+        with core.health.store_step():
+            n = await core.store.delete_messages(sid, seqs)
+        await core.health.drop_cached([sid])
+        return n
+
+    async def list_sessions(self, uid: str | None, limit: int | None) -> list[str]:
+        core = self.core
+        await core.ensure_started()
+        if core.store is not None:
+            # Queued first: a session whose first commit lands during the query is then in one of the two.
+            found = set(core.wb.queued_sessions()) if core.wb is not None and uid is None else set()
+            with core.health.store_step():
+                found.update(await core.store.list_sessions(uid, None))
+        else:
+            assert core.cache is not None
+            try:
+                found = set(await core.cache.active_sessions())
+                if uid is not None:  # a user's index keeps sessions emptied since: list only those still cached
+                    found &= set(await core.cache.user_sessions(uid))
+            except CacheDown:
+                raise StorageUnavailableError("Redis is unreachable and mode is session_only") from None
+        out = sorted(found)
+        return out[:limit] if limit is not None else out
+
+    async def delete_user(self, uid: str) -> int:
+        core = self.core
+        await core.ensure_started()
+        sids = await self.user_sessions(uid)
+        if sids:
+            await self.erase(sids)
+        if core.use_cache():
+            assert core.cache is not None
+            with core.health.redis_step():
+                await core.cache.forget_user(uid)
+        return len(sids)
+
+    async def purge_idle(self, older_than: float, on_progress: ProgressFn | None) -> int:
+        core = self.core
+        await core.ensure_started()
+        store = core.need_store()
+        with core.health.store_step():
+            total = await store.count_idle_sessions(older_than)
+            done = 0
+            while True:
+                batch = await store.idle_sessions(older_than, 500)
+                if not batch:
+                    return done
+                await self.erase(batch)
+                done += len(batch)
+                if on_progress is not None:
+                    on_progress(min(done, total), total)

@@ -1,0 +1,165 @@
+"""Failover, in one place: whether Redis and PostgreSQL answer, the probe that brings Redis back, the sessions
+written around Redis meanwhile, and the translation of their errors.
+
+A Redis error or timeout marks Redis down for the whole process; calls then go to PostgreSQL, and a probe
+pings Redis every `health_check_interval`. Sessions written to PostgreSQL during the outage are remembered
+(here, and in PostgreSQL's `cache_dirty` for other processes) and their cached windows dropped before the
+cache serves anything again, so a network cut that kept Redis's data never serves a stale window.
+
+A call site says what a step may do with one line:
+
+    with core.health.redis_step():      # a Redis error marks Redis down and the step is skipped
+        ...
+    with core.health.store_step():      # a PostgreSQL error becomes StorageUnavailableError
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from .cache import CacheDown
+from .config import Mode, redact_url
+from .errors import StorageUnavailableError
+from .store import StoreDown
+
+if TYPE_CHECKING:
+    from .core import Core
+
+log = logging.getLogger("langchain_hybrid_memory")
+
+
+class RedisStep:
+    """A step that Redis may fail: the error marks Redis down and is swallowed; `failed` tells the caller."""
+
+    __slots__ = ("_health", "failed")
+
+    def __init__(self, health: Health) -> None:
+        self._health = health
+        self.failed = False
+
+    def __enter__(self) -> RedisStep:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> bool:
+        if isinstance(e, CacheDown):
+            self.failed = True
+            self._health.redis_failed()
+            return True
+        return False
+
+
+class StoreStep:
+    """A step that PostgreSQL may fail: the error becomes `StorageUnavailableError` (and PostgreSQL is marked
+    down until a commit succeeds)."""
+
+    __slots__ = ("_health",)
+
+    def __init__(self, health: Health) -> None:
+        self._health = health
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(e, StoreDown):
+            raise self._health.store_down(e) from None
+
+
+class Health:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        mode = core.config.mode
+        self.redis_up = mode is not Mode.PERSISTENT
+        self.pg_up = mode is not Mode.SESSION_ONLY
+        self.dirty: set[str] = set()  # sessions written to PostgreSQL directly while Redis was down
+        self.probe: asyncio.Task[None] | None = None
+        self._store_step = StoreStep(self)
+
+    def redis_step(self) -> RedisStep:
+        return RedisStep(self)
+
+    def store_step(self) -> StoreStep:
+        return self._store_step  # stateless: one serves every call
+
+    def set_pg_up(self, up: bool) -> None:
+        self.pg_up = up
+
+    def store_down(self, exc: StoreDown) -> StorageUnavailableError:
+        self.pg_up = False
+        return StorageUnavailableError(
+            f"PostgreSQL at {redact_url(self.core.config.database_dsn())} is unreachable ({exc})")
+
+    def redis_failed(self) -> None:
+        """Redis did not answer: serve from PostgreSQL (hybrid mode) until the probe reaches it again."""
+        self.core.stats.redis_errors += 1
+        if self.core.config.mode is not Mode.HYBRID:
+            return
+        if self.redis_up:
+            log.warning("hybrid-memory: Redis unreachable; serving from PostgreSQL until it answers again")
+        self.redis_up = False
+        if self.probe is None or self.probe.done():
+            self.probe = asyncio.get_running_loop().create_task(self._probe_redis())
+
+    def written_around_redis(self, sid: str) -> None:
+        """A session was written to PostgreSQL directly: its cached window (if Redis kept one) is stale."""
+        self.dirty.add(sid)
+
+    async def _probe_redis(self) -> None:
+        cache = self.core.cache
+        assert cache is not None
+        while not self.core.closed:
+            await asyncio.sleep(self.core.config.health_check_interval)
+            try:
+                await cache.ping()
+                # Sessions written while Redis was away may still have a pre-outage window there (a network
+                # cut keeps data): drop them before the cache serves anything.
+                await self.drop_dirty()
+                try:
+                    await self._purge_dirty()  # other processes' (marked in PostgreSQL)
+                except StoreDown:
+                    pass  # theirs are dropped by their janitor
+                await self.drop_dirty()  # ours written meanwhile
+            except CacheDown:
+                continue
+            # No await since drop_dirty found none left: a write still in flight drops its own session
+            # (WritePath.add_direct).
+            self.redis_up = True
+            log.warning("hybrid-memory: Redis is back; the cache warms up again")
+            return
+
+    async def drop_dirty(self) -> None:
+        """Drop the cached windows of sessions this process wrote to PostgreSQL directly, until none is left
+        (direct writes go on while it runs)."""
+        cache = self.core.cache
+        assert cache is not None
+        while self.dirty:
+            dirty = list(self.dirty)
+            await cache.drop(dirty)
+            self.dirty.difference_update(dirty)
+
+    async def _purge_dirty(self) -> None:
+        store, cache = self.core.store, self.core.cache
+        if store is None or cache is None:
+            return
+        dirty = await store.dirty_sessions()
+        if dirty:
+            await cache.drop(dirty)
+            await store.clear_dirty(dirty)
+
+    async def drop_cached(self, sids: Sequence[str]) -> None:
+        """Drop cached windows now, or (Redis down) as soon as it answers again."""
+        cache = self.core.cache
+        if cache is None:
+            return
+        try:
+            await cache.drop(sids)
+        except CacheDown:
+            self.redis_failed()
+            if self.core.config.mode is Mode.SESSION_ONLY:
+                raise StorageUnavailableError("Redis is unreachable") from None
+            self.dirty.update(sids)
