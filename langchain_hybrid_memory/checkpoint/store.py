@@ -1,0 +1,168 @@
+"""The checkpoint tables' SQL (migration 0004), on the engine's PostgreSQL pool. One round trip per call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..store import PostgresStore
+
+Blob = tuple[str, str, str, bytes | None]  # channel, version, type, bytes
+Write = tuple[int, str, str, bytes]  # idx, channel, type, bytes
+
+_PUT = """
+WITH b AS (
+    INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+    SELECT $1, $2, c, v, t, x FROM unnest($3::text[], $4::text[], $5::text[], $6::bytea[]) AS u(c, v, t, x)
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint,
+                         channel_versions, metadata_type, metadata_blob, metadata)
+VALUES ($1, $2, $7, $8, $9, $10, $11, $12::jsonb, $13, $14, $15::jsonb)
+ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
+    parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, run_id = EXCLUDED.run_id, type = EXCLUDED.type,
+    checkpoint = EXCLUDED.checkpoint, channel_versions = EXCLUDED.channel_versions,
+    metadata_type = EXCLUDED.metadata_type, metadata_blob = EXCLUDED.metadata_blob, metadata = EXCLUDED.metadata
+"""
+
+# Regular writes (idx >= 0) are kept as first written (a retried task must not change what it wrote);
+# special ones (errors, interrupts: negative idx) are replaced, as LangGraph's savers do.
+_PUT_WRITES = """
+INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+SELECT $1, $2, $3, $4, $5, i, c, t, x FROM unnest($6::int[], $7::text[], $8::text[], $9::bytea[]) AS u(i, c, t, x)
+ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE SET
+    channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob, task_path = EXCLUDED.task_path
+    WHERE checkpoint_writes.idx < 0
+"""
+
+# A checkpoint with everything it references: its writes, and the blobs of its channel versions (for a delta,
+# every stored version of that channel, so the chain back to a whole value is in the reply).
+_SELECT = """
+SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.type, c.checkpoint, c.metadata_type,
+       c.metadata_blob,
+       (SELECT coalesce(array_agg(ARRAY[w.task_id, w.channel, w.type, w.task_path, w.idx::text]
+                                  ORDER BY w.task_path COLLATE "C", w.task_id COLLATE "C", w.idx), '{}')
+          FROM checkpoint_writes w
+         WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns
+           AND w.checkpoint_id = c.checkpoint_id) AS writes,
+       (SELECT coalesce(array_agg(w.blob ORDER BY w.task_path COLLATE "C", w.task_id COLLATE "C", w.idx), '{}')
+          FROM checkpoint_writes w
+         WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns
+           AND w.checkpoint_id = c.checkpoint_id) AS write_blobs,
+       (SELECT coalesce(array_agg(ARRAY[b.channel, b.version, b.type]), '{}')
+          FROM jsonb_each_text(c.channel_versions) AS cv(channel, version)
+          JOIN checkpoint_blobs b ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
+                                 AND b.channel = cv.channel AND b.version = cv.version) AS blobs,
+       (SELECT coalesce(array_agg(b.blob), '{}')
+          FROM jsonb_each_text(c.channel_versions) AS cv(channel, version)
+          JOIN checkpoint_blobs b ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
+                                 AND b.channel = cv.channel AND b.version = cv.version) AS blob_bytes
+  FROM checkpoints c
+"""
+
+
+class CheckpointStore:
+    """SQL of the checkpoint tables, run through the engine's store (its pool, timeouts and errors)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    async def put(self, thread_id: str, ns: str, checkpoint_id: str, parent_id: str | None, run_id: str | None,
+                  checkpoint: tuple[str, bytes], versions: dict[str, str], metadata: tuple[str, bytes],
+                  metadata_json: dict[str, Any], blobs: Sequence[Blob]) -> None:
+        await self.store._run(
+            "execute", _PUT, thread_id, ns, [b[0] for b in blobs], [b[1] for b in blobs], [b[2] for b in blobs],
+            [b[3] for b in blobs], checkpoint_id, parent_id, run_id, checkpoint[0], checkpoint[1],
+            json.dumps(versions), metadata[0], metadata[1], json.dumps(metadata_json, default=str))
+
+    async def put_writes(self, thread_id: str, ns: str, checkpoint_id: str, task_id: str, task_path: str,
+                         writes: Sequence[Write]) -> None:
+        await self.store._run(
+            "execute", _PUT_WRITES, thread_id, ns, checkpoint_id, task_id, task_path, [w[0] for w in writes],
+            [w[1] for w in writes], [w[2] for w in writes], [w[3] for w in writes])
+
+    async def get(self, thread_id: str, ns: str, checkpoint_id: str | None) -> Any:
+        if checkpoint_id:
+            return await self.store._run(
+                "fetchrow", _SELECT + " WHERE c.thread_id = $1 AND c.checkpoint_ns = $2 AND c.checkpoint_id = $3",
+                thread_id, ns, checkpoint_id)
+        return await self.store._run(
+            "fetchrow", _SELECT + " WHERE c.thread_id = $1 AND c.checkpoint_ns = $2 ORDER BY c.checkpoint_id DESC"
+            " LIMIT 1", thread_id, ns)
+
+    async def list_checkpoints(self, thread_id: str | None, ns: str | None, checkpoint_id: str | None,
+                   metadata: dict[str, Any] | None, before: str | None, limit: int | None) -> list[Any]:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("c.thread_id", thread_id), ("c.checkpoint_ns", ns), ("c.checkpoint_id", checkpoint_id)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        if metadata:
+            args.append(json.dumps(metadata, default=str))
+            where.append(f"c.metadata @> ${len(args)}::jsonb")
+        if before is not None:
+            args.append(before)
+            where.append(f"c.checkpoint_id < ${len(args)}")
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY c.thread_id, c.checkpoint_ns, c.checkpoint_id DESC"
+        if limit is not None:
+            args.append(limit)
+            sql += f" LIMIT ${len(args)}"
+        return list(await self.store._run("fetch", sql, *args))
+
+    async def channel_blobs(self, thread_id: str, ns: str, channel: str, upto: str) -> list[Any]:
+        """Every stored version of one channel up to `upto` (a delta chain is among them)."""
+        return list(await self.store._run(
+            "fetch", "SELECT version, type, blob FROM checkpoint_blobs WHERE thread_id = $1 AND checkpoint_ns = $2"
+            " AND channel = $3 AND version <= $4", thread_id, ns, channel, upto))
+
+    async def delete_threads(self, thread_ids: Sequence[str]) -> None:
+        await self.store._run(
+            "execute", "WITH a AS (DELETE FROM checkpoint_writes WHERE thread_id = ANY($1)),"
+            " b AS (DELETE FROM checkpoint_blobs WHERE thread_id = ANY($1))"
+            " DELETE FROM checkpoints WHERE thread_id = ANY($1)", list(thread_ids))
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> None:
+        # Blobs stay: a later checkpoint's delta may be built on them (they go with the thread).
+        await self.store._run(
+            "execute", "WITH gone AS (DELETE FROM checkpoints WHERE run_id = ANY($1)"
+            " RETURNING thread_id, checkpoint_ns, checkpoint_id)"
+            " DELETE FROM checkpoint_writes w USING gone g WHERE w.thread_id = g.thread_id"
+            " AND w.checkpoint_ns = g.checkpoint_ns AND w.checkpoint_id = g.checkpoint_id", list(run_ids))
+
+    async def copy_thread(self, source: str, target: str) -> None:
+        await self.store._run(
+            "execute",
+            "WITH a AS (INSERT INTO checkpoint_blobs SELECT $2, checkpoint_ns, channel, version, type, blob"
+            " FROM checkpoint_blobs WHERE thread_id = $1 ON CONFLICT DO NOTHING),"
+            " b AS (INSERT INTO checkpoint_writes SELECT $2, checkpoint_ns, checkpoint_id, task_id, idx, channel,"
+            " type, blob, task_path FROM checkpoint_writes WHERE thread_id = $1 ON CONFLICT DO NOTHING)"
+            " INSERT INTO checkpoints SELECT $2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type,"
+            " checkpoint, channel_versions, metadata_type, metadata_blob, metadata, created_at"
+            " FROM checkpoints WHERE thread_id = $1 ON CONFLICT DO NOTHING", source, target)
+
+    async def keep_latest(self, thread_id: str, ns: str, checkpoint_id: str, keep: Sequence[tuple[str, str]],
+                          whole: Sequence[Blob]) -> None:
+        """Drop every checkpoint of (thread, ns) but `checkpoint_id` and every blob but those it references
+        (`keep`: channel, version); `whole` rewrites its delta-encoded blobs as whole values first."""
+        await self.store._run(
+            "execute",
+            "WITH w AS (UPDATE checkpoint_blobs b SET type = u.t, blob = u.x"
+            " FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[]) AS u(c, v, t, x)"
+            " WHERE b.thread_id = $1 AND b.checkpoint_ns = $2 AND b.channel = u.c AND b.version = u.v),"
+            " c AS (DELETE FROM checkpoints WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id <> $3),"
+            " d AS (DELETE FROM checkpoint_writes WHERE thread_id = $1 AND checkpoint_ns = $2"
+            " AND checkpoint_id <> $3)"
+            " DELETE FROM checkpoint_blobs b WHERE b.thread_id = $1 AND b.checkpoint_ns = $2"
+            " AND (b.channel, b.version) NOT IN (SELECT * FROM unnest($8::text[], $9::text[]))",
+            thread_id, ns, checkpoint_id, [b[0] for b in whole], [b[1] for b in whole], [b[2] for b in whole],
+            [b[3] for b in whole], [k[0] for k in keep], [k[1] for k in keep])
+
+    async def namespaces(self, thread_id: str) -> list[tuple[str, str]]:
+        """(namespace, latest checkpoint id) of each namespace of a thread."""
+        rows = await self.store._run(
+            "fetch", "SELECT checkpoint_ns, max(checkpoint_id) FROM checkpoints WHERE thread_id = $1"
+            " GROUP BY checkpoint_ns", thread_id)
+        return [(r[0], r[1]) for r in rows]

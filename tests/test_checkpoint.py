@@ -1,0 +1,101 @@
+"""HybridSaver, the LangGraph checkpointer: the official conformance suite, and storage that follows each step."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.checkpoint.conformance.capabilities import ALL_CAPABILITIES
+
+from langchain_hybrid_memory import HybridMemory
+from langchain_hybrid_memory.checkpoint import HybridSaver
+
+
+async def test_conformance_suite_reports_full(make_memory: Callable[..., HybridMemory]) -> None:
+    memory = make_memory()
+
+    @checkpointer_test(name="HybridSaver")
+    async def saver() -> AsyncGenerator[HybridSaver, None]:
+        yield HybridSaver(memory)
+
+    report = await validate(saver)
+    report.print_report()  # shown when the test fails
+    detected = {cap for cap, result in report.results.items() if result.detected}
+    assert detected == {cap.value for cap in ALL_CAPABILITIES}  # all eight: put ... prune
+    assert report.conformance_level() == "FULL"
+
+
+def _step(saver: HybridSaver, config: dict[str, Any], messages: list[Any], new: list[Any]
+          ) -> tuple[dict[str, Any], list[Any]]:
+    """One agent step through the saver: read the latest checkpoint, then store the next with `new` appended."""
+    from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
+
+    tup = saver.get_tuple(config)
+    base = tup.checkpoint if tup is not None else empty_checkpoint()
+    messages = [*messages, *new]
+    version = saver.get_next_version(base["channel_versions"].get("messages"), None)
+    checkpoint = create_checkpoint(base, None, 1)
+    checkpoint["channel_values"] = {"messages": messages}
+    checkpoint["channel_versions"] = {**base["channel_versions"], "messages": version}
+    stored = saver.put(config if tup is None else tup.config, checkpoint, {"source": "loop", "step": 1},
+                       {"messages": version})
+    return stored, messages
+
+
+def test_messages_are_stored_as_deltas_and_read_back_whole(make_memory: Callable[..., HybridMemory]) -> None:
+    from langchain_core.messages import AIMessage, HumanMessage, message_to_dict
+
+    from conftest import pg_fetch
+
+    memory = make_memory()
+    saver = HybridSaver(memory)
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    messages: list[Any] = []
+    sizes = []
+    for turn in range(40):
+        new = [HumanMessage("q" * 200, id=f"h{turn}"), AIMessage("a" * 200, id=f"a{turn}")]
+        _, messages = _step(saver, config, messages, new)
+        rows = pg_fetch(f'SELECT coalesce(sum(octet_length(blob)), 0) AS n FROM "{memory.config.namespace}"'
+                        ".checkpoint_blobs WHERE thread_id = $1", thread)
+        sizes.append(rows[0]["n"])
+    growth = [b - a for a, b in itertools.pairwise(sizes)]
+    new_size = len(saver.serde.dumps_typed(new)[1])
+    # Each step stores its two new messages (plus a reference), never the whole growing list again.
+    assert max(growth) <= 2 * new_size + 64, (new_size, growth)
+    # A fresh saver on a fresh engine (nothing remembered) reads the whole list back, field for field.
+    fresh = HybridSaver(make_memory())
+    got = fresh.get_tuple(config)
+    assert got is not None
+    assert [message_to_dict(m) for m in got.checkpoint["channel_values"]["messages"]] == [
+        message_to_dict(m) for m in messages]
+    # Keeping only the latest checkpoint stores its value whole: it still reads back the same.
+    fresh.prune([thread], strategy="keep_latest")
+    after = HybridSaver(make_memory()).get_tuple(config)
+    assert after is not None and len(list(fresh.list(config))) == 1
+    assert [m.id for m in after.checkpoint["channel_values"]["messages"]] == [m.id for m in messages]
+
+
+def test_bad_input_is_refused_before_anything_is_written(make_memory: Callable[..., HybridMemory]) -> None:
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from langchain_hybrid_memory import InvalidInputError
+
+    memory = make_memory(max_message_bytes=10_000, max_messages_per_add=10)
+    saver = HybridSaver(memory)
+    checkpoint = empty_checkpoint()
+    too_long = {"configurable": {"thread_id": "x" * 300, "checkpoint_ns": ""}}
+    with pytest.raises(InvalidInputError, match="thread_id"):
+        saver.put(too_long, checkpoint, {}, {})
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    huge = {**checkpoint, "channel_values": {"big": "x" * 200_000}, "channel_versions": {"big": "1"}}
+    with pytest.raises(InvalidInputError, match="limit"):
+        saver.put(config, huge, {}, {"big": "1"})
+    odd = {**checkpoint, "channel_values": {"odd": object()}, "channel_versions": {"odd": "1"}}
+    with pytest.raises(InvalidInputError, match="cannot be serialized"):
+        saver.put(config, odd, {}, {"odd": "1"})
+    assert saver.get_tuple(config) is None and list(saver.list(None)) == []
