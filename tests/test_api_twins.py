@@ -22,12 +22,13 @@ import pytest
 from llama_index.core.storage.chat_store.base_db import AsyncDBChatStore
 
 from langchain_hybrid_memory import HybridMemory
+from langchain_hybrid_memory.checkpoint import HybridSaver
 from langchain_hybrid_memory.history import HybridChatMessageHistory
 from langchain_hybrid_memory.middleware import HybridMemoryMiddleware, HybridSummarizer
 from llamaindex_adapter import HybridChatStore, HybridDBChatStore, HybridSummaryBlock
 
 PUBLIC_CLASSES: tuple[type, ...] = (HybridMemory, HybridChatMessageHistory, HybridMemoryMiddleware, HybridSummarizer,
-                                    HybridChatStore, HybridDBChatStore, HybridSummaryBlock)
+                                    HybridChatStore, HybridDBChatStore, HybridSummaryBlock, HybridSaver)
 OUR_MODULES = ("langchain_hybrid_memory", "llamaindex_adapter")
 # Protocol methods that come in twins too: `with` and `async with`.
 PROTOCOL_TWINS = {"__enter__": "__aenter__", "__exit__": "__aexit__"}
@@ -51,6 +52,7 @@ SYNC_ONLY: dict[tuple[type, str], str] = {
     (HybridChatStore, "model_post_init"): "pydantic's initialisation hook, called by pydantic; no I/O",
     (HybridDBChatStore, "model_post_init"): "pydantic's initialisation hook, called by pydantic; no I/O",
     (HybridSummaryBlock, "model_post_init"): "pydantic's initialisation hook, called by pydantic; no I/O",
+    (HybridSaver, "get_next_version"): "LangGraph's BaseCheckpointSaver interface: a version string; no I/O",
 }
 # Coroutine functions without a sync twin.
 _DB_STORE = "LlamaIndex's AsyncDBChatStore interface is async only, with plain names"

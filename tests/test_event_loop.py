@@ -21,6 +21,7 @@ from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.storage.chat_store.base_db import MessageStatus
 
 from langchain_hybrid_memory import HybridChatMessageHistory, HybridMemory, Message
+from langchain_hybrid_memory.checkpoint import HybridSaver
 from langchain_hybrid_memory.middleware import HybridMemoryMiddleware, HybridSummarizer, SummaryRecord
 from llamaindex_adapter import HybridChatStore, HybridDBChatStore, HybridSummaryBlock
 
@@ -30,7 +31,7 @@ OURS = ("langchain_hybrid_memory", "llamaindex_adapter")
 # Coroutines inherited from the frameworks that run our code: the memory block's public entry points.
 INHERITED = {HybridSummaryBlock: {"aget", "aput"}}
 CLASSES = (HybridMemory, HybridChatMessageHistory, HybridMemoryMiddleware, HybridSummarizer, HybridChatStore,
-           HybridDBChatStore, HybridSummaryBlock)
+           HybridDBChatStore, HybridSummaryBlock, HybridSaver)
 
 
 def public_coroutines(cls: type) -> set[str]:
@@ -99,6 +100,17 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
         await owner.memory.aget_recent_messages("x")
         await owner.aclose()
         assert owner.memory._core.closed
+
+    saver = HybridSaver(memory)
+
+    async def checkpointed() -> dict[str, Any]:
+        from langgraph.checkpoint.base import empty_checkpoint
+
+        config: Any = {"configurable": {"thread_id": fresh(), "checkpoint_ns": ""}}
+        return dict(await saver.aput(config, empty_checkpoint(), {"run_id": "r"}, {}))
+
+    async def alist_all() -> list[Any]:
+        return [t async for t in saver.alist(await checkpointed(), limit=2)]
 
     async def aiter_all() -> list[Any]:
         return [m async for m in history.aiter_transcript(page_size=2)]
@@ -170,6 +182,16 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
             "delete_oldest_messages": lambda: run(lambda k: db.delete_oldest_messages(k, 2), db_filled),
             "archive_oldest_messages": lambda: run(lambda k: db.archive_oldest_messages(k, 2), db_filled),
             "aclose": lambda: close_store(HybridDBChatStore),
+        },
+        HybridSaver: {
+            "aput": checkpointed,
+            "aget_tuple": lambda: run(saver.aget_tuple, checkpointed),
+            "alist": alist_all,
+            "aput_writes": lambda: run(lambda c: saver.aput_writes(c, [("ch", 1)], "task"), checkpointed),
+            "adelete_thread": lambda: saver.adelete_thread(fresh()),
+            "adelete_for_runs": lambda: saver.adelete_for_runs(["r"]),
+            "acopy_thread": lambda: saver.acopy_thread(fresh(), fresh()),
+            "aprune": lambda: saver.aprune([fresh()]),
         },
         HybridSummaryBlock: {
             "aput": lambda: block.aput([ChatMessage(role="user", content="x")]),
