@@ -1,10 +1,10 @@
 """`HybridSaver`: a LangGraph checkpointer on the engine's PostgreSQL, serving sync and async graphs.
 
 Every call runs on the engine loop (one implementation; async callers never block their loop): one PostgreSQL
-round trip per `put` / `put_writes`, and per `get_tuple` one more for each delta-encoded channel. A list channel whose items carry ids (an agent's messages)
-is stored as the items new since its previous version plus a reference to that version, so a step writes
-what it added, not the thread's whole history again; a list that was rewritten (`RemoveMessage`,
-summarization) is stored whole.
+round trip per `put` / `put_writes`, and per `get_tuple` one more for each delta-encoded channel. A list
+channel whose items carry ids (an agent's messages) is stored as the items new since its previous version plus
+a reference to that version, so a step writes what it added, not the thread's whole history again; a list
+that was rewritten (`RemoveMessage`, summarization) is stored whole.
 """
 
 from __future__ import annotations
