@@ -3,7 +3,7 @@
 Every public operation has a sync and an async form. Both run the same coroutine on the engine loop
 (`_loop.py`), so there is one implementation of each behaviour. The hot calls (append, window read, context
 read) first try one Redis round trip from the caller's own thread or loop; the sync and async forms differ
-only in how they make that call, and hand its reply to the same code (`hot_*` in reads.py / writes.py).
+only in how they make that call, and hand its reply to the same code (`finish_hot_*` in reads.py / writes.py).
 
 Where things live: core.py (shared state, start, close), health.py (failover), reads.py, writes.py,
 refill.py, erasure.py, summaries.py (the summary operations and worker), outbox.py (write-behind),
@@ -186,9 +186,9 @@ class HybridMemory:
             try:
                 got = core.sync.append(sid, uid, [m.id for m in items], payloads,
                                        persist=self.config.mode is Mode.HYBRID)
-            except Exception as exc:  # handed over: hot_done decides what each error means
+            except Exception as exc:  # handed over: finish_hot_append decides what each error means
                 got = exc
-            got = self._writes.hot_done(got, sid, uid, items, payloads, t0)
+            got = self._writes.finish_hot_append(got, sid, uid, items, payloads, t0)
             if got is items:
                 return items
         return self._run(self._writes.add(sid, uid, items, payloads, got))
@@ -204,9 +204,9 @@ class HybridMemory:
             try:
                 got = await cache.append(sid, uid, [m.id for m in items], payloads,
                                          persist=self.config.mode is Mode.HYBRID)
-            except Exception as exc:  # handed over: hot_done decides what each error means
+            except Exception as exc:  # handed over: finish_hot_append decides what each error means
                 got = exc
-            got = self._writes.hot_done(got, sid, uid, items, payloads, t0)
+            got = self._writes.finish_hot_append(got, sid, uid, items, payloads, t0)
             if got is items:
                 return items
         return await self._arun(self._writes.add(sid, uid, items, payloads, got))
@@ -221,9 +221,9 @@ class HybridMemory:
             t0 = time.perf_counter()
             try:
                 got = core.sync.read(sid, n)
-            except Exception as exc:  # handed over: hot_recent decides what each error means
+            except Exception as exc:  # handed over: finish_hot_read decides what each error means
                 got = exc
-            got = self._reads.hot_recent(got, uid, t0)
+            got = self._reads.finish_hot_read(got, uid, t0)
             if isinstance(got, list):
                 return got
         return self._run(self._reads.recent(sid, uid, n, got))
@@ -237,9 +237,9 @@ class HybridMemory:
             t0 = time.perf_counter()
             try:
                 got = await cache.read(sid, n)
-            except Exception as exc:  # handed over: hot_recent decides what each error means
+            except Exception as exc:  # handed over: finish_hot_read decides what each error means
                 got = exc
-            got = self._reads.hot_recent(got, uid, t0)
+            got = self._reads.finish_hot_read(got, uid, t0)
             if isinstance(got, list):
                 return got
         return await self._arun(self._reads.recent(sid, uid, n, got))
@@ -257,9 +257,9 @@ class HybridMemory:
             t0 = time.perf_counter()
             try:
                 got: Any = core.sync.context(sid)
-            except Exception as exc:  # handed over: hot_context decides what each error means
+            except Exception as exc:  # handed over: finish_hot_context decides what each error means
                 got = exc
-            ctx = self._reads.hot_context(got, uid, t0)
+            ctx = self._reads.finish_hot_context(got, uid, t0)
             if ctx is not None:
                 return ctx
         return self._run(self._reads.context(sid, uid))
@@ -271,9 +271,9 @@ class HybridMemory:
             t0 = time.perf_counter()
             try:
                 got: Any = await cache.context(sid)
-            except Exception as exc:  # handed over: hot_context decides what each error means
+            except Exception as exc:  # handed over: finish_hot_context decides what each error means
                 got = exc
-            ctx = self._reads.hot_context(got, uid, t0)
+            ctx = self._reads.finish_hot_context(got, uid, t0)
             if ctx is not None:
                 return ctx
         return await self._arun(self._reads.context(sid, uid))

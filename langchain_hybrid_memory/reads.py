@@ -34,7 +34,7 @@ class ReadPath:
         self.refill = refill
 
     # -- in the caller's thread or loop: what one Redis reply gives ---------------------------------------
-    def hot_recent(self, got: Any, uid: str | None, t0: float) -> list[Message] | Any:
+    def finish_hot_read(self, got: Any, uid: str | None, t0: float) -> list[Message] | Any:
         """The window from a hot read's reply, or what the engine loop should start from (UNKNOWN, CORRUPT,
         or the reply itself: a miss or a partial window). `got` may be the exception the read raised."""
         if isinstance(got, tuple):
@@ -50,7 +50,7 @@ class ReadPath:
             return msgs
         return self._failed(got)
 
-    def hot_context(self, got: Any, uid: str | None, t0: float) -> Context | None:
+    def finish_hot_context(self, got: Any, uid: str | None, t0: float) -> Context | None:
         """The context from a hot read's reply, if the cache holds what the view needs."""
         self._failed(got)
         return self.cached_context(got, uid, t0)

@@ -2,7 +2,7 @@
 entry), acknowledged there and committed to PostgreSQL in the background (outbox.py); with Redis down, the
 write goes to PostgreSQL directly and the session is remembered as written around Redis (health.py).
 
-The hot append runs in the caller's own thread or loop (`hot_done` finishes it); everything else continues on
+The hot append runs in the caller's own thread or loop (`finish_hot_append` finishes it); everything else continues on
 the engine loop (`add`).
 """
 
@@ -41,7 +41,7 @@ class WritePath:
                 f"(max_backlog={self.core.config.max_backlog}); nothing was written")
 
     # -- in the caller's thread or loop ------------------------------------------------------------------
-    def hot_done(self, got: Any, sid: str, uid: str | None, items: list[Message], payloads: list[str],
+    def finish_hot_append(self, got: Any, sid: str, uid: str | None, items: list[Message], payloads: list[str],
                  t0: float) -> list[Message] | Any:
         """Finish a hot append from its reply (or the exception it raised): the stamped messages, or what the
         engine loop should start from (UNKNOWN, CORRUPT, or a reply the hot path cannot finish)."""

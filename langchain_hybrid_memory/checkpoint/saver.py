@@ -1,10 +1,10 @@
 """`HybridSaver`: a LangGraph checkpointer on the engine's PostgreSQL, serving sync and async graphs.
 
 Every call runs on the engine loop (one implementation; async callers never block their loop): one PostgreSQL
-round trip per `put` / `put_writes`, and per `get_tuple` one more for each delta-encoded channel. A list
-channel whose items carry ids (an agent's messages) is stored as the items new since its previous version plus
-a reference to that version, so a step writes what it added, not the thread's whole history again; a list
-that was rewritten (`RemoveMessage`, summarization) is stored whole.
+round trip per `put` / `put_writes` / `get_tuple` (one more for a delta-encoded channel this process has not
+seen). A list channel (an agent's messages) is stored as the items appended since its previous version plus a
+reference to that version, so a step writes what it added, not the thread's whole history again; a list that
+was rewritten (`RemoveMessage`, an item replaced by id, summarization) is stored whole.
 """
 
 from __future__ import annotations
@@ -33,20 +33,7 @@ from ..memory import HybridMemory
 from .store import Blob, CheckpointStore
 
 DELTA = "hm-delta/"  # blob type prefix: (previous version, items kept from it, new items)
-_KNOWN_IDS = 4096  # (thread, ns, channel, version) -> item ids remembered for delta encoding
-
-
-def _item_ids(value: Any) -> tuple[str, ...] | None:
-    """The ids of a list's items, if every item has one (messages do, once in graph state)."""
-    if not isinstance(value, list):
-        return None
-    ids = []
-    for item in value:
-        item_id = getattr(item, "id", None)
-        if not isinstance(item_id, str):
-            return None
-        ids.append(item_id)
-    return tuple(ids)
+_KNOWN = 512  # list values and checkpoint versions remembered per saver
 
 
 class HybridSaver(BaseCheckpointSaver[str]):
@@ -58,9 +45,11 @@ class HybridSaver(BaseCheckpointSaver[str]):
     def __init__(self, memory: HybridMemory, *, serde: SerializerProtocol | None = None) -> None:
         super().__init__(serde=serde)
         self.memory = memory
-        # What delta encoding needs to know of earlier versions: a list channel's item ids by version, and a
-        # checkpoint's channel versions by id (LangGraph passes a put only its parent's id). Bounded.
-        self._known: OrderedDict[tuple[str, str, str, str], tuple[str, ...]] = OrderedDict()
+        # List values by (thread, ns, channel, version), as this process stored or last read them: a version never
+        # changes, so they serve reads without decoding, and delta encoding compares the next version with
+        # them. Items are shared, not copied: LangGraph's reducers build new lists and never edit a stored
+        # item in place. Bounded; with the checkpoint versions by id (LangGraph passes a put only its parent's).
+        self._lists: OrderedDict[tuple[str, str, str, str], builtins.list[Any]] = OrderedDict()
         self._versions: dict[tuple[str, str, str | None], dict[str, str]] = {}
 
     def __repr__(self) -> str:
@@ -72,11 +61,11 @@ class HybridSaver(BaseCheckpointSaver[str]):
         await core.ensure_started()
         return CheckpointStore(core.need_store())
 
-    def _remember(self, key: tuple[str, str, str, str], ids: tuple[str, ...]) -> None:
-        self._known[key] = ids
-        self._known.move_to_end(key)
-        while len(self._known) > _KNOWN_IDS:
-            self._known.popitem(last=False)
+    def _keep(self, key: tuple[str, str, str, str], value: builtins.list[Any]) -> None:
+        self._lists[key] = list(value)
+        self._lists.move_to_end(key)
+        while len(self._lists) > _KNOWN:
+            self._lists.popitem(last=False)
 
     def _check_thread(self, thread_id: Any) -> str:
         if not isinstance(thread_id, str) or not thread_id:
@@ -106,12 +95,14 @@ class HybridSaver(BaseCheckpointSaver[str]):
                 out.append((channel, version, "empty", None))
                 continue
             value = values[channel]
-            ids = _item_ids(value)
-            if ids is not None:
-                self._remember((thread_id, ns, channel, version), ids)
+            if isinstance(value, list):
                 prev_version = parent_versions.get(channel)
-                prev = self._known.get((thread_id, ns, channel, prev_version)) if prev_version else None
-                if prev is not None and ids[:len(prev)] == prev:
+                prev = self._lists.get((thread_id, ns, channel, prev_version)) if prev_version else None
+                self._keep((thread_id, ns, channel, version), value)
+                # Equal items (the same objects, compared by identity first) up to the previous length: only the
+                # rest is new. An item replaced by id (`add_messages` with a known id) is a new object that
+                # compares unequal, and so is every rewrite: stored whole.
+                if prev is not None and len(value) >= len(prev) and value[:len(prev)] == prev:
                     kind, data = self._dumps(f"channel {channel!r}", [prev_version, len(prev), value[len(prev):]])
                     out.append((channel, version, DELTA + kind, data))
                     continue
@@ -132,23 +123,31 @@ class HybridSaver(BaseCheckpointSaver[str]):
         for (channel, version, kind), data in zip(row["blobs"], row["blob_bytes"], strict=True):
             if kind == "empty":
                 continue
-            if kind.startswith(DELTA):
+            key = (thread_id, ns, channel, version)
+            known = self._lists.get(key)
+            if known is not None:
+                values[channel] = list(known)
+                self._lists.move_to_end(key)
+            elif kind.startswith(DELTA):
                 chain = {r["version"]: (r["type"], r["blob"]) for r in
                          await store.channel_blobs(thread_id, ns, channel, version)}
                 values[channel] = self._resolve(thread_id, ns, channel, version, chain)
             else:
                 values[channel] = self.serde.loads_typed((kind, data))
-                ids = _item_ids(values[channel])
-                if ids is not None:
-                    self._remember((thread_id, ns, channel, version), ids)
+                if isinstance(values[channel], list):
+                    self._keep(key, values[channel])
         return values
 
     def _resolve(self, thread_id: str, ns: str, channel: str, version: str,
-                 chain: dict[str, tuple[str, bytes]]) -> Any:
-        """The whole value of a delta-encoded version, following references back to a whole one."""
+                 chain: dict[str, tuple[str, bytes]]) -> builtins.list[Any]:
+        """The whole value of a delta-encoded version, following references back to a whole (or known) one."""
         parts: builtins.list[tuple[int, builtins.list[Any]]] = []
-        current: str | None = version
-        while current is not None:
+        current = version
+        while True:
+            known = self._lists.get((thread_id, ns, channel, current))
+            if known is not None:
+                value = list(known)
+                break
             kind, data = chain[current]
             if not kind.startswith(DELTA):
                 value = list(self.serde.loads_typed((kind, data)))
@@ -158,9 +157,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
             current = prev
         for kept, items in reversed(parts):
             value = value[:kept] + list(items)
-        ids = _item_ids(value)
-        if ids is not None:
-            self._remember((thread_id, ns, channel, version), ids)
+        self._keep((thread_id, ns, channel, version), value)
         return value
 
     def _tuple(self, thread_id: str, row: Any, values: dict[str, Any]) -> CheckpointTuple:
@@ -278,7 +275,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
                     await store.keep_latest(thread_id, ns, latest, keep, whole)
 
     def _remember_versions(self, thread_id: str, ns: str, checkpoint_id: str, versions: dict[str, str]) -> None:
-        if len(self._versions) >= _KNOWN_IDS:
+        if len(self._versions) >= _KNOWN * 8:
             self._versions.clear()
         self._versions[(thread_id, ns, checkpoint_id)] = versions
 
