@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .cache import CacheDown, Refill
+from .checkpoint.store import delete_user_threads, purge_idle_threads
 from .errors import StorageUnavailableError
 from .messages import element, encode
 from .outbox import OutboxEntry
@@ -134,6 +135,9 @@ class Eraser:
             assert core.cache is not None
             with core.health.redis_step():
                 await core.cache.forget_user(uid)
+        if core.store is not None:  # the user's LangGraph threads (HybridSaver) too
+            with core.health.store_step():
+                await delete_user_threads(core.store, uid)
         return len(sids)
 
     async def purge_idle(self, older_than: float, on_progress: ProgressFn | None) -> int:
@@ -141,6 +145,7 @@ class Eraser:
         await core.ensure_started()
         store = core.need_store()
         with core.health.store_step():
+            await purge_idle_threads(store, older_than)  # LangGraph threads (HybridSaver) idle as long
             total = await store.count_idle_sessions(older_than)
             done = 0
             while True:

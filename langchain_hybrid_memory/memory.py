@@ -475,7 +475,8 @@ class HybridMemory:
             corrupt_entries=s.corrupt_entries, dead_letters=s.dead_letters, summaries=s.summaries,
             summary_failures=s.summary_failures,
             summary_queue=summaries.queued if summaries else 0,
-            last_summary_error=summaries.last_error if summaries else None)
+            last_summary_error=summaries.last_error if summaries else None, checkpoint_reads=s.checkpoint_reads,
+            checkpoint_puts=s.checkpoint_puts, checkpoint_writes=s.checkpoint_writes)
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations; returns the names applied."""

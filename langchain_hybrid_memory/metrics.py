@@ -29,6 +29,9 @@ _COUNTERS = {
     "redis_errors": "Redis calls that failed or timed out",
     "summaries": "Summaries stored",
     "summary_failures": "Summarizer calls that failed (retried later)",
+    "checkpoint_reads": "LangGraph checkpoints read by HybridSaver",
+    "checkpoint_puts": "LangGraph checkpoints stored by HybridSaver",
+    "checkpoint_writes": "LangGraph pending writes stored by HybridSaver",
 }
 _GAUGES = {
     "hit_rate": ("hit_rate_percent", "Cache hit rate in percent"),

@@ -51,6 +51,9 @@ class CacheStats:
     summary_failures: int
     summary_queue: int  # sessions due or waiting to retry
     last_summary_error: str | None
+    checkpoint_reads: int = 0  # HybridSaver: checkpoints read (get_tuple, and each one list returned)
+    checkpoint_puts: int = 0  # HybridSaver: checkpoints stored
+    checkpoint_writes: int = 0  # HybridSaver: pending writes stored
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +69,7 @@ class Stats:
         self.summaries = self.summary_failures = 0
         self.corrupt_entries = 0
         self.dead_letters = 0
+        self.checkpoint_reads = self.checkpoint_puts = self.checkpoint_writes = 0
         self.read_lat: deque[float] = deque(maxlen=window)
         self.write_lat: deque[float] = deque(maxlen=window)
 

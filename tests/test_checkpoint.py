@@ -99,3 +99,40 @@ def test_bad_input_is_refused_before_anything_is_written(make_memory: Callable[.
     with pytest.raises(InvalidInputError, match="cannot be serialized"):
         saver.put(config, odd, {}, {"odd": "1"})
     assert saver.get_tuple(config) is None and list(saver.list(None)) == []
+
+
+def test_delete_user_and_retention_cover_checkpoint_threads(make_memory: Callable[..., HybridMemory]) -> None:
+    """A user's threads (LangGraph copies `configurable.user_id` into metadata) go with `delete_user`; threads
+    idle longer than the retention period go with `purge_idle_sessions`; stats count the traffic."""
+    from langchain_core.messages import HumanMessage
+
+    from conftest import pg_fetch
+
+    memory = make_memory()
+    saver = HybridSaver(memory)
+
+    def thread(tid: str, user: str | None) -> None:
+        conf: dict[str, Any] = {"thread_id": tid, "checkpoint_ns": ""}
+        if user is not None:
+            conf["user_id"] = user
+        stored, _ = _step(saver, {"configurable": conf}, [], [HumanMessage("hi", id=f"{tid}-1")])
+        saver.put_writes(stored, [("messages", [])], "task-1")
+
+    thread("alice-1", "alice")
+    thread("alice-2", "alice")
+    thread("bob-1", "bob")
+    thread("nobody", None)
+    assert saver.get_tuple({"configurable": {"thread_id": "bob-1", "checkpoint_ns": ""}}) is not None
+    stats = memory.get_cache_stats()  # each thread's first read found nothing; the read above found one
+    assert (stats.checkpoint_puts, stats.checkpoint_writes, stats.checkpoint_reads) == (4, 4, 1)
+    assert {t.config["configurable"]["thread_id"] for t in saver.list(None, filter={"user_id": "alice"})} == {
+        "alice-1", "alice-2"}
+    memory.delete_user("alice")
+    ns = memory.config.namespace
+    left = {r["thread_id"] for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
+            for r in pg_fetch(f'SELECT DISTINCT thread_id FROM "{ns}".{table}')}
+    assert left == {"bob-1", "nobody"}
+    pg_fetch(f"UPDATE \"{ns}\".checkpoints SET created_at = now() - interval '2 days' WHERE thread_id = 'bob-1'")
+    memory.purge_idle_sessions(86_400)
+    assert {r["thread_id"] for r in pg_fetch(f'SELECT DISTINCT thread_id FROM "{ns}".checkpoints')} == {"nobody"}
+    assert saver.get_tuple({"configurable": {"thread_id": "bob-1", "checkpoint_ns": ""}}) is None

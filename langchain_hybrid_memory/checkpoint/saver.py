@@ -13,7 +13,7 @@ import builtins
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -29,8 +29,10 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from ..errors import InvalidInputError
-from ..memory import HybridMemory
 from .store import Blob, CheckpointStore
+
+if TYPE_CHECKING:
+    from ..memory import HybridMemory
 
 DELTA = "hm-delta/"  # blob type prefix: (previous version, items kept from it, new items)
 _KNOWN = 512  # list values and checkpoint versions remembered per saver
@@ -183,6 +185,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
                 return None
             values = await self._load_values(store, thread_id, ns, row)
         tup = self._tuple(thread_id, row, values)
+        self.memory._core.stats.checkpoint_reads += 1
         self._remember_versions(thread_id, ns, row["checkpoint_id"],
                                 {k: str(v) for k, v in tup.checkpoint["channel_versions"].items()})
         return tup
@@ -204,6 +207,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
                 if filter and not all(item.metadata.get(k) == v for k, v in filter.items()):
                     continue
                 out.append(item)
+        self.memory._core.stats.checkpoint_reads += len(out)
         return out
 
     async def _put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
@@ -221,6 +225,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
             await store.put(thread_id, ns, checkpoint["id"], parent_id, meta.get("run_id"),
                             self._dumps("the checkpoint", c), versions, self._dumps("the metadata", meta),
                             dict(meta), blobs)
+        self.memory._core.stats.checkpoint_puts += 1
         self._remember_versions(thread_id, ns, checkpoint["id"], versions)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
@@ -235,6 +240,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         with self.memory._core.health.store_step():
             await store.put_writes(thread_id, ns, config["configurable"]["checkpoint_id"], task_id, task_path,
                                    rows)
+        self.memory._core.stats.checkpoint_writes += len(rows)
 
     async def _delete_threads(self, thread_ids: Sequence[str]) -> None:
         store = await self._store()

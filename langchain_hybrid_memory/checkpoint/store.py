@@ -166,3 +166,25 @@ class CheckpointStore:
             "fetch", "SELECT checkpoint_ns, max(checkpoint_id) FROM checkpoints WHERE thread_id = $1"
             " GROUP BY checkpoint_ns", thread_id)
         return [(r[0], r[1]) for r in rows]
+
+
+_DROP_THREADS = """
+WITH t AS ({threads}),
+     a AS (DELETE FROM checkpoint_writes WHERE thread_id IN (SELECT thread_id FROM t)),
+     b AS (DELETE FROM checkpoint_blobs WHERE thread_id IN (SELECT thread_id FROM t)),
+     c AS (DELETE FROM checkpoints WHERE thread_id IN (SELECT thread_id FROM t))
+SELECT count(*) FROM t
+"""
+
+
+async def delete_user_threads(store: PostgresStore, user_id: str) -> int:
+    """Erase every checkpoint thread whose metadata names `user_id`; returns how many threads."""
+    return int(await store._run("fetchval", _DROP_THREADS.format(
+        threads="SELECT DISTINCT thread_id FROM checkpoints WHERE metadata ->> 'user_id' = $1"), user_id))
+
+
+async def purge_idle_threads(store: PostgresStore, older_than: float) -> int:
+    """Retention: erase checkpoint threads whose newest checkpoint is older than `older_than` seconds."""
+    return int(await store._run("fetchval", _DROP_THREADS.format(
+        threads="SELECT thread_id FROM checkpoints GROUP BY thread_id"
+                " HAVING max(created_at) < now() - make_interval(secs => $1)"), older_than))

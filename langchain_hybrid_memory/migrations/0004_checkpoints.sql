@@ -16,6 +16,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
 );
 CREATE INDEX IF NOT EXISTS checkpoints_run_id ON checkpoints (run_id) WHERE run_id IS NOT NULL;
+-- LangGraph copies `configurable.user_id` into each checkpoint's metadata: erasing a user finds its threads here.
+CREATE INDEX IF NOT EXISTS checkpoints_user_id ON checkpoints ((metadata ->> 'user_id'))
+    WHERE metadata ? 'user_id';
 
 -- A list channel whose items carry ids (an agent's messages) is stored as the items new since the previous
 -- version plus a reference to it (type 'hm-delta/...'), not the whole list again.
