@@ -13,12 +13,15 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ._loop import EngineLoop
-from .cache import CacheDown, RedisCache, SyncHotPath, TouchLog, detect_cluster
+from .cache import CacheDown, OwnershipConflict, RedisCache, SyncHotPath, TouchLog, detect_cluster
 from .config import HybridConfig, Mode, redact_url
 from .errors import MemoryClosedError, SessionOwnershipError, StorageUnavailableError
 from .health import Health
 from .keys import KeyLayout
+from .messages import CorruptEntry
 from .outbox import WriteBehind
 from .stats import Stats
 from .store import PostgresStore, Row, StoreDown
@@ -216,6 +219,21 @@ class Core:
             fn(*args)
         else:
             self.engine.loop.call_soon_threadsafe(fn, *args)
+
+    def start_from(self, got: Any) -> Any:
+        """What the engine loop starts from after a hot call that did not finish: UNKNOWN after a Redis failure
+        (Redis is marked down, on the engine loop), CORRUPT after a damaged entry (or a script that choked on
+        one), else the reply itself. Any other error is the caller's."""
+        if isinstance(got, CacheDown):
+            self.on_engine_loop(self.health.redis_failed)
+            return UNKNOWN
+        if isinstance(got, OwnershipConflict):
+            raise SessionOwnershipError("this session belongs to another user") from None
+        if isinstance(got, (CorruptEntry, ResponseError)):
+            return CORRUPT
+        if isinstance(got, BaseException):
+            raise got
+        return got
 
     @staticmethod
     def check_owner(owner: str | None, uid: str | None) -> None:

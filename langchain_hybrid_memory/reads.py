@@ -48,22 +48,12 @@ class ReadPath:
             s.reads += 1
             s.read_lat.append(time.perf_counter() - t0)
             return msgs
-        return self._failed(got)
+        return self.core.start_from(got)
 
     def finish_hot_context(self, got: Any, uid: str | None, t0: float) -> Context | None:
         """The context from a hot read's reply, if the cache holds what the view needs."""
-        self._failed(got)
+        self.core.start_from(got)
         return self.cached_context(got, uid, t0)
-
-    def _failed(self, got: Any) -> Any:
-        if isinstance(got, CacheDown):
-            self.core.on_engine_loop(self.core.health.redis_failed)
-            return UNKNOWN
-        if isinstance(got, (CorruptEntry, ResponseError)):  # a damaged entry, or a script that choked on one
-            return CORRUPT
-        if isinstance(got, BaseException):
-            raise got
-        return got
 
     def cached_context(self, got: Any, uid: str | None, t0: float) -> Context | None:
         if not isinstance(got, CachedContext):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
-from .cache import AppendResult, CacheDown, OwnershipConflict
+from .cache import AppendResult, OwnershipConflict
 from .config import Mode
 from .core import CORRUPT, UNKNOWN
 from .errors import BacklogFullError, SessionOwnershipError, StorageUnavailableError
@@ -42,7 +42,7 @@ class WritePath:
 
     # -- in the caller's thread or loop ------------------------------------------------------------------
     def finish_hot_append(self, got: Any, sid: str, uid: str | None, items: list[Message], payloads: list[str],
-                 t0: float) -> list[Message] | Any:
+                          t0: float) -> list[Message] | Any:
         """Finish a hot append from its reply (or the exception it raised): the stamped messages, or what the
         engine loop should start from (UNKNOWN, CORRUPT, or a reply the hot path cannot finish)."""
         core = self.core
@@ -58,16 +58,7 @@ class WritePath:
             core.stats.writes += 1
             core.stats.write_lat.append(time.perf_counter() - t0)
             return items
-        if isinstance(got, CacheDown):
-            core.on_engine_loop(core.health.redis_failed)
-            return UNKNOWN
-        if isinstance(got, OwnershipConflict):
-            raise SessionOwnershipError("this session belongs to another user") from None
-        if isinstance(got, ResponseError):  # the script choked on a damaged entry
-            return CORRUPT
-        if isinstance(got, BaseException):
-            raise got
-        return got
+        return core.start_from(got)
 
     def appended(self, sid: str, uid: str | None, items: list[Message], payloads: list[str],
                  res: AppendResult) -> OutboxEntry | None:
