@@ -36,29 +36,27 @@ ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE SE
     WHERE checkpoint_writes.idx < 0
 """
 
-# A checkpoint with everything it references: its writes, and the blobs of its channel versions (for a delta,
-# every stored version of that channel, so the chain back to a whole value is in the reply).
+# A checkpoint with everything it references: its writes (in LangGraph's order) and the blobs of its channel
+# versions, each aggregated once (ids and bytes in the same order).
 _SELECT = """
 SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.type, c.checkpoint, c.metadata_type,
-       c.metadata_blob,
-       (SELECT coalesce(array_agg(ARRAY[w.task_id, w.channel, w.type, w.task_path, w.idx::text]
-                                  ORDER BY w.task_path COLLATE "C", w.task_id COLLATE "C", w.idx), '{}')
-          FROM checkpoint_writes w
-         WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns
-           AND w.checkpoint_id = c.checkpoint_id) AS writes,
-       (SELECT coalesce(array_agg(w.blob ORDER BY w.task_path COLLATE "C", w.task_id COLLATE "C", w.idx), '{}')
-          FROM checkpoint_writes w
-         WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns
-           AND w.checkpoint_id = c.checkpoint_id) AS write_blobs,
-       (SELECT coalesce(array_agg(ARRAY[b.channel, b.version, b.type]), '{}')
-          FROM jsonb_each_text(c.channel_versions) AS cv(channel, version)
-          JOIN checkpoint_blobs b ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
-                                 AND b.channel = cv.channel AND b.version = cv.version) AS blobs,
-       (SELECT coalesce(array_agg(b.blob), '{}')
-          FROM jsonb_each_text(c.channel_versions) AS cv(channel, version)
-          JOIN checkpoint_blobs b ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
-                                 AND b.channel = cv.channel AND b.version = cv.version) AS blob_bytes
+       c.metadata_blob, w.writes, w.write_blobs, b.blobs, b.blob_bytes
   FROM checkpoints c
+  CROSS JOIN LATERAL (
+      SELECT coalesce(array_agg(ARRAY[w.task_id, w.channel, w.type, w.task_path, w.idx::text]
+                                ORDER BY w.task_path COLLATE "C", w.task_id COLLATE "C", w.idx), '{}') AS writes,
+             coalesce(array_agg(w.blob ORDER BY w.task_path COLLATE "C", w.task_id COLLATE "C", w.idx), '{}')
+                 AS write_blobs
+        FROM checkpoint_writes w
+       WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns AND w.checkpoint_id = c.checkpoint_id
+  ) w
+  CROSS JOIN LATERAL (
+      SELECT coalesce(array_agg(ARRAY[b.channel, b.version, b.type] ORDER BY b.channel), '{}') AS blobs,
+             coalesce(array_agg(b.blob ORDER BY b.channel), '{}') AS blob_bytes
+        FROM jsonb_each_text(c.channel_versions) AS cv(channel, version)
+        JOIN checkpoint_blobs b ON b.thread_id = c.thread_id AND b.checkpoint_ns = c.checkpoint_ns
+                               AND b.channel = cv.channel AND b.version = cv.version
+  ) b
 """
 
 
