@@ -17,74 +17,32 @@ from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
     AnyMessage,
-    BaseMessage,
     HumanMessage,
     RemoveMessage,
     ToolMessage,
-    message_to_dict,
     messages_from_dict,
 )
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.tools import tool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from langgraph.types import Command, StateSnapshot, interrupt
-from pydantic import Field
 
 from langchain_hybrid_memory import HybridMemory
 from langchain_hybrid_memory.checkpoint import HybridSaver
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
+from hybrid_memory_testing.agents import ScriptedModel, get_weather
+from hybrid_memory_testing.agents import dicts as _dicts
+from hybrid_memory_testing.agents import thread_config as _cfg
+from hybrid_memory_testing.agents import weather_call as _call
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-# -- a tool-calling fake model (as in test_langchain_agent.py) --------------------------------------------------
-class ScriptedModel(BaseChatModel):
-    """A tool-calling chat model that plays `replies` in order and records what it was shown."""
-
-    replies: list[Any]
-    seen: list[list[BaseMessage]] = Field(default_factory=list)
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedModel:
-        return self
-
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
-        self.seen.append(list(messages))
-        reply = self.replies[len(self.seen) - 1]
-        return ChatResult(generations=[ChatGeneration(message=reply.model_copy())])
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted"
-
-
-@tool
-def get_weather(city: str) -> str:
-    """The weather in a city."""
-    return f"18°C and sunny in {city}"
-
-
-def _call(call_id: str, city: str) -> AIMessage:
-    return AIMessage("", id=f"ai-{call_id}", tool_calls=[{"name": "get_weather", "args": {"city": city},
-                                                          "id": call_id}],
-                     usage_metadata={"input_tokens": 7, "output_tokens": 3, "total_tokens": 10},
-                     response_metadata={"finish_reason": "tool_calls"})
-
-
-def _dicts(messages: list[BaseMessage]) -> list[dict[str, Any]]:
-    return [message_to_dict(m) for m in messages]
-
-
-def _cfg(thread: str) -> dict[str, Any]:
-    return {"configurable": {"thread_id": thread}}
 
 
 # -- small graphs ---------------------------------------------------------------------------------------------
@@ -98,24 +56,25 @@ def respond(state: State) -> dict[str, Any]:
     return {"messages": [AIMessage(f"echo: {last.content}", id=f"ai-{last.id}")]}
 
 
-def echo_graph(saver: BaseCheckpointSaver[Any]) -> Any:
+def chain(*nodes: tuple[str, Any]) -> StateGraph[Any]:
+    """A graph running `nodes` (name, node) one after the other, from START to END."""
     builder = StateGraph(State)
-    builder.add_node("respond", respond)
-    builder.add_edge(START, "respond")
-    builder.add_edge("respond", END)
-    return builder.compile(checkpointer=saver)
+    builder.add_sequence(list(nodes))
+    builder.add_edge(START, nodes[0][0])
+    builder.add_edge(nodes[-1][0], END)
+    return builder
+
+
+def echo_graph(saver: BaseCheckpointSaver[Any]) -> Any:
+    return chain(("respond", respond)).compile(checkpointer=saver)
 
 
 def three_step_graph(saver: BaseCheckpointSaver[Any]) -> Any:
-    builder = StateGraph(State)
-    for name in ("a", "b", "c"):
-        builder.add_node(name, lambda state, name=name: {
-            "messages": [AIMessage(f"{name} after {len(state['messages'])}", id=f"{name}-{len(state['messages'])}")]})
-    builder.add_edge(START, "a")
-    builder.add_edge("a", "b")
-    builder.add_edge("b", "c")
-    builder.add_edge("c", END)
-    return builder.compile(checkpointer=saver)
+    def step(name: str) -> Any:
+        return lambda state: {
+            "messages": [AIMessage(f"{name} after {len(state['messages'])}", id=f"{name}-{len(state['messages'])}")]}
+
+    return chain(*((name, step(name)) for name in ("a", "b", "c"))).compile(checkpointer=saver)
 
 
 def _snapshot(s: StateSnapshot) -> tuple[Any, ...]:
@@ -222,15 +181,7 @@ def booking_graph(saver: BaseCheckpointSaver[Any], calls: list[str]) -> Any:
         calls.append("finish")
         return {"messages": [AIMessage(f"Booked ({state['answer']}).", id="ai-done")]}
 
-    builder = StateGraph(State)
-    builder.add_node("prepare", prepare)
-    builder.add_node("ask", ask)
-    builder.add_node("finish", finish)
-    builder.add_edge(START, "prepare")
-    builder.add_edge("prepare", "ask")
-    builder.add_edge("ask", "finish")
-    builder.add_edge("finish", END)
-    return builder.compile(checkpointer=saver)
+    return chain(("prepare", prepare), ("ask", ask), ("finish", finish)).compile(checkpointer=saver)
 
 
 @pytest.mark.parametrize("use_async", [False, True])
@@ -327,23 +278,11 @@ def nested_graph(saver: BaseCheckpointSaver[Any]) -> Any:
     def child_done(state: State) -> dict[str, Any]:
         return {"messages": [AIMessage("child done", id="ai-child-2")]}
 
-    child = StateGraph(State)
-    child.add_node("child_work", child_work)
-    child.add_node("child_ask", child_ask)
-    child.add_node("child_done", child_done)
-    child.add_edge(START, "child_work")
-    child.add_edge("child_work", "child_ask")
-    child.add_edge("child_ask", "child_done")
-    child.add_edge("child_done", END)
-
-    parent = StateGraph(State)
-    parent.add_node("parent_start", lambda state: {"messages": [AIMessage("parent start", id="ai-parent-1")]})
-    parent.add_node("child", child.compile())
-    parent.add_node("parent_end", lambda state: {"messages": [AIMessage("parent end", id="ai-parent-2")]})
-    parent.add_edge(START, "parent_start")
-    parent.add_edge("parent_start", "child")
-    parent.add_edge("child", "parent_end")
-    parent.add_edge("parent_end", END)
+    child = chain(("child_work", child_work), ("child_ask", child_ask), ("child_done", child_done))
+    parent = chain(
+        ("parent_start", lambda state: {"messages": [AIMessage("parent start", id="ai-parent-1")]}),
+        ("child", child.compile()),
+        ("parent_end", lambda state: {"messages": [AIMessage("parent end", id="ai-parent-2")]}))
     return parent.compile(checkpointer=saver)
 
 

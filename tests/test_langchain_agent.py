@@ -14,66 +14,26 @@ from typing import Any
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import SummarizationMiddleware
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
     HumanMessage,
     ToolMessage,
-    message_to_dict,
     messages_from_dict,
 )
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
-from pydantic import Field
 
 from langchain_hybrid_memory import HybridMemory, SessionOwnershipError
 from langchain_hybrid_memory.history import HybridChatMessageHistory
 from langchain_hybrid_memory.middleware import HybridMemoryMiddleware, HybridSummarizer, SummaryRecord
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
+from hybrid_memory_testing.agents import ScriptedModel, get_weather
+from hybrid_memory_testing.agents import dicts as _dicts
+from hybrid_memory_testing.agents import thread_config as _cfg
+from hybrid_memory_testing.agents import weather_call as _call
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-class ScriptedModel(BaseChatModel):
-    """A tool-calling chat model that plays `replies` in order and records what it was shown."""
-
-    replies: list[Any]  # AIMessage, or an Exception to raise
-    seen: list[list[BaseMessage]] = Field(default_factory=list)
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedModel:
-        return self
-
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:
-        self.seen.append(list(messages))
-        reply = self.replies[len(self.seen) - 1]
-        if isinstance(reply, Exception):
-            raise reply
-        return ChatResult(generations=[ChatGeneration(message=reply.model_copy())])
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted"
-
-
-@tool
-def get_weather(city: str) -> str:
-    """The weather in a city."""
-    return f"18°C and sunny in {city}"
-
-
-def _call(call_id: str, city: str) -> AIMessage:
-    return AIMessage("", id=f"ai-{call_id}", tool_calls=[{"name": "get_weather", "args": {"city": city},
-                                                          "id": call_id}],
-                     usage_metadata={"input_tokens": 7, "output_tokens": 3, "total_tokens": 10},
-                     response_metadata={"finish_reason": "tool_calls"})
-
-
-def _dicts(messages: list[BaseMessage]) -> list[dict[str, Any]]:
-    return [message_to_dict(m) for m in messages]
 
 
 def _stored(memory: HybridMemory, sid: str) -> list[BaseMessage]:
@@ -81,8 +41,6 @@ def _stored(memory: HybridMemory, sid: str) -> list[BaseMessage]:
     return list(HybridChatMessageHistory(sid, memory=memory).iter_transcript())
 
 
-def _cfg(thread: str) -> dict[str, Any]:
-    return {"configurable": {"thread_id": thread}}
 
 
 # -- memory across runs, and across processes -------------------------------------------------------------------
