@@ -150,28 +150,24 @@ class OpenAISummarizer:
     async def summarize(self, request: SummaryRequest) -> SummaryResult:
         system, user = prompt_for(request)
         messages: list[Any] = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        style = self.reasoning_style
-        params = self._params(style, request.max_tokens)
-        try:
-            resp = await self.client.chat.completions.create(model=self.model, messages=messages, **params)
-        except Exception as exc:
-            refused = _refused_param(exc, params)
-            if refused is None:
-                raise
-            # The name did not tell the family: the refusal does. Keep the other style for every later call.
-            style = self.reasoning_style = not style
-            retry = self._params(style, request.max_tokens)
+        refusals: list[tuple[str, dict[str, Any]]] = []
+        while True:
+            params = self._params(self.reasoning_style, request.max_tokens)
             try:
-                resp = await self.client.chat.completions.create(model=self.model, messages=messages, **retry)
-            except Exception as again:
-                refused_too = _refused_param(again, retry)
-                if refused_too is None:
+                resp = await self.client.chat.completions.create(model=self.model, messages=messages, **params)
+                break
+            except Exception as exc:
+                refused = _refused_param(exc, params)
+                if refused is None:
                     raise
-                # from None: the server's text may quote request headers (an API key); the names say enough.
-                raise ConfigurationError(
-                    f"model {self.model!r} refused both parameter styles: {refused!r} (with "
-                    f"{', '.join(sorted(params))}) and {refused_too!r} (with {', '.join(sorted(retry))}); "
-                    "check the model or deployment name") from None
+                refusals.append((refused, params))
+                if len(refusals) == 2:
+                    # from None: the server's text may quote request headers (an API key); the names say enough.
+                    raise ConfigurationError(f"model {self.model!r} refused both parameter styles: " + " and ".join(
+                        f"{name!r} (with {', '.join(sorted(sent))})" for name, sent in refusals)
+                        + "; check the model or deployment name") from None
+                # The name did not tell the family: the refusal does. Keep the other style for every later call.
+                self.reasoning_style = not self.reasoning_style
         text = (resp.choices[0].message.content or "").strip()
         usage = getattr(resp, "usage", None)
         return SummaryResult(text, self.model, getattr(usage, "prompt_tokens", None),
