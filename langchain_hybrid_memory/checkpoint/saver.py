@@ -100,7 +100,6 @@ class HybridSaver(BaseCheckpointSaver[str]):
             if isinstance(value, list):
                 prev_version = parent_versions.get(channel)
                 prev = self._lists.get((thread_id, ns, channel, prev_version)) if prev_version else None
-                self._keep((thread_id, ns, channel, version), value)
                 # Equal items (the same objects, compared by identity first) up to the previous length: only the
                 # rest is new. An item replaced by id (`add_messages` with a known id) is a new object that
                 # compares unequal, and so is every rewrite: stored whole.
@@ -226,6 +225,10 @@ class HybridSaver(BaseCheckpointSaver[str]):
                             self._dumps("the checkpoint", c), versions, self._dumps("the metadata", meta),
                             dict(meta), blobs)
         self.memory._core.stats.checkpoint_puts += 1
+        # Remembered once stored: a put that failed must not become the base of a later delta.
+        for channel, version, _, _ in blobs:
+            if isinstance(values.get(channel), list):
+                self._keep((thread_id, ns, channel, version), values[channel])
         self._remember_versions(thread_id, ns, checkpoint["id"], versions)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
