@@ -55,6 +55,9 @@ class Core:
         self.wb: WriteBehind | None = None
         self.summaries: SummaryWorker | None = None
         self.cluster = False
+        # Acknowledge writes only once PostgreSQL has them: asked for (async_writes=False), or forced by an
+        # eviction policy that may drop the outbox (see check_eviction_policy).
+        self.write_through = not config.async_writes
         self.started = False
         self.closed = False
         self._start_lock: asyncio.Lock | None = None
@@ -101,21 +104,30 @@ class Core:
                         self.token_counter or default_token_counter(),
                         lambda: self.cache if health.redis_up else None)
                     self.summaries.start()
+            if self.cache is not None:
+                try:
+                    await self.check_eviction_policy()
+                except CacheDown:
+                    self.health.redis_failed()
             self.started = True
 
     async def start(self) -> None:
-        """Connect now, and warn about an eviction policy that may drop outbox entries."""
+        """Connect now."""
         await self.ensure_started()
-        if self.cache is not None:
-            try:
-                await self.cache.ping()
-                policy = await self.cache.eviction_policy()
-                if policy.startswith("allkeys") and self.wb is not None:
-                    log.warning("hybrid-memory: Redis maxmemory-policy is %s: it may evict outbox entries before "
-                                "they reach PostgreSQL (the writer still commits its own); prefer volatile-lru or "
-                                "noeviction", policy)
-            except CacheDown:
-                self.health.redis_failed()
+
+    async def check_eviction_policy(self) -> None:
+        """Under an allkeys-* policy Redis may evict an outbox entry before its write reaches PostgreSQL; other
+        processes would then read around an acknowledged write (and may cache that). Writes are then acknowledged
+        after the commit instead. Raises CacheDown when Redis does not answer."""
+        if self.cache is None or self.wb is None or self.config.mode is not Mode.HYBRID:
+            return
+        policy = await self.cache.eviction_policy()
+        forced = policy.startswith("allkeys")
+        if forced and not self.write_through:
+            log.warning("hybrid-memory: Redis maxmemory-policy is %s: it may evict outbox entries before they "
+                        "reach PostgreSQL, so writes are acknowledged after the commit (slower); use "
+                        "volatile-lru or noeviction to keep write-behind", policy)
+        self.write_through = forced or not self.config.async_writes
 
     async def close(self, flush_timeout: float) -> None:
         """Stop the background work (flushing the write-behind queue first) and close the connections."""

@@ -124,6 +124,7 @@ class Health:
                 except StoreDown:
                     pass  # theirs are dropped by their janitor
                 await self.drop_dirty()  # ours written meanwhile
+                await self.core.check_eviction_policy()  # it may have changed while Redis was away
             except CacheDown:
                 continue
             # No await since drop_dirty found none left: a write still in flight drops its own session

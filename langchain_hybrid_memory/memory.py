@@ -180,7 +180,7 @@ class HybridMemory:
         """Append messages (oldest first); returns copies carrying their assigned `seq`."""
         sid, uid, items, payloads = self._prepare(session_id, user_id, messages)
         core, got = self._core, UNKNOWN
-        if items and core.hot(0) and self.config.async_writes and core.sync is not None:
+        if items and core.hot(0) and not core.write_through and core.sync is not None:
             self._writes.check_room(len(items))
             t0 = time.perf_counter()
             try:
@@ -197,7 +197,7 @@ class HybridMemory:
                             user_id: str | None = None) -> list[Message]:
         sid, uid, items, payloads = self._prepare(session_id, user_id, messages)
         core, got = self._core, UNKNOWN
-        cache = core.loop_cache() if items and core.hot(0) and self.config.async_writes else None
+        cache = core.loop_cache() if items and core.hot(0) and not core.write_through else None
         if cache is not None:
             self._writes.check_room(len(items))
             t0 = time.perf_counter()

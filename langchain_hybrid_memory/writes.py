@@ -130,7 +130,7 @@ class WritePath:
         if res.due:
             core.summary_due(sid)
         if wb is not None and index is not None:
-            if not core.config.async_writes and not await wb.wait_for(index, core.config.pg_timeout):
+            if core.write_through and not await wb.wait_for(index, core.config.pg_timeout):
                 raise StorageUnavailableError(
                     "PostgreSQL did not confirm the write in time (write-through mode); it stays queued and "
                     "retrying with the same message ids is safe")

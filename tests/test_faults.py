@@ -31,7 +31,7 @@ from langchain_hybrid_memory.messages import decode_element
 from conftest import PG_URL, REDIS_URL, pg_fetch
 from hybrid_memory_testing.faults import scenarios
 from hybrid_memory_testing.faults.harness import FAST, FaultRun, Op, Outcome, format_table, read_log
-from hybrid_memory_testing.servers import PostgresServer
+from hybrid_memory_testing.servers import PostgresServer, RedisServer
 from hybrid_memory_testing.tcp_proxy import TcpProxy
 
 ROWS: list[Outcome] = []
@@ -294,26 +294,40 @@ def test_evicted_id_set_does_not_duplicate_a_retry(cached: Any) -> None:
     _cache_ok(memory, sid, [*texts, "retried"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine limitation: an acknowledged write lives only in its writer's queue and the bucket's outbox stream "
-    "until committed; allkeys-lru may evict the stream, and a window evicted at the same time is then refilled "
-    "by another process without that write and cached: every process (the writer too) reads it stale until "
-    "the window is reloaded. Needs an eviction policy that spares the outbox (noeviction / volatile-*), "
-    "checked at start-up, or the writer merging its pending rows into hits"))
-def test_evicted_outbox_does_not_hide_an_acknowledged_write(make_memory: Callable[..., HybridMemory]) -> None:
-    writer = make_memory(write_behind_delay=600.0, reclaim_interval=600.0)
-    reader = make_memory(reclaim_interval=600.0)
-    writer.add_messages("s", [Message("human", "one")])
-    writer.flush()
-    writer.add_messages("s", [Message("human", "two")])  # acknowledged; in the writer's queue and the outbox
-    k = writer.keys.session("s")
-    r = redis.Redis.from_url(REDIS_URL)
+def test_an_evicting_policy_makes_writes_acknowledged_after_the_commit(make_memory: Callable[..., HybridMemory]
+                                                                      ) -> None:
+    """allkeys-lru may evict the outbox stream while a write waits in it: another process would then refill the
+    session without that write, and cache it. Under such a policy a write is acknowledged once committed."""
+    server = RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru").start()
     try:
-        r.delete(k.outbox, k.window, k.meta, k.ids)  # LRU picked these keys
+        writer = make_memory(redis_url=server.url, write_behind_delay=600.0, reclaim_interval=600.0)
+        reader = make_memory(redis_url=server.url, reclaim_interval=600.0)
+        writer.add_messages("s", [Message("human", "one")])
+        writer.add_messages("s", [Message("human", "two")])
+        assert writer.get_cache_stats().backlog == 0  # committed before add_messages returned
+        k = writer.keys.session("s")
+        r = redis.Redis.from_url(server.url)
+        try:
+            r.delete(k.outbox, k.window, k.meta, k.ids)  # LRU picked these keys
+        finally:
+            r.close()
+        assert [m.content for m in reader.get_recent_messages("s")] == ["one", "two"]
+        assert [m.content for m in writer.get_recent_messages("s")] == ["one", "two"]
+        writer.close()
+        reader.close()
     finally:
-        r.close()
-    assert [m.content for m in reader.get_recent_messages("s")] == ["one", "two"]
-    assert [m.content for m in writer.get_recent_messages("s")] == ["one", "two"]
+        server.stop()
+
+
+def test_a_policy_that_spares_the_outbox_keeps_write_behind(make_memory: Callable[..., HybridMemory]) -> None:
+    server = RedisServer("--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru").start()
+    try:
+        memory = make_memory(redis_url=server.url, write_behind_delay=600.0, reclaim_interval=600.0)
+        memory.add_messages("s", [Message("human", "one")])
+        assert memory.get_cache_stats().backlog == 1  # acknowledged from Redis, not committed yet
+        memory.close()
+    finally:
+        server.stop()
 
 
 def test_refill_racing_a_commit_keeps_the_acknowledged_write(make_memory: Callable[..., HybridMemory]) -> None:

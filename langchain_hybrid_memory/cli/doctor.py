@@ -141,10 +141,11 @@ def _eviction_check(info: dict[str, Any]) -> Check:
     used = float(info.get("used_memory", 0) or 0) / 2**20
     cap = f"{limit / 2**20:.0f} MB" if limit else "unlimited"
     if limit and policy.startswith("allkeys"):
-        # Outbox streams have no TTL: under allkeys-* Redis may evict acknowledged writes before they are persisted.
+        # Outbox streams have no TTL: under allkeys-* Redis may evict acknowledged writes before they are persisted,
+        # so the engine turns write-behind off (writes wait for the commit).
         return Check("redis eviction", "FAIL",
-                     f"maxmemory {cap} with policy {policy}: Redis may evict the write-behind outbox "
-                     "(acknowledged writes not yet in PostgreSQL)",
+                     f"maxmemory {cap} with policy {policy}: Redis may evict the write-behind outbox, so writes "
+                     "are acknowledged only after the PostgreSQL commit (write-behind off)",
                      "CONFIG SET maxmemory-policy volatile-lru (evicts only cached windows, which have a TTL)")
     return Check("redis eviction", "ok", f"{used:.1f} MB used of {cap}, policy {policy}: the outbox is never evicted")
 

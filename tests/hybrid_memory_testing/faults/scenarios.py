@@ -161,7 +161,8 @@ def eviction(pg: PostgresServer, *, single_keys: bool = False) -> Outcome:
     """5. Memory pressure: maxmemory + allkeys-lru. Redis evicts whole keys of its choice at any moment, so a
     session may lose its window list, its meta hash or its id set independently. With `single_keys` the parent
     also evicts single keys at random, exactly as LRU may, so every combination happens in a short run. Nothing
-    may be lost and every read must be exact: an evicted window is reloaded, never served short."""
+    may be lost and every read must be exact: an evicted window is reloaded, never served short (under this
+    policy the engine acknowledges writes after the commit, since the outbox itself may be evicted)."""
     server = RedisServer("--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru", "--maxmemory-samples", "3").start()
     name = "5b eviction + single-key evictions" if single_keys else "5a eviction (allkeys-lru 2mb)"
     run = FaultRun(name, pg_url=pg.url, redis_url=server.url)
