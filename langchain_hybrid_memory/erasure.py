@@ -136,16 +136,54 @@ class Eraser:
             with core.health.redis_step():
                 await core.cache.forget_user(uid)
         if core.store is not None:  # the user's LangGraph threads (HybridSaver) too
+            await self.settle_threads()
             with core.health.store_step():
-                await delete_user_threads(core.store, uid)
+                threads = await delete_user_threads(core.store, uid)
+            await self.forget_threads(threads)
         return len(sids)
+
+    # -- checkpoint threads (HybridSaver) ----------------------------------------------------------------
+    async def settle_threads(self) -> None:
+        """Commit every waiting checkpoint record (this process's queue, then any process's outbox entries),
+        so that PostgreSQL shows every acknowledged checkpoint before a query over all threads."""
+        core = self.core
+        if core.wb is None:
+            return
+        if not await core.wb.flush(core.config.pg_timeout):
+            raise StorageUnavailableError("PostgreSQL did not take the waiting writes in time")
+        if core.use_cache():
+            with core.health.redis_step():
+                await core.wb.reclaim(0.0)
+
+    async def forget_threads(self, thread_ids: Sequence[str]) -> None:
+        """Drop erased threads' queued records, outbox entries and hot state, so nothing brings them back."""
+        core = self.core
+        if not thread_ids:
+            return
+        if core.wb is not None:
+            for thread_id in thread_ids:
+                await core.wb.ack(core.wb.drop_thread(thread_id))
+        step = core.health.redis_step()
+        if core.use_cache():
+            assert core.cache is not None
+            with step:
+                for thread_id in thread_ids:
+                    k = core.keys.thread(thread_id)
+                    gone = await core.cache.checkpoint_outbox(thread_id)
+                    await core.cache.ack([(k.outbox, k.entries, x) for x, _ in gone])
+                await core.cache.checkpoint_drop(thread_ids)
+        if step.failed or not core.use_cache():
+            core.health.dirty_threads.update(thread_ids)
 
     async def purge_idle(self, older_than: float, on_progress: ProgressFn | None) -> int:
         core = self.core
         await core.ensure_started()
         store = core.need_store()
+        await self.settle_threads()
         with core.health.store_step():
-            await purge_idle_threads(store, older_than)  # LangGraph threads (HybridSaver) idle as long
+            threads = await purge_idle_threads(store, older_than)  # LangGraph threads (HybridSaver) idle as long
+        await self.forget_threads(threads)
+        with core.health.store_step():
             total = await store.count_idle_sessions(older_than)
             done = 0
             while True:

@@ -77,6 +77,7 @@ class Health:
         self.redis_up = mode is not Mode.PERSISTENT
         self.pg_up = mode is not Mode.SESSION_ONLY
         self.dirty: set[str] = set()  # sessions written to PostgreSQL directly while Redis was down
+        self.dirty_threads: set[str] = set()  # checkpoint threads likewise (their hot state may be stale)
         self.probe: asyncio.Task[None] | None = None
         self._store_step = StoreStep(self)
 
@@ -138,10 +139,12 @@ class Health:
         (direct writes go on while it runs)."""
         cache = self.core.cache
         assert cache is not None
-        while self.dirty:
-            dirty = list(self.dirty)
+        while self.dirty or self.dirty_threads:
+            dirty, threads = list(self.dirty), list(self.dirty_threads)
             await cache.drop(dirty)
+            await cache.checkpoint_drop(threads)
             self.dirty.difference_update(dirty)
+            self.dirty_threads.difference_update(threads)
 
     async def _purge_dirty(self) -> None:
         store, cache = self.core.store, self.core.cache

@@ -15,6 +15,14 @@ inject `{`, `}` or `:` into the layout.
     {ns}:{n}:outbox            STREAM acknowledged writes not yet committed to PostgreSQL
     {ns}:{n}:active            ZSET   session id -> last access (ms), for stats without KEYS
     {ns}:{u<n>}:u:<quoted uid> SET    session ids of a user (cache index for invalidate_user)
+
+A checkpoint thread (HybridSaver) lives in the bucket of its thread id, beside the sessions, and shares the
+bucket's outbox stream:
+
+    {ns}:{n}:t:<quoted id>:c          HASH  per checkpoint namespace: its latest checkpoint, and the channel
+                                            blobs that checkpoint's values are built from
+    {ns}:{n}:t:<quoted id>:w:<q ns>   HASH  the pending writes of that namespace's latest checkpoint
+    {ns}:{n}:t:<quoted id>:o          SET   ids of the thread's entries in the outbox (as a session's)
 """
 
 from __future__ import annotations
@@ -38,6 +46,17 @@ class SessionKeys:
         return (self.window, self.meta, self.ids, self.outbox, self.active, self.entries)
 
 
+@dataclass(frozen=True, slots=True)
+class ThreadKeys:
+    checkpoints: str
+    outbox: str
+    entries: str
+    writes_prefix: str
+
+    def writes(self, checkpoint_ns: str) -> str:
+        return self.writes_prefix + quote(checkpoint_ns, safe="")
+
+
 class KeyLayout:
     def __init__(self, namespace: str, shards: int) -> None:
         self.namespace = namespace
@@ -57,6 +76,11 @@ class KeyLayout:
             keys = self._cache[session_id] = SessionKeys(f"{base}:w", f"{base}:m", f"{base}:i", self.outbox(n),
                                                          self.active(n), f"{base}:o")
         return keys
+
+    def thread(self, thread_id: str) -> ThreadKeys:
+        n = self.bucket(thread_id)
+        base = f"{self.namespace}:{{{n}}}:t:{quote(thread_id, safe='')}"
+        return ThreadKeys(f"{base}:c", self.outbox(n), f"{base}:o", f"{base}:w:")
 
     def outbox(self, bucket: int) -> str:
         return f"{self.namespace}:{{{bucket}}}:outbox"

@@ -33,6 +33,13 @@ class OutboxEntry:
     user_id: str
     rows: list[Row]
     index: int = 0
+    names: str | None = None  # the key of the set naming the entry (the session's or thread's)
+    record: bytes | None = None  # a checkpoint record (then `rows` is empty and session_id is the thread id)
+
+    @property
+    def weight(self) -> int:
+        """What the entry counts in the backlog: its messages, or 1 for a checkpoint record."""
+        return len(self.rows) + (self.record is not None)
 
 
 @dataclass(slots=True)
@@ -40,6 +47,7 @@ class _Batch:
     entries: list[OutboxEntry] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
+    records: list[bytes] = field(default_factory=list)
 
 
 class WriteBehind:
@@ -53,6 +61,7 @@ class WriteBehind:
         self._on_store = on_store  # tells the facade whether PostgreSQL answered
         self._queue: deque[OutboxEntry] = deque()
         self._by_session: dict[str, deque[Row]] = {}
+        self._threads: dict[str, int] = {}  # thread id -> index of its last queued checkpoint record
         self._backlog = 0
         self._enqueued = 0
         self._committed = 0
@@ -84,7 +93,7 @@ class WriteBehind:
         """Queue an entry from any thread (the hot path)."""
         with self._inbox_lock:
             self._inbox.append(entry)
-            self._inbox_rows += len(entry.rows)
+            self._inbox_rows += entry.weight
             wake = not self._armed
             self._armed = True
         if wake:
@@ -105,10 +114,29 @@ class WriteBehind:
         self._enqueued += 1
         entry.index = self._enqueued
         self._queue.append(entry)
-        self._by_session.setdefault(entry.session_id, deque()).extend(entry.rows)
-        self._backlog += len(entry.rows)
+        if entry.record is not None:
+            self._threads[entry.session_id] = entry.index
+        else:
+            self._by_session.setdefault(entry.session_id, deque()).extend(entry.rows)
+        self._backlog += entry.weight
         self._wake.set()
         return entry.index
+
+    def thread_index(self, thread_id: str) -> int:
+        """The index of the thread's last queued checkpoint record (0: none waiting), for `wait_for`."""
+        self._drain()
+        return self._threads.get(thread_id, 0)
+
+    def drop_thread(self, thread_id: str) -> list[OutboxEntry]:
+        """Forget a deleted thread's queued records."""
+        self._drain()
+        if self._threads.pop(thread_id, None) is None:
+            return []
+        gone = [e for e in self._queue if e.record is not None and e.session_id == thread_id]
+        for e in gone:
+            e.record = None
+            self._backlog -= 1
+        return gone
 
     def queued_rows(self, session_id: str) -> list[Row]:
         """Rows of `session_id` acknowledged by this process and not yet committed (for read-your-writes)."""
@@ -185,17 +213,22 @@ class WriteBehind:
         each is full, so a backlog is committed on several connections and a trickle still on one."""
         limit = self.config.persist_batch_size
         batches = [_Batch()]
+        size = 0
         for entry in self._queue:
             batch = batches[-1]
-            if batch.rows and len(batch.rows) + len(entry.rows) > limit:
+            if size and size + entry.weight > limit:
                 if len(batches) == self.config.persist_concurrency:
                     break
                 batch = _Batch()
                 batches.append(batch)
+                size = 0
+            size += entry.weight
             batch.entries.append(entry)
             batch.rows.extend(entry.rows)
             batch.users.extend([entry.user_id] * len(entry.rows))
-        if len(batches) > 1 and len(batches[-1].rows) < limit // 2:
+            if entry.record is not None:
+                batch.records.append(entry.record)
+        if len(batches) > 1 and size < limit // 2:
             batches.pop()  # a small tail waits for the next round rather than hold up nothing
         return batches
 
@@ -211,8 +244,7 @@ class WriteBehind:
             self._drain()
             while self._queue and not self._closing:
                 batches = self._take()
-                results = await asyncio.gather(*(self.commit_or_set_aside(b.rows, b.users) for b in batches),
-                                               return_exceptions=True)
+                results = await asyncio.gather(*(self._commit_batch(b) for b in batches), return_exceptions=True)
                 failed = False
                 for batch, result in zip(batches, results, strict=True):
                     if isinstance(result, StoreDown):
@@ -236,6 +268,34 @@ class WriteBehind:
                     continue
                 backoff = 0.05
                 self._on_store(True)
+
+    async def _commit_batch(self, batch: _Batch) -> None:
+        await self.commit_or_set_aside(batch.rows, batch.users)
+        await self.commit_records_or_set_aside(batch.records)
+
+    async def commit_records_or_set_aside(self, records: list[bytes]) -> None:
+        """Commit checkpoint records; as `commit_or_set_aside`, one by one if PostgreSQL refuses the batch."""
+        if not records:
+            return
+        from .checkpoint.store import commit_records  # the checkpoint tables' SQL (no LangGraph needed)
+
+        try:
+            await commit_records(self.store, records)
+            self.stats.persist_batches += 1
+            return
+        except StoreDown:
+            raise
+        except Exception:
+            log.exception("hybrid-memory: PostgreSQL refused a batch of checkpoint records; retrying one by one")
+        for record in records:
+            try:
+                await commit_records(self.store, [record])
+            except StoreDown:
+                raise
+            except Exception as exc:
+                self.stats.dead_letters += 1
+                log.error("hybrid-memory: a checkpoint record PostgreSQL refuses was set aside (%s)",
+                          type(exc).__name__)
 
     async def commit_or_set_aside(self, rows: list[Row], users: list[str]) -> None:
         """Commit a batch; if PostgreSQL refuses it for a reason other than being down, commit row by row
@@ -279,6 +339,10 @@ class WriteBehind:
         for entry in entries:
             popped = self._queue.popleft()
             assert popped is entry
+            if entry.record is not None:
+                self._backlog -= 1
+                if self._threads.get(entry.session_id) == entry.index:
+                    del self._threads[entry.session_id]
             rows = self._by_session.get(entry.session_id)
             if rows is not None and entry.rows:
                 # Per session, rows are queued and committed in the same order: drop from the front.
@@ -299,7 +363,7 @@ class WriteBehind:
         if self.cache is None or not self._redis_up():
             return  # the janitor replays what stays in the stream; replays are idempotent
         try:
-            await self.cache.ack([(e.stream, e.session_id, e.entry_id) for e in entries if e.stream])
+            await self.cache.ack([(e.stream, e.names, e.entry_id) for e in entries if e.stream])
         except CacheDown:
             pass
 
@@ -344,24 +408,29 @@ class WriteBehind:
         mine = {e.entry_id for e in self._queue}
         total = 0
         while True:
-            found = [f for f in await self.cache.orphans(older_than, 1000) if f[1] not in mine]
+            found = [o for o in await self.cache.orphans(older_than, 1000) if o.entry_id not in mine]
             if not found:
                 return total
             rows: list[Row] = []
             users: list[str] = []
+            records: list[bytes] = []
             acks: list[tuple[str, str | None, str]] = []
-            for stream, entry_id, sid, uid, elements in found:
-                for msg_id, el in elements:
+            for o in found:
+                if o.record is not None:
+                    records.append(o.record)
+                for msg_id, el in o.elements:
                     try:
                         seq, body = split_element(el)
                         obj = _loads(body)
-                        rows.append(Row(sid, seq, msg_id.decode("utf-8"), obj["r"], body, obj.get("t") or 0.0))
-                        users.append(uid)
+                        rows.append(Row(o.session_id, seq, msg_id.decode("utf-8"), obj["r"], body,
+                                        obj.get("t") or 0.0))
+                        users.append(o.user_id)
                     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                         # A damaged entry cannot be committed; it must not block the others either.
                         self.stats.dead_letters += 1
                         log.error("hybrid-memory: an undecodable outbox entry was set aside")
-                acks.append((stream, sid or None, entry_id))  # a damaged entry names no session
+                acks.append((o.stream, o.names, o.entry_id))  # a damaged entry names no session
+            await self.commit_records_or_set_aside(records)
             await self.commit_or_set_aside(rows, users)
             self.stats.reclaimed += len(rows)
             await self.cache.ack(acks)

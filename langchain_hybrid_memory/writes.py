@@ -70,8 +70,9 @@ class WritePath:
                 rows.append(Row(sid, seq, msg.id, msg.role, payload, msg.created_at or 0.0))
         if self.core.wb is None or not rows:
             return None
-        stream = self.core.keys.session(sid).outbox if res.entry_id else ""
-        return OutboxEntry(stream, res.entry_id, sid, uid or "", rows)
+        keys = self.core.keys.session(sid)
+        stream = keys.outbox if res.entry_id else ""
+        return OutboxEntry(stream, res.entry_id, sid, uid or "", rows, names=keys.entries)
 
     # -- on the engine loop ------------------------------------------------------------------------------
     async def add(self, sid: str, uid: str | None, items: list[Message], payloads: list[str],

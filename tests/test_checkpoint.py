@@ -60,6 +60,7 @@ def test_messages_are_stored_as_deltas_and_read_back_whole(make_memory: Callable
     for turn in range(40):
         new = [HumanMessage("q" * 200, id=f"h{turn}"), AIMessage("a" * 200, id=f"a{turn}")]
         _, messages = _step(saver, config, messages, new)
+        memory.flush()  # write-behind: PostgreSQL has the step once the queue is committed
         rows = pg_fetch(f'SELECT coalesce(sum(octet_length(blob)), 0) AS n FROM "{memory.config.namespace}"'
                         ".checkpoint_blobs WHERE thread_id = $1", thread)
         sizes.append(rows[0]["n"])

@@ -84,8 +84,10 @@ def _snapshot(s: StateSnapshot) -> tuple[Any, ...]:
             [(t.name, [i.value for i in t.interrupts]) for t in s.tasks])
 
 
-def _blob_types(namespace: str, thread: str, checkpoint_ns: str = "") -> dict[str, str]:
-    """messages-channel version -> stored type, for the latest checkpoint of a thread."""
+def _blob_types(memory: HybridMemory, thread: str, checkpoint_ns: str = "") -> dict[str, str]:
+    """messages-channel version -> stored type, for the latest checkpoint of a thread (once committed)."""
+    memory.flush()
+    namespace = memory.config.namespace
     row = pg_fetch(f'SELECT channel_versions FROM "{namespace}".checkpoints WHERE thread_id = $1'
                    " AND checkpoint_ns = $2 ORDER BY checkpoint_id DESC LIMIT 1", thread, checkpoint_ns)[0]
     version = json.loads(row["channel_versions"])["messages"]
@@ -357,7 +359,8 @@ async def test_each_durability_mode_stores_the_final_state(make_memory, durabili
 
 # -- lists rewritten: RemoveMessage, and a message edited in place ----------------------------------------------
 async def test_removed_messages_leave_exactly_the_shorter_list_and_later_turns_append(make_memory, namespace):
-    ours, ref = echo_graph(HybridSaver(make_memory())), echo_graph(InMemorySaver())
+    memory = make_memory()
+    ours, ref = echo_graph(HybridSaver(memory)), echo_graph(InMemorySaver())
     thread = "removal"
 
     async def turn(i: int) -> None:
@@ -377,14 +380,14 @@ async def test_removed_messages_leave_exactly_the_shorter_list_and_later_turns_a
 
     for i in (1, 2, 3):
         await turn(i)
-    assert next(iter(_blob_types(namespace, thread).values())).startswith("hm-delta/")  # appends: deltas
+    assert next(iter(_blob_types(memory, thread).values())).startswith("hm-delta/")  # appends: deltas
     await check(["h-1", "ai-h-1", "h-2", "ai-h-2", "h-3", "ai-h-3"])
 
     await update([RemoveMessage(id="ai-h-2")])  # from the middle
-    assert not next(iter(_blob_types(namespace, thread).values())).startswith("hm-delta/")  # stored whole
+    assert not next(iter(_blob_types(memory, thread).values())).startswith("hm-delta/")  # stored whole
     await check(["h-1", "ai-h-1", "h-2", "h-3", "ai-h-3"])
     await turn(4)
-    assert next(iter(_blob_types(namespace, thread).values())).startswith("hm-delta/")  # a delta on the whole one
+    assert next(iter(_blob_types(memory, thread).values())).startswith("hm-delta/")  # a delta on the whole one
     await check(["h-1", "ai-h-1", "h-2", "h-3", "ai-h-3", "h-4", "ai-h-4"])
 
     await update([RemoveMessage(id="ai-h-4")])  # the last one: the new list is a prefix of the old

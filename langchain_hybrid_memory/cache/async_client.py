@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -26,8 +27,21 @@ from .protocol import (
     pack,
     raise_errors,
 )
-from .scripts import APPEND, FILL, OUTBOX_OF, READ, SET_SUMMARY
+from .scripts import APPEND, CHECKPOINT_OUTBOX, CHECKPOINT_PUT, CHECKPOINT_WRITES, FILL, OUTBOX_OF, READ, SET_SUMMARY
 from .shared_connection import SharedConnection
+
+
+@dataclass(slots=True)
+class Orphan:
+    """An outbox entry its writer did not delete: a session's messages, or a checkpoint record."""
+
+    stream: str
+    entry_id: str
+    names: str | None = None  # the key of the set naming it
+    session_id: str = ""  # or thread id
+    user_id: str = ""
+    elements: list[tuple[bytes, bytes]] = field(default_factory=list)
+    record: bytes | None = None
 
 
 class RedisCache(Commands):
@@ -48,6 +62,9 @@ class RedisCache(Commands):
         self._fill = self.client.register_script(FILL)
         self._set_summary = self.client.register_script(SET_SUMMARY)
         self._outbox_of = self.client.register_script(OUTBOX_OF)
+        self._checkpoint_put = self.client.register_script(CHECKPOINT_PUT)
+        self._checkpoint_writes = self.client.register_script(CHECKPOINT_WRITES)
+        self._checkpoint_outbox = self.client.register_script(CHECKPOINT_OUTBOX)
         self.closed = False
         self._lifetime: AsyncGenerator[None, None] | None = None
 
@@ -260,28 +277,91 @@ class RedisCache(Commands):
         await self._call(self.client.delete(self.keys.user(user_id)))
 
     async def ack(self, entries: Sequence[tuple[str, str | None, str]]) -> None:
-        """Remove entries, given as (stream, session id or None if unknown, entry id), from the outbox streams,
-        then their names from the sessions' entry sets (in that order: a name whose entry is gone is harmless,
-        see `outbox_entries`)."""
+        """Remove entries, given as (stream, the key of the set naming it or None if unknown, entry id), from
+        the outbox streams, then their names from the sessions' or threads' entry sets (in that order: a name
+        whose entry is gone is harmless, see `outbox_entries`)."""
         if not entries:
             return
         streams: dict[str, list[str]] = {}
         names: dict[str, list[str]] = {}
-        for stream, sid, entry_id in entries:
+        for stream, names_key, entry_id in entries:
             streams.setdefault(stream, []).append(entry_id)
-            if sid is not None:
-                names.setdefault(self.keys.session(sid).entries, []).append(entry_id)
+            if names_key is not None:
+                names.setdefault(names_key, []).append(entry_id)
         cmds = [("XDEL", s, *x) for s, x in streams.items()] + [("SREM", k, *x) for k, x in names.items()]
+        await self._many(cmds)
+
+    async def _many(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands on one bucket or many, not atomic: one packed exchange on a single server."""
         if not self.cluster:
-            await self._exchange(cmds)  # packed by hiredis: a batch acknowledges up to thousands of sessions
-            return
+            return await self._exchange(cmds)  # packed by hiredis: a batch acknowledges thousands of sessions
         pipe = self.client.pipeline(transaction=False)
         for cmd in cmds:
             pipe.execute_command(*cmd)
-        await self._call(pipe.execute())
+        return list(await self._call(pipe.execute()))
 
-    async def orphans(self, older_than_s: float, count: int
-                      ) -> list[tuple[str, str, str, str, list[tuple[bytes, bytes]]]]:
+    # -- checkpoint threads (HybridSaver) ------------------------------------------------------------------
+    def _thread_keys(self, thread_id: str, ns: str) -> list[str]:
+        k = self.keys.thread(thread_id)
+        return [k.checkpoints, k.writes(ns), k.outbox, k.entries]
+
+    async def checkpoint_put(self, thread_id: str, ns: str, checkpoint_id: str, hot: bytes, record: bytes,
+                             blobs: Sequence[tuple[str, bytes]], drop: Sequence[str]) -> str:
+        """Make a checkpoint the namespace's hot latest one (unless a newer one is) and queue its record;
+        returns the outbox entry id."""
+        args: list[Any] = [ns, checkpoint_id, hot, int(self.config.session_ttl * 1000), record, thread_id, len(blobs)]
+        for field_, value in blobs:
+            args += (field_, value)
+        args += (len(drop), *drop)
+        out = await self._eval(self._checkpoint_put, self._thread_keys(thread_id, ns), args)
+        return out.decode() if isinstance(out, bytes) else str(out)
+
+    async def checkpoint_writes(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
+                                writes: Sequence[tuple[str, bytes, bool]]) -> str:
+        args: list[Any] = [ns, checkpoint_id, int(self.config.session_ttl * 1000), record, thread_id, len(writes)]
+        for field_, value, replace in writes:
+            args += (field_, value, "1" if replace else "0")
+        out = await self._eval(self._checkpoint_writes, self._thread_keys(thread_id, ns), args)
+        return out.decode() if isinstance(out, bytes) else str(out)
+
+    async def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
+                                ) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
+        """(latest checkpoint id, its hot record, its pending writes by field) of a namespace."""
+        k = self.keys.thread(thread_id)
+        cmds: list[tuple[Any, ...]] = [("HMGET", k.checkpoints, "i\x1f" + ns, "c\x1f" + ns),
+                                       ("HGETALL", k.writes(ns))]
+        if touch:
+            ttl = int(self.config.session_ttl * 1000)
+            cmds += [("PEXPIRE", k.checkpoints, ttl), ("PEXPIRE", k.writes(ns), ttl)]
+        if self.cluster:
+            pipe = self.client.pipeline(transaction=True)
+            for cmd in cmds:
+                pipe.execute_command(*cmd)
+            out = list(await self._call(pipe.execute()))
+        else:
+            out = exec_reply(await self._exchange(multi(cmds)), len(cmds))
+        (latest, hot), writes = out[0], out[1]
+        if isinstance(writes, list):  # RESP2 without redis-py's response callbacks: a flat list
+            writes = dict(zip(writes[::2], writes[1::2], strict=True))
+        return latest, hot, writes
+
+    async def checkpoint_blobs(self, thread_id: str, fields: Sequence[str]) -> list[bytes | None]:
+        return list((await self._many([("HMGET", self.keys.thread(thread_id).checkpoints, *fields)]))[0])
+
+    async def checkpoint_outbox(self, thread_id: str) -> list[tuple[str, bytes]]:
+        """(entry id, record) of the thread's entries still in the outbox (any writer's)."""
+        flat = await self._eval(self._checkpoint_outbox, self._thread_keys(thread_id, ""), [])
+        return [(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+
+    async def checkpoint_drop(self, thread_ids: Sequence[str]) -> None:
+        """Forget the threads' hot state (cache only)."""
+        for thread_id in thread_ids:
+            k = self.keys.thread(thread_id)
+            names = await self._call(self.client.hkeys(k.checkpoints))
+            spaces = {n[2:].decode("utf-8") for n in names if n.startswith(b"i\x1f")}
+            await self._call(self.client.delete(k.checkpoints, *(k.writes(ns) for ns in spaces)))
+
+    async def orphans(self, older_than_s: float, count: int) -> list[Orphan]:
         """Outbox entries older than `older_than_s`: their writer died or lost its connection.
 
         Stream ids are Redis-clock milliseconds, so age needs no extra bookkeeping.
@@ -294,15 +374,23 @@ class RedisCache(Commands):
         streams = self.keys.all_outboxes()
         for stream in streams:
             pipe.xrange(stream, "-", str(cutoff), count=count)
-        found: list[tuple[str, str, str, str, list[tuple[bytes, bytes]]]] = []
+        found: list[Orphan] = []
         for stream, entries in zip(streams, await self._call(pipe.execute()), strict=True):
             for entry_id, fields in entries:
+                o = Orphan(stream, entry_id.decode())
                 try:
-                    sid = fields.pop(b"s").decode("utf-8")
-                    uid = fields.pop(b"u").decode("utf-8")
+                    if b"k" in fields:  # a checkpoint thread's record
+                        o.session_id = fields[b"t"].decode("utf-8")
+                        o.names = self.keys.thread(o.session_id).entries
+                        o.record = fields[b"r"]
+                    else:
+                        o.session_id = fields.pop(b"s").decode("utf-8")
+                        o.user_id = fields.pop(b"u").decode("utf-8")
+                        o.names = self.keys.session(o.session_id).entries
+                        o.elements = list(fields.items())
                 except (KeyError, UnicodeDecodeError):
-                    sid, uid, fields = "", "", {}  # damaged: nothing to commit, and it gets deleted
-                found.append((stream, entry_id.decode(), sid, uid, list(fields.items())))
+                    o = Orphan(stream, entry_id.decode())  # damaged: nothing to commit, and it gets deleted
+                found.append(o)
         return found
 
     async def session_outbox(self, session_id: str) -> list[tuple[str, str, bytes, str]]:
@@ -322,7 +410,7 @@ class RedisCache(Commands):
         for sid in session_ids:
             stream = self.keys.session(sid).outbox
             ids = sorted({x for x, _, _, _ in await self.session_outbox(sid)})
-            await self.ack([(stream, sid, entry_id) for entry_id in ids])
+            await self.ack([(stream, self.keys.session(sid).entries, entry_id) for entry_id in ids])
 
     async def outbox_depth(self) -> int:
         pipe = self.client.pipeline(transaction=False)

@@ -3,7 +3,8 @@
 Every script runs on one session's keys, in the order of `keys.SessionKeys` (the prelude is built from it, so
 the order is defined once), and starts its ARGV with the five values `Commands.head` builds. `common.lua`
 holds what several scripts share (the TTL slide, the outbox lookup, the refill); each other file is one
-operation, named for it.
+operation, named for it. The checkpoint scripts (`checkpoint_*.lua`) run on a thread's keys instead
+(keys.ThreadKeys) and stand alone: no prelude, no shared functions.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ FILL = script("fill")
 SET_SUMMARY = script("set_summary")
 OUTBOX_OF = script("outbox_of")
 READ = script("read")
+CHECKPOINT_PUT = _load("checkpoint_put")
+CHECKPOINT_WRITES = _load("checkpoint_writes")
+CHECKPOINT_OUTBOX = _load("checkpoint_outbox")
 
 if SessionKeys(*KEY_NAMES).all != KEY_NAMES:  # Commands.head passes `.all` as KEYS: it must follow the fields
     raise RuntimeError("keys.SessionKeys.all is not in the order of its fields")

@@ -1,15 +1,23 @@
-"""`HybridSaver`: a LangGraph checkpointer on the engine's PostgreSQL, serving sync and async graphs.
+"""`HybridSaver`: a LangGraph checkpointer on the hybrid engine, serving sync and async graphs.
 
-Every call runs on the engine loop (one implementation; async callers never block their loop): one PostgreSQL
-round trip per `put` / `put_writes` / `get_tuple` (one more for a delta-encoded channel this process has not
-seen). A list channel (an agent's messages) is stored as the items appended since its previous version plus a
+Where things live. Redis, per thread (one hash tag, the sliding TTL): each namespace's latest checkpoint, its
+pending writes, and the channel blobs its values are built from. PostgreSQL: every checkpoint, channel version
+and write, committed in batches by the same write-behind outbox as messages (a put is acknowledged once the
+Redis script has run; with `async_writes=False` once PostgreSQL has committed). Redis down: straight to
+PostgreSQL. A read of a thread's latest checkpoint is one Redis round trip (two in a process that has not
+seen the thread's values); anything else (history, an older checkpoint, a thread Redis does not hold) first
+commits the thread's waiting records, then reads PostgreSQL, so every acknowledged write is seen.
+
+A list channel (an agent's messages) is stored as the items appended since its previous version plus a
 reference to that version, so a step writes what it added, not the thread's whole history again; a list that
-was rewritten (`RemoveMessage`, an item replaced by id, summarization) is stored whole.
+was rewritten (`RemoveMessage`, an item replaced by id, summarization) is stored whole, and so is every
+`_CHAIN`-th version, which bounds what a cold read folds.
 """
 
 from __future__ import annotations
 
 import builtins
+import json
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -28,14 +36,29 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
-from ..errors import InvalidInputError
-from .store import Blob, CheckpointStore
+from ..errors import BacklogFullError, InvalidInputError, StorageUnavailableError
+from ..outbox import OutboxEntry
+from .store import Blob, CheckpointStore, commit_records, pack, put_record, unpack, writes_record
 
 if TYPE_CHECKING:
     from ..memory import HybridMemory
 
 DELTA = "hm-delta/"  # blob type prefix: (previous version, items kept from it, new items)
 _KNOWN = 512  # list values and checkpoint versions remembered per saver
+_CHAIN = 64  # a list channel is stored whole at least every this many versions
+_SEP = "\x1f"  # between the parts of a Redis hash field name
+
+
+class _Serialized(tuple[str, bytes]):
+    """A non-list channel value as stored: decoded on every read (the caller may mutate what it gets)."""
+
+
+Chains = dict[str, builtins.list[str] | None]  # channel -> the versions its value folds (None: not known here)
+
+
+def _texts(parts: builtins.list[bytes | None], *text: int) -> builtins.list[Any]:
+    """Record parts with those at the `text` positions decoded (None becomes "" or b"")."""
+    return [(p or b"").decode("utf-8") if i in text else (p or b"") for i, p in enumerate(parts)]
 
 
 class HybridSaver(BaseCheckpointSaver[str]):
@@ -51,8 +74,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
         # changes, so they serve reads without decoding, and delta encoding compares the next version with
         # them. Items are shared, not copied: LangGraph's reducers build new lists and never edit a stored
         # item in place. Bounded; with the checkpoint versions by id (LangGraph passes a put only its parent's).
-        self._lists: OrderedDict[tuple[str, str, str, str], builtins.list[Any]] = OrderedDict()
-        self._versions: dict[tuple[str, str, str | None], dict[str, str]] = {}
+        self._lists: OrderedDict[tuple[str, str, str, str], builtins.list[Any] | _Serialized] = OrderedDict()
+        self._versions: dict[tuple[str, str, str | None], tuple[dict[str, str], Chains]] = {}
 
     def __repr__(self) -> str:
         return f"HybridSaver(memory={self.memory!r})"
@@ -63,8 +86,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
         await core.ensure_started()
         return CheckpointStore(core.need_store())
 
-    def _keep(self, key: tuple[str, str, str, str], value: builtins.list[Any]) -> None:
-        self._lists[key] = list(value)
+    def _keep(self, key: tuple[str, str, str, str], value: builtins.list[Any] | _Serialized) -> None:
+        self._lists[key] = value if isinstance(value, _Serialized) else list(value)
         self._lists.move_to_end(key)
         while len(self._lists) > _KNOWN:
             self._lists.popitem(last=False)
@@ -89,7 +112,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
             raise InvalidInputError(f"{what} cannot be serialized ({type(exc).__name__}: {exc})") from None
 
     def _dump_blobs(self, thread_id: str, ns: str, values: dict[str, Any], versions: ChannelVersions,
-                    parent_versions: dict[str, str]) -> builtins.list[Blob]:
+                    parent_versions: dict[str, str], parent_chains: Chains) -> builtins.list[Blob]:
         out: builtins.list[Blob] = []
         for channel, version in versions.items():
             version = str(version)
@@ -100,10 +123,12 @@ class HybridSaver(BaseCheckpointSaver[str]):
             if isinstance(value, list):
                 prev_version = parent_versions.get(channel)
                 prev = self._lists.get((thread_id, ns, channel, prev_version)) if prev_version else None
+                chain = parent_chains.get(channel)
                 # Equal items (the same objects, compared by identity first) up to the previous length: only the
                 # rest is new. An item replaced by id (`add_messages` with a known id) is a new object that
-                # compares unequal, and so is every rewrite: stored whole.
-                if prev is not None and len(value) >= len(prev) and value[:len(prev)] == prev:
+                # compares unequal, and so is every rewrite: stored whole. So is a long chain's next version.
+                if (isinstance(prev, list) and len(value) >= len(prev) and value[:len(prev)] == prev
+                        and (chain is None or len(chain) < _CHAIN)):
                     kind, data = self._dumps(f"channel {channel!r}", [prev_version, len(prev), value[len(prev):]])
                     out.append((channel, version, DELTA + kind, data))
                     continue
@@ -119,6 +144,19 @@ class HybridSaver(BaseCheckpointSaver[str]):
             raise InvalidInputError(f"a checkpoint of {size} bytes; the limit is {limit} "
                                     "(max_message_bytes x max_messages_per_add)")
 
+    def _value(self, known: builtins.list[Any] | _Serialized) -> Any:
+        return self.serde.loads_typed((known[0], known[1])) if isinstance(known, _Serialized) else list(known)
+
+    def _remember(self, key: tuple[str, str, str, str], kind: str, data: bytes | None, value: Any) -> None:
+        """Keep a stored version's value: a list as the object, anything else serialized. A version keeps its
+        first value, as in PostgreSQL and Redis."""
+        if key in self._lists:
+            self._lists.move_to_end(key)
+        elif isinstance(value, list):
+            self._keep(key, value)
+        elif data is not None and not kind.startswith(DELTA):
+            self._keep(key, _Serialized((kind, data)))
+
     async def _load_values(self, store: CheckpointStore, thread_id: str, ns: str, row: Any) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for (channel, version, kind), data in zip(row["blobs"], row["blob_bytes"], strict=True):
@@ -127,7 +165,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
             key = (thread_id, ns, channel, version)
             known = self._lists.get(key)
             if known is not None:
-                values[channel] = list(known)
+                values[channel] = self._value(known)
                 self._lists.move_to_end(key)
             elif kind.startswith(DELTA):
                 chain = {r["version"]: (r["type"], r["blob"]) for r in
@@ -135,8 +173,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
                 values[channel] = self._resolve(thread_id, ns, channel, version, chain)
             else:
                 values[channel] = self.serde.loads_typed((kind, data))
-                if isinstance(values[channel], list):
-                    self._keep(key, values[channel])
+                self._remember(key, kind, data, values[channel])
         return values
 
     def _resolve(self, thread_id: str, ns: str, channel: str, version: str,
@@ -146,7 +183,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         current = version
         while True:
             known = self._lists.get((thread_id, ns, channel, current))
-            if known is not None:
+            if isinstance(known, list):
                 value = list(known)
                 break
             kind, data = chain[current]
@@ -166,19 +203,166 @@ class HybridSaver(BaseCheckpointSaver[str]):
         checkpoint: Checkpoint = self.serde.loads_typed((row["type"], row["checkpoint"]))
         writes = [(task_id, channel, self.serde.loads_typed((kind, data)))
                   for (task_id, channel, kind, _, _), data in zip(row["writes"], row["write_blobs"], strict=True)]
+        return self._make_tuple(thread_id, ns, checkpoint_id, parent, checkpoint, values,
+                                self.serde.loads_typed((row["metadata_type"], row["metadata_blob"])), writes)
+
+    @staticmethod
+    def _make_tuple(thread_id: str, ns: str, checkpoint_id: str, parent: str | None, checkpoint: Checkpoint,
+                    values: dict[str, Any], metadata: Any, writes: builtins.list[tuple[str, str, Any]]
+                    ) -> CheckpointTuple:
         return CheckpointTuple(
             config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}},
             checkpoint={**checkpoint, "channel_values": values},
-            metadata=self.serde.loads_typed((row["metadata_type"], row["metadata_blob"])),
+            metadata=metadata,
             parent_config=({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent}}
                            if parent else None),
             pending_writes=writes)
 
+    # -- Redis: a namespace's latest checkpoint ------------------------------------------------------------
+    def _cache(self) -> Any:
+        core = self.memory._core
+        return core.cache if core.use_cache() and core.wb is not None else None
+
+    async def _hot_get(self, thread_id: str, ns: str, checkpoint_id: str | None) -> CheckpointTuple | None:
+        """The latest checkpoint from Redis, or None when Redis cannot answer it alone."""
+        cache = self._cache()
+        if cache is None:
+            return None
+        core = self.memory._core
+        step = core.health.redis_step()
+        with step:
+            latest, hot, writes = await cache.checkpoint_latest(thread_id, ns, core.touches.due(thread_id))
+            if hot is None or latest is None or (checkpoint_id and latest.decode() != checkpoint_id):
+                return None
+            cid, parent, ctype, cdata, mtype, mdata, versions_json, chains_json = _texts(unpack(hot), 0, 1, 2, 4, 6, 7)
+            chains: Chains = json.loads(chains_json or "{}")
+            values: dict[str, Any] = {}
+            need: dict[str, builtins.list[str]] = {}
+            for channel, chain in chains.items():
+                if not chain:
+                    return None  # this version's chain is not in Redis: PostgreSQL has it
+                known = self._lists.get((thread_id, ns, channel, chain[-1]))
+                if known is not None:
+                    values[channel] = self._value(known)
+                    continue
+                start = max((i for i, v in enumerate(chain) if isinstance(
+                    self._lists.get((thread_id, ns, channel, v)), list)), default=0)
+                need[channel] = chain[start:]
+            if need:
+                fields = [_SEP.join(("b", ns, ch, v)) for ch, vs in need.items() for v in vs]
+                got = iter(await cache.checkpoint_blobs(thread_id, fields))
+                for channel, versions in need.items():
+                    blobs = [next(got) for _ in versions]
+                    if any(b is None for b in blobs):
+                        return None
+                    values[channel] = self._fold(thread_id, ns, channel, versions, blobs)
+        if step.failed:
+            return None
+        pending = []
+        for name, data in writes.items():
+            of, task_id, idx = name.decode("utf-8").split(_SEP)
+            if of != cid:
+                continue  # a newer checkpoint's, written before its put arrived
+            w_path, w_channel, w_kind, w_blob = _texts(unpack(data), 0, 1, 2)
+            pending.append((w_path, task_id, int(idx), w_channel, w_kind, w_blob))
+        pending.sort(key=lambda w: (w[0], w[1], w[2]))
+        out = self._make_tuple(
+            thread_id, ns, cid, parent or None, self.serde.loads_typed((ctype, cdata)), values,
+            self.serde.loads_typed((mtype, mdata)),
+            [(t, ch, self.serde.loads_typed((k, b))) for _, t, _, ch, k, b in pending])
+        self._remember_versions(thread_id, ns, cid, json.loads(versions_json or "{}"), chains)
+        return out
+
+    def _fold(self, thread_id: str, ns: str, channel: str, versions: builtins.list[str],
+              blobs: builtins.list[bytes | None]) -> Any:
+        """A channel's value from the blobs of its chain (the first one whole, or a version known here)."""
+        value: Any = None
+        for version, blob in zip(versions, blobs, strict=True):
+            kind, data = (p or b"" for p in unpack(blob or b""))
+            k = kind.decode()
+            known = self._lists.get((thread_id, ns, channel, version))
+            if isinstance(known, list):
+                value = list(known)
+            elif k.startswith(DELTA):
+                _, kept, items = self.serde.loads_typed((k[len(DELTA):], data))
+                value = value[:kept] + list(items)
+            else:
+                value = self.serde.loads_typed((k, data))
+            self._remember((thread_id, ns, channel, version), k, data, value)
+        return value
+
+    @staticmethod
+    def _chains(values: dict[str, Any], versions: dict[str, str], blobs: builtins.list[Blob],
+                parent_chains: Chains) -> tuple[Chains, builtins.list[tuple[str, str]]]:
+        """Each valued channel's chain at the new checkpoint, and the (channel, version) blobs of the parent's
+        chains that a channel written whole leaves behind (Redis drops them)."""
+        new = {b[0]: b for b in blobs}
+        chains: Chains = {}
+        drop: builtins.list[tuple[str, str]] = []
+        for channel in versions:
+            if channel not in values:
+                continue
+            blob = new.get(channel)
+            before = parent_chains.get(channel)
+            if blob is None:
+                chains[channel] = before
+            elif blob[2].startswith(DELTA):
+                chains[channel] = [*before, blob[1]] if before else None
+            else:
+                chains[channel] = [blob[1]]
+                drop += [(channel, v) for v in before or () if v != blob[1]]
+        return chains, drop
+
+    async def _enqueue(self, thread_id: str, entry_id: str, record: bytes) -> None:
+        core = self.memory._core
+        assert core.wb is not None
+        k = core.keys.thread(thread_id)
+        index = core.wb.add(OutboxEntry(k.outbox, entry_id, thread_id, "", [], names=k.entries, record=record))
+        if core.write_through and not await core.wb.wait_for(index, core.config.pg_timeout):
+            raise StorageUnavailableError(
+                "PostgreSQL did not confirm the checkpoint in time (write-through mode); it stays queued")
+
+    def _check_room(self) -> None:
+        wb = self.memory._core.wb
+        if wb is not None and not wb.has_room(1):
+            raise BacklogFullError(f"PostgreSQL has not accepted writes for a while and {wb.backlog} writes wait "
+                                   f"(max_backlog={self.memory.config.max_backlog}); nothing was written")
+
+    async def _settle(self, thread_id: str | None) -> None:
+        """Commit what waits for `thread_id` (every thread: None) before PostgreSQL is read: this process's
+        queue and any process's outbox entries (idempotent), so PostgreSQL shows every acknowledged write."""
+        if thread_id is None:
+            await self.memory._erasure.settle_threads()
+            return
+        core = self.memory._core
+        wb = core.wb
+        if wb is None:
+            return
+        index = wb.thread_index(thread_id)
+        if index and not await wb.wait_for(index, core.config.pg_timeout):
+            raise StorageUnavailableError("PostgreSQL did not take the waiting checkpoints in time")
+        cache = self._cache()
+        if cache is None:
+            return
+        step = core.health.redis_step()
+        with step:
+            records = [r for _, r in await cache.checkpoint_outbox(thread_id)]
+        if step.failed or not records:
+            return
+        with core.health.store_step():
+            await commit_records(core.need_store(), records)
+
     # -- the interface, async (engine loop) ----------------------------------------------------------------
     async def _get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id, ns = self._ids(config)
+        await self.memory._core.ensure_started()
+        tup = await self._hot_get(thread_id, ns, get_checkpoint_id(config))
+        if tup is not None:
+            self.memory._core.stats.checkpoint_reads += 1
+            return tup
         store = await self._store()
         with self.memory._core.health.store_step():
+            await self._settle(thread_id)
             row = await store.get(thread_id, ns, get_checkpoint_id(config))
             if row is None:
                 return None
@@ -186,7 +370,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         tup = self._tuple(thread_id, row, values)
         self.memory._core.stats.checkpoint_reads += 1
         self._remember_versions(thread_id, ns, row["checkpoint_id"],
-                                {k: str(v) for k, v in tup.checkpoint["channel_versions"].items()})
+                                {k: str(v) for k, v in tup.checkpoint["channel_versions"].items()}, {})
         return tup
 
     async def _list(self, config: RunnableConfig | None, filter: dict[str, Any] | None,
@@ -197,8 +381,9 @@ class HybridSaver(BaseCheckpointSaver[str]):
         store = await self._store()
         out = []
         with self.memory._core.health.store_step():
+            await self._settle(thread_id)
             rows = await store.list_checkpoints(thread_id, ns, get_checkpoint_id(config) if config else None, filter,
-                                    get_checkpoint_id(before) if before else None, limit)
+                                                get_checkpoint_id(before) if before else None, limit)
             for row in rows:
                 values = await self._load_values(store, row["thread_id"], row["checkpoint_ns"], row)
                 item = self._tuple(row["thread_id"], row, values)
@@ -215,52 +400,112 @@ class HybridSaver(BaseCheckpointSaver[str]):
         c = dict(checkpoint)
         values: dict[str, Any] = c.pop("channel_values")  # type: ignore[assignment]
         parent_id = config["configurable"].get("checkpoint_id")
-        parent_versions = self._versions.get((thread_id, ns, parent_id), {})
-        blobs = self._dump_blobs(thread_id, ns, values, new_versions, parent_versions)
+        parent_versions, parent_chains = self._versions.get((thread_id, ns, parent_id), ({}, {}))
+        blobs = self._dump_blobs(thread_id, ns, values, new_versions, parent_versions, parent_chains)
         meta = get_checkpoint_metadata(config, metadata)
         versions = {k: str(v) for k, v in checkpoint["channel_versions"].items()}
-        store = await self._store()
-        with self.memory._core.health.store_step():
-            await store.put(thread_id, ns, checkpoint["id"], parent_id, meta.get("run_id"),
-                            self._dumps("the checkpoint", c), versions, self._dumps("the metadata", meta),
-                            dict(meta), blobs)
-        self.memory._core.stats.checkpoint_puts += 1
+        cdump, mdump = self._dumps("the checkpoint", c), self._dumps("the metadata", meta)
+        versions_json = json.dumps(versions)
+        record = put_record(thread_id, ns, checkpoint["id"], parent_id, meta.get("run_id"), cdump, versions_json, mdump,
+                            json.dumps(dict(meta), default=str), blobs)
+        chains, drop = self._chains(values, versions, blobs, parent_chains)
+        core = self.memory._core
+        await core.ensure_started()
+        cache = self._cache()
+        done = False
+        if cache is not None:
+            self._check_room()
+            hot = pack([checkpoint["id"], parent_id, *cdump, *mdump, versions_json, json.dumps(chains)])
+            step = core.health.redis_step()
+            with step:
+                entry_id = await cache.checkpoint_put(
+                    thread_id, ns, checkpoint["id"], hot, record,
+                    [(_SEP.join(("b", ns, b[0], b[1])), pack([b[2], b[3]])) for b in blobs if b[3] is not None],
+                    [_SEP.join(("b", ns, ch, v)) for ch, v in drop])
+            done = not step.failed
+            if done:
+                await self._enqueue(thread_id, entry_id, record)
+        if not done:
+            store = await self._store()
+            with core.health.store_step():
+                await commit_records(store.store, [record])
+            core.health.dirty_threads.add(thread_id)
+        core.stats.checkpoint_puts += 1
         # Remembered once stored: a put that failed must not become the base of a later delta.
-        for channel, version, _, _ in blobs:
-            if isinstance(values.get(channel), list):
-                self._keep((thread_id, ns, channel, version), values[channel])
-        self._remember_versions(thread_id, ns, checkpoint["id"], versions)
+        for channel, version, kind, data in blobs:
+            if channel in values:
+                self._remember((thread_id, ns, channel, version), kind, data, values[channel])
+        self._remember_versions(thread_id, ns, checkpoint["id"], versions, chains)
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
     async def _put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str) -> None:
         thread_id, ns = self._ids(config)
+        checkpoint_id = config["configurable"]["checkpoint_id"]
         rows = []
         for idx, (channel, value) in enumerate(writes):
             kind, data = self._dumps(f"a write to {channel!r}", value)
             rows.append((WRITES_IDX_MAP.get(channel, idx), channel, kind, data))
-        store = await self._store()
-        with self.memory._core.health.store_step():
-            await store.put_writes(thread_id, ns, config["configurable"]["checkpoint_id"], task_id, task_path,
-                                   rows)
-        self.memory._core.stats.checkpoint_writes += len(rows)
+        record = writes_record(thread_id, ns, checkpoint_id, task_id, task_path, rows)
+        core = self.memory._core
+        await core.ensure_started()
+        cache = self._cache()
+        done = False
+        if cache is not None:
+            self._check_room()
+            step = core.health.redis_step()
+            with step:
+                entry_id = await cache.checkpoint_writes(
+                    thread_id, ns, checkpoint_id, record,
+                    [(_SEP.join((checkpoint_id, task_id, str(idx))), pack([task_path, channel, kind, data]), idx < 0)
+                     for idx, channel, kind, data in rows])
+            done = not step.failed
+            if done:
+                await self._enqueue(thread_id, entry_id, record)
+        if not done:
+            store = await self._store()
+            with core.health.store_step():
+                await commit_records(store.store, [record])
+            core.health.dirty_threads.add(thread_id)
+        core.stats.checkpoint_writes += len(rows)
 
     async def _delete_threads(self, thread_ids: Sequence[str]) -> None:
+        ids = [self._check_thread(t) for t in thread_ids]
         store = await self._store()
+        await self.memory._erasure.forget_threads(ids)
         with self.memory._core.health.store_step():
-            await store.delete_threads([self._check_thread(t) for t in thread_ids])
+            await store.delete_threads(ids)
 
     async def _delete_runs(self, run_ids: Sequence[str]) -> None:
         if not run_ids:
             return
         store = await self._store()
         with self.memory._core.health.store_step():
-            await store.delete_runs(list(run_ids))
+            await self.memory._erasure.settle_threads()
+            threads = await store.delete_runs(list(run_ids))
+        await self._drop_hot(threads)
+
+    async def _drop_hot(self, thread_ids: Sequence[str]) -> None:
+        cache = self._cache()
+        if not thread_ids:
+            return
+        if cache is None:
+            self.memory._core.health.dirty_threads.update(thread_ids)
+            return
+        step = self.memory._core.health.redis_step()
+        with step:
+            await cache.checkpoint_drop(thread_ids)
+        if step.failed:
+            self.memory._core.health.dirty_threads.update(thread_ids)
 
     async def _copy(self, source: str, target: str) -> None:
         store = await self._store()
+        source, target = self._check_thread(source), self._check_thread(target)
         with self.memory._core.health.store_step():
-            await store.copy_thread(self._check_thread(source), self._check_thread(target))
+            await self._settle(source)
+            await self._settle(target)
+            await store.copy_thread(source, target)
+        await self._drop_hot([target])
 
     async def _prune(self, thread_ids: Sequence[str], strategy: str) -> None:
         if strategy == "delete":
@@ -271,7 +516,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
         store = await self._store()
         with self.memory._core.health.store_step():
             for thread_id in thread_ids:
-                for ns, latest in await store.namespaces(self._check_thread(thread_id)):
+                await self._settle(self._check_thread(thread_id))
+                for ns, latest in await store.namespaces(thread_id):
                     row = await store.get(thread_id, ns, latest)
                     if row is None:
                         continue
@@ -283,10 +529,11 @@ class HybridSaver(BaseCheckpointSaver[str]):
                             whole.append((channel, version, *self.serde.dumps_typed(values[channel])))
                     await store.keep_latest(thread_id, ns, latest, keep, whole)
 
-    def _remember_versions(self, thread_id: str, ns: str, checkpoint_id: str, versions: dict[str, str]) -> None:
+    def _remember_versions(self, thread_id: str, ns: str, checkpoint_id: str, versions: dict[str, str],
+                           chains: Chains) -> None:
         if len(self._versions) >= _KNOWN * 8:
             self._versions.clear()
-        self._versions[(thread_id, ns, checkpoint_id)] = versions
+        self._versions[(thread_id, ns, checkpoint_id)] = (versions, chains)
 
     # -- the interface ---------------------------------------------------------------------------------
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:

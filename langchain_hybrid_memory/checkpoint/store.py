@@ -1,8 +1,13 @@
-"""The checkpoint tables' SQL (migration 0004), on the engine's PostgreSQL pool. One round trip per call."""
+"""The checkpoint tables' SQL (migration 0004), on the engine's PostgreSQL pool. One round trip per call.
+
+Also the records the write-behind outbox carries for checkpoints: a put (`c`) or a task's writes (`w`), packed
+as length-prefixed parts so that any process (its janitor included) can commit them without LangGraph.
+"""
 
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +63,120 @@ SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.
                                AND b.channel = cv.channel AND b.version = cv.version
   ) b
 """
+
+
+_NONE = 0xFFFFFFFF
+_LEN = struct.Struct(">I")
+
+
+def pack(parts: Sequence[bytes | str | None]) -> bytes:
+    """Parts (bytes, str as UTF-8, or None) as one bytes value."""
+    out = bytearray()
+    for part in parts:
+        if part is None:
+            out += _LEN.pack(_NONE)
+            continue
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        out += _LEN.pack(len(data))
+        out += data
+    return bytes(out)
+
+
+def unpack(data: bytes) -> list[bytes | None]:
+    parts: list[bytes | None] = []
+    i, end = 0, len(data)
+    while i < end:
+        (n,) = _LEN.unpack_from(data, i)
+        i += 4
+        if n == _NONE:
+            parts.append(None)
+            continue
+        if i + n > end:
+            raise ValueError("truncated record")
+        parts.append(data[i:i + n])
+        i += n
+    return parts
+
+
+def _text(part: bytes | None) -> str | None:
+    return None if part is None else part.decode("utf-8")
+
+
+def put_record(thread_id: str, ns: str, checkpoint_id: str, parent_id: str | None, run_id: str | None,
+               checkpoint: tuple[str, bytes], versions_json: str, metadata: tuple[str, bytes], metadata_json: str,
+               blobs: Sequence[Blob]) -> bytes:
+    parts: list[bytes | str | None] = ["c", thread_id, ns, checkpoint_id, parent_id, run_id, checkpoint[0],
+                                       checkpoint[1], versions_json, metadata[0], metadata[1], metadata_json]
+    for blob in blobs:
+        parts.extend(blob)
+    return pack(parts)
+
+
+def writes_record(thread_id: str, ns: str, checkpoint_id: str, task_id: str, task_path: str,
+                  writes: Sequence[Write]) -> bytes:
+    parts: list[bytes | str | None] = ["w", thread_id, ns, checkpoint_id, task_id, task_path]
+    for idx, channel, kind, data in writes:
+        parts.extend((str(idx), channel, kind, data))
+    return pack(parts)
+
+
+_COMMIT = """
+WITH b AS (
+    INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])
+    ON CONFLICT DO NOTHING
+), w AS (
+    INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type,
+                                   blob)
+    SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int[], $13::text[],
+                         $14::text[], $15::bytea[])
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE SET
+        channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob, task_path = EXCLUDED.task_path
+        WHERE checkpoint_writes.idx < 0
+)
+INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint,
+                         channel_versions, metadata_type, metadata_blob, metadata)
+SELECT * FROM unnest($16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::bytea[],
+                     $23::jsonb[], $24::text[], $25::bytea[], $26::jsonb[])
+ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
+    parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, run_id = EXCLUDED.run_id, type = EXCLUDED.type,
+    checkpoint = EXCLUDED.checkpoint, channel_versions = EXCLUDED.channel_versions,
+    metadata_type = EXCLUDED.metadata_type, metadata_blob = EXCLUDED.metadata_blob, metadata = EXCLUDED.metadata
+"""
+
+
+async def commit_records(store: PostgresStore, records: Sequence[bytes]) -> None:
+    """Commit outbox records (in their order) in one statement; idempotent, so a replay is harmless. Within the
+    batch a re-put checkpoint keeps its last version, a regular write its first, a special write its last (as
+    the single-row statements do one after another). Raises ValueError on a damaged record."""
+    blobs: list[tuple[Any, ...]] = []
+    writes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    puts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for record in records:
+        p = unpack(record)
+        if p[0] == b"c" and len(p) >= 12 and (len(p) - 12) % 4 == 0:
+            thread, ns = _text(p[1]), _text(p[2])
+            puts[(thread, ns, _text(p[3]))] = (thread, ns, _text(p[3]), _text(p[4]), _text(p[5]), _text(p[6]), p[7],
+                                               _text(p[8]), _text(p[9]), p[10], _text(p[11]))
+            for i in range(12, len(p), 4):
+                blobs.append((thread, ns, _text(p[i]), _text(p[i + 1]), _text(p[i + 2]), p[i + 3]))
+        elif p[0] == b"w" and len(p) >= 6 and (len(p) - 6) % 4 == 0:
+            head = (_text(p[1]), _text(p[2]), _text(p[3]), _text(p[4]), _text(p[5]))
+            for i in range(6, len(p), 4):
+                raw = p[i]
+                idx = int(raw) if raw is not None else 0
+                key = (head[0], head[1], head[2], head[3], idx)
+                if idx >= 0 and key in writes:
+                    continue
+                writes[key] = (*head, idx, _text(p[i + 1]), _text(p[i + 2]), p[i + 3])
+        else:
+            raise ValueError("not a checkpoint record")
+    if not (blobs or writes or puts):
+        return
+    cols: list[list[Any]] = []
+    for rows, width in ((blobs, 6), (list(writes.values()), 9), (list(puts.values()), 11)):
+        cols.extend([r[i] for r in rows] for i in range(width))
+    await store._run("execute", _COMMIT, *cols)
 
 
 class CheckpointStore:
@@ -122,13 +241,16 @@ class CheckpointStore:
             " b AS (DELETE FROM checkpoint_blobs WHERE thread_id = ANY($1))"
             " DELETE FROM checkpoints WHERE thread_id = ANY($1)", list(thread_ids))
 
-    async def delete_runs(self, run_ids: Sequence[str]) -> None:
+    async def delete_runs(self, run_ids: Sequence[str]) -> list[str]:
+        """Delete the runs' checkpoints and writes; returns the threads they were in."""
         # Blobs stay: a later checkpoint's delta may be built on them (they go with the thread).
-        await self.store._run(
-            "execute", "WITH gone AS (DELETE FROM checkpoints WHERE run_id = ANY($1)"
-            " RETURNING thread_id, checkpoint_ns, checkpoint_id)"
-            " DELETE FROM checkpoint_writes w USING gone g WHERE w.thread_id = g.thread_id"
-            " AND w.checkpoint_ns = g.checkpoint_ns AND w.checkpoint_id = g.checkpoint_id", list(run_ids))
+        rows = await self.store._run(
+            "fetch", "WITH gone AS (DELETE FROM checkpoints WHERE run_id = ANY($1)"
+            " RETURNING thread_id, checkpoint_ns, checkpoint_id),"
+            " w AS (DELETE FROM checkpoint_writes w USING gone g WHERE w.thread_id = g.thread_id"
+            " AND w.checkpoint_ns = g.checkpoint_ns AND w.checkpoint_id = g.checkpoint_id)"
+            " SELECT DISTINCT thread_id FROM gone", list(run_ids))
+        return [r[0] for r in rows]
 
     async def copy_thread(self, source: str, target: str) -> None:
         await self.store._run(
@@ -171,18 +293,20 @@ WITH t AS ({threads}),
      a AS (DELETE FROM checkpoint_writes WHERE thread_id IN (SELECT thread_id FROM t)),
      b AS (DELETE FROM checkpoint_blobs WHERE thread_id IN (SELECT thread_id FROM t)),
      c AS (DELETE FROM checkpoints WHERE thread_id IN (SELECT thread_id FROM t))
-SELECT count(*) FROM t
+SELECT thread_id FROM t
 """
 
 
-async def delete_user_threads(store: PostgresStore, user_id: str) -> int:
-    """Erase every checkpoint thread whose metadata names `user_id`; returns how many threads."""
-    return int(await store._run("fetchval", _DROP_THREADS.format(
-        threads="SELECT DISTINCT thread_id FROM checkpoints WHERE metadata ->> 'user_id' = $1"), user_id))
+async def delete_user_threads(store: PostgresStore, user_id: str) -> list[str]:
+    """Erase every checkpoint thread whose metadata names `user_id`; returns their ids."""
+    rows = await store._run("fetch", _DROP_THREADS.format(
+        threads="SELECT DISTINCT thread_id FROM checkpoints WHERE metadata ->> 'user_id' = $1"), user_id)
+    return [r[0] for r in rows]
 
 
-async def purge_idle_threads(store: PostgresStore, older_than: float) -> int:
+async def purge_idle_threads(store: PostgresStore, older_than: float) -> list[str]:
     """Retention: erase checkpoint threads whose newest checkpoint is older than `older_than` seconds."""
-    return int(await store._run("fetchval", _DROP_THREADS.format(
+    rows = await store._run("fetch", _DROP_THREADS.format(
         threads="SELECT thread_id FROM checkpoints GROUP BY thread_id"
-                " HAVING max(created_at) < now() - make_interval(secs => $1)"), older_than))
+                " HAVING max(created_at) < now() - make_interval(secs => $1)"), older_than)
+    return [r[0] for r in rows]
