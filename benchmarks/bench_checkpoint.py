@@ -305,6 +305,8 @@ class Bench:
                 per_thread = 5 if size == 20 else k
                 threads = [await self.build_thread(name, size) for _ in range(-(-k // per_thread))]
                 ids = [t.id for t in threads]
+                if name == OURS:
+                    await self.memory.aflush()  # write-behind: measure what PostgreSQL has committed
                 logical0, stored0 = await self._thread_bytes(schema, ids)
                 relation0 = await self._relation_bytes(schema)
                 new_bytes = 0
@@ -312,6 +314,8 @@ class Bench:
                     new = self.new_messages()
                     new_bytes += len(serde.dumps_typed(new)[1])
                     await self.step(name, threads[i // per_thread], new, None)
+                if name == OURS:
+                    await self.memory.aflush()
                 logical1, stored1 = await self._thread_bytes(schema, ids)
                 relation1 = await self._relation_bytes(schema)
                 self.bytes[(name, size)] = {

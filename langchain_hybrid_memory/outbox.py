@@ -401,7 +401,8 @@ class WriteBehind:
                 log.exception("hybrid-memory: janitor pass failed")
 
     async def reclaim(self, older_than: float) -> int:
-        """Commit outbox entries older than `older_than` seconds that no live writer deleted."""
+        """Commit outbox entries older than `older_than` seconds that no live writer deleted; returns how many
+        messages and checkpoint records."""
         if self.cache is None or not self._redis_up():
             return 0
         self._drain()
@@ -432,8 +433,8 @@ class WriteBehind:
                 acks.append((o.stream, o.names, o.entry_id))  # a damaged entry names no session
             await self.commit_records_or_set_aside(records)
             await self.commit_or_set_aside(rows, users)
-            self.stats.reclaimed += len(rows)
+            self.stats.reclaimed += len(rows) + len(records)
             await self.cache.ack(acks)
-            total += len(rows)
+            total += len(rows) + len(records)
             if len(found) < 1000:
                 return total

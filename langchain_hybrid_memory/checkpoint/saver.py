@@ -10,17 +10,20 @@ commits the thread's waiting records, then reads PostgreSQL, so every acknowledg
 
 A list channel (an agent's messages) is stored as the items appended since its previous version plus a
 reference to that version, so a step writes what it added, not the thread's whole history again; a list that
-was rewritten (`RemoveMessage`, an item replaced by id, summarization) is stored whole, and so is every
-`_CHAIN`-th version, which bounds what a cold read folds.
+was rewritten (`RemoveMessage`, an item replaced by id, summarization) is stored whole. In Redis a chain is
+cut at `_CHAIN` versions (that version is cached whole), which bounds what a read from Redis folds.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import random
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables import RunnableConfig
@@ -36,6 +39,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
+from ..cache import CacheDown
 from ..errors import BacklogFullError, InvalidInputError, StorageUnavailableError
 from ..outbox import OutboxEntry
 from .store import Blob, CheckpointStore, commit_records, pack, put_record, unpack, writes_record
@@ -45,7 +49,7 @@ if TYPE_CHECKING:
 
 DELTA = "hm-delta/"  # blob type prefix: (previous version, items kept from it, new items)
 _KNOWN = 512  # list values and checkpoint versions remembered per saver
-_CHAIN = 64  # a list channel is stored whole at least every this many versions
+_CHAIN = 16  # in Redis, a list channel is cached whole at least every this many versions
 _SEP = "\x1f"  # between the parts of a Redis hash field name
 
 
@@ -59,6 +63,30 @@ Chains = dict[str, builtins.list[str] | None]  # channel -> the versions its val
 def _texts(parts: builtins.list[bytes | None], *text: int) -> builtins.list[Any]:
     """Record parts with those at the `text` positions decoded (None becomes "" or b"")."""
     return [(p or b"").decode("utf-8") if i in text else (p or b"") for i, p in enumerate(parts)]
+
+
+@dataclass(slots=True)
+class _Put:
+    thread_id: str
+    ns: str
+    checkpoint_id: str
+    values: dict[str, Any]
+    versions: dict[str, str]
+    blobs: builtins.list[Blob]  # for PostgreSQL
+    hot_blobs: builtins.list[Blob]  # for Redis
+    chains: Chains
+    drop: builtins.list[tuple[str, str]]
+    record: bytes
+    hot: bytes
+
+
+@dataclass(slots=True)
+class _Writes:
+    thread_id: str
+    ns: str
+    checkpoint_id: str
+    record: bytes
+    fields: builtins.list[tuple[str, bytes, bool]]
 
 
 class HybridSaver(BaseCheckpointSaver[str]):
@@ -76,6 +104,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
         # item in place. Bounded; with the checkpoint versions by id (LangGraph passes a put only its parent's).
         self._lists: OrderedDict[tuple[str, str, str, str], builtins.list[Any] | _Serialized] = OrderedDict()
         self._versions: dict[tuple[str, str, str | None], tuple[dict[str, str], Chains]] = {}
+        # The async hot paths run on the callers' loops (threads of their own), beside the engine loop.
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"HybridSaver(memory={self.memory!r})"
@@ -87,10 +117,15 @@ class HybridSaver(BaseCheckpointSaver[str]):
         return CheckpointStore(core.need_store())
 
     def _keep(self, key: tuple[str, str, str, str], value: builtins.list[Any] | _Serialized) -> None:
-        self._lists[key] = value if isinstance(value, _Serialized) else list(value)
-        self._lists.move_to_end(key)
-        while len(self._lists) > _KNOWN:
-            self._lists.popitem(last=False)
+        with self._lock:
+            self._lists[key] = value if isinstance(value, _Serialized) else list(value)
+            self._lists.move_to_end(key)
+            while len(self._lists) > _KNOWN:
+                self._lists.popitem(last=False)
+
+    def _used(self, key: tuple[str, str, str, str]) -> None:
+        with self._lock, contextlib.suppress(KeyError):  # evicted by another thread meanwhile
+            self._lists.move_to_end(key)
 
     def _check_thread(self, thread_id: Any) -> str:
         if not isinstance(thread_id, str) or not thread_id:
@@ -112,7 +147,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
             raise InvalidInputError(f"{what} cannot be serialized ({type(exc).__name__}: {exc})") from None
 
     def _dump_blobs(self, thread_id: str, ns: str, values: dict[str, Any], versions: ChannelVersions,
-                    parent_versions: dict[str, str], parent_chains: Chains) -> builtins.list[Blob]:
+                    parent_versions: dict[str, str]) -> builtins.list[Blob]:
         out: builtins.list[Blob] = []
         for channel, version in versions.items():
             version = str(version)
@@ -123,12 +158,10 @@ class HybridSaver(BaseCheckpointSaver[str]):
             if isinstance(value, list):
                 prev_version = parent_versions.get(channel)
                 prev = self._lists.get((thread_id, ns, channel, prev_version)) if prev_version else None
-                chain = parent_chains.get(channel)
                 # Equal items (the same objects, compared by identity first) up to the previous length: only the
                 # rest is new. An item replaced by id (`add_messages` with a known id) is a new object that
-                # compares unequal, and so is every rewrite: stored whole. So is a long chain's next version.
-                if (isinstance(prev, list) and len(value) >= len(prev) and value[:len(prev)] == prev
-                        and (chain is None or len(chain) < _CHAIN)):
+                # compares unequal, and so is every rewrite: stored whole.
+                if isinstance(prev, list) and len(value) >= len(prev) and value[:len(prev)] == prev:
                     kind, data = self._dumps(f"channel {channel!r}", [prev_version, len(prev), value[len(prev):]])
                     out.append((channel, version, DELTA + kind, data))
                     continue
@@ -151,7 +184,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         """Keep a stored version's value: a list as the object, anything else serialized. A version keeps its
         first value, as in PostgreSQL and Redis."""
         if key in self._lists:
-            self._lists.move_to_end(key)
+            self._used(key)
         elif isinstance(value, list):
             self._keep(key, value)
         elif data is not None and not kind.startswith(DELTA):
@@ -166,7 +199,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
             known = self._lists.get(key)
             if known is not None:
                 values[channel] = self._value(known)
-                self._lists.move_to_end(key)
+                self._used(key)
             elif kind.startswith(DELTA):
                 chain = {r["version"]: (r["type"], r["blob"]) for r in
                          await store.channel_blobs(thread_id, ns, channel, version)}
@@ -224,40 +257,44 @@ class HybridSaver(BaseCheckpointSaver[str]):
         return core.cache if core.use_cache() and core.wb is not None else None
 
     async def _hot_get(self, thread_id: str, ns: str, checkpoint_id: str | None) -> CheckpointTuple | None:
-        """The latest checkpoint from Redis, or None when Redis cannot answer it alone."""
+        """The latest checkpoint from Redis (engine loop), or None when Redis cannot answer it alone."""
         cache = self._cache()
         if cache is None:
             return None
-        core = self.memory._core
-        step = core.health.redis_step()
+        step = self.memory._core.health.redis_step()
         with step:
-            latest, hot, writes = await cache.checkpoint_latest(thread_id, ns, core.touches.due(thread_id))
-            if hot is None or latest is None or (checkpoint_id and latest.decode() != checkpoint_id):
-                return None
-            cid, parent, ctype, cdata, mtype, mdata, versions_json, chains_json = _texts(unpack(hot), 0, 1, 2, 4, 6, 7)
-            chains: Chains = json.loads(chains_json or "{}")
-            values: dict[str, Any] = {}
-            need: dict[str, builtins.list[str]] = {}
-            for channel, chain in chains.items():
-                if not chain:
-                    return None  # this version's chain is not in Redis: PostgreSQL has it
-                known = self._lists.get((thread_id, ns, channel, chain[-1]))
-                if known is not None:
-                    values[channel] = self._value(known)
-                    continue
-                start = max((i for i, v in enumerate(chain) if isinstance(
-                    self._lists.get((thread_id, ns, channel, v)), list)), default=0)
-                need[channel] = chain[start:]
-            if need:
-                fields = [_SEP.join(("b", ns, ch, v)) for ch, vs in need.items() for v in vs]
-                got = iter(await cache.checkpoint_blobs(thread_id, fields))
-                for channel, versions in need.items():
-                    blobs = [next(got) for _ in versions]
-                    if any(b is None for b in blobs):
-                        return None
-                    values[channel] = self._fold(thread_id, ns, channel, versions, blobs)
-        if step.failed:
+            return await self._hot_read(cache, thread_id, ns, checkpoint_id)
+        return None
+
+    async def _hot_read(self, cache: Any, thread_id: str, ns: str, checkpoint_id: str | None
+                        ) -> CheckpointTuple | None:
+        """The latest checkpoint from Redis, or None when Redis cannot answer it alone; raises CacheDown."""
+        core = self.memory._core
+        latest, hot, writes = await cache.checkpoint_latest(thread_id, ns, core.touches.due(thread_id))
+        if hot is None or latest is None or (checkpoint_id and latest.decode() != checkpoint_id):
             return None
+        cid, parent, ctype, cdata, mtype, mdata, versions_json, chains_json = _texts(unpack(hot), 0, 1, 2, 4, 6, 7)
+        chains: Chains = json.loads(chains_json or "{}")
+        values: dict[str, Any] = {}
+        need: dict[str, builtins.list[str]] = {}
+        for channel, chain in chains.items():
+            if not chain:
+                return None  # this version's chain is not in Redis: PostgreSQL has it
+            known = self._lists.get((thread_id, ns, channel, chain[-1]))
+            if known is not None:
+                values[channel] = self._value(known)
+                continue
+            start = max((i for i, v in enumerate(chain) if isinstance(
+                self._lists.get((thread_id, ns, channel, v)), list)), default=0)
+            need[channel] = chain[start:]
+        if need:
+            fields = [_SEP.join(("b", ns, ch, v)) for ch, vs in need.items() for v in vs]
+            got = iter(await cache.checkpoint_blobs(thread_id, fields))
+            for channel, versions in need.items():
+                blobs = [next(got) for _ in versions]
+                if any(b is None for b in blobs):
+                    return None
+                values[channel] = self._fold(thread_id, ns, channel, versions, blobs)
         pending = []
         for name, data in writes.items():
             of, task_id, idx = name.decode("utf-8").split(_SEP)
@@ -291,13 +328,14 @@ class HybridSaver(BaseCheckpointSaver[str]):
             self._remember((thread_id, ns, channel, version), k, data, value)
         return value
 
-    @staticmethod
-    def _chains(values: dict[str, Any], versions: dict[str, str], blobs: builtins.list[Blob],
-                parent_chains: Chains) -> tuple[Chains, builtins.list[tuple[str, str]]]:
-        """Each valued channel's chain at the new checkpoint, and the (channel, version) blobs of the parent's
-        chains that a channel written whole leaves behind (Redis drops them)."""
+    def _chains(self, values: dict[str, Any], versions: dict[str, str], blobs: builtins.list[Blob],
+                parent_chains: Chains) -> tuple[Chains, builtins.list[Blob], builtins.list[tuple[str, str]]]:
+        """For Redis: each valued channel's chain at the new checkpoint, the blobs to store (a delta whose chain
+        reached `_CHAIN` versions goes whole, so a read folds at most that many), and the (channel, version)
+        blobs of the parent's chains that a channel stored whole leaves behind."""
         new = {b[0]: b for b in blobs}
         chains: Chains = {}
+        hot: builtins.list[Blob] = []
         drop: builtins.list[tuple[str, str]] = []
         for channel in versions:
             if channel not in values:
@@ -306,12 +344,16 @@ class HybridSaver(BaseCheckpointSaver[str]):
             before = parent_chains.get(channel)
             if blob is None:
                 chains[channel] = before
-            elif blob[2].startswith(DELTA):
+                continue
+            if blob[2].startswith(DELTA) and before and len(before) >= _CHAIN:
+                blob = (channel, blob[1], *self._dumps(f"channel {channel!r}", values[channel]))
+            if blob[2].startswith(DELTA):
                 chains[channel] = [*before, blob[1]] if before else None
             else:
                 chains[channel] = [blob[1]]
                 drop += [(channel, v) for v in before or () if v != blob[1]]
-        return chains, drop
+            hot.append(blob)
+        return chains, hot, drop
 
     async def _enqueue(self, thread_id: str, entry_id: str, record: bytes) -> None:
         core = self.memory._core
@@ -394,52 +436,63 @@ class HybridSaver(BaseCheckpointSaver[str]):
         self.memory._core.stats.checkpoint_reads += len(out)
         return out
 
-    async def _put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
-                   new_versions: ChannelVersions) -> RunnableConfig:
+    def _prepare_put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+                     new_versions: ChannelVersions) -> _Put:
+        """Everything a put writes, serialized and checked before anything is written."""
         thread_id, ns = self._ids(config)
         c = dict(checkpoint)
         values: dict[str, Any] = c.pop("channel_values")  # type: ignore[assignment]
         parent_id = config["configurable"].get("checkpoint_id")
         parent_versions, parent_chains = self._versions.get((thread_id, ns, parent_id), ({}, {}))
-        blobs = self._dump_blobs(thread_id, ns, values, new_versions, parent_versions, parent_chains)
+        blobs = self._dump_blobs(thread_id, ns, values, new_versions, parent_versions)
         meta = get_checkpoint_metadata(config, metadata)
         versions = {k: str(v) for k, v in checkpoint["channel_versions"].items()}
         cdump, mdump = self._dumps("the checkpoint", c), self._dumps("the metadata", meta)
         versions_json = json.dumps(versions)
-        record = put_record(thread_id, ns, checkpoint["id"], parent_id, meta.get("run_id"), cdump, versions_json, mdump,
-                            json.dumps(dict(meta), default=str), blobs)
-        chains, drop = self._chains(values, versions, blobs, parent_chains)
+        record = put_record(thread_id, ns, checkpoint["id"], parent_id, meta.get("run_id"), cdump, versions_json,
+                            mdump, json.dumps(dict(meta), default=str), blobs)
+        chains, hot_blobs, drop = self._chains(values, versions, blobs, parent_chains)
+        hot = pack([checkpoint["id"], parent_id, *cdump, *mdump, versions_json, json.dumps(chains)])
+        return _Put(thread_id, ns, checkpoint["id"], values, versions, blobs, hot_blobs, chains, drop, record, hot)
+
+    async def _put_hot(self, cache: Any, p: _Put) -> str:
+        """The Redis script of a put; returns its outbox entry id. Raises CacheDown."""
+        self._check_room()
+        return str(await cache.checkpoint_put(
+            p.thread_id, p.ns, p.checkpoint_id, p.hot, p.record,
+            [(_SEP.join(("b", p.ns, b[0], b[1])), pack([b[2], b[3]])) for b in p.hot_blobs if b[3] is not None],
+            [_SEP.join(("b", p.ns, ch, v)) for ch, v in p.drop]))
+
+    def _put_done(self, p: _Put) -> RunnableConfig:
+        self.memory._core.stats.checkpoint_puts += 1
+        # Remembered once stored: a put that failed must not become the base of a later delta.
+        for channel, version, kind, data in p.blobs:
+            if channel in p.values:
+                self._remember((p.thread_id, p.ns, channel, version), kind, data, p.values[channel])
+        self._remember_versions(p.thread_id, p.ns, p.checkpoint_id, p.versions, p.chains)
+        return {"configurable": {"thread_id": p.thread_id, "checkpoint_ns": p.ns, "checkpoint_id": p.checkpoint_id}}
+
+    async def _put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+                   new_versions: ChannelVersions, p: _Put | None = None) -> RunnableConfig:
+        p = p or self._prepare_put(config, checkpoint, metadata, new_versions)
         core = self.memory._core
         await core.ensure_started()
         cache = self._cache()
-        done = False
         if cache is not None:
-            self._check_room()
-            hot = pack([checkpoint["id"], parent_id, *cdump, *mdump, versions_json, json.dumps(chains)])
             step = core.health.redis_step()
             with step:
-                entry_id = await cache.checkpoint_put(
-                    thread_id, ns, checkpoint["id"], hot, record,
-                    [(_SEP.join(("b", ns, b[0], b[1])), pack([b[2], b[3]])) for b in blobs if b[3] is not None],
-                    [_SEP.join(("b", ns, ch, v)) for ch, v in drop])
-            done = not step.failed
-            if done:
-                await self._enqueue(thread_id, entry_id, record)
-        if not done:
-            store = await self._store()
-            with core.health.store_step():
-                await commit_records(store.store, [record])
-            core.health.dirty_threads.add(thread_id)
-        core.stats.checkpoint_puts += 1
-        # Remembered once stored: a put that failed must not become the base of a later delta.
-        for channel, version, kind, data in blobs:
-            if channel in values:
-                self._remember((thread_id, ns, channel, version), kind, data, values[channel])
-        self._remember_versions(thread_id, ns, checkpoint["id"], versions, chains)
-        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
+                entry_id = await self._put_hot(cache, p)
+            if not step.failed:
+                await self._enqueue(p.thread_id, entry_id, p.record)
+                return self._put_done(p)
+        store = await self._store()
+        with core.health.store_step():
+            await commit_records(store.store, [p.record])
+        core.health.dirty_threads.add(p.thread_id)
+        return self._put_done(p)
 
-    async def _put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
-                          task_path: str) -> None:
+    def _prepare_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                        task_path: str) -> _Writes:
         thread_id, ns = self._ids(config)
         checkpoint_id = config["configurable"]["checkpoint_id"]
         rows = []
@@ -447,27 +500,48 @@ class HybridSaver(BaseCheckpointSaver[str]):
             kind, data = self._dumps(f"a write to {channel!r}", value)
             rows.append((WRITES_IDX_MAP.get(channel, idx), channel, kind, data))
         record = writes_record(thread_id, ns, checkpoint_id, task_id, task_path, rows)
+        fields = [(_SEP.join((checkpoint_id, task_id, str(idx))), pack([task_path, channel, kind, data]), idx < 0)
+                  for idx, channel, kind, data in rows]
+        return _Writes(thread_id, ns, checkpoint_id, record, fields)
+
+    async def _writes_hot(self, cache: Any, w: _Writes) -> str:
+        self._check_room()
+        return str(await cache.checkpoint_writes(w.thread_id, w.ns, w.checkpoint_id, w.record, w.fields))
+
+    async def _put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
+                          task_path: str, w: _Writes | None = None) -> None:
+        w = w or self._prepare_writes(config, writes, task_id, task_path)
         core = self.memory._core
         await core.ensure_started()
         cache = self._cache()
         done = False
         if cache is not None:
-            self._check_room()
             step = core.health.redis_step()
             with step:
-                entry_id = await cache.checkpoint_writes(
-                    thread_id, ns, checkpoint_id, record,
-                    [(_SEP.join((checkpoint_id, task_id, str(idx))), pack([task_path, channel, kind, data]), idx < 0)
-                     for idx, channel, kind, data in rows])
+                entry_id = await self._writes_hot(cache, w)
             done = not step.failed
             if done:
-                await self._enqueue(thread_id, entry_id, record)
+                await self._enqueue(w.thread_id, entry_id, w.record)
         if not done:
             store = await self._store()
             with core.health.store_step():
-                await commit_records(store.store, [record])
-            core.health.dirty_threads.add(thread_id)
-        core.stats.checkpoint_writes += len(rows)
+                await commit_records(store.store, [w.record])
+            core.health.dirty_threads.add(w.thread_id)
+        core.stats.checkpoint_writes += len(w.fields)
+
+    # -- on the caller's loop ------------------------------------------------------------------------------
+    def _loop_cache(self) -> Any:
+        """The caller loop's Redis client when a call may stay on that loop (as the engine's hot paths do)."""
+        core = self.memory._core
+        if core.write_through or core.wb is None or not core.hot(0):
+            return None
+        return core.loop_cache()
+
+    def _submit(self, thread_id: str, entry_id: str, record: bytes) -> None:
+        core = self.memory._core
+        assert core.wb is not None
+        k = core.keys.thread(thread_id)
+        core.wb.submit(OutboxEntry(k.outbox, entry_id, thread_id, "", [], names=k.entries, record=record))
 
     async def _delete_threads(self, thread_ids: Sequence[str]) -> None:
         ids = [self._check_thread(t) for t in thread_ids]
@@ -540,6 +614,16 @@ class HybridSaver(BaseCheckpointSaver[str]):
         return self.memory._run(self._get_tuple(config))
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        cache = self._loop_cache()
+        if cache is not None:
+            thread_id, ns = self._ids(config)
+            try:
+                tup = await self._hot_read(cache, thread_id, ns, get_checkpoint_id(config))
+            except CacheDown:
+                tup = None  # the engine loop's path fails over
+            if tup is not None:
+                self.memory._core.stats.checkpoint_reads += 1
+                return tup
         return await self.memory._arun(self._get_tuple(config))
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
@@ -553,19 +637,42 @@ class HybridSaver(BaseCheckpointSaver[str]):
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
-        return self.memory._run(self._put(config, checkpoint, metadata, new_versions))
+        p = self._prepare_put(config, checkpoint, metadata, new_versions)  # bad input fails in the caller
+        return self.memory._run(self._put(config, checkpoint, metadata, new_versions, p))
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
-        return await self.memory._arun(self._put(config, checkpoint, metadata, new_versions))
+        p = self._prepare_put(config, checkpoint, metadata, new_versions)
+        cache = self._loop_cache()
+        if cache is not None:
+            try:
+                entry_id = await self._put_hot(cache, p)
+            except CacheDown:
+                pass  # the engine loop's path fails over
+            else:
+                self._submit(p.thread_id, entry_id, p.record)
+                return self._put_done(p)
+        return await self.memory._arun(self._put(config, checkpoint, metadata, new_versions, p))
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
-        self.memory._run(self._put_writes(config, writes, task_id, task_path))
+        w = self._prepare_writes(config, writes, task_id, task_path)
+        self.memory._run(self._put_writes(config, writes, task_id, task_path, w))
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
-        await self.memory._arun(self._put_writes(config, writes, task_id, task_path))
+        w = self._prepare_writes(config, writes, task_id, task_path)
+        cache = self._loop_cache()
+        if cache is not None:
+            try:
+                entry_id = await self._writes_hot(cache, w)
+            except CacheDown:
+                pass  # the engine loop's path fails over
+            else:
+                self._submit(w.thread_id, entry_id, w.record)
+                self.memory._core.stats.checkpoint_writes += len(w.fields)
+                return
+        await self.memory._arun(self._put_writes(config, writes, task_id, task_path, w))
 
     def delete_thread(self, thread_id: str) -> None:
         self.memory._run(self._delete_threads([thread_id]))

@@ -1,0 +1,146 @@
+"""HybridSaver under faults, on real processes: Redis killed mid-conversation, a writer killed after its puts
+were acknowledged, PostgreSQL stopped."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from test_checkpoint import _step
+
+from langchain_hybrid_memory import BacklogFullError, HybridConfig, HybridMemory, StorageUnavailableError
+from langchain_hybrid_memory.checkpoint import HybridSaver
+
+from conftest import PG_URL, REDIS_URL, pg_fetch
+from hybrid_memory_testing.servers import RedisServer
+
+FAST = {"redis_timeout": 0.3, "health_check_interval": 0.2, "pg_timeout": 2.0, "connect_timeout": 1.0}
+
+
+def _cfg(thread: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+
+
+def _turn(i: int) -> list[Any]:
+    return [HumanMessage(f"q{i}", id=f"h{i}"), AIMessage(f"a{i}", id=f"a{i}")]
+
+
+def _ids(saver: HybridSaver, thread: str) -> list[str]:
+    tup = saver.get_tuple(_cfg(thread))
+    assert tup is not None
+    return [m.id for m in tup.checkpoint["channel_values"]["messages"]]
+
+
+def _expected(n: int) -> list[str]:
+    return [x for i in range(n) for x in (f"h{i}", f"a{i}")]
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def test_redis_killed_mid_conversation_turns_go_on(redis_server: RedisServer, namespace: str) -> None:
+    settings = {"database_url": PG_URL, "redis_url": redis_server.url, "namespace": namespace, **FAST}
+    memory = HybridMemory(HybridConfig(**settings))
+    try:
+        saver = HybridSaver(memory)
+        messages: list[Any] = []
+        for i in range(3):
+            _, messages = _step(saver, _cfg("t"), messages, _turn(i))
+        redis_server.kill()  # with the acknowledged puts still waiting in the queue (and the outbox, gone now)
+        for i in range(3, 6):  # straight to PostgreSQL
+            _, messages = _step(saver, _cfg("t"), messages, _turn(i))
+        assert _ids(saver, "t") == _expected(6)
+        assert memory.get_cache_stats().redis_up is False
+        redis_server.start()  # empty
+        memory.flush(timeout=30)
+        for i in range(6, 8):
+            _, messages = _step(saver, _cfg("t"), messages, _turn(i))
+        memory.flush(timeout=30)
+        fresh = HybridMemory(HybridConfig(**settings))  # another process: nothing of ours in memory
+        try:
+            assert _ids(HybridSaver(fresh), "t") == _expected(8)
+            assert len(list(HybridSaver(fresh).list(_cfg("t")))) == 8  # every acknowledged checkpoint
+        finally:
+            fresh.close()
+    finally:
+        memory.close()
+
+
+def test_a_writer_killed_after_acknowledging_is_committed_by_another_process(namespace: str) -> None:
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from langchain_core.messages import AIMessage, HumanMessage
+        from langchain_hybrid_memory import HybridConfig, HybridMemory
+        from langchain_hybrid_memory.checkpoint import HybridSaver
+        from test_checkpoint import _step
+        memory = HybridMemory(HybridConfig(database_url={PG_URL!r}, redis_url={REDIS_URL!r},
+                                           namespace={namespace!r}, write_behind_delay=600.0))
+        saver = HybridSaver(memory)
+        messages = []
+        for i in range(4):
+            _, messages = _step(saver, {{"configurable": {{"thread_id": {thread!r}, "checkpoint_ns": ""}}}}, messages,
+                                [HumanMessage(f"q{{i}}", id=f"h{{i}}"), AIMessage(f"a{{i}}", id=f"a{{i}}")])
+        assert memory.get_cache_stats().backlog == 4  # acknowledged, nothing committed yet
+        os.kill(os.getpid(), 9)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert pg_fetch(f'SELECT count(*) FROM "{namespace}".checkpoints')[0][0] == 0
+    other = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=REDIS_URL, namespace=namespace))
+    try:
+        saver = HybridSaver(other)
+        assert _ids(saver, thread) == _expected(4)  # from Redis
+        assert other.reclaim_orphans(0) > 0  # the janitor's pass, now
+        assert pg_fetch(f'SELECT count(*) FROM "{namespace}".checkpoints')[0][0] == 4
+        assert len(list(saver.list(_cfg(thread)))) == 4
+    finally:
+        other.close()
+
+
+def test_postgres_stopped_puts_acknowledged_hot_reads_served_cold_reads_refused(private_pg: Any,
+                                                                                 namespace: str) -> None:
+    memory = HybridMemory(HybridConfig(database_url=private_pg.url, redis_url=REDIS_URL, namespace=namespace,
+                                       max_backlog=20, **FAST))
+    try:
+        saver = HybridSaver(memory)
+        messages: list[Any] = []
+        first = None
+        for i in range(2):
+            stored, messages = _step(saver, _cfg("t"), messages, _turn(i))
+            first = first or stored
+        memory.flush()
+        private_pg.stop()
+        for i in range(2, 8):  # acknowledged from Redis
+            _, messages = _step(saver, _cfg("t"), messages, _turn(i))
+        assert _ids(saver, "t") == _expected(8)  # the cached thread is served
+        with pytest.raises(StorageUnavailableError):
+            saver.get_tuple(first)  # an older checkpoint is a PostgreSQL read
+        with pytest.raises(StorageUnavailableError):
+            list(saver.list(_cfg("t")))
+        with pytest.raises(BacklogFullError):
+            for i in range(8, 40):
+                _, messages = _step(saver, _cfg("t"), messages, _turn(i))
+        private_pg.start()
+        memory.flush(timeout=30)
+        assert memory.get_cache_stats().backlog == 0
+        assert len(list(saver.list(_cfg("t")))) >= 8
+    finally:
+        try:
+            socket.create_connection(("127.0.0.1", private_pg.port), timeout=1).close()
+        except OSError:
+            private_pg.start()
+        memory.close()
