@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import json
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -355,11 +356,14 @@ class HybridSaver(BaseCheckpointSaver[str]):
             hot.append(blob)
         return chains, hot, drop
 
+    def _entry(self, thread_id: str, entry_id: str, record: bytes) -> OutboxEntry:
+        k = self.memory._core.keys.thread(thread_id)
+        return OutboxEntry(k.outbox, entry_id, thread_id, "", [], names=k.entries, record=record)
+
     async def _enqueue(self, thread_id: str, entry_id: str, record: bytes) -> None:
         core = self.memory._core
         assert core.wb is not None
-        k = core.keys.thread(thread_id)
-        index = core.wb.add(OutboxEntry(k.outbox, entry_id, thread_id, "", [], names=k.entries, record=record))
+        index = core.wb.add(self._entry(thread_id, entry_id, record))
         if core.write_through and not await core.wb.wait_for(index, core.config.pg_timeout):
             raise StorageUnavailableError(
                 "PostgreSQL did not confirm the checkpoint in time (write-through mode); it stays queued")
@@ -455,7 +459,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         hot = pack([checkpoint["id"], parent_id, *cdump, *mdump, versions_json, json.dumps(chains)])
         return _Put(thread_id, ns, checkpoint["id"], values, versions, blobs, hot_blobs, chains, drop, record, hot)
 
-    async def _put_hot(self, cache: Any, p: _Put) -> str:
+    async def _put_hot(self, cache: Any, *, p: _Put) -> str:
         """The Redis script of a put; returns its outbox entry id. Raises CacheDown."""
         self._check_room()
         return str(await cache.checkpoint_put(
@@ -472,24 +476,39 @@ class HybridSaver(BaseCheckpointSaver[str]):
         self._remember_versions(p.thread_id, p.ns, p.checkpoint_id, p.versions, p.chains)
         return {"configurable": {"thread_id": p.thread_id, "checkpoint_ns": p.ns, "checkpoint_id": p.checkpoint_id}}
 
-    async def _put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
-                   new_versions: ChannelVersions, p: _Put | None = None) -> RunnableConfig:
-        p = p or self._prepare_put(config, checkpoint, metadata, new_versions)
+    async def _store_record(self, thread_id: str, record: bytes, hot: Callable[[Any], Awaitable[str]]) -> None:
+        """A put or writes on the engine loop: `hot` (the Redis script) then the write-behind queue, or, Redis
+        down, the record straight into PostgreSQL."""
         core = self.memory._core
         await core.ensure_started()
         cache = self._cache()
         if cache is not None:
             step = core.health.redis_step()
             with step:
-                entry_id = await self._put_hot(cache, p)
+                entry_id = await hot(cache)
             if not step.failed:
-                await self._enqueue(p.thread_id, entry_id, p.record)
-                return self._put_done(p)
+                await self._enqueue(thread_id, entry_id, record)
+                return
         store = await self._store()
         with core.health.store_step():
-            await commit_records(store.store, [p.record])
-        core.health.dirty_threads.add(p.thread_id)
-        return self._put_done(p)
+            await commit_records(store.store, [record])
+        core.health.dirty_threads.add(thread_id)
+
+    async def _store_here(self, thread_id: str, record: bytes, hot: Callable[[Any], Awaitable[str]]) -> bool:
+        """The same on the caller's loop when Redis answers there (as the message hot paths do); False: the
+        engine loop's path must take it (it also fails over)."""
+        core = self.memory._core
+        if core.write_through or core.wb is None or not core.hot(0):
+            return False
+        cache = core.loop_cache()
+        if cache is None:
+            return False
+        try:
+            entry_id = await hot(cache)
+        except CacheDown:
+            return False
+        core.wb.submit(self._entry(thread_id, entry_id, record))
+        return True
 
     def _prepare_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                         task_path: str) -> _Writes:
@@ -504,44 +523,9 @@ class HybridSaver(BaseCheckpointSaver[str]):
                   for idx, channel, kind, data in rows]
         return _Writes(thread_id, ns, checkpoint_id, record, fields)
 
-    async def _writes_hot(self, cache: Any, w: _Writes) -> str:
+    async def _writes_hot(self, cache: Any, *, w: _Writes) -> str:
         self._check_room()
         return str(await cache.checkpoint_writes(w.thread_id, w.ns, w.checkpoint_id, w.record, w.fields))
-
-    async def _put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
-                          task_path: str, w: _Writes | None = None) -> None:
-        w = w or self._prepare_writes(config, writes, task_id, task_path)
-        core = self.memory._core
-        await core.ensure_started()
-        cache = self._cache()
-        done = False
-        if cache is not None:
-            step = core.health.redis_step()
-            with step:
-                entry_id = await self._writes_hot(cache, w)
-            done = not step.failed
-            if done:
-                await self._enqueue(w.thread_id, entry_id, w.record)
-        if not done:
-            store = await self._store()
-            with core.health.store_step():
-                await commit_records(store.store, [w.record])
-            core.health.dirty_threads.add(w.thread_id)
-        core.stats.checkpoint_writes += len(w.fields)
-
-    # -- on the caller's loop ------------------------------------------------------------------------------
-    def _loop_cache(self) -> Any:
-        """The caller loop's Redis client when a call may stay on that loop (as the engine's hot paths do)."""
-        core = self.memory._core
-        if core.write_through or core.wb is None or not core.hot(0):
-            return None
-        return core.loop_cache()
-
-    def _submit(self, thread_id: str, entry_id: str, record: bytes) -> None:
-        core = self.memory._core
-        assert core.wb is not None
-        k = core.keys.thread(thread_id)
-        core.wb.submit(OutboxEntry(k.outbox, entry_id, thread_id, "", [], names=k.entries, record=record))
 
     async def _delete_threads(self, thread_ids: Sequence[str]) -> None:
         ids = [self._check_thread(t) for t in thread_ids]
@@ -614,7 +598,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
         return self.memory._run(self._get_tuple(config))
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        cache = self._loop_cache()
+        core = self.memory._core
+        cache = core.loop_cache() if core.hot(0) and core.wb is not None and not core.write_through else None
         if cache is not None:
             thread_id, ns = self._ids(config)
             try:
@@ -638,41 +623,30 @@ class HybridSaver(BaseCheckpointSaver[str]):
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
         p = self._prepare_put(config, checkpoint, metadata, new_versions)  # bad input fails in the caller
-        return self.memory._run(self._put(config, checkpoint, metadata, new_versions, p))
+        self.memory._run(self._store_record(p.thread_id, p.record, functools.partial(self._put_hot, p=p)))
+        return self._put_done(p)
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
         p = self._prepare_put(config, checkpoint, metadata, new_versions)
-        cache = self._loop_cache()
-        if cache is not None:
-            try:
-                entry_id = await self._put_hot(cache, p)
-            except CacheDown:
-                pass  # the engine loop's path fails over
-            else:
-                self._submit(p.thread_id, entry_id, p.record)
-                return self._put_done(p)
-        return await self.memory._arun(self._put(config, checkpoint, metadata, new_versions, p))
+        hot = functools.partial(self._put_hot, p=p)
+        if not await self._store_here(p.thread_id, p.record, hot):
+            await self.memory._arun(self._store_record(p.thread_id, p.record, hot))
+        return self._put_done(p)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
         w = self._prepare_writes(config, writes, task_id, task_path)
-        self.memory._run(self._put_writes(config, writes, task_id, task_path, w))
+        self.memory._run(self._store_record(w.thread_id, w.record, functools.partial(self._writes_hot, w=w)))
+        self.memory._core.stats.checkpoint_writes += len(w.fields)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
         w = self._prepare_writes(config, writes, task_id, task_path)
-        cache = self._loop_cache()
-        if cache is not None:
-            try:
-                entry_id = await self._writes_hot(cache, w)
-            except CacheDown:
-                pass  # the engine loop's path fails over
-            else:
-                self._submit(w.thread_id, entry_id, w.record)
-                self.memory._core.stats.checkpoint_writes += len(w.fields)
-                return
-        await self.memory._arun(self._put_writes(config, writes, task_id, task_path, w))
+        hot = functools.partial(self._writes_hot, w=w)
+        if not await self._store_here(w.thread_id, w.record, hot):
+            await self.memory._arun(self._store_record(w.thread_id, w.record, hot))
+        self.memory._core.stats.checkpoint_writes += len(w.fields)
 
     def delete_thread(self, thread_id: str) -> None:
         self.memory._run(self._delete_threads([thread_id]))
