@@ -1,6 +1,6 @@
 """Run the fault-injection scenarios standalone and print the table.
 
-    python benchmarks/fault_suite.py                 # all seven
+    python benchmarks/fault_suite.py                 # all of them
     python benchmarks/fault_suite.py redis_kill eviction --details
 
 Each scenario starts its own redis-server and writer processes; one private PostgreSQL cluster (initdb on a

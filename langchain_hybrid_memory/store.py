@@ -97,10 +97,14 @@ SELECT session_id, seq FROM ins
 """
 
 # Write-behind batches and erases of the same session serialise on these (sorted: no deadlock).
-_LOCK_SHARED = ("SELECT pg_advisory_xact_lock_shared(hashtextextended(s, 11))"
-                " FROM (SELECT DISTINCT unnest($1::text[]) AS s ORDER BY 1) q")
-_LOCK_EXCLUSIVE = ("SELECT pg_advisory_xact_lock(hashtextextended(s, 11))"
-                   " FROM (SELECT DISTINCT unnest($1::text[]) AS s ORDER BY 1) q")
+def _locks(fn: str, seed: int) -> str:
+    return f"SELECT {fn}(hashtextextended(s, {seed})) FROM (SELECT DISTINCT unnest($1::text[]) AS s ORDER BY 1) q"
+
+
+_LOCK_SHARED = _locks("pg_advisory_xact_lock_shared", 11)
+_LOCK_EXCLUSIVE = _locks("pg_advisory_xact_lock", 11)
+# The same for checkpoint threads, by `exclusive` (another seed: a thread and a session may share an id).
+_THREAD_LOCKS = {False: _locks("pg_advisory_xact_lock_shared", 13), True: _locks("pg_advisory_xact_lock", 13)}
 
 # The COPY path's session bump: one row per session, aggregated and sorted by the caller.
 _TOUCH_SESSIONS = """
@@ -539,8 +543,22 @@ class PostgresStore:
         await self._run("execute", "DELETE FROM cache_dirty WHERE session_id = ANY($1::text[])", list(session_ids))
 
     async def prune_tombstones(self, older_than_s: float) -> None:
-        await self._run("execute", "DELETE FROM tombstones WHERE deleted_at < now() - make_interval(secs => $1)",
-                        older_than_s)
+        await self._run("execute", "WITH t AS (DELETE FROM thread_tombstones"
+                        " WHERE deleted_at < now() - make_interval(secs => $1))"
+                        " DELETE FROM tombstones WHERE deleted_at < now() - make_interval(secs => $1)", older_than_s)
+
+    async def run_locked(self, keys: Sequence[str], exclusive: bool, method: str, sql: str, *args: Any) -> Any:
+        """One statement in a transaction that first takes advisory locks on checkpoint threads (sorted: no
+        deadlock); commits take them shared, deletes exclusive, so a delete never interleaves with a commit."""
+        if self.pool is None:
+            raise StoreDown("not connected")
+        try:
+            async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
+                t = self.config.pg_timeout
+                await conn.execute(_THREAD_LOCKS[exclusive], list(keys), timeout=t)
+                return await getattr(conn, method)(sql, *args, timeout=t)
+        except _DOWN as exc:
+            raise StoreDown(type(exc).__name__) from None
 
     def pool_usage(self) -> tuple[int, int]:
         if self.pool is None:

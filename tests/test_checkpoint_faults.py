@@ -144,3 +144,52 @@ def test_postgres_stopped_puts_acknowledged_hot_reads_served_cold_reads_refused(
         except OSError:
             private_pg.start()
         memory.close()
+
+
+def _rows(namespace: str, thread: str) -> int:
+    return sum(pg_fetch(f'SELECT count(*) FROM "{namespace}".{table} WHERE thread_id = $1', thread)[0][0]
+               for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"))
+
+
+@pytest.mark.parametrize("how", ["delete_thread", "delete_user", "prune"])
+def test_a_deleted_thread_stays_deleted_when_another_process_commits_late(
+        make_memory: Any, namespace: str, how: str) -> None:
+    """Another process acknowledged steps of the thread and commits them only after the delete (its queue holds
+    them; the outbox entries were committed by the deleting process): the thread's tombstone keeps them out.
+    The same thread id then starts again, and a copy into a deleted id takes writes to its copied checkpoints."""
+    late = make_memory(write_behind_delay=600.0, reclaim_interval=600.0)  # commits only when told to
+    deleter = make_memory()
+    writer, other = HybridSaver(late), HybridSaver(deleter)
+    cfg = {"configurable": {"thread_id": "t", "checkpoint_ns": "", "user_id": "u"}}
+    messages: list[Any] = []
+    for i in range(3):
+        stored, messages = _step(writer, cfg, messages, _turn(i))
+        writer.put_writes(stored, [("messages", [])], f"task-{i}")
+    assert late.get_cache_stats().backlog == 6 and _rows(namespace, "t") == 0
+    if how == "delete_thread":
+        other.delete_thread("t")
+    elif how == "delete_user":
+        deleter.delete_user("u")
+    else:
+        other.prune(["t"], strategy="delete")
+    late.flush(timeout=30)  # the late commit of everything acknowledged before the delete
+    assert late.get_cache_stats().backlog == 0
+    assert _rows(namespace, "t") == 0
+    assert other.get_tuple(_cfg("t")) is None and writer.get_tuple(_cfg("t")) is None
+    assert list(other.list(_cfg("t"))) == []
+    # The thread id is free again: new steps are newer than the tombstone and are kept.
+    _step(other, _cfg("t"), [], _turn(9))
+    deleter.flush()
+    assert _ids(HybridSaver(make_memory()), "t") == ["h9", "a9"]
+    assert len(list(other.list(_cfg("t")))) == 1
+    # A copy recreates a deleted id: writes to the copied (older) checkpoints are kept, not tombstoned.
+    source = _step(other, _cfg("src"), [], _turn(0))[0]
+    other.delete_thread("dst")
+    stored, _ = _step(other, _cfg("dst"), [], _turn(1))
+    other.delete_thread("dst")
+    other.copy_thread("src", "dst")
+    copied = {"configurable": {**source["configurable"], "thread_id": "dst"}}
+    other.put_writes(copied, [("messages", [])], "task-after-copy")
+    deleter.flush()
+    tup = HybridSaver(make_memory()).get_tuple(copied)
+    assert tup is not None and [w[0] for w in tup.pending_writes or []] == ["task-after-copy"]

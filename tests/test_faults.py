@@ -1,8 +1,8 @@
 """Fault injection: nothing acknowledged is lost, one order per session, no stale read after recovery.
 
-The seven load scenarios live in `hybrid_memory_testing.faults.scenarios` (real redis-server, PostgreSQL and
-writer processes, nothing mocked); each one's verdict becomes a row of the table printed at the end of this
-module (also written to $FAULT_TABLE_FILE, default <tmp>/hybrid-memory-faults.txt).
+The load scenarios (messages, then checkpoints) live in `hybrid_memory_testing.faults.scenarios` (real
+redis-server, PostgreSQL and writer processes, nothing mocked); each one's verdict becomes a row of the table
+printed at the end of this module (also written to $FAULT_TABLE_FILE, default <tmp>/hybrid-memory-faults.txt).
 `python benchmarks/fault_suite.py` runs the same scenarios standalone. Below them: deterministic versions of the
 cache faults (corruption, single-key eviction) that pin each failure mode down, a test of the proxy, and tests
 that the verdict itself can fail.
@@ -132,6 +132,30 @@ def test_fault_6_corrupted_cache_entries(private_pg: PostgresServer, fault_table
 def test_fault_7_concurrent_writers_on_the_same_sessions(private_pg: PostgresServer, fault_table: Any) -> None:
     o = _run(private_pg, scenarios.concurrent_writers)
     _assert_exact(o, max_stall=REDIS_BOUND)
+
+
+# -- the same faults with LangGraph agents stepping threads through HybridSaver ------------------------------
+@pytest.mark.timeout(120)
+def test_fault_1c_checkpoints_redis_killed_mid_load(private_pg: PostgresServer, fault_table: Any) -> None:
+    o = _run(private_pg, lambda pg: scenarios.redis_kill(pg, scenarios.CHECKPOINT))
+    _assert_exact(o, max_stall=REDIS_BOUND)
+    assert o.notes["acked_after_restart"] > 500
+    assert o.notes["hot_threads_compared"] > 100  # Redis held the threads again, and held them right
+
+
+@pytest.mark.timeout(120)
+def test_fault_2c_checkpoints_postgres_stopped(private_pg: PostgresServer, fault_table: Any) -> None:
+    o = _run(private_pg, lambda pg: scenarios.pg_stop(pg, scenarios.CHECKPOINT))
+    _assert_exact(o, max_stall=PG_BOUND)
+    assert o.notes["acked_while_pg_down"] > 1000  # steps kept being acknowledged from Redis
+
+
+@pytest.mark.timeout(120)
+def test_fault_3c_checkpoints_writer_killed_after_ack(private_pg: PostgresServer, fault_table: Any) -> None:
+    o = _run(private_pg, lambda pg: scenarios.writer_kill(pg, scenarios.CHECKPOINT))
+    _assert_exact(o, max_stall=REDIS_BOUND)
+    assert o.notes["pending_at_kill"] > 0, "the kill must catch acknowledged checkpoints not yet in PostgreSQL"
+    assert "verifier_reclaimed" not in o.notes, "the survivors' janitors must commit the orphans by themselves"
 
 
 # -- deterministic cache faults: one failure mode each, on the shared servers in a private namespace -----------

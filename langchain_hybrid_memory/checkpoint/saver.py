@@ -530,9 +530,11 @@ class HybridSaver(BaseCheckpointSaver[str]):
     async def _delete_threads(self, thread_ids: Sequence[str]) -> None:
         ids = [self._check_thread(t) for t in thread_ids]
         store = await self._store()
-        await self.memory._erasure.forget_threads(ids)
         with self.memory._core.health.store_step():
+            for thread_id in ids:  # what waits is committed first, so the tombstone covers every acknowledged id
+                await self._settle(thread_id)
             await store.delete_threads(ids)
+        await self.memory._erasure.forget_threads(ids)
 
     async def _delete_runs(self, run_ids: Sequence[str]) -> None:
         if not run_ids:

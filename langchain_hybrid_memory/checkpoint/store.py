@@ -16,31 +16,6 @@ from ..store import PostgresStore
 Blob = tuple[str, str, str, bytes | None]  # channel, version, type, bytes
 Write = tuple[int, str, str, bytes]  # idx, channel, type, bytes
 
-_PUT = """
-WITH b AS (
-    INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
-    SELECT $1, $2, c, v, t, x FROM unnest($3::text[], $4::text[], $5::text[], $6::bytea[]) AS u(c, v, t, x)
-    ON CONFLICT DO NOTHING
-)
-INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint,
-                         channel_versions, metadata_type, metadata_blob, metadata)
-VALUES ($1, $2, $7, $8, $9, $10, $11, $12::jsonb, $13, $14, $15::jsonb)
-ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
-    parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, run_id = EXCLUDED.run_id, type = EXCLUDED.type,
-    checkpoint = EXCLUDED.checkpoint, channel_versions = EXCLUDED.channel_versions,
-    metadata_type = EXCLUDED.metadata_type, metadata_blob = EXCLUDED.metadata_blob, metadata = EXCLUDED.metadata
-"""
-
-# Regular writes (idx >= 0) are kept as first written (a retried task must not change what it wrote);
-# special ones (errors, interrupts: negative idx) are replaced, as LangGraph's savers do.
-_PUT_WRITES = """
-INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
-SELECT $1, $2, $3, $4, $5, i, c, t, x FROM unnest($6::int[], $7::text[], $8::text[], $9::bytea[]) AS u(i, c, t, x)
-ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE SET
-    channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob, task_path = EXCLUDED.task_path
-    WHERE checkpoint_writes.idx < 0
-"""
-
 # A checkpoint with everything it references: its writes (in LangGraph's order) and the blobs of its channel
 # versions, each aggregated once (ids and bytes in the same order).
 _SELECT = """
@@ -120,24 +95,38 @@ def writes_record(thread_id: str, ns: str, checkpoint_id: str, task_id: str, tas
     return pack(parts)
 
 
+# Records of a deleted thread up to its newest checkpoint (a tombstone's `upto`) are left out: another process
+# may commit what it acknowledged before the delete only now.
+_LIVE = """NOT EXISTS (SELECT 1 FROM thread_tombstones t
+                   WHERE t.thread_id = encode(sha256(convert_to(u.thread_id, 'UTF8')), 'hex')
+                     AND u.checkpoint_id COLLATE "C" <= t.upto)"""
+
 _COMMIT = """
 WITH b AS (
     INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])
+    SELECT thread_id, checkpoint_ns, channel, version, type, blob
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::text[])
+        AS u(thread_id, checkpoint_ns, channel, version, type, blob, checkpoint_id)
+     WHERE """ + _LIVE + """
     ON CONFLICT DO NOTHING
 ), w AS (
     INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type,
                                    blob)
-    SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int[], $13::text[],
-                         $14::text[], $15::bytea[])
+    SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int[], $14::text[],
+                         $15::text[], $16::bytea[])
+        AS u(thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+     WHERE """ + _LIVE + """
     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE SET
         channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob, task_path = EXCLUDED.task_path
         WHERE checkpoint_writes.idx < 0
 )
 INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint,
                          channel_versions, metadata_type, metadata_blob, metadata)
-SELECT * FROM unnest($16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::bytea[],
-                     $23::jsonb[], $24::text[], $25::bytea[], $26::jsonb[])
+SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::bytea[],
+                     $24::jsonb[], $25::text[], $26::bytea[], $27::jsonb[])
+    AS u(thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, channel_versions,
+         metadata_type, metadata_blob, metadata)
+ WHERE """ + _LIVE + """
 ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
     parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, run_id = EXCLUDED.run_id, type = EXCLUDED.type,
     checkpoint = EXCLUDED.checkpoint, channel_versions = EXCLUDED.channel_versions,
@@ -149,7 +138,7 @@ async def commit_records(store: PostgresStore, records: Sequence[bytes]) -> None
     """Commit outbox records (in their order) in one statement; idempotent, so a replay is harmless. Within the
     batch a re-put checkpoint keeps its last version, a regular write its first, a special write its last (as
     the single-row statements do one after another). Raises ValueError on a damaged record."""
-    blobs: list[tuple[Any, ...]] = []
+    blobs: list[tuple[Any, ...]] = []  # and the checkpoint that brought each one
     writes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     puts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for record in records:
@@ -159,7 +148,7 @@ async def commit_records(store: PostgresStore, records: Sequence[bytes]) -> None
             puts[(thread, ns, _text(p[3]))] = (thread, ns, _text(p[3]), _text(p[4]), _text(p[5]), _text(p[6]), p[7],
                                                _text(p[8]), _text(p[9]), p[10], _text(p[11]))
             for i in range(12, len(p), 4):
-                blobs.append((thread, ns, _text(p[i]), _text(p[i + 1]), _text(p[i + 2]), p[i + 3]))
+                blobs.append((thread, ns, _text(p[i]), _text(p[i + 1]), _text(p[i + 2]), p[i + 3], _text(p[3])))
         elif p[0] == b"w" and len(p) >= 6 and (len(p) - 6) % 4 == 0:
             head = (_text(p[1]), _text(p[2]), _text(p[3]), _text(p[4]), _text(p[5]))
             for i in range(6, len(p), 4):
@@ -174,9 +163,10 @@ async def commit_records(store: PostgresStore, records: Sequence[bytes]) -> None
     if not (blobs or writes or puts):
         return
     cols: list[list[Any]] = []
-    for rows, width in ((blobs, 6), (list(writes.values()), 9), (list(puts.values()), 11)):
+    for rows, width in ((blobs, 7), (list(writes.values()), 9), (list(puts.values()), 11)):
         cols.extend([r[i] for r in rows] for i in range(width))
-    await store._run("execute", _COMMIT, *cols)
+    threads = {r[0] for r in blobs} | {k[0] for k in writes} | {k[0] for k in puts}
+    await store.run_locked(sorted(t for t in threads if t is not None), False, "execute", _COMMIT, *cols)
 
 
 class CheckpointStore:
@@ -184,20 +174,6 @@ class CheckpointStore:
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
-
-    async def put(self, thread_id: str, ns: str, checkpoint_id: str, parent_id: str | None, run_id: str | None,
-                  checkpoint: tuple[str, bytes], versions: dict[str, str], metadata: tuple[str, bytes],
-                  metadata_json: dict[str, Any], blobs: Sequence[Blob]) -> None:
-        await self.store._run(
-            "execute", _PUT, thread_id, ns, [b[0] for b in blobs], [b[1] for b in blobs], [b[2] for b in blobs],
-            [b[3] for b in blobs], checkpoint_id, parent_id, run_id, checkpoint[0], checkpoint[1],
-            json.dumps(versions), metadata[0], metadata[1], json.dumps(metadata_json, default=str))
-
-    async def put_writes(self, thread_id: str, ns: str, checkpoint_id: str, task_id: str, task_path: str,
-                         writes: Sequence[Write]) -> None:
-        await self.store._run(
-            "execute", _PUT_WRITES, thread_id, ns, checkpoint_id, task_id, task_path, [w[0] for w in writes],
-            [w[1] for w in writes], [w[2] for w in writes], [w[3] for w in writes])
 
     async def get(self, thread_id: str, ns: str, checkpoint_id: str | None) -> Any:
         if checkpoint_id:
@@ -236,10 +212,7 @@ class CheckpointStore:
             " AND channel = $3 AND version <= $4", thread_id, ns, channel, upto))
 
     async def delete_threads(self, thread_ids: Sequence[str]) -> None:
-        await self.store._run(
-            "execute", "WITH a AS (DELETE FROM checkpoint_writes WHERE thread_id = ANY($1)),"
-            " b AS (DELETE FROM checkpoint_blobs WHERE thread_id = ANY($1))"
-            " DELETE FROM checkpoints WHERE thread_id = ANY($1)", list(thread_ids))
+        await drop_threads(self.store, thread_ids)
 
     async def delete_runs(self, run_ids: Sequence[str]) -> list[str]:
         """Delete the runs' checkpoints and writes; returns the threads they were in."""
@@ -253,12 +226,15 @@ class CheckpointStore:
         return [r[0] for r in rows]
 
     async def copy_thread(self, source: str, target: str) -> None:
-        await self.store._run(
-            "execute",
+        """Copy every row of `source` to `target`, which is created anew: a tombstone of an earlier `target`
+        would leave out later writes to the copied checkpoints."""
+        await self.store.run_locked(
+            [target], True, "execute",
             "WITH a AS (INSERT INTO checkpoint_blobs SELECT $2, checkpoint_ns, channel, version, type, blob"
             " FROM checkpoint_blobs WHERE thread_id = $1 ON CONFLICT DO NOTHING),"
             " b AS (INSERT INTO checkpoint_writes SELECT $2, checkpoint_ns, checkpoint_id, task_id, idx, channel,"
-            " type, blob, task_path FROM checkpoint_writes WHERE thread_id = $1 ON CONFLICT DO NOTHING)"
+            " type, blob, task_path FROM checkpoint_writes WHERE thread_id = $1 ON CONFLICT DO NOTHING),"
+            " c AS (DELETE FROM thread_tombstones WHERE thread_id = encode(sha256(convert_to($2, 'UTF8')), 'hex'))"
             " INSERT INTO checkpoints SELECT $2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type,"
             " checkpoint, channel_versions, metadata_type, metadata_blob, metadata, created_at"
             " FROM checkpoints WHERE thread_id = $1 ON CONFLICT DO NOTHING", source, target)
@@ -288,25 +264,39 @@ class CheckpointStore:
         return [(r[0], r[1]) for r in rows]
 
 
+# Erase threads and leave each a tombstone at its newest checkpoint id (the caller committed what waited first).
 _DROP_THREADS = """
-WITH t AS ({threads}),
-     a AS (DELETE FROM checkpoint_writes WHERE thread_id IN (SELECT thread_id FROM t)),
-     b AS (DELETE FROM checkpoint_blobs WHERE thread_id IN (SELECT thread_id FROM t)),
-     c AS (DELETE FROM checkpoints WHERE thread_id IN (SELECT thread_id FROM t))
-SELECT thread_id FROM t
+WITH x AS (
+    SELECT thread_id, checkpoint_id FROM checkpoints WHERE thread_id = ANY($1::text[])
+    UNION ALL SELECT thread_id, checkpoint_id FROM checkpoint_writes WHERE thread_id = ANY($1::text[])
+), tomb AS (
+    INSERT INTO thread_tombstones AS t (thread_id, upto)
+    SELECT encode(sha256(convert_to(thread_id, 'UTF8')), 'hex'), max(checkpoint_id COLLATE "C") FROM x
+     GROUP BY thread_id
+    ON CONFLICT (thread_id) DO UPDATE SET upto = GREATEST(t.upto, EXCLUDED.upto), deleted_at = now()
+), a AS (DELETE FROM checkpoint_writes WHERE thread_id = ANY($1::text[])),
+   b AS (DELETE FROM checkpoint_blobs WHERE thread_id = ANY($1::text[]))
+DELETE FROM checkpoints WHERE thread_id = ANY($1::text[])
 """
+
+
+async def drop_threads(store: PostgresStore, thread_ids: Sequence[str]) -> list[str]:
+    """Erase threads (tombstoned, so that late records of theirs stay out); returns `thread_ids`."""
+    ids = sorted(set(thread_ids))
+    if ids:
+        await store.run_locked(ids, True, "execute", _DROP_THREADS, ids)
+    return ids
 
 
 async def delete_user_threads(store: PostgresStore, user_id: str) -> list[str]:
     """Erase every checkpoint thread whose metadata names `user_id`; returns their ids."""
-    rows = await store._run("fetch", _DROP_THREADS.format(
-        threads="SELECT DISTINCT thread_id FROM checkpoints WHERE metadata ->> 'user_id' = $1"), user_id)
-    return [r[0] for r in rows]
+    rows = await store._run("fetch", "SELECT DISTINCT thread_id FROM checkpoints WHERE metadata ->> 'user_id' = $1",
+                            user_id)
+    return await drop_threads(store, [r[0] for r in rows])
 
 
 async def purge_idle_threads(store: PostgresStore, older_than: float) -> list[str]:
     """Retention: erase checkpoint threads whose newest checkpoint is older than `older_than` seconds."""
-    rows = await store._run("fetch", _DROP_THREADS.format(
-        threads="SELECT thread_id FROM checkpoints GROUP BY thread_id"
-                " HAVING max(created_at) < now() - make_interval(secs => $1)"), older_than)
-    return [r[0] for r in rows]
+    rows = await store._run("fetch", "SELECT thread_id FROM checkpoints GROUP BY thread_id"
+                                     " HAVING max(created_at) < now() - make_interval(secs => $1)", older_than)
+    return await drop_threads(store, [r[0] for r in rows])

@@ -19,6 +19,13 @@ Checks (each counted, never sampled):
 * cache != PG: a complete cached window (meta present, not partial, its recorded length and id set intact: what
   the engine would serve) that is not PostgreSQL's tail;
 * after recovery, a fresh process reads every session twice through the public API: it must get the tail.
+
+In checkpoint mode (`FaultRun(..., mode="checkpoint")`) the writers are agents stepping LangGraph threads
+through `HybridSaver` and the same checks apply to each thread's `messages` list, a message's seq being its
+position in the list: PostgreSQL's truth is the thread's latest checkpoint as `list(limit=1)` folds it from
+PostgreSQL after the outbox is drained, plus every acknowledged checkpoint id (one missing counts as lost); a
+read is the whole list; "cache != PG" compares the latest checkpoint id Redis holds for the thread with
+PostgreSQL's; the fresh process reads each thread's latest checkpoint twice.
 """
 
 from __future__ import annotations
@@ -103,6 +110,7 @@ class Op:
     error: str = ""
     typed: bool = True
     op: str = ""
+    cid: str = ""  # checkpoint mode: the checkpoint an acknowledged step stored
 
 
 def read_log(path: Path, wid: str) -> tuple[list[Op], dict[str, Any]]:
@@ -117,7 +125,8 @@ def read_log(path: Path, wid: str) -> tuple[list[Op], dict[str, Any]]:
             continue  # a torn last line cannot happen with one write per line, but never trust it
         k = rec["k"]
         if k in ("a", "r"):
-            ops.append(Op(wid, k, rec["s"], rec["i"], [int(q) for q in rec["q"]], rec["t0"], rec["t1"]))
+            ops.append(Op(wid, k, rec["s"], rec["i"], [int(q) for q in rec["q"]], rec["t0"], rec["t1"],
+                          cid=rec.get("c", "")))
         elif k == "e":
             ops.append(Op(wid, "e", rec["s"], [], [], rec["t0"], rec["t1"], rec["e"], rec["typed"], rec["op"]))
         else:
@@ -241,8 +250,9 @@ class FaultRun:
 
     def __init__(self, fault: str, *, pg_url: str, redis_url: str, writer_pg_url: str | None = None,
                  writer_redis_url: str | None = None, config: dict[str, Any] | None = None,
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, mode: str = "messages") -> None:
         self.fault = fault
+        self.mode = mode
         self.namespace = namespace or new_namespace()
         self.pg_url = pg_url  # direct, for checks
         self.redis_url = redis_url
@@ -267,7 +277,7 @@ class FaultRun:
         self._seed += 1
         full = {"wid": wid, "namespace": self.namespace, "database_url": self.writer_pg_url,
                 "redis_url": self.writer_redis_url, "config": {**self.config, **(config or {})}, "own": own,
-                "seed": f"{self.fault}-{self._seed}", "rate": 120, "read_every": 2, "new_every": 40,
+                "seed": f"{self.fault}-{self._seed}", "mode": self.mode, "rate": 120, "read_every": 2, "new_every": 40,
                 "max_seconds": 150, **plan}
         writer = WriterProc(full, self.workdir)
         self.writers.append(writer)
@@ -342,13 +352,19 @@ class FaultRun:
         try:
             verifier.start()
             self._drain(verifier, drain_timeout)
-            stored = self._stored()
+            if self.mode == "checkpoint":
+                stored, latest = self._stored_threads(verifier, ops)
+            else:
+                stored = self._stored()
             self._check_acks(ops, stored)
             self._check_reads(ops, stored)
-            # The public API first (a damaged window is dropped and reloaded when read), then what Redis holds:
-            # every window the engine would serve must be PostgreSQL's tail, i.e. damage was repaired.
-            self._check_api(verifier, stored)
-            self._check_cache(stored)
+            if self.mode == "checkpoint":
+                self._check_threads(stored, latest)
+            else:
+                # The public API first (a damaged window is dropped and reloaded when read), then what Redis
+                # holds: every window the engine would serve must be PostgreSQL's tail, i.e. damage was repaired.
+                self._check_api(verifier, stored)
+                self._check_cache(stored)
         finally:
             verifier.close(flush_timeout=10)
         return o
@@ -384,6 +400,77 @@ class FaultRun:
         for lst in stored.values():
             lst.sort()
         return stored
+
+    # -- checkpoint mode --------------------------------------------------------------------------------
+    @staticmethod
+    def _thread_config(sid: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": sid, "checkpoint_ns": ""}}
+
+    def _stored_threads(self, verifier: HybridMemory, ops: list[Op]
+                        ) -> tuple[dict[str, list[tuple[int, str]]], dict[str, str]]:
+        """Each thread's latest `messages` as PostgreSQL holds them (positions as seqs), its latest checkpoint
+        id, and one `lost` per acknowledged checkpoint PostgreSQL does not hold."""
+        from langchain_hybrid_memory.checkpoint import HybridSaver
+
+        o = self.outcome
+        saver = HybridSaver(verifier)
+        stored: dict[str, list[tuple[int, str]]] = {}
+        latest: dict[str, str] = {}
+        for sid in sorted({op.sid for op in ops if op.kind == "a"}):
+            tups = list(saver.list(self._thread_config(sid), limit=1))  # PostgreSQL, after the outbox drained
+            if not tups:
+                continue
+            msgs = tups[0].checkpoint["channel_values"].get("messages", [])
+            stored[sid] = [(i, m.id) for i, m in enumerate(msgs)]
+            latest[sid] = tups[0].config["configurable"]["checkpoint_id"]
+        held = {(r[0], r[1]) for r in pg_fetch(self.pg_url, f'SELECT thread_id, checkpoint_id FROM '
+                                                           f'"{self.namespace}".checkpoints')}
+        missing = [(op.sid, op.cid) for op in ops if op.kind == "a" and (op.sid, op.cid) not in held]
+        o.lost += len(missing)
+        for sid, cid in missing[:5]:
+            o.problem(f"lost: acknowledged checkpoint {cid} of {sid!r} is not in PostgreSQL")
+        o.notes["checkpoints"] = len(held)
+        return stored, latest
+
+    def _check_threads(self, stored: dict[str, list[tuple[int, str]]], latest: dict[str, str]) -> None:
+        """What Redis holds as each thread's latest checkpoint, and what a fresh process reads (twice)."""
+        from langchain_hybrid_memory.checkpoint import HybridSaver
+
+        o = self.outcome
+        r = redis.Redis.from_url(self.redis_url, socket_timeout=10)
+        try:
+            pipe = r.pipeline(transaction=False)
+            for sid in stored:
+                pipe.hget(self.keys.thread(sid).checkpoints, "i\x1f")
+            hot = dict(zip(stored, pipe.execute(), strict=True))
+        finally:
+            r.close()
+        o.notes["hot_threads_compared"] = sum(1 for v in hot.values() if v is not None)
+        for sid, cid in hot.items():
+            if cid is not None and cid.decode() != latest[sid]:
+                o.cache_mismatch += 1
+                o.problem(f"Redis holds {cid.decode()} as the latest checkpoint of {sid!r}, PostgreSQL {latest[sid]}")
+        fresh = HybridMemory(HybridConfig(database_url=self.pg_url, redis_url=self.redis_url,
+                                          namespace=self.namespace, **FAST))
+        try:
+            saver = HybridSaver(fresh)
+            for sid, want in stored.items():
+                for attempt in ("first", "second"):
+                    try:
+                        tup = saver.get_tuple(self._thread_config(sid))
+                    except Exception as exc:
+                        o.stale_after_recovery += 1
+                        o.other_errors += not isinstance(exc, HybridMemoryError)
+                        o.problem(f"after recovery, {attempt} read of {sid!r} raised {type(exc).__name__}: {exc}")
+                        break
+                    got = [(i, m.id) for i, m in enumerate(tup.checkpoint["channel_values"]["messages"])] if tup else []
+                    if got != want:
+                        o.stale_after_recovery += 1
+                        o.problem(f"after recovery, {attempt} read of {sid!r}: {len(got)} messages "
+                                  f"{[m for _, m in got[-3:]]} vs PostgreSQL's {len(want)} {[m for _, m in want[-3:]]}")
+                        break
+        finally:
+            fresh.close(flush_timeout=10)
 
     def _check_acks(self, ops: list[Op], stored: dict[str, list[tuple[int, str]]]) -> None:
         o = self.outcome

@@ -28,10 +28,17 @@ def _acked_now(run: FaultRun) -> int:
     return sum(w.acked() for w in run.writers)
 
 
-def redis_kill(pg: PostgresServer) -> Outcome:
+CHECKPOINT = "checkpoint"  # the writers are LangGraph agents stepping threads through HybridSaver
+
+
+def _label(name: str, mode: str) -> str:
+    return f"{name[0]}c checkpoints: {name[2:]}" if mode == CHECKPOINT else name
+
+
+def redis_kill(pg: PostgresServer, mode: str = "messages") -> Outcome:
     """1. kill -9 of Redis mid-load; restarted empty (no persistence) after 3 seconds."""
     server = RedisServer().start()
-    run = FaultRun("1 redis kill -9, restart empty", pg_url=pg.url, redis_url=server.url)
+    run = FaultRun(_label("1 redis kill -9, restart empty", mode), pg_url=pg.url, redis_url=server.url, mode=mode)
     try:
         run.start_writers(2, 150)
         run.wait_acked(400)
@@ -50,10 +57,10 @@ def redis_kill(pg: PostgresServer) -> Outcome:
         server.stop()
 
 
-def pg_stop(pg: PostgresServer) -> Outcome:
+def pg_stop(pg: PostgresServer, mode: str = "messages") -> Outcome:
     """2. PostgreSQL stopped for ten seconds mid-load (immediate shutdown), then started."""
     server = RedisServer().start()
-    run = FaultRun("2 postgres stopped 10s", pg_url=pg.url, redis_url=server.url)
+    run = FaultRun(_label("2 postgres stopped 10s", mode), pg_url=pg.url, redis_url=server.url, mode=mode)
     try:
         run.start_writers(2, 150)
         run.wait_acked(400)
@@ -80,7 +87,7 @@ def _ensure_pg(pg: PostgresServer) -> None:
         pg.start()
 
 
-def writer_kill(pg: PostgresServer) -> Outcome:
+def writer_kill(pg: PostgresServer, mode: str = "messages") -> Outcome:
     """3. kill -9 of a writer holding acknowledged, unpersisted messages; a replacement takes its sessions over.
 
     The victim never persists by itself (write_behind_delay=600, janitor off), so whatever it acknowledged in the
@@ -88,8 +95,8 @@ def writer_kill(pg: PostgresServer) -> Outcome:
     persistence". Survivors' janitors must commit it; the replacement keeps writing the same sessions.
     """
     server = RedisServer().start()
-    run = FaultRun("3 writer kill -9 after ack", pg_url=pg.url, redis_url=server.url,
-                   config={"reclaim_after": 1.5})
+    run = FaultRun(_label("3 writer kill -9 after ack", mode), pg_url=pg.url, redis_url=server.url,
+                   config={"reclaim_after": 1.5}, mode=mode)
     try:
         own = {w: run.own_sessions(w, 100) for w in ("w0", "w1", "victim")}
         everyone = [s for o in own.values() for s in o]
@@ -101,8 +108,12 @@ def writer_kill(pg: PostgresServer) -> Outcome:
         _load_for(run, 1.5)
         run.fault_begins()
         victim.kill()
-        acked = {m for op in read_log(victim.log, victim.wid)[0] if op.kind == "a" for m in op.ids}
-        stored = {r[0] for r in pg_fetch(pg.url, f'SELECT msg_id FROM "{run.namespace}".messages')}
+        if mode == CHECKPOINT:
+            acked = {op.cid for op in read_log(victim.log, victim.wid)[0] if op.kind == "a"}
+            stored = {r[0] for r in pg_fetch(pg.url, f'SELECT checkpoint_id FROM "{run.namespace}".checkpoints')}
+        else:
+            acked = {m for op in read_log(victim.log, victim.wid)[0] if op.kind == "a" for m in op.ids}
+            stored = {r[0] for r in pg_fetch(pg.url, f'SELECT msg_id FROM "{run.namespace}".messages')}
         run.outcome.notes["victim_acked"] = len(acked)
         run.outcome.notes["pending_at_kill"] = len(acked - stored)
         sessions = sorted({op.sid for op in read_log(victim.log, victim.wid)[0] if op.kind == "a"} | set(own["victim"]))
@@ -259,4 +270,7 @@ ALL: list[tuple[str, Callable[[PostgresServer], Outcome]]] = [
     ("single_key_eviction", single_key_eviction),
     ("corruption", corruption),
     ("concurrent_writers", concurrent_writers),
+    ("checkpoint_redis_kill", lambda pg: redis_kill(pg, CHECKPOINT)),
+    ("checkpoint_pg_stop", lambda pg: pg_stop(pg, CHECKPOINT)),
+    ("checkpoint_writer_kill", lambda pg: writer_kill(pg, CHECKPOINT)),
 ]

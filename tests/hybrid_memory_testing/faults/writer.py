@@ -9,6 +9,12 @@ never leaves a half-known acknowledgement behind):
     {"k": "e", "op": "add"|"read", "s": sid, "e": "Type: text", "typed": bool, "t0": t, "t1": t}
     {"k": "ready", "t": t}   {"k": "end", "t": t, "backlog": n, "close_s": s}
 
+With `"mode": "checkpoint"` the writer is an agent instead: each write is one LangGraph step through
+`HybridSaver` (read the thread's latest checkpoint, put the next one with the batch appended to its `messages`,
+put a pending write), logged as an add whose seqs are the messages' positions in the list, plus `"c"`, the
+checkpoint id; a read is `get_tuple`, logged with the whole list. One worker owns each thread, as LangGraph
+expects of a thread's writer.
+
 Times are `time.monotonic()`: CLOCK_MONOTONIC is one clock for every process of the machine, so the parent
 can compare them with its own fault timestamps and with other writers' records.
 A failed add is retried later with the same message ids (idempotent). SIGTERM: stop, close (which flushes),
@@ -140,6 +146,64 @@ class Worker:
                 self.read(self._pick_read(sid))
 
 
+class CheckpointWorker(Worker):
+    """One agent per thread: every step reads the latest checkpoint and appends to what it read."""
+
+    def __init__(self, *args: Any) -> None:
+        from langchain_hybrid_memory.checkpoint import HybridSaver
+
+        super().__init__(*args)
+        self.saver = HybridSaver(self.memory)
+        self.retry_lc: dict[str, list[Any]] = {}
+
+    def _lc_batch(self) -> list[Any]:
+        from langchain_core.messages import AIMessage, HumanMessage
+
+        return [(HumanMessage if m.role == "human" else AIMessage)(m.content, id=m.id) for m in self._batch()]
+
+    @staticmethod
+    def _config(sid: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": sid, "checkpoint_ns": ""}}
+
+    def add(self, sid: str) -> None:
+        from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
+
+        batch = self.retry_lc.pop(sid, None) or self._lc_batch()
+        t0 = time.monotonic()
+        try:
+            tup = self.saver.get_tuple(self._config(sid))
+            base = tup.checkpoint if tup is not None else empty_checkpoint()
+            have = list(base["channel_values"].get("messages", []))
+            known = {m.id for m in have}  # a retried step whose put did land (then timed out) appends nothing
+            messages = have + [m for m in batch if m.id not in known]
+            version = self.saver.get_next_version(base["channel_versions"].get("messages"), None)
+            checkpoint = create_checkpoint(base, None, len(messages))
+            checkpoint["channel_values"] = {"messages": messages}
+            checkpoint["channel_versions"] = {**base["channel_versions"], "messages": version}
+            stored = self.saver.put(tup.config if tup is not None else self._config(sid), checkpoint,
+                                    {"source": "loop", "step": len(messages)}, {"messages": version})
+            self.saver.put_writes(stored, [("messages", batch[-1:])], f"task-{batch[-1].id}")
+        except Exception as exc:
+            self._error("add", sid, exc, t0)
+            self.retry_lc[sid] = batch
+            return
+        t1 = time.monotonic()
+        pos = {m.id: i for i, m in enumerate(messages)}
+        self.log.write(k="a", s=sid, i=[m.id for m in batch], q=[pos[m.id] for m in batch], t0=t0, t1=t1,
+                       c=stored["configurable"]["checkpoint_id"])
+
+    def read(self, sid: str) -> None:
+        t0 = time.monotonic()
+        try:
+            tup = self.saver.get_tuple(self._config(sid))
+        except Exception as exc:
+            self._error("read", sid, exc, t0)
+            return
+        t1 = time.monotonic()
+        ids = [m.id for m in tup.checkpoint["channel_values"].get("messages", [])] if tup is not None else []
+        self.log.write(k="r", s=sid, i=ids, q=list(range(len(ids))), t0=t0, t1=t1)
+
+
 def main() -> int:
     plan: dict[str, Any] = json.loads(sys.argv[1])
     log = Log(plan["out"])
@@ -170,7 +234,8 @@ def main() -> int:
     memory.start()
     log.write(k="ready", t=time.monotonic())
     own = list(plan["own"])
-    workers = [Worker(plan, memory, log, i, stop, own) for i in range(int(plan.get("threads", 1)))]
+    kind = CheckpointWorker if plan.get("mode") == "checkpoint" else Worker
+    workers = [kind(plan, memory, log, i, stop, own) for i in range(int(plan.get("threads", 1)))]
     threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
     for t in threads:
         t.start()
