@@ -25,6 +25,7 @@ from langchain_core.messages import (
     ToolMessage,
     messages_from_dict,
 )
+from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
@@ -422,3 +423,68 @@ async def test_a_message_replaced_by_id_is_stored_with_its_new_content(make_memo
     assert _dicts((await ours.aget_state(_cfg("edit"))).values["messages"]) == _dicts(expected)
     cold = echo_graph(HybridSaver(make_memory()))
     assert _dicts((await cold.aget_state(_cfg("edit"))).values["messages"]) == _dicts(expected)
+
+
+# -- DeltaChannel (beta): state rebuilt from ancestors' writes -------------------------------------------------
+def _extend(state: list[str] | None, writes: Any) -> list[str]:
+    out = list(state or [])
+    for w in writes:
+        out.extend(w)
+    return out
+
+
+class D(TypedDict):
+    items: Annotated[list[str], DeltaChannel(_extend, snapshot_frequency=3)]
+    log: Annotated[list[str], DeltaChannel(_extend, snapshot_frequency=5)]
+    n: int
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_delta_channels_rebuild_across_forks_and_processes_in_one_query(make_memory, use_async):
+    """A graph with two DeltaChannels (snapshots every 3 and 5 updates), two parallel tasks per step: the state
+    equals InMemorySaver's at every checkpoint, before and after a fork, from a fresh process too; and the
+    saver's one-query `get_delta_channel_history` answers as the base class's walk over `get_tuple` does."""
+    def left(s: D) -> dict[str, Any]:
+        return {"items": [f"l{s['n']}"], "log": [f"L{s['n']}"]}
+
+    def right(s: D) -> dict[str, Any]:
+        return {"items": [f"r{s['n']}"]}
+
+    builder: StateGraph[Any] = StateGraph(D)
+    builder.add_node("left", left)
+    builder.add_node("right", right)
+    builder.add_edge(START, "left")
+    builder.add_edge(START, "right")
+    builder.add_edge("left", END)
+    builder.add_edge("right", END)
+
+    async def drive(saver: BaseCheckpointSaver[Any]) -> list[Any]:
+        app = builder.compile(checkpointer=saver)
+        cfg = _cfg("d")
+        for i in range(8):
+            inp = {"items": [f"in{i}"], "n": i}
+            await app.ainvoke(inp, cfg) if use_async else app.invoke(inp, cfg)
+        history = list(app.get_state_history(cfg))
+        fork = app.update_state(history[6].config, {"items": ["forked"]}, as_node="left")
+        for i in range(8, 10):
+            inp = {"items": [f"in{i}"], "n": i}
+            await app.ainvoke(inp, fork) if use_async else app.invoke(inp, fork)
+        return [(s.values, s.next) for s in app.get_state_history(cfg)]
+
+    memory = make_memory()
+    ours = HybridSaver(memory)
+    assert await drive(ours) == await drive(InMemorySaver())
+    memory.flush()
+    fresh = HybridSaver(make_memory())  # another process: nothing remembered
+    configs = [t.config for t in fresh.list(_cfg("d"))]
+    assert len(configs) > 20
+    for config in configs:
+        for channels in (["items"], ["items", "log"], ["log", "n"], []):
+            want = BaseCheckpointSaver.get_delta_channel_history(fresh, config=config, channels=channels)
+            if use_async:
+                got = await fresh.aget_delta_channel_history(config=config, channels=channels)
+            else:
+                got = fresh.get_delta_channel_history(config=config, channels=channels)
+            assert got == want, (config, channels)
+    assert builder.compile(checkpointer=fresh).get_state(_cfg("d")).values == \
+        builder.compile(checkpointer=ours).get_state(_cfg("d")).values

@@ -23,7 +23,7 @@ import json
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,8 @@ from ..outbox import OutboxEntry
 from .store import Blob, CheckpointStore, commit_records, pack, put_record, unpack, writes_record
 
 if TYPE_CHECKING:
+    from langgraph.checkpoint.base import DeltaChannelHistory, PendingWrite  # DeltaChannel's (beta) surface
+
     from ..memory import HybridMemory
 
 DELTA = "hm-delta/"  # blob type prefix: (previous version, items kept from it, new items)
@@ -440,6 +442,38 @@ class HybridSaver(BaseCheckpointSaver[str]):
         self.memory._core.stats.checkpoint_reads += len(out)
         return out
 
+    async def _delta_history(self, config: RunnableConfig, channels: Sequence[str]
+                             ) -> dict[str, DeltaChannelHistory]:
+        """`get_delta_channel_history` in one PostgreSQL round trip (the base class reads each ancestor)."""
+        if not channels:
+            return {}
+        thread_id, ns = self._ids(config)
+        checkpoint_id = get_checkpoint_id(config)
+        if not checkpoint_id:
+            target = await self._get_tuple(config)
+            if target is None:
+                return {ch: {"writes": []} for ch in channels}
+            checkpoint_id = target.config["configurable"]["checkpoint_id"]
+        store = await self._store()
+        writes: dict[str, builtins.list[PendingWrite]] = {ch: [] for ch in channels}
+        seeds: dict[str, Any] = {}
+        with self.memory._core.health.store_step():
+            await self._settle(thread_id)
+            rows = await store.delta_history(thread_id, ns, checkpoint_id, channels)
+            for row in reversed(rows):  # oldest first
+                for (task_id, channel, kind), data in zip(row["writes"], row["write_blobs"], strict=True):
+                    writes[channel].append((task_id, channel, self.serde.loads_typed((kind, data))))
+            for row in rows:  # nearest first: each channel's first stored value is its seed
+                for channel, value in (await self._load_values(store, thread_id, ns, row)).items():
+                    seeds.setdefault(channel, value)
+        out: dict[str, DeltaChannelHistory] = {}
+        for ch in channels:
+            entry: DeltaChannelHistory = {"writes": writes[ch]}
+            if ch in seeds:
+                entry["seed"] = seeds[ch]
+            out[ch] = entry
+        return out
+
     def _prepare_put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                      new_versions: ChannelVersions) -> _Put:
         """Everything a put writes, serialized and checked before anything is written."""
@@ -673,6 +707,14 @@ class HybridSaver(BaseCheckpointSaver[str]):
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         await self.memory._arun(self._prune(thread_ids, strategy))
+
+    def get_delta_channel_history(self, *, config: RunnableConfig, channels: Sequence[str]
+                                  ) -> Mapping[str, DeltaChannelHistory]:
+        return self.memory._run(self._delta_history(config, channels))
+
+    async def aget_delta_channel_history(self, *, config: RunnableConfig, channels: Sequence[str]
+                                         ) -> Mapping[str, DeltaChannelHistory]:
+        return await self.memory._arun(self._delta_history(config, channels))
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         # As InMemorySaver and the PostgreSQL saver: a zero-padded counter (sorts as text) and a random tail.

@@ -169,6 +169,49 @@ async def commit_records(store: PostgresStore, records: Sequence[bytes]) -> None
     await store.run_locked(sorted(t for t in threads if t is not None), False, "execute", _COMMIT, *cols)
 
 
+# DeltaChannel's history in one round trip: walk the parent chain from the target's parent while some channel
+# has not found a stored value yet (`seen`: channels seeded at a nearer ancestor); per ancestor, its writes to
+# the channels still open and the values it stores of them.
+_STORED = """EXISTS (SELECT 1 FROM checkpoint_blobs b WHERE b.thread_id = $1 AND b.checkpoint_ns = $2
+                    AND b.channel = ch AND b.version = {row}.channel_versions ->> ch AND b.type <> 'empty')"""
+_DELTA_HISTORY = """
+WITH RECURSIVE walk AS (
+    SELECT p.checkpoint_id, p.parent_checkpoint_id, p.channel_versions, 1 AS depth, '{}'::text[] AS seen
+      FROM checkpoints t
+      JOIN checkpoints p ON p.thread_id = t.thread_id AND p.checkpoint_ns = t.checkpoint_ns
+                        AND p.checkpoint_id = t.parent_checkpoint_id
+     WHERE t.thread_id = $1 AND t.checkpoint_ns = $2 AND t.checkpoint_id = $3
+  UNION ALL
+    SELECT p.checkpoint_id, p.parent_checkpoint_id, p.channel_versions, w.depth + 1, w.seen || f.found
+      FROM walk w
+     CROSS JOIN LATERAL (SELECT coalesce(array_agg(ch), '{}') AS found FROM unnest($4::text[]) AS ch
+                          WHERE ch <> ALL (w.seen) AND """ + _STORED.format(row="w") + """) f
+      JOIN checkpoints p ON p.thread_id = $1 AND p.checkpoint_ns = $2 AND p.checkpoint_id = w.parent_checkpoint_id
+     WHERE cardinality(w.seen || f.found) < cardinality($4::text[])
+)
+SELECT w.depth, w.checkpoint_id, wr.writes, wr.write_blobs, s.blobs, s.blob_bytes
+  FROM walk w
+ CROSS JOIN LATERAL (
+     SELECT coalesce(array_agg(ARRAY[x.task_id, x.channel, x.type]
+                               ORDER BY x.task_path COLLATE "C", x.task_id COLLATE "C", x.idx), '{}') AS writes,
+            coalesce(array_agg(x.blob ORDER BY x.task_path COLLATE "C", x.task_id COLLATE "C", x.idx), '{}')
+                AS write_blobs
+       FROM checkpoint_writes x
+      WHERE x.thread_id = $1 AND x.checkpoint_ns = $2 AND x.checkpoint_id = w.checkpoint_id
+        AND x.channel = ANY ($4::text[]) AND x.channel <> ALL (w.seen)
+ ) wr
+ CROSS JOIN LATERAL (
+     SELECT coalesce(array_agg(ARRAY[b.channel, b.version, b.type] ORDER BY b.channel), '{}') AS blobs,
+            coalesce(array_agg(b.blob ORDER BY b.channel), '{}') AS blob_bytes
+       FROM unnest($4::text[]) AS ch
+       JOIN checkpoint_blobs b ON b.thread_id = $1 AND b.checkpoint_ns = $2 AND b.channel = ch
+                              AND b.version = w.channel_versions ->> ch AND b.type <> 'empty'
+      WHERE ch <> ALL (w.seen)
+ ) s
+ ORDER BY w.depth
+"""
+
+
 class CheckpointStore:
     """SQL of the checkpoint tables, run through the engine's store (its pool, timeouts and errors)."""
 
@@ -210,6 +253,13 @@ class CheckpointStore:
         return list(await self.store._run(
             "fetch", "SELECT version, type, blob FROM checkpoint_blobs WHERE thread_id = $1 AND checkpoint_ns = $2"
             " AND channel = $3 AND version <= $4", thread_id, ns, channel, upto))
+
+    async def delta_history(self, thread_id: str, ns: str, checkpoint_id: str, channels: Sequence[str]
+                            ) -> list[Any]:
+        """The ancestors of a checkpoint, nearest first, down to where every channel found a stored value:
+        each with the channels still unseeded before it, its writes to those (in `writes_sort_key` order)
+        and its stored values of them (`blobs` / `blob_bytes`, as `_SELECT` gives them)."""
+        return list(await self.store._run("fetch", _DELTA_HISTORY, thread_id, ns, checkpoint_id, list(channels)))
 
     async def delete_threads(self, thread_ids: Sequence[str]) -> None:
         await drop_threads(self.store, thread_ids)
