@@ -488,3 +488,30 @@ async def test_delta_channels_rebuild_across_forks_and_processes_in_one_query(ma
             assert got == want, (config, channels)
     assert builder.compile(checkpointer=fresh).get_state(_cfg("d")).values == \
         builder.compile(checkpointer=ours).get_state(_cfg("d")).values
+
+
+def test_prune_keep_latest_keeps_what_delta_channels_are_rebuilt_from(make_memory):
+    """keep_latest drops the history, except the ancestors a DeltaChannel's value is rebuilt from (down to its
+    last snapshot): the state is the same after the prune, in this process and a fresh one, and later turns
+    go on as on a saver never pruned."""
+    builder: StateGraph[Any] = StateGraph(D)
+    builder.add_node("left", lambda s: {"items": [f"l{s['n']}"], "log": [f"L{s['n']}"]})
+    builder.add_edge(START, "left")
+    builder.add_edge("left", END)
+    memory = make_memory()
+    saver = HybridSaver(memory)
+    app, twin = builder.compile(checkpointer=saver), builder.compile(checkpointer=InMemorySaver())
+    for i in range(7):  # "items" snapshots every 3 updates, "log" every 5: neither at the latest checkpoint
+        for a in (app, twin):
+            a.invoke({"items": [f"in{i}"], "n": i}, _cfg("p"))
+    before = app.get_state(_cfg("p")).values
+    count = len(list(saver.list(_cfg("p"))))
+    saver.prune(["p"], strategy="keep_latest")
+    left = len(list(saver.list(_cfg("p"))))
+    assert 1 < left < count  # the history went, the delta chain stayed
+    assert app.get_state(_cfg("p")).values == before == twin.get_state(_cfg("p")).values
+    assert builder.compile(checkpointer=HybridSaver(make_memory())).get_state(_cfg("p")).values == before
+    for i in range(7, 9):
+        for a in (app, twin):
+            a.invoke({"items": [f"in{i}"], "n": i}, _cfg("p"))
+    assert app.get_state(_cfg("p")).values == twin.get_state(_cfg("p")).values

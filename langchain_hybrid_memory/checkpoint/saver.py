@@ -615,13 +615,25 @@ class HybridSaver(BaseCheckpointSaver[str]):
                     row = await store.get(thread_id, ns, latest)
                     if row is None:
                         continue
-                    values = await self._load_values(store, thread_id, ns, row)
-                    keep = [(channel, version) for channel, version, _ in row["blobs"]]
+                    # A DeltaChannel stores no value at most checkpoints: LangGraph rebuilds it from the
+                    # ancestors' writes down to its last snapshot (the metadata counts the steps since, per
+                    # channel), so those ancestors are kept too, whole.
+                    metadata = self.serde.loads_typed((row["metadata_type"], row["metadata_blob"]))
+                    rebuilt = sorted(metadata.get("counters_since_delta_snapshot") or {})
+                    rows = [row]
+                    for ancestor in await store.delta_history(thread_id, ns, latest, rebuilt) if rebuilt else []:
+                        kept = await store.get(thread_id, ns, ancestor["checkpoint_id"])
+                        if kept is not None:
+                            rows.append(kept)
+                    keep: builtins.list[tuple[str, str]] = []
                     whole: builtins.list[Blob] = []
-                    for channel, version, kind in row["blobs"]:
-                        if kind.startswith(DELTA):  # its chain goes: store the value itself
-                            whole.append((channel, version, *self.serde.dumps_typed(values[channel])))
-                    await store.keep_latest(thread_id, ns, latest, keep, whole)
+                    for kept in rows:
+                        values = await self._load_values(store, thread_id, ns, kept)
+                        for channel, version, kind in kept["blobs"]:
+                            keep.append((channel, version))
+                            if kind.startswith(DELTA):  # its chain goes: store the value itself
+                                whole.append((channel, version, *self.serde.dumps_typed(values[channel])))
+                    await store.keep_latest(thread_id, ns, [r["checkpoint_id"] for r in rows], keep, whole)
 
     def _remember_versions(self, thread_id: str, ns: str, checkpoint_id: str, versions: dict[str, str],
                            chains: Chains) -> None:

@@ -289,21 +289,22 @@ class CheckpointStore:
             " checkpoint, channel_versions, metadata_type, metadata_blob, metadata, created_at"
             " FROM checkpoints WHERE thread_id = $1 ON CONFLICT DO NOTHING", source, target)
 
-    async def keep_latest(self, thread_id: str, ns: str, checkpoint_id: str, keep: Sequence[tuple[str, str]],
-                          whole: Sequence[Blob]) -> None:
-        """Drop every checkpoint of (thread, ns) but `checkpoint_id` and every blob but those it references
-        (`keep`: channel, version); `whole` rewrites its delta-encoded blobs as whole values first."""
+    async def keep_latest(self, thread_id: str, ns: str, checkpoint_ids: Sequence[str],
+                          keep: Sequence[tuple[str, str]], whole: Sequence[Blob]) -> None:
+        """Drop every checkpoint of (thread, ns) but `checkpoint_ids` and every blob but those they reference
+        (`keep`: channel, version); `whole` rewrites their delta-encoded blobs as whole values first."""
         await self.store._run(
             "execute",
             "WITH w AS (UPDATE checkpoint_blobs b SET type = u.t, blob = u.x"
             " FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[]) AS u(c, v, t, x)"
             " WHERE b.thread_id = $1 AND b.checkpoint_ns = $2 AND b.channel = u.c AND b.version = u.v),"
-            " c AS (DELETE FROM checkpoints WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id <> $3),"
+            " c AS (DELETE FROM checkpoints WHERE thread_id = $1 AND checkpoint_ns = $2"
+            " AND checkpoint_id <> ALL ($3::text[])),"
             " d AS (DELETE FROM checkpoint_writes WHERE thread_id = $1 AND checkpoint_ns = $2"
-            " AND checkpoint_id <> $3)"
+            " AND checkpoint_id <> ALL ($3::text[]))"
             " DELETE FROM checkpoint_blobs b WHERE b.thread_id = $1 AND b.checkpoint_ns = $2"
             " AND (b.channel, b.version) NOT IN (SELECT * FROM unnest($8::text[], $9::text[]))",
-            thread_id, ns, checkpoint_id, [b[0] for b in whole], [b[1] for b in whole], [b[2] for b in whole],
+            thread_id, ns, list(checkpoint_ids), [b[0] for b in whole], [b[1] for b in whole], [b[2] for b in whole],
             [b[3] for b in whole], [k[0] for k in keep], [k[1] for k in keep])
 
     async def namespaces(self, thread_id: str) -> list[tuple[str, str]]:
