@@ -62,6 +62,7 @@ class KeyLayout:
         self.namespace = namespace
         self.shards = shards
         self._cache: dict[str, SessionKeys] = {}
+        self._threads: dict[str, ThreadKeys] = {}
 
     def bucket(self, ident: str) -> int:
         return zlib.crc32(ident.encode("utf-8")) % self.shards
@@ -78,9 +79,14 @@ class KeyLayout:
         return keys
 
     def thread(self, thread_id: str) -> ThreadKeys:
-        n = self.bucket(thread_id)
-        base = f"{self.namespace}:{{{n}}}:t:{quote(thread_id, safe='')}"
-        return ThreadKeys(f"{base}:c", self.outbox(n), f"{base}:o", f"{base}:w:")
+        keys = self._threads.get(thread_id)
+        if keys is None:
+            if len(self._threads) >= 100_000:  # bounded, as sessions' are
+                self._threads.clear()
+            n = self.bucket(thread_id)
+            base = f"{self.namespace}:{{{n}}}:t:{quote(thread_id, safe='')}"
+            keys = self._threads[thread_id] = ThreadKeys(f"{base}:c", self.outbox(n), f"{base}:o", f"{base}:w:")
+        return keys
 
     def outbox(self, bucket: int) -> str:
         return f"{self.namespace}:{{{bucket}}}:outbox"
