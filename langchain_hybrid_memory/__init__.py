@@ -17,6 +17,7 @@ from .errors import (
 )
 from .memory import HybridMemory
 from .messages import Context, Message
+from .recall import SearchHit
 from .stats import CacheStats
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ __all__ = [
     "MemoryClosedError",
     "Message",
     "Mode",
+    "SearchHit",
     "SessionOwnershipError",
     "StorageUnavailableError",
     "TranscriptPage",

@@ -79,6 +79,12 @@ class HybridConfig(BaseModel):
     summary_timeout: float = Field(60.0, gt=0)  # one summarizer call
     summary_retry_base: float = Field(2.0, gt=0)  # first retry delay after a failure; doubles, capped at 300 s
 
+    # Recall: full-text search over every message, indexed in the background after the commit.
+    search_config: str = "english"  # PostgreSQL text search configuration (stemming, stop words)
+    recall_max_tokens: int = Field(400, ge=0)  # budget of the messages `get_context(query=...)` brings back
+    recall_index_interval: float = Field(0.5, gt=0)  # how often the indexer looks for committed messages
+    max_query_chars: int = Field(4000, ge=1)
+
     # Limits on input: refused with a typed error before anything is written.
     max_message_bytes: int = Field(1_000_000, ge=64)
     max_messages_per_add: int = Field(1000, ge=1)
@@ -127,6 +133,13 @@ class HybridConfig(BaseModel):
     def _namespace_ok(cls, v: str) -> str:
         if not _NAMESPACE_RE.match(v):
             raise ValueError("namespace must match ^[a-z_][a-z0-9_]{0,47}$ (it names a PostgreSQL schema)")
+        return v
+
+    @field_validator("search_config")
+    @classmethod
+    def _search_config_ok(cls, v: str) -> str:
+        if not re.match(r"^[a-z_][a-z0-9_.]{0,62}$", v):
+            raise ValueError("search_config must name a PostgreSQL text search configuration (e.g. 'english')")
         return v
 
     @field_validator("redis_url", mode="before")

@@ -23,6 +23,7 @@ from .health import Health
 from .keys import KeyLayout
 from .messages import CorruptEntry
 from .outbox import WriteBehind
+from .recall import Recall
 from .stats import Stats
 from .store import PostgresStore, Row, StoreDown
 from .summaries import SummaryWorker
@@ -54,6 +55,7 @@ class Core:
         self.store: PostgresStore | None = None
         self.wb: WriteBehind | None = None
         self.summaries: SummaryWorker | None = None
+        self.recall: Recall | None = None
         self.cluster = False
         # Acknowledge writes only once PostgreSQL has them: asked for (async_writes=False), or forced by an
         # eviction policy that may drop the outbox (see check_eviction_policy).
@@ -96,6 +98,8 @@ class Core:
                 self.wb = WriteBehind(cfg, self.cache, self.store, self.stats, lambda: health.redis_up,
                                       health.set_pg_up)
                 self.wb.start()
+                self.recall = Recall(self)
+                self.recall.start()
                 if cfg.enable_auto_summarize:
                     summarizer = (as_summarizer(self.summarizer_arg) if self.summarizer_arg is not None
                                   else default_summarizer(cfg.summary_model, cfg.summary_timeout))
@@ -140,6 +144,8 @@ class Core:
             self.health.probe.cancel()
         if self.summaries is not None:
             await self.summaries.stop()
+        if self.recall is not None:
+            await self.recall.stop()
         if self.wb is not None:
             if not await self.wb.flush(flush_timeout):
                 log.warning("hybrid-memory: closing with %d acknowledged messages not yet in PostgreSQL; "

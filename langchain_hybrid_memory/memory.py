@@ -6,8 +6,8 @@ read) first try one Redis round trip from the caller's own thread or loop; the s
 only in how they make that call, and hand its reply to the same code (`finish_hot_*` in reads.py / writes.py).
 
 Where things live: core.py (shared state, start, close), health.py (failover), reads.py, writes.py,
-refill.py, erasure.py, summaries.py (the summary operations and worker), outbox.py (write-behind),
-cache/ (Redis), store.py (PostgreSQL), pickling.py.
+refill.py, erasure.py, summaries.py (the summary operations and worker), recall.py (search and its indexer),
+outbox.py (write-behind), cache/ (Redis), store.py (PostgreSQL), pickling.py.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ from . import pickling
 from .config import HybridConfig, Mode, redact_url, seconds
 from .core import UNKNOWN, Core
 from .erasure import Eraser
-from .errors import InvalidInputError, MemoryClosedError
+from .errors import InvalidInputError, MemoryClosedError, StorageUnavailableError
 from .messages import Context, Message, check_session_id, check_user_id, prepare
 from .reads import ReadPath
+from .recall import Recall, SearchHit, check_query
 from .refill import ProgressFn, Refiller
 from .stats import CacheStats
+from .store import StoreDown
 from .summaries import SummaryOps
 from .summarizers import TokenCounter
 from .writes import WritePath
@@ -244,14 +246,20 @@ class HybridMemory:
                 return got
         return await self._arun(self._reads.recent(sid, uid, n, got))
 
-    def get_context(self, session_id: str, *, user_id: str | None = None) -> Context:
+    def get_context(self, session_id: str, *, user_id: str | None = None, query: str | None = None) -> Context:
         """What a prompt should carry: the session's latest summary (if any), then the messages after it.
 
         With auto-summarization every message after the summary is included (no gap, no overlap); without it
         (summaries stored with `save_summary`, or none) the messages are capped to the recent window.
-        One Redis round trip when cached.
+        One Redis round trip when cached. With `query`, `recalled` also holds the session's older messages
+        that best match it (not already in the window), within `recall_max_tokens`, in conversation order.
         """
         sid, uid = self._ids(session_id, user_id)
+        if query is not None:
+            q = check_query(query, 1, self.config.max_query_chars)
+            found = self.get_context(sid, user_id=uid)
+            found.recalled = self._run(self._recalled(sid, q, found.messages))
+            return found
         core = self._core
         if core.hot(0) and core.sync is not None:
             t0 = time.perf_counter()
@@ -264,8 +272,14 @@ class HybridMemory:
                 return ctx
         return self._run(self._reads.context(sid, uid))
 
-    async def aget_context(self, session_id: str, *, user_id: str | None = None) -> Context:
+    async def aget_context(self, session_id: str, *, user_id: str | None = None,
+                           query: str | None = None) -> Context:
         sid, uid = self._ids(session_id, user_id)
+        if query is not None:
+            q = check_query(query, 1, self.config.max_query_chars)
+            found = await self.aget_context(sid, user_id=uid)
+            found.recalled = await self._arun(self._recalled(sid, q, found.messages))
+            return found
         cache = self._core.loop_cache() if self._core.hot(0) else None
         if cache is not None:
             t0 = time.perf_counter()
@@ -277,6 +291,52 @@ class HybridMemory:
             if ctx is not None:
                 return ctx
         return await self._arun(self._reads.context(sid, uid))
+
+    # -- recall (recall.py) ------------------------------------------------------------------------------
+    def search(self, query: str, *, session_id: str | None = None, user_id: str | None = None,
+               k: int = 5) -> list[SearchHit]:
+        """The `k` messages that best match `query` (any of its words, ranked), in one session or in every
+        session of one user, never across users; with both, the session must be the user's. Searches what is
+        committed and indexed: the indexer follows the commits by about `recall_index_interval`."""
+        sid, uid, q = self._search_args(query, session_id, user_id, k)
+        return self._run(self._search(q, sid, uid, k))
+
+    async def asearch(self, query: str, *, session_id: str | None = None, user_id: str | None = None,
+                      k: int = 5) -> list[SearchHit]:
+        sid, uid, q = self._search_args(query, session_id, user_id, k)
+        return await self._arun(self._search(q, sid, uid, k))
+
+    def wait_for_index(self, timeout: float = 60.0) -> bool:
+        """Commit this process's writes, then index every committed message; False if `timeout` ran out."""
+        return self._run(self._catch_up(timeout))
+
+    async def await_for_index(self, timeout: float = 60.0) -> bool:
+        return await self._arun(self._catch_up(timeout))
+
+    def _search_args(self, query: str, session_id: str | None, user_id: str | None, k: int
+                     ) -> tuple[str | None, str | None, str]:
+        q = check_query(query, k, self.config.max_query_chars)
+        if session_id is not None:
+            return (*self._ids(session_id, user_id), q)
+        return None, self._uid(user_id) if user_id is not None else None, q
+
+    def _recall(self) -> Recall:
+        if self._core.recall is None:
+            raise StorageUnavailableError("search needs PostgreSQL (mode hybrid or persistent)")
+        return self._core.recall
+
+    async def _search(self, query: str, sid: str | None, uid: str | None, k: int) -> list[SearchHit]:
+        await self._core.ensure_started()
+        return await self._recall().find(query, sid, uid, k)
+
+    async def _recalled(self, sid: str, query: str, window: list[Message]) -> list[Message]:
+        await self._core.ensure_started()
+        return await self._recall().recalled(sid, query, window)
+
+    async def _catch_up(self, timeout: float) -> bool:
+        await self._core.flush(timeout)
+        with self._core.health.store_step():
+            return await self._recall().catch_up(timeout)
 
     def get_messages(self, session_id: str, *, after_seq: int | None = None, limit: int | None = None,
                      user_id: str | None = None) -> list[Message]:
@@ -462,6 +522,10 @@ class HybridMemory:
                 mem = await core.cache.memory_mb()
                 sessions = await core.cache.cached_sessions()
                 outbox = await core.cache.outbox_depth() if core.wb is not None else 0
+        backlog: int | None = None
+        if core.recall is not None:
+            with contextlib.suppress(StoreDown):
+                backlog = await core.recall.backlog()
         in_use, size = core.store.pool_usage() if core.store is not None else (0, 0)
         r50, r99, w50, w99 = s.percentiles()
         wb, summaries = core.wb, core.summaries
@@ -476,7 +540,8 @@ class HybridMemory:
             summary_failures=s.summary_failures,
             summary_queue=summaries.queued if summaries else 0,
             last_summary_error=summaries.last_error if summaries else None, checkpoint_reads=s.checkpoint_reads,
-            checkpoint_puts=s.checkpoint_puts, checkpoint_writes=s.checkpoint_writes)
+            checkpoint_puts=s.checkpoint_puts, checkpoint_writes=s.checkpoint_writes, indexed=s.indexed,
+            index_failures=s.index_failures, index_backlog=backlog, searches=s.searches)
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations; returns the names applied."""

@@ -52,6 +52,7 @@ class Context:
     summary: str | None
     messages: list[Message]
     summarized_upto_seq: int | None = None  # the last seq the summary covers
+    recalled: list[Message] = field(default_factory=list)  # older messages matching `get_context(query=...)`
 
 
 def encode(msg: Message) -> str:

@@ -54,6 +54,10 @@ class CacheStats:
     checkpoint_reads: int = 0  # HybridSaver: checkpoints read (get_tuple, and each one list returned)
     checkpoint_puts: int = 0  # HybridSaver: checkpoints stored
     checkpoint_writes: int = 0  # HybridSaver: pending writes stored
+    indexed: int = 0  # messages this process added to the search index
+    index_failures: int = 0  # indexer passes that failed (PostgreSQL down ...): retried with backoff
+    index_backlog: int | None = None  # sessions with committed messages not yet searchable (all processes)
+    searches: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +74,7 @@ class Stats:
         self.corrupt_entries = 0
         self.dead_letters = 0
         self.checkpoint_reads = self.checkpoint_puts = self.checkpoint_writes = 0
+        self.indexed = self.index_failures = self.searches = 0
         self.read_lat: deque[float] = deque(maxlen=window)
         self.write_lat: deque[float] = deque(maxlen=window)
 

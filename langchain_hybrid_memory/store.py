@@ -7,10 +7,11 @@ no SQL is ever built from user input.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -63,12 +64,17 @@ def migrations() -> list[tuple[int, str, str]]:
 # How both write paths bump a session's row: last_active_at is kept to the second, so a busy session's row is
 # rewritten (a new tuple and index entries) at most once a second, not once per batch. Rows go in session
 # order, so concurrent batches lock them in one order.
+# `unindexed_from` tells the recall indexer where to look (recall.py): set when nothing waits or when the batch
+# goes lower. A row the WHERE leaves alone is still locked until the commit, which is what lets the indexer
+# (SELECT ... FOR UPDATE SKIP LOCKED) never clear a mark that a commit in flight relies on.
 _SESSION_UPSERT = """
 ON CONFLICT (session_id) DO UPDATE
     SET last_active_at = GREATEST(s.last_active_at, EXCLUDED.last_active_at),
-        user_id = COALESCE(s.user_id, EXCLUDED.user_id)
+        user_id = COALESCE(s.user_id, EXCLUDED.user_id),
+        unindexed_from = LEAST(s.unindexed_from, EXCLUDED.unindexed_from)
     WHERE s.last_active_at < EXCLUDED.last_active_at - interval '1 second'
        OR (s.user_id IS NULL AND EXCLUDED.user_id IS NOT NULL)
+       OR s.unindexed_from IS NULL OR s.unindexed_from > EXCLUDED.unindexed_from
 """
 
 # One statement, one round trip: insert the batch (skipping ids already stored and tombstoned sessions) and
@@ -88,19 +94,19 @@ WITH batch AS (
     ON CONFLICT DO NOTHING
     RETURNING session_id, seq
 ), sess AS (
-    INSERT INTO sessions AS s (session_id, user_id, created_at, last_active_at)
-    SELECT session_id, max(NULLIF(user_id, '')), to_timestamp(min(ts)), to_timestamp(max(ts))
+    INSERT INTO sessions AS s (session_id, user_id, created_at, last_active_at, unindexed_from)
+    SELECT session_id, max(NULLIF(user_id, '')), to_timestamp(min(ts)), to_timestamp(max(ts)), min(seq)
     FROM live GROUP BY session_id ORDER BY session_id
     """ + _SESSION_UPSERT + """
 )
 SELECT session_id, seq FROM ins
 """
 
-# Write-behind batches and erases of the same session serialise on these (sorted: no deadlock).
 def _locks(fn: str, seed: int) -> str:
     return f"SELECT {fn}(hashtextextended(s, {seed})) FROM (SELECT DISTINCT unnest($1::text[]) AS s ORDER BY 1) q"
 
 
+# Write-behind batches and erases of the same session serialise on these (sorted: no deadlock).
 _LOCK_SHARED = _locks("pg_advisory_xact_lock_shared", 11)
 _LOCK_EXCLUSIVE = _locks("pg_advisory_xact_lock", 11)
 # The same for checkpoint threads, by `exclusive` (another seed: a thread and a session may share an id).
@@ -108,19 +114,20 @@ _THREAD_LOCKS = {False: _locks("pg_advisory_xact_lock_shared", 13), True: _locks
 
 # The COPY path's session bump: one row per session, aggregated and sorted by the caller.
 _TOUCH_SESSIONS = """
-INSERT INTO sessions AS s (session_id, user_id, created_at, last_active_at)
-SELECT session_id, NULLIF(user_id, ''), to_timestamp(first_ts), to_timestamp(last_ts)
-FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[]) AS b(session_id, user_id, first_ts, last_ts)
+INSERT INTO sessions AS s (session_id, user_id, created_at, last_active_at, unindexed_from)
+SELECT session_id, NULLIF(user_id, ''), to_timestamp(first_ts), to_timestamp(last_ts), first_seq
+FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::bigint[])
+    AS b(session_id, user_id, first_ts, last_ts, first_seq)
 """ + _SESSION_UPSERT
 
 
 def _session_touches(live: Sequence[Row], users: Sequence[str]) -> list[list[Any]]:
-    """_TOUCH_SESSIONS's arrays: per session (sorted) the user, first and last message time."""
+    """_TOUCH_SESSIONS's arrays: per session (sorted) the user, first and last message time, lowest seq."""
     agg: dict[str, list[Any]] = {}
     for r, u in zip(live, users, strict=True):
         a = agg.get(r.session_id)
         if a is None:
-            agg[r.session_id] = [u, r.created_at, r.created_at]
+            agg[r.session_id] = [u, r.created_at, r.created_at, r.seq]
         else:
             if u and not a[0]:
                 a[0] = u
@@ -128,8 +135,10 @@ def _session_touches(live: Sequence[Row], users: Sequence[str]) -> list[list[Any
                 a[1] = r.created_at
             if r.created_at > a[2]:
                 a[2] = r.created_at
+            if r.seq < a[3]:
+                a[3] = r.seq
     sids = sorted(agg)
-    return [sids, [agg[s][0] for s in sids], [agg[s][1] for s in sids], [agg[s][2] for s in sids]]
+    return [sids, *([agg[s][i] for s in sids] for i in range(4))]
 
 
 # One row per session (owner, tombstone, latest summary, messages after it), then its last $2 messages: the
@@ -361,9 +370,11 @@ class PostgresStore:
                         "INSERT INTO messages (session_id, seq, msg_id, role, body, created_at)"
                         " VALUES ($1, $2, $3, $4, $5, to_timestamp($6))", new_rows, timeout=t)
                 await conn.execute(
-                    "INSERT INTO sessions AS s (session_id, user_id) VALUES ($1, $2) ON CONFLICT (session_id)"
-                    " DO UPDATE SET last_active_at = now(), user_id = COALESCE(s.user_id, EXCLUDED.user_id)",
-                    session_id, user_id, timeout=t)
+                    "INSERT INTO sessions AS s (session_id, user_id, unindexed_from) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (session_id) DO UPDATE SET last_active_at = now(),"
+                    " user_id = COALESCE(s.user_id, EXCLUDED.user_id),"
+                    " unindexed_from = LEAST(s.unindexed_from, EXCLUDED.unindexed_from)",
+                    session_id, user_id, min((r[1] for r in new_rows), default=None), timeout=t)
                 if mark_dirty:
                     await conn.execute("INSERT INTO cache_dirty (session_id) VALUES ($1) ON CONFLICT DO NOTHING",
                                        session_id, timeout=t)
@@ -418,6 +429,7 @@ class PostgresStore:
                     "WITH d AS (DELETE FROM messages WHERE session_id = ANY($1::text[]) RETURNING 1)"
                     " SELECT count(*) FROM d", sids, timeout=t)
                 await conn.execute("DELETE FROM summaries WHERE session_id = ANY($1::text[])", sids, timeout=t)
+                await conn.execute("DELETE FROM message_search WHERE session_id = ANY($1::text[])", sids, timeout=t)
                 await conn.execute("DELETE FROM sessions WHERE session_id = ANY($1::text[])", sids, timeout=t)
                 await conn.execute("DELETE FROM cache_dirty WHERE session_id = ANY($1::text[])", sids, timeout=t)
                 return int(n)
@@ -425,10 +437,12 @@ class PostgresStore:
             raise StoreDown(type(exc).__name__) from None
 
     async def delete_messages(self, session_id: str, seqs: Sequence[int]) -> int:
-        return int(await self._run(
-            "fetchval",
-            "WITH d AS (DELETE FROM messages WHERE session_id = $1 AND seq = ANY($2::bigint[]) RETURNING 1)"
-            " SELECT count(*) FROM d", session_id, list(seqs)))
+        async with self.transaction() as conn:
+            await self.lock_sessions(conn, [session_id], exclusive=True)  # the recall indexer's are shared
+            return int(await conn.fetchval(
+                "WITH d AS (DELETE FROM messages WHERE session_id = $1 AND seq = ANY($2::bigint[]) RETURNING 1),"
+                " x AS (DELETE FROM message_search WHERE session_id = $1 AND seq = ANY($2::bigint[]))"
+                " SELECT count(*) FROM d", session_id, list(seqs), timeout=self.config.pg_timeout))
 
     async def list_sessions(self, user_id: str | None, limit: int | None) -> list[str]:
         """Sessions holding at least one message: deleting messages one by one keeps the session's row (its
@@ -546,6 +560,22 @@ class PostgresStore:
         await self._run("execute", "WITH t AS (DELETE FROM thread_tombstones"
                         " WHERE deleted_at < now() - make_interval(secs => $1))"
                         " DELETE FROM tombstones WHERE deleted_at < now() - make_interval(secs => $1)", older_than_s)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection in a transaction; PostgreSQL unreachable (or too slow) raises StoreDown."""
+        if self.pool is None:
+            raise StoreDown("not connected")
+        try:
+            async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
+                yield conn
+        except _DOWN as exc:
+            raise StoreDown(type(exc).__name__) from None
+
+    async def lock_sessions(self, conn: asyncpg.Connection, session_ids: Sequence[str], *, exclusive: bool) -> None:
+        """The per-session advisory locks of this transaction: shared for writers, exclusive for erasers."""
+        await conn.execute(_LOCK_EXCLUSIVE if exclusive else _LOCK_SHARED, list(session_ids),
+                           timeout=self.config.pg_timeout)
 
     async def run_locked(self, keys: Sequence[str], exclusive: bool, method: str, sql: str, *args: Any) -> Any:
         """One statement in a transaction that first takes advisory locks on checkpoint threads (sorted: no

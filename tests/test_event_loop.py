@@ -115,6 +115,11 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
     async def aiter_all() -> list[Any]:
         return [m async for m in history.aiter_transcript(page_size=2)]
 
+    async def context_and_recall(sid: str) -> Any:
+        await memory.aget_context(sid)
+        await memory.await_for_index(5)
+        return await memory.aget_context(sid, query="0 1")  # its first recall loads the token counter
+
     async def run(coro_fn: Callable[[str], Coroutine[Any, Any, Any]], make: Callable[[], Coroutine[Any, Any, str]]
                   ) -> Any:
         return await coro_fn(await make())
@@ -124,7 +129,9 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
             "astart": memory.astart,
             "aadd_messages": lambda: memory.aadd_messages(fresh(), [msg()]),
             "aget_recent_messages": lambda: run(memory.aget_recent_messages, filled),
-            "aget_context": lambda: run(memory.aget_context, filled),
+            "aget_context": lambda: run(context_and_recall, filled),
+            "asearch": lambda: run(lambda s: memory.asearch("hello there", session_id=s), filled),
+            "await_for_index": lambda: memory.await_for_index(5),
             "aget_messages": lambda: run(memory.aget_messages, filled),
             "aget_summaries": lambda: run(memory.aget_summaries, filled),
             "aset_auto_summarize": lambda: run(lambda s: memory.aset_auto_summarize(s, False), filled),
@@ -192,6 +199,8 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
             "adelete_for_runs": lambda: saver.adelete_for_runs(["r"]),
             "acopy_thread": lambda: saver.acopy_thread(fresh(), fresh()),
             "aprune": lambda: saver.aprune([fresh()]),
+            "aget_delta_channel_history": lambda: run(
+                lambda c: saver.aget_delta_channel_history(config=c, channels=["ch"]), checkpointed),
         },
         HybridSummaryBlock: {
             "aput": lambda: block.aput([ChatMessage(role="user", content="x")]),

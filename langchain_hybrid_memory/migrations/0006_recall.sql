@@ -1,0 +1,18 @@
+-- Recall: a full-text index over message text, built in the background from committed messages (never on the
+-- write path). Each row's tsvector also holds one lexeme naming its session ('s:' || md5(session id)), so a
+-- search within a session or a user's sessions is one GIN lookup ANDed with the scope.
+CREATE TABLE IF NOT EXISTS message_search (
+    session_id text   NOT NULL,
+    seq        bigint NOT NULL,
+    tsv        tsvector NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE INDEX IF NOT EXISTS message_search_tsv ON message_search USING gin (tsv);
+
+-- The lowest seq committed since the session was last indexed (NULL: nothing waits). Every commit path sets
+-- it in the same transaction as the messages, so the indexer never misses a committed message.
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS unindexed_from bigint;
+CREATE INDEX IF NOT EXISTS sessions_unindexed ON sessions (session_id) WHERE unindexed_from IS NOT NULL;
+-- Sessions written before this migration: index everything they hold.
+UPDATE sessions SET unindexed_from = -9223372036854775808
+ WHERE EXISTS (SELECT 1 FROM messages m WHERE m.session_id = sessions.session_id);
