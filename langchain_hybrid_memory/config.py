@@ -80,6 +80,7 @@ class HybridConfig(BaseModel):
     summary_retry_base: float = Field(2.0, gt=0)  # first retry delay after a failure; doubles, capped at 300 s
 
     # Recall: full-text search over every message, indexed in the background after the commit.
+    search_index: bool = True  # run the indexer in this process (False: leave it to others; search still works)
     search_config: str = "english"  # PostgreSQL text search configuration (stemming, stop words)
     recall_max_tokens: int = Field(400, ge=0)  # budget of the messages `get_context(query=...)` brings back
     recall_index_interval: float = Field(0.5, gt=0)  # how often the indexer looks for committed messages

@@ -117,7 +117,7 @@ class Recall:
 
     # -- the indexer -------------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and self.core.config.search_index:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def poke(self) -> None:
