@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -258,7 +258,7 @@ class HybridMemory:
         if query is not None:
             q = check_query(query, 1, self.config.max_query_chars)
             found = self.get_context(sid, user_id=uid)
-            found.recalled = self._run(self._recalled(sid, q, found.messages))
+            found.recalled = self._run(self._recalled(q, [sid], None, {m.id for m in found.messages}, None))
             return found
         core = self._core
         if core.hot(0) and core.sync is not None:
@@ -278,7 +278,8 @@ class HybridMemory:
         if query is not None:
             q = check_query(query, 1, self.config.max_query_chars)
             found = await self.aget_context(sid, user_id=uid)
-            found.recalled = await self._arun(self._recalled(sid, q, found.messages))
+            found.recalled = await self._arun(self._recalled(q, [sid], None, {m.id for m in found.messages},
+                                                             None))
             return found
         cache = self._core.loop_cache() if self._core.hot(0) else None
         if cache is not None:
@@ -293,18 +294,31 @@ class HybridMemory:
         return await self._arun(self._reads.context(sid, uid))
 
     # -- recall (recall.py) ------------------------------------------------------------------------------
-    def search(self, query: str, *, session_id: str | None = None, user_id: str | None = None,
+    def search(self, query: str, *, session_id: str | Sequence[str] | None = None, user_id: str | None = None,
                k: int = 5) -> list[SearchHit]:
-        """The `k` messages that best match `query` (any of its words, ranked), in one session or in every
-        session of one user, never across users; with both, the session must be the user's. Searches what is
-        committed and indexed: the indexer follows the commits by about `recall_index_interval`."""
-        sid, uid, q = self._search_args(query, session_id, user_id, k)
-        return self._run(self._search(q, sid, uid, k))
+        """The `k` messages that best match `query` (any of its words, ranked), in a session (or several), or
+        in every session of one user; never across users: with both, each session must be the user's.
+        Searches what is committed and indexed (the indexer follows the commits by `recall_index_interval`)."""
+        sids, uid, q = self._search_args(query, session_id, user_id, k)
+        return self._run(self._search(q, sids, uid, k))
 
-    async def asearch(self, query: str, *, session_id: str | None = None, user_id: str | None = None,
-                      k: int = 5) -> list[SearchHit]:
-        sid, uid, q = self._search_args(query, session_id, user_id, k)
-        return await self._arun(self._search(q, sid, uid, k))
+    async def asearch(self, query: str, *, session_id: str | Sequence[str] | None = None,
+                      user_id: str | None = None, k: int = 5) -> list[SearchHit]:
+        sids, uid, q = self._search_args(query, session_id, user_id, k)
+        return await self._arun(self._search(q, sids, uid, k))
+
+    def recall(self, query: str, *, session_id: str | Sequence[str] | None = None, user_id: str | None = None,
+               exclude_ids: Iterable[str] = (), max_tokens: int | None = None) -> list[Message]:
+        """The stored messages that best match `query` and are not in `exclude_ids` (what the prompt already
+        shows), within `max_tokens` (default `recall_max_tokens`), in conversation order."""
+        sids, uid, q = self._search_args(query, session_id, user_id, 1)
+        return self._run(self._recalled(q, sids, uid, set(exclude_ids), max_tokens))
+
+    async def arecall(self, query: str, *, session_id: str | Sequence[str] | None = None,
+                      user_id: str | None = None, exclude_ids: Iterable[str] = (),
+                      max_tokens: int | None = None) -> list[Message]:
+        sids, uid, q = self._search_args(query, session_id, user_id, 1)
+        return await self._arun(self._recalled(q, sids, uid, set(exclude_ids), max_tokens))
 
     def wait_for_index(self, timeout: float = 60.0) -> bool:
         """Commit this process's writes, then index every committed message; False if `timeout` ran out."""
@@ -313,25 +327,31 @@ class HybridMemory:
     async def await_for_index(self, timeout: float = 60.0) -> bool:
         return await self._arun(self._catch_up(timeout))
 
-    def _search_args(self, query: str, session_id: str | None, user_id: str | None, k: int
-                     ) -> tuple[str | None, str | None, str]:
+    def _search_args(self, query: str, session_id: str | Sequence[str] | None, user_id: str | None, k: int
+                     ) -> tuple[list[str], str | None, str]:
         q = check_query(query, k, self.config.max_query_chars)
-        if session_id is not None:
-            return (*self._ids(session_id, user_id), q)
-        return None, self._uid(user_id) if user_id is not None else None, q
+        uid = self._uid(user_id) if user_id is not None else None
+        if session_id is None:
+            return [], uid, q
+        sids = [session_id] if isinstance(session_id, str) else list(session_id)
+        if not sids:
+            raise InvalidInputError("session_id is an empty list")
+        return [check_session_id(s, self.config.max_session_id_length) for s in sids], uid, q
 
     def _recall(self) -> Recall:
         if self._core.recall is None:
             raise StorageUnavailableError("search needs PostgreSQL (mode hybrid or persistent)")
         return self._core.recall
 
-    async def _search(self, query: str, sid: str | None, uid: str | None, k: int) -> list[SearchHit]:
+    async def _search(self, query: str, sids: list[str], uid: str | None, k: int) -> list[SearchHit]:
         await self._core.ensure_started()
-        return await self._recall().find(query, sid, uid, k)
+        return await self._recall().find(query, sids, uid, k)
 
-    async def _recalled(self, sid: str, query: str, window: list[Message]) -> list[Message]:
+    async def _recalled(self, query: str, sids: list[str], uid: str | None, exclude: set[str],
+                        max_tokens: int | None) -> list[Message]:
         await self._core.ensure_started()
-        return await self._recall().recalled(sid, query, window)
+        budget = self.config.recall_max_tokens if max_tokens is None else max_tokens
+        return await self._recall().recalled(query, sids, uid, exclude, budget)
 
     async def _catch_up(self, timeout: float) -> bool:
         await self._core.flush(timeout)

@@ -198,24 +198,23 @@ class Recall:
             "fetchval", "SELECT count(*) FROM sessions WHERE unindexed_from IS NOT NULL"))
 
     # -- searches ----------------------------------------------------------------------------------------
-    async def find(self, query: str, sid: str | None, uid: str | None, k: int) -> list[SearchHit]:
-        """A search within one session (checked against `uid` when given) or every session of `uid`."""
+    async def find(self, query: str, sids: Sequence[str], uid: str | None, k: int) -> list[SearchHit]:
+        """A search within `sids` (each checked against `uid` when given) or, without sessions, every session
+        of `uid`."""
         await self.core.ensure_started()
-        if sid is None and uid is None:
+        if not sids and uid is None:
             raise InvalidInputError("a search needs a session_id or a user_id (it never crosses users)")
-        if sid is not None:
+        for sid in sids:
             await self.core.check_user(sid, uid)
-            return await self.search(query, [sid], None, k)
-        return await self.search(query, [], uid, k)
+        return await self.search(query, sids, None if sids else uid, k)
 
-    async def recalled(self, sid: str, query: str, window: Sequence[Message]) -> list[Message]:
-        """The best matches of `query` in the session that the window does not hold, within
-        `recall_max_tokens`, in conversation order."""
-        budget = self.core.config.recall_max_tokens
-        if budget <= 0:
+    async def recalled(self, query: str, sids: Sequence[str], uid: str | None, exclude_ids: set[str],
+                       max_tokens: int) -> list[Message]:
+        """The best matches of `query` but those in `exclude_ids` (what the prompt already shows), within
+        `max_tokens`, in conversation order."""
+        if max_tokens <= 0:
             return []
-        shown = {m.seq for m in window}
-        hits = [h for h in await self.search(query, [sid], None, 20) if h.seq not in shown]
+        hits = [h for h in await self.find(query, sids, uid, 20) if h.message.id not in exclude_ids]
         if not hits:
             return []
         count = self._counter
@@ -225,11 +224,11 @@ class Recall:
         used = 0
         for hit in hits:  # best first
             cost = count(message_text(hit.message))
-            if used + cost > budget:
+            if used + cost > max_tokens:
                 continue
             chosen.append(hit)
             used += cost
-        return [h.message for h in sorted(chosen, key=lambda h: h.seq)]
+        return [h.message for h in sorted(chosen, key=lambda h: h.seq)]  # seqs grow with time
 
     async def search(self, query: str, session_ids: Sequence[str], user_id: str | None, k: int
                      ) -> list[SearchHit]:

@@ -132,6 +132,7 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
             "aget_context": lambda: run(context_and_recall, filled),
             "asearch": lambda: run(lambda s: memory.asearch("hello there", session_id=s), filled),
             "await_for_index": lambda: memory.await_for_index(5),
+            "arecall": lambda: run(lambda s: memory.arecall("0 1 2", session_id=[s, fresh()]), filled),
             "aget_messages": lambda: run(memory.aget_messages, filled),
             "aget_summaries": lambda: run(memory.aget_summaries, filled),
             "aset_auto_summarize": lambda: run(lambda s: memory.aset_auto_summarize(s, False), filled),

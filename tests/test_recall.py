@@ -56,6 +56,12 @@ def test_search_in_a_session_and_across_a_users_sessions_never_across_users(
     with pytest.raises(InvalidInputError, match="never crosses users"):
         memory.search("lisbon")
     assert memory.search("lisbon", user_id="nobody") == []
+    both = memory.search("lisbon", session_id=["a-1", "b-1"], k=10)  # several sessions, no user: no check
+    assert {h.message.id for h in both} == {"fact", "bob"}
+    with pytest.raises(SessionOwnershipError):
+        memory.search("lisbon", session_id=["a-1", "b-1"], user_id="alice")
+    recalled = memory.recall("flying to Lisbon", session_id=["a-1", "a-2"], exclude_ids={"hotel"})
+    assert [m.id for m in recalled] == ["fact"]
     assert memory.get_cache_stats().searches >= 4
 
 
