@@ -13,9 +13,22 @@ from dataclasses import dataclass
 from typing import Annotated, Any, NotRequired
 
 from langchain.agents.middleware.summarization import DEFAULT_SUMMARY_PROMPT
-from langchain.agents.middleware.types import AgentMiddleware, AgentState, PrivateStateAttr
+from langchain.agents.middleware.types import (
+    AgentMiddleware,
+    AgentState,
+    ModelRequest,
+    ModelResponse,
+    PrivateStateAttr,
+)
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage, get_buffer_string
+from langchain_core.messages import (
+    AnyMessage,
+    BaseMessage,
+    HumanMessage,
+    RemoveMessage,
+    SystemMessage,
+    get_buffer_string,
+)
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langchain_core.runnables.config import run_in_executor
 from langgraph.config import get_config
@@ -24,11 +37,14 @@ from langgraph.runtime import Runtime
 
 from ._lc_convert import DEFAULT_SUMMARY_TEMPLATE, build_view, engine_id, is_summary_message, to_engine_batch
 from .memory import HybridMemory
-from .messages import Context
+from .messages import Context, Message
+from .summarizers import transcript
 
 log = logging.getLogger("langchain_hybrid_memory")
 
 STATE_KEY = "hybrid_memory"  # the private state key below
+RECALL_HEADER = "Earlier in this conversation (found for the latest message):"
+RECALL_SOURCE = "hybrid_memory_recall"  # marks the recall note (additional_kwargs["lc_source"])
 _CONFIG_KEY_RUNTIME = "__pregel_runtime"  # where LangGraph keeps the Runtime in a run's config
 
 
@@ -100,14 +116,23 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any, Any]):
 
     Put it before `SummarizationMiddleware` in `middleware=[...]`, so messages are persisted before they are
     summarized. One thread should map to one session.
+
+    With `recall=True`, each model call also gets the conversation's stored messages that best match the latest
+    user message and that the request does not hold (summarized, or long gone), within `recall_max_tokens`
+    (default: the engine's), as one system message after the summary. It is part of that request only, never
+    of the state or the transcript.
     """
 
     state_schema = HybridMemoryState
 
     def __init__(self, memory: HybridMemory, *, session_id: str | None = None, user_id: str | None = None,
                  session_key: str = "session_id", user_key: str = "user_id",
-                 summary_template: str = DEFAULT_SUMMARY_TEMPLATE) -> None:
+                 summary_template: str = DEFAULT_SUMMARY_TEMPLATE, recall: bool = False,
+                 recall_max_tokens: int | None = None, recall_header: str = RECALL_HEADER) -> None:
         super().__init__()
+        self.recall = recall
+        self.recall_max_tokens = recall_max_tokens
+        self.recall_header = recall_header
         self.memory = memory
         self.session_id = session_id
         self.user_id = user_id
@@ -202,6 +227,51 @@ class HybridMemoryMiddleware(AgentMiddleware[HybridMemoryState, Any, Any]):
 
     async def aafter_agent(self, state: HybridMemoryState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         return await self._apersist(state, runtime)
+
+    # -- recall ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _question(request: ModelRequest[Any]) -> str | None:
+        for m in reversed(request.messages):
+            if isinstance(m, HumanMessage):
+                text = m.text if isinstance(m.text, str) else str(m.text)
+                return text[:4000] or None
+        return None
+
+    def _with_recalled(self, request: ModelRequest[Any], recalled: list[Message]) -> ModelRequest[Any]:
+        if not recalled:
+            return request
+        note = SystemMessage(f"{self.recall_header}\n{transcript(recalled)}",
+                             additional_kwargs={"lc_source": RECALL_SOURCE})
+        msgs = list(request.messages)
+        at = 1 if msgs and is_summary_message(msgs[0]) else 0
+        return request.override(messages=[*msgs[:at], note, *msgs[at:]])
+
+    def _recall_args(self, request: ModelRequest[Any]) -> tuple[str, str | None, str, set[str]] | None:
+        query = self._question(request) if self.recall else None
+        if query is None:
+            return None
+        sid, uid = self._conversation(request.runtime)
+        return sid, uid, query, {engine_id(m.id) for m in request.messages if m.id is not None}
+
+    def wrap_model_call(self, request: ModelRequest[Any],
+                        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]]) -> Any:
+        args = self._recall_args(request)
+        if args is None:
+            return handler(request)
+        sid, uid, query, shown = args
+        found = self.memory.recall(query, session_id=sid, user_id=uid, exclude_ids=shown,
+                                   max_tokens=self.recall_max_tokens)
+        return handler(self._with_recalled(request, found))
+
+    async def awrap_model_call(self, request: ModelRequest[Any],
+                               handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]]) -> Any:
+        args = self._recall_args(request)
+        if args is None:
+            return await handler(request)
+        sid, uid, query, shown = args
+        found = await self.memory.arecall(query, session_id=sid, user_id=uid, exclude_ids=shown,
+                                          max_tokens=self.recall_max_tokens)
+        return await handler(self._with_recalled(request, found))
 
 
 # -- summaries --------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
     store = HybridChatStore(memory=memory)
     db = HybridDBChatStore(memory=memory)
     block = HybridSummaryBlock(memory=memory, session_id="blk")
-    middleware = HybridMemoryMiddleware(memory)
+    middleware = HybridMemoryMiddleware(memory, recall=True)
     summarizer = HybridSummarizer(memory, lambda msgs: "a summary", session_id="sum")
 
     def msg(text: str = "hi") -> Message:
@@ -161,7 +161,8 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
             "aiter_transcript": aiter_all,
             "aclear": history.aclear,
         },
-        HybridMemoryMiddleware: {name: agent_run for name in ("abefore_agent", "abefore_model", "aafter_agent")},
+        HybridMemoryMiddleware: {name: agent_run for name in ("abefore_agent", "abefore_model", "aafter_agent",
+                                                              "awrap_model_call")},
         HybridSummarizer: {
             "ainvoke": lambda: summarizer.ainvoke([HumanMessage("hi", id=fresh())]),
             "asave": lambda: summarizer.asave(SummaryRecord(fresh(), None, "text", None)),
