@@ -23,15 +23,24 @@ from llama_index.core.storage.chat_store.base_db import MessageStatus
 from langchain_hybrid_memory import HybridChatMessageHistory, HybridMemory, Message
 from langchain_hybrid_memory.checkpoint import HybridSaver
 from langchain_hybrid_memory.middleware import HybridMemoryMiddleware, HybridSummarizer, SummaryRecord
-from llamaindex_adapter import HybridChatStore, HybridDBChatStore, HybridSummaryBlock
+from langchain_hybrid_memory.retriever import HybridRetriever
+from llamaindex_adapter import (
+    HybridChatStore,
+    HybridDBChatStore,
+    HybridRecallBlock,
+    HybridRecallRetriever,
+    HybridSummaryBlock,
+)
 
 pytestmark = pytest.mark.strict_loop
 
 OURS = ("langchain_hybrid_memory", "llamaindex_adapter")
 # Coroutines inherited from the frameworks that run our code: the memory block's public entry points.
-INHERITED = {HybridSummaryBlock: {"aget", "aput"}}
+INHERITED = {HybridSummaryBlock: {"aget", "aput"}, HybridRecallBlock: {"aget", "aput"},
+             HybridRecallRetriever: {"aretrieve"}, HybridRetriever: {"ainvoke"}}
 CLASSES = (HybridMemory, HybridChatMessageHistory, HybridMemoryMiddleware, HybridSummarizer, HybridChatStore,
-           HybridDBChatStore, HybridSummaryBlock, HybridSaver)
+           HybridDBChatStore, HybridSummaryBlock, HybridSaver, HybridRecallBlock, HybridRecallRetriever,
+           HybridRetriever)
 
 
 def public_coroutines(cls: type) -> set[str]:
@@ -59,6 +68,7 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
     store = HybridChatStore(memory=memory)
     db = HybridDBChatStore(memory=memory)
     block = HybridSummaryBlock(memory=memory, session_id="blk")
+    recall_block = HybridRecallBlock(memory=memory)
     middleware = HybridMemoryMiddleware(memory, recall=True)
     summarizer = HybridSummarizer(memory, lambda msgs: "a summary", session_id="sum")
 
@@ -204,6 +214,13 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
             "aget_delta_channel_history": lambda: run(
                 lambda c: saver.aget_delta_channel_history(config=c, channels=["ch"]), checkpointed),
         },
+        HybridRecallBlock: {
+            "aput": lambda: recall_block.aput([ChatMessage(role="user", content="x")]),
+            "aget": lambda: recall_block.aget([ChatMessage(role="user", content="hello 1")], session_id="blk"),
+            "atruncate": lambda: recall_block.atruncate("header\nline one\nline two", 3),
+        },
+        HybridRecallRetriever: {"aretrieve": lambda: HybridRecallRetriever(memory, key="blk").aretrieve("hi 1")},
+        HybridRetriever: {"ainvoke": lambda: HybridRetriever(memory=memory, user_id="u1").ainvoke("hi 1")},
         HybridSummaryBlock: {
             "aput": lambda: block.aput([ChatMessage(role="user", content="x")]),
             "aget": lambda: block.aget(session_id="blk"),
