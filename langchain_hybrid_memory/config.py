@@ -85,6 +85,7 @@ class HybridConfig(BaseModel):
     recall_max_tokens: int = Field(400, ge=0)  # budget of the messages `get_context(query=...)` brings back
     recall_index_interval: float = Field(0.5, gt=0)  # how often the indexer looks for committed messages
     max_query_chars: int = Field(4000, ge=1)
+    embed_timeout: float = Field(30.0, gt=0)  # one embedder call (a search's query, or a batch in the background)
 
     # Limits on input: refused with a typed error before anything is written.
     max_message_bytes: int = Field(1_000_000, ge=64)

@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 from ._loop import EngineLoop
 from .cache import CacheDown, OwnershipConflict, RedisCache, SyncHotPath, TouchLog, detect_cluster
 from .config import HybridConfig, Mode, redact_url
+from .embeddings import Embedder, as_embedder
 from .errors import MemoryClosedError, SessionOwnershipError, StorageUnavailableError
 from .health import Health
 from .keys import KeyLayout
@@ -39,7 +40,8 @@ CORRUPT: Any = object()  # the cached entry is damaged: drop it, then proceed as
 class Core:
     """Settings, clients, queues and health of one `HybridMemory`."""
 
-    def __init__(self, config: HybridConfig, summarizer: Any, token_counter: TokenCounter | None) -> None:
+    def __init__(self, config: HybridConfig, summarizer: Any, token_counter: TokenCounter | None,
+                 embedder: Any = None) -> None:
         self.config = config
         self.keys = KeyLayout(config.namespace, config.outbox_shards)
         self.touches = TouchLog(config.session_ttl)  # shared by every Redis client of this memory
@@ -64,6 +66,7 @@ class Core:
         self.closed = False
         self._start_lock: asyncio.Lock | None = None
         self.summarizer_arg = summarizer
+        self.embedder: Embedder | None = as_embedder(embedder) if embedder is not None else None
         self.token_counter = token_counter
 
     # -- start -------------------------------------------------------------------------------------------

@@ -41,3 +41,8 @@ class BacklogFullError(StorageUnavailableError):
 
 class MemoryClosedError(HybridMemoryError, RuntimeError):
     """The HybridMemory was closed."""
+
+
+class EmbedderError(HybridMemoryError, RuntimeError):
+    """The embedder failed (a vector or fused search asked for explicitly); `method="auto"` falls back to
+    full-text search instead."""

@@ -47,15 +47,17 @@ class HybridMemory:
     """Chat memory on a Redis window over PostgreSQL. No I/O happens until the first call."""
 
     def __init__(self, config: HybridConfig | None = None, *, summarizer: Any = None,
-                 token_counter: TokenCounter | None = None, **overrides: Any) -> None:
+                 token_counter: TokenCounter | None = None, embedder: Any = None, **overrides: Any) -> None:
         """`summarizer`: a Summarizer, LangChain chat model, LlamaIndex LLM or `fn(previous, messages)`;
-        default OpenAI when OPENAI_API_KEY is set, else the offline one. Used when enable_auto_summarize."""
+        default OpenAI when OPENAI_API_KEY is set, else the offline one. Used when enable_auto_summarize.
+        `embedder` (embeddings.py: OpenAIEmbedder, OfflineEmbedder, a LangChain `Embeddings`, a LlamaIndex
+        embedding model or `fn(texts) -> vectors`) adds vector search to full-text search; none by default."""
         if config is None:
             config = HybridConfig.from_env(**overrides)
         elif overrides:
             config = HybridConfig(**{**dict(config), **overrides})
         self.config = config
-        core = self._core = Core(config, summarizer, token_counter)
+        core = self._core = Core(config, summarizer, token_counter, embedder)
         self.keys = core.keys
         self._refill = Refiller(core)
         self._reads = ReadPath(core, self._refill)
@@ -295,17 +297,21 @@ class HybridMemory:
 
     # -- recall (recall.py) ------------------------------------------------------------------------------
     def search(self, query: str, *, session_id: str | Sequence[str] | None = None, user_id: str | None = None,
-               k: int = 5) -> list[SearchHit]:
-        """The `k` messages that best match `query` (any of its words, ranked), in a session (or several), or
-        in every session of one user; never across users: with both, each session must be the user's.
-        Searches what is committed and indexed (the indexer follows the commits by `recall_index_interval`)."""
+               k: int = 5, method: str = "auto") -> list[SearchHit]:
+        """The `k` messages that best match `query`, in a session (or several), or in every session of one
+        user; never across users: with both, each session must be the user's.
+
+        `method`: "lexical" (full-text: any of the query's words, ranked), "vector" (cosine similarity to the
+        query's embedding), "fused" (both, by reciprocal rank), or "auto" (fused with an embedder, else
+        full-text; full-text alone while the embedder fails). Searches what is committed and indexed: the
+        indexer follows the commits by about `recall_index_interval`."""
         sids, uid, q = self._search_args(query, session_id, user_id, k)
-        return self._run(self._search(q, sids, uid, k))
+        return self._run(self._search(q, sids, uid, k, method))
 
     async def asearch(self, query: str, *, session_id: str | Sequence[str] | None = None,
-                      user_id: str | None = None, k: int = 5) -> list[SearchHit]:
+                      user_id: str | None = None, k: int = 5, method: str = "auto") -> list[SearchHit]:
         sids, uid, q = self._search_args(query, session_id, user_id, k)
-        return await self._arun(self._search(q, sids, uid, k))
+        return await self._arun(self._search(q, sids, uid, k, method))
 
     def recall(self, query: str, *, session_id: str | Sequence[str] | None = None, user_id: str | None = None,
                exclude_ids: Iterable[str] = (), max_tokens: int | None = None) -> list[Message]:
@@ -343,9 +349,10 @@ class HybridMemory:
             raise StorageUnavailableError("search needs PostgreSQL (mode hybrid or persistent)")
         return self._core.recall
 
-    async def _search(self, query: str, sids: list[str], uid: str | None, k: int) -> list[SearchHit]:
+    async def _search(self, query: str, sids: list[str], uid: str | None, k: int, method: str
+                      ) -> list[SearchHit]:
         await self._core.ensure_started()
-        return await self._recall().find(query, sids, uid, k)
+        return await self._recall().find(query, sids, uid, k, method)
 
     async def _recalled(self, query: str, sids: list[str], uid: str | None, exclude: set[str],
                         max_tokens: int | None) -> list[Message]:
@@ -543,9 +550,12 @@ class HybridMemory:
                 sessions = await core.cache.cached_sessions()
                 outbox = await core.cache.outbox_depth() if core.wb is not None else 0
         backlog: int | None = None
+        embed_backlog: int | None = None
         if core.recall is not None:
             with contextlib.suppress(StoreDown):
-                backlog = await core.recall.backlog()
+                backlog, embed_backlog = await core.recall.backlog()
+            if core.embedder is None:
+                embed_backlog = None
         in_use, size = core.store.pool_usage() if core.store is not None else (0, 0)
         r50, r99, w50, w99 = s.percentiles()
         wb, summaries = core.wb, core.summaries
@@ -561,7 +571,8 @@ class HybridMemory:
             summary_queue=summaries.queued if summaries else 0,
             last_summary_error=summaries.last_error if summaries else None, checkpoint_reads=s.checkpoint_reads,
             checkpoint_puts=s.checkpoint_puts, checkpoint_writes=s.checkpoint_writes, indexed=s.indexed,
-            index_failures=s.index_failures, index_backlog=backlog, searches=s.searches)
+            index_failures=s.index_failures, index_backlog=backlog, searches=s.searches, embedded=s.embedded,
+            embed_failures=s.embed_failures, embed_backlog=embed_backlog)
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations; returns the names applied."""

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidInputError
+from .errors import EmbedderError, InvalidInputError
 from .messages import Message, decode
+from .store import StoreDown
 from .summarizers import TokenCounter, default_token_counter
 
 if TYPE_CHECKING:
@@ -84,8 +85,45 @@ SELECT u.sid, u.seq, to_tsvector($4::regconfig, u.txt) || array_to_tsvector(ARRA
   FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u(sid, seq, txt)
 ON CONFLICT (session_id, seq) DO NOTHING
 """
-_MARK = ("UPDATE sessions s SET unindexed_from = u.since FROM unnest($1::text[], $2::bigint[]) AS u(sid, since)"
-         " WHERE s.session_id = u.sid")
+_MARK = ("UPDATE sessions s SET unindexed_from = u.since, unembedded_from = LEAST(s.unembedded_from, u.first)"
+         " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(sid, since, first) WHERE s.session_id = u.sid")
+
+# Embeddings: what waits (read without locks; the embedder runs outside any transaction), then the vectors
+# written under the same locks as the indexer's, and each session's mark recomputed from what still waits.
+_TO_EMBED_SESSIONS = ("SELECT session_id, unembedded_from FROM sessions WHERE unembedded_from IS NOT NULL"
+                      " ORDER BY session_id LIMIT $1")
+_TO_EMBED = """
+SELECT d.sid, x.seq, x.body
+  FROM unnest($1::text[], $2::bigint[]) AS d(sid, since)
+ CROSS JOIN LATERAL (SELECT s.seq, m.body FROM message_search s
+                       JOIN messages m ON m.session_id = s.session_id AND m.seq = s.seq
+                      WHERE s.session_id = d.sid AND s.seq >= d.since AND s.embedding IS NULL
+                      ORDER BY s.seq LIMIT $3) x
+"""
+_CLAIM_EMBEDDED = ("SELECT session_id FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id"
+                   " FOR UPDATE SKIP LOCKED")
+_STORE_VECTORS = """
+UPDATE message_search s SET embedding = u.e, model_id = $4
+  FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(sid, seq, e)
+ WHERE s.session_id = u.sid AND s.seq = u.seq AND s.embedding IS NULL
+"""
+_REMARK = """
+UPDATE sessions x SET unembedded_from = (SELECT min(s.seq) FROM message_search s WHERE s.session_id = x.session_id
+                                          AND s.seq >= x.unembedded_from AND s.embedding IS NULL)
+ WHERE x.session_id = ANY($1::text[])
+"""
+_MODEL = ("INSERT INTO embedding_models AS e (name, dims) VALUES ($1, $2) ON CONFLICT (name)"
+          " DO UPDATE SET dims = EXCLUDED.dims RETURNING id")
+_SCOPE_VECTORS = """
+SELECT s.session_id, s.seq, s.embedding FROM message_search s
+ WHERE s.model_id = $3 AND s.embedding IS NOT NULL
+   AND s.session_id IN (SELECT unnest($1::text[]) UNION SELECT session_id FROM sessions WHERE user_id = $2)
+"""
+_BODIES = ("SELECT m.session_id, m.seq, m.body FROM unnest($1::text[], $2::bigint[]) AS u(sid, seq)"
+           " JOIN messages m ON m.session_id = u.sid AND m.seq = u.seq")
+_RRF_K = 60  # reciprocal rank fusion's constant (the usual one)
+_CANDIDATES_PER_METHOD = 50
+METHODS = ("auto", "lexical", "vector", "fused")
 
 # Any of the question's lexemes (as its own configuration normalizes them), within the scope's sessions.
 _SEARCH = """
@@ -114,6 +152,9 @@ class Recall:
         self._wake = asyncio.Event()
         self.last_error: str | None = None
         self._counter: TokenCounter | None = core.token_counter
+        self._model_id: int | None = None
+        self._embed_delay = core.config.recall_index_interval
+        self.last_embed_error: str | None = None
 
     # -- the indexer -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,6 +183,10 @@ class Recall:
                 while await self.index_pass() == _PASS_SESSIONS:
                     pass  # a backlog: go on at once
                 delay = cfg.recall_index_interval
+                if self.core.embedder is not None and not await self._embed_all():
+                    delay = self._embed_delay = min(max(self._embed_delay * 2, cfg.recall_index_interval), 300.0)
+                else:
+                    self._embed_delay = cfg.recall_index_interval
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # PostgreSQL down, or a bug in one pass: retry later, slower
@@ -179,9 +224,71 @@ class Recall:
                 await conn.execute(_INSERT, *cols, self.core.config.search_config, timeout=t)
             # A session with more than one transaction's worth goes on from its next message.
             marks = [max(per[sid]) + 1 if len(per[sid]) >= _PASS_MESSAGES else None for sid in sids]
-            await conn.execute(_MARK, sids, marks, timeout=t)
+            firsts = [min(per[sid]) if per[sid] else None for sid in sids]
+            await conn.execute(_MARK, sids, marks, firsts, timeout=t)
         self.core.stats.indexed += len(rows)
         return len(candidates)
+
+    async def _embed_all(self) -> bool:
+        """Embed what waits, pass after pass; False if the embedder failed (the marks stay: retried later)."""
+        try:
+            while await self.embed_pass() == _PASS_SESSIONS:
+                pass
+        except StoreDown:
+            raise
+        except Exception as exc:  # the embedder's failure: search stays full-text only until it answers
+            self._embed_failed(exc)
+            return False
+        return True
+
+    def _embed_failed(self, exc: Exception) -> None:
+        self.core.stats.embed_failures += 1
+        self.last_embed_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        log.warning("hybrid-memory: the embedder failed (%s); retrying later", type(exc).__name__)
+
+    async def _model(self, dims: int) -> int:
+        if self._model_id is None:
+            assert self.core.embedder is not None
+            self._model_id = int(await self.core.need_store()._run("fetchval", _MODEL, self.core.embedder.model,
+                                                                   dims))
+        return self._model_id
+
+    async def embed_pass(self) -> int:
+        """Embed the indexed messages of up to `_PASS_SESSIONS` sessions that wait for a vector; returns how many
+        sessions it looked at. Raises StoreDown, or what the embedder raises."""
+        embedder = self.core.embedder
+        assert embedder is not None
+        store = self.core.need_store()
+        t = self.core.config.pg_timeout
+        waiting = await store._run("fetch", _TO_EMBED_SESSIONS, _PASS_SESSIONS)
+        if not waiting:
+            return 0
+        sids, since = [r[0] for r in waiting], [r[1] for r in waiting]
+        rows = await store._run("fetch", _TO_EMBED, sids, since, _PASS_MESSAGES)
+        texts = []
+        for _, seq, body in rows:
+            try:
+                texts.append(message_text(decode(seq, body))[:8000] or " ")
+            except (ValueError, KeyError, TypeError):
+                texts.append(" ")
+        vectors: list[bytes] = []
+        for i in range(0, len(texts), 256):
+            batch = await asyncio.wait_for(embedder.aembed(texts[i:i + 256]), self.core.config.embed_timeout)
+            vectors += [pack_vector(v) for v in batch]
+        if vectors:
+            model_id = await self._model(len(vectors[0]) // 4)
+        async with store.transaction() as conn:
+            await store.lock_sessions(conn, sids, exclusive=False)
+            mine = [r[0] for r in await conn.fetch(_CLAIM_EMBEDDED, sids, timeout=t)]
+            ok = set(mine)
+            keep = [i for i, r in enumerate(rows) if r[0] in ok]
+            if keep:
+                await conn.execute(_STORE_VECTORS, [rows[i][0] for i in keep], [rows[i][1] for i in keep],
+                                   [vectors[i] for i in keep], model_id, timeout=t)
+            if mine:
+                await conn.execute(_REMARK, mine, timeout=t)
+        self.core.stats.embedded += len(keep)
+        return len(sids)
 
     async def catch_up(self, timeout: float) -> bool:
         """Index until no committed message waits (or `timeout`); False if some still do."""
@@ -189,16 +296,35 @@ class Recall:
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             if await self.index_pass() == 0:
-                return True
+                break
+        else:
+            return False
+        if self.core.embedder is None:
+            return True
+        while loop.time() < deadline:
+            try:
+                if await asyncio.wait_for(self.embed_pass(), max(0.01, deadline - loop.time())) == 0:
+                    return True
+            except TimeoutError:
+                return False  # a slow embedder: full-text search is current, vectors are not yet
+            except StoreDown:
+                raise
+            except Exception as exc:
+                self._embed_failed(exc)
+                return False  # the embedder is down: full-text search is current, vectors are not
+            await asyncio.sleep(0.01)  # sessions a commit holds are retried
         return False
 
-    async def backlog(self) -> int:
-        """Sessions with committed messages not yet indexed (all processes)."""
-        return int(await self.core.need_store()._run(
-            "fetchval", "SELECT count(*) FROM sessions WHERE unindexed_from IS NOT NULL"))
+    async def backlog(self) -> tuple[int, int]:
+        """Sessions with committed messages not yet indexed, and with indexed ones waiting for a vector."""
+        row = await self.core.need_store()._run(
+            "fetchrow", "SELECT (SELECT count(*) FROM sessions WHERE unindexed_from IS NOT NULL),"
+                        " (SELECT count(*) FROM sessions WHERE unembedded_from IS NOT NULL)")
+        return int(row[0]), int(row[1])
 
     # -- searches ----------------------------------------------------------------------------------------
-    async def find(self, query: str, sids: Sequence[str], uid: str | None, k: int) -> list[SearchHit]:
+    async def find(self, query: str, sids: Sequence[str], uid: str | None, k: int, method: str = "auto"
+                   ) -> list[SearchHit]:
         """A search within `sids` (each checked against `uid` when given) or, without sessions, every session
         of `uid`."""
         await self.core.ensure_started()
@@ -206,7 +332,7 @@ class Recall:
             raise InvalidInputError("a search needs a session_id or a user_id (it never crosses users)")
         for sid in sids:
             await self.core.check_user(sid, uid)
-        return await self.search(query, sids, None if sids else uid, k)
+        return await self.search(query, sids, None if sids else uid, k, method)
 
     async def recalled(self, query: str, sids: Sequence[str], uid: str | None, exclude_ids: set[str],
                        max_tokens: int) -> list[Message]:
@@ -230,12 +356,79 @@ class Recall:
             used += cost
         return [h.message for h in sorted(chosen, key=lambda h: h.seq)]  # seqs grow with time
 
-    async def search(self, query: str, session_ids: Sequence[str], user_id: str | None, k: int
-                     ) -> list[SearchHit]:
-        """The `k` best matches of `query` within `session_ids` and the sessions of `user_id`."""
+    async def search(self, query: str, session_ids: Sequence[str], user_id: str | None, k: int,
+                     method: str = "auto") -> list[SearchHit]:
+        """The `k` best matches of `query` within `session_ids` and the sessions of `user_id`: full-text,
+        vectors, or both fused by reciprocal rank ("auto": fused when an embedder is set, else full-text)."""
+        if method not in METHODS:
+            raise InvalidInputError(f"method must be one of {', '.join(METHODS)}")
+        embedder = self.core.embedder
+        if method in ("vector", "fused") and embedder is None:
+            raise InvalidInputError(f"method={method!r} needs an embedder (HybridMemory(..., embedder=...))")
         store = self.core.need_store()
-        with self.core.health.store_step():
-            rows = await store._run("fetch", _SEARCH, self.core.config.search_config, query, list(session_ids),
-                                    user_id, k)
         self.core.stats.searches += 1
-        return [SearchHit(decode(seq, body), sid, seq, float(score)) for sid, seq, body, score in rows]
+        if method == "lexical" or (method == "auto" and embedder is None):
+            with self.core.health.store_step():
+                rows = await store._run("fetch", _SEARCH, self.core.config.search_config, query,
+                                        list(session_ids), user_id, k)
+            return [SearchHit(decode(seq, body), sid, seq, float(score)) for sid, seq, body, score in rows]
+        assert embedder is not None
+        n = max(k, _CANDIDATES_PER_METHOD)
+        lexical: list[Any] = []
+        with self.core.health.store_step():
+            if method != "vector":
+                lexical = list(await store._run("fetch", _SEARCH, self.core.config.search_config, query,
+                                                list(session_ids), user_id, n))
+            try:
+                vectors = await self._vector_ranking(query, session_ids, user_id, n)
+            except StoreDown:
+                raise
+            except Exception as exc:
+                self._embed_failed(exc)
+                if method != "auto":
+                    raise EmbedderError(f"the embedder failed: {type(exc).__name__}") from None
+                return [SearchHit(decode(seq, body), sid, seq, float(score)) for sid, seq, body, score in lexical[:k]]
+            scores: dict[tuple[str, int], float] = {}
+            for ranking in ([(r[0], r[1]) for r in lexical], vectors):
+                for rank, key in enumerate(ranking):
+                    scores[key] = scores.get(key, 0.0) + 1.0 / (_RRF_K + rank + 1)
+            best = sorted(scores, key=lambda key: (-scores[key], -key[1]))[:k]
+            bodies = {(r[0], r[1]): r[2] for r in lexical}
+            missing = [key for key in best if key not in bodies]
+            if missing:
+                for sid, seq, body in await store._run("fetch", _BODIES, [m[0] for m in missing],
+                                                       [m[1] for m in missing]):
+                    bodies[(sid, seq)] = body
+        return [SearchHit(decode(key[1], bodies[key]), key[0], key[1], scores[key]) for key in best if key in bodies]
+
+    async def _vector_ranking(self, query: str, session_ids: Sequence[str], user_id: str | None, n: int
+                              ) -> list[tuple[str, int]]:
+        """The scope's messages by cosine similarity to the query, best first (exact: every vector scored)."""
+        import numpy as np
+
+        embedder = self.core.embedder
+        assert embedder is not None
+        if not query.strip():
+            return []
+        (qv,) = await asyncio.wait_for(embedder.aembed([query]), self.core.config.embed_timeout)
+        q = np.asarray(qv, dtype=np.float32)
+        q /= np.linalg.norm(q) or 1.0
+        model_id = await self._model(len(q))
+        rows = await self.core.need_store()._run("fetch", _SCOPE_VECTORS, list(session_ids), user_id, model_id)
+        if not rows:
+            return []
+        matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        if matrix.shape[1] != len(q):
+            return []  # vectors of another size under this model's name: not comparable
+        sims = matrix @ q
+        top = np.argsort(-sims)[:n]
+        return [(rows[i][0], rows[i][1]) for i in top if sims[i] > 0]
+
+
+def pack_vector(vector: Sequence[float]) -> bytes:
+    """A vector as stored: float32, normalized (so a dot product is the cosine)."""
+    import numpy as np
+
+    v = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(v))
+    return (v / norm if norm else v).astype(np.float32).tobytes()

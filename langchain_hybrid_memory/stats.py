@@ -58,6 +58,9 @@ class CacheStats:
     index_failures: int = 0  # indexer passes that failed (PostgreSQL down ...): retried with backoff
     index_backlog: int | None = None  # sessions with committed messages not yet searchable (all processes)
     searches: int = 0
+    embedded: int = 0  # messages this process embedded for vector search
+    embed_failures: int = 0  # embedder calls that failed (vectors then wait; search falls back to full-text)
+    embed_backlog: int | None = None  # sessions with indexed messages waiting for a vector (all processes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +78,7 @@ class Stats:
         self.dead_letters = 0
         self.checkpoint_reads = self.checkpoint_puts = self.checkpoint_writes = 0
         self.indexed = self.index_failures = self.searches = 0
+        self.embedded = self.embed_failures = 0
         self.read_lat: deque[float] = deque(maxlen=window)
         self.write_lat: deque[float] = deque(maxlen=window)
 

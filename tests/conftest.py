@@ -86,7 +86,7 @@ def make_memory(namespace: str) -> Iterator[Callable[..., HybridMemory]]:
     made: list[HybridMemory] = []
 
     def make(**overrides: Any) -> HybridMemory:
-        extras = {k: overrides.pop(k) for k in ("summarizer", "token_counter") if k in overrides}
+        extras = {k: overrides.pop(k) for k in ("summarizer", "token_counter", "embedder") if k in overrides}
         settings: dict[str, Any] = {"database_url": PG_URL, "redis_url": REDIS_URL, "namespace": namespace,
                                     "write_behind_delay": 0.01}
         settings.update(overrides)

@@ -16,3 +16,15 @@ CREATE INDEX IF NOT EXISTS sessions_unindexed ON sessions (session_id) WHERE uni
 -- Sessions written before this migration: index everything they hold.
 UPDATE sessions SET unindexed_from = -9223372036854775808
  WHERE EXISTS (SELECT 1 FROM messages m WHERE m.session_id = sessions.session_id);
+
+-- Vectors, when a process has an embedder: float32, normalized, of one model (vectors of different models are
+-- never compared). The indexer marks what it indexed (`unembedded_from`), as commits mark what it indexes.
+CREATE TABLE IF NOT EXISTS embedding_models (
+    id   smallserial PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    dims integer NOT NULL
+);
+ALTER TABLE message_search ADD COLUMN IF NOT EXISTS embedding bytea;
+ALTER TABLE message_search ADD COLUMN IF NOT EXISTS model_id smallint;
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS unembedded_from bigint;
+CREATE INDEX IF NOT EXISTS sessions_unembedded ON sessions (session_id) WHERE unembedded_from IS NOT NULL;

@@ -1,4 +1,4 @@
-"""A local HTTP server speaking the chat-completions protocol, for the real `openai` client to call.
+"""A local HTTP server speaking the chat-completions and embeddings protocols, for the real `openai` client.
 
 It records every request and can fail on purpose (HTTP errors, slow answers), or refuse parameters the way a
 reasoning model (o-series, gpt-5) or a classic one does, with OpenAI's 400 error bodies.
@@ -6,9 +6,12 @@ reasoning model (o-series, gpt-5) or a classic one does, with OpenAI's 400 error
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -33,6 +36,29 @@ def refusal(body: dict[str, Any], refuse: frozenset[str]) -> dict[str, Any] | No
         return {"message": "Unrecognized request argument supplied: max_completion_tokens",
                 "type": "invalid_request_error", "param": None, "code": None}
     return None
+
+
+def bag_of_words(text: str, dims: int = 64) -> list[float]:
+    """A deterministic embedding: each word (lower-cased, letters only) counted in one of `dims` buckets."""
+    v = [0.0] * dims
+    for word in "".join(c if c.isalpha() else " " for c in text.lower()).split():
+        v[zlib.crc32(word.encode()) % dims] += 1.0
+    return v
+
+
+def embeddings_reply(body: dict[str, Any]) -> dict[str, Any]:
+    texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = []
+    for i, text in enumerate(texts):
+        vector = bag_of_words(text)
+        if body.get("encoding_format") == "base64":  # what the openai client asks for by default
+            encoded: Any = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        else:
+            encoded = vector
+        data.append({"object": "embedding", "index": i, "embedding": encoded})
+    tokens = sum(len(t) // 4 for t in texts)
+    return {"object": "list", "data": data, "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 class FakeOpenAI:
@@ -85,6 +111,9 @@ class FakeOpenAI:
                     return
                 if isinstance(failure, float):
                     time.sleep(failure)
+                if self.path.endswith("/embeddings"):
+                    self._send(200, embeddings_reply(body))
+                    return
                 prompt = body["messages"][-1]["content"]
                 lines = prompt.split("Next messages:\n", 1)[1].split("\n\nUpdated summary:")[0].splitlines()
                 text = f"summary #{n}: {len(lines)} messages, last was <{lines[-1]}>"
