@@ -86,6 +86,10 @@ class HybridConfig(BaseModel):
     recall_index_interval: float = Field(0.5, gt=0)  # how often the indexer looks for committed messages
     max_query_chars: int = Field(4000, ge=1)
     embed_timeout: float = Field(30.0, gt=0)  # one embedder call (a search's query, or a batch in the background)
+    # A later message this similar to an earlier hit supersedes it ("I moved to Seville" after "I live in
+    # Valencia"): it ranks first. Cosine similarity; depends on the embedder (0.5 suits the offline one).
+    recall_supersede_similarity: float = Field(0.5, ge=0, le=1)
+    recall_cache_mb: int = Field(256, ge=0)  # vectors of searched scopes kept in this process (0: none)
 
     # Limits on input: refused with a typed error before anything is written.
     max_message_bytes: int = Field(1_000_000, ge=64)

@@ -74,6 +74,8 @@ class Eraser:
         if core.store is not None:
             with core.health.store_step():
                 deleted = await core.store.delete_sessions(sids, upto)
+                if core.recall is not None:
+                    core.recall.forget_vectors()
         if gone and core.wb is not None:
             await core.wb.ack(gone)  # out of the outbox too: a refill must not bring them back
         if core.use_cache():
@@ -103,6 +105,8 @@ class Eraser:
         await core.flush(core.config.pg_timeout)
         with core.health.store_step():
             n = await core.store.delete_messages(sid, seqs)
+            if core.recall is not None:
+                core.recall.forget_vectors()
         await core.health.drop_cached([sid])
         return n
 

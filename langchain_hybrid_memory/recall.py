@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -97,35 +98,63 @@ SELECT d.sid, x.seq, x.body
   FROM unnest($1::text[], $2::bigint[]) AS d(sid, since)
  CROSS JOIN LATERAL (SELECT s.seq, m.body FROM message_search s
                        JOIN messages m ON m.session_id = s.session_id AND m.seq = s.seq
-                      WHERE s.session_id = d.sid AND s.seq >= d.since AND s.embedding IS NULL
+                      WHERE s.session_id = d.sid AND s.seq >= d.since
+                        AND NOT EXISTS (SELECT 1 FROM message_vectors v WHERE v.session_id = s.session_id
+                                                                         AND v.seq = s.seq)
                       ORDER BY s.seq LIMIT $3) x
 """
 _CLAIM_EMBEDDED = ("SELECT session_id FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id"
                    " FOR UPDATE SKIP LOCKED")
 _STORE_VECTORS = """
-UPDATE message_search s SET embedding = u.e, model_id = $4
-  FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(sid, seq, e)
- WHERE s.session_id = u.sid AND s.seq = u.seq AND s.embedding IS NULL
+INSERT INTO message_vectors (session_id, seq, model_id, embedding)
+SELECT u.sid, u.seq, $4, u.e FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS u(sid, seq, e)
+  JOIN message_search s ON s.session_id = u.sid AND s.seq = u.seq  -- not for a message erased meanwhile
+ON CONFLICT (session_id, seq) DO NOTHING
 """
 _REMARK = """
-UPDATE sessions x SET unembedded_from = (SELECT min(s.seq) FROM message_search s WHERE s.session_id = x.session_id
-                                          AND s.seq >= x.unembedded_from AND s.embedding IS NULL)
+UPDATE sessions x SET unembedded_from = (
+    SELECT min(s.seq) FROM message_search s
+     WHERE s.session_id = x.session_id AND s.seq >= x.unembedded_from
+       AND NOT EXISTS (SELECT 1 FROM message_vectors v WHERE v.session_id = s.session_id AND v.seq = s.seq))
  WHERE x.session_id = ANY($1::text[])
 """
 _MODEL = ("INSERT INTO embedding_models AS e (name, dims) VALUES ($1, $2) ON CONFLICT (name)"
           " DO UPDATE SET dims = EXCLUDED.dims RETURNING id")
+# The scope's vectors stored after `$4` (a cache's newest id, less a margin: ids are taken in one order and
+# committed in another).
 _SCOPE_VECTORS = """
-SELECT s.session_id, s.seq, s.embedding FROM message_search s
- WHERE s.model_id = $3 AND s.embedding IS NOT NULL
-   AND s.session_id IN (SELECT unnest($1::text[]) UNION SELECT session_id FROM sessions WHERE user_id = $2)
+SELECT v.session_id, v.seq, v.embedding, v.emb_id FROM message_vectors v
+ WHERE v.model_id = $3 AND v.emb_id > $4
+   AND v.session_id IN (SELECT unnest($1::text[]) UNION SELECT session_id FROM sessions WHERE user_id = $2)
 """
+# Vectors committed out of id order by more than this are picked up at the next full read (after
+# `_CACHE_REFRESH`), which also drops what other processes erased.
+_ID_MARGIN = 256
+_CACHE_REFRESH = 60.0
 _BODIES = ("SELECT m.session_id, m.seq, m.body FROM unnest($1::text[], $2::bigint[]) AS u(sid, seq)"
            " JOIN messages m ON m.session_id = u.sid AND m.seq = u.seq")
-_RRF_K = 60  # reciprocal rank fusion's constant (the usual one)
+# Reciprocal rank fusion: 1 / (K + rank) per ranking, vectors' counted twice. A small K and the extra weight keep
+# a paraphrase's vector hit ahead of messages that share one of its words (benchmarks/bench_recall.py).
+_RRF_K = 10
+_VECTOR_WEIGHT = 2.0
 _CANDIDATES_PER_METHOD = 50
+_SUPERSEDE_WITHIN = 10  # candidates looked at for a newer message superseding an older one
+
+
+@dataclass
+class _Scope:
+    """A scope's vectors as this process last read them: keys and float32 matrices, in chunks."""
+
+    at: float
+    newest: int
+    keys: list[tuple[str, int]]
+    rows: dict[tuple[str, int], int]
+    chunks: list[Any]  # np.ndarray (float32: numpy has no fast float16 product), one per fetch
+    nbytes: int = 0
 METHODS = ("auto", "lexical", "vector", "fused")
 
-# Any of the question's lexemes (as its own configuration normalizes them), within the scope's sessions.
+# Any of the question's lexemes (as its own configuration normalizes them), within the scope's sessions; ranked
+# first, then only the best rows joined to their messages.
 _SEARCH = """
 WITH q AS (
     SELECT (string_agg(quote_literal(l), ' | '))::tsquery AS words
@@ -133,14 +162,19 @@ WITH q AS (
 ), scope AS (
     SELECT (string_agg(quote_literal('s:' || md5(sid)), ' | '))::tsquery AS sessions
       FROM (SELECT unnest($3::text[]) AS sid UNION SELECT session_id FROM sessions WHERE user_id = $4) x
+), best AS (
+    SELECT s.session_id, s.seq, ts_rank_cd(s.tsv, q.words, 1) AS score
+      FROM q, scope, message_search s
+     WHERE s.tsv @@ (q.words && scope.sessions)
+     ORDER BY score DESC, s.seq DESC
+     LIMIT $5
 )
-SELECT s.session_id, s.seq, m.body, ts_rank_cd(s.tsv, q.words, 1) AS score
-  FROM q, scope, message_search s
-  JOIN messages m ON m.session_id = s.session_id AND m.seq = s.seq
- WHERE s.tsv @@ (q.words && scope.sessions)
- ORDER BY score DESC, s.seq DESC
- LIMIT $5
+SELECT b.session_id, b.seq, m.body, b.score
+  FROM best b JOIN messages m ON m.session_id = b.session_id AND m.seq = b.seq
+ ORDER BY b.score DESC, b.seq DESC
 """
+# The same ranking without the messages (fusion reads the bodies of its final choice only).
+_SEARCH_KEYS = _SEARCH[:_SEARCH.index("SELECT b.session_id")] + "SELECT session_id, seq, score FROM best\n"
 
 
 class Recall:
@@ -153,6 +187,7 @@ class Recall:
         self.last_error: str | None = None
         self._counter: TokenCounter | None = core.token_counter
         self._model_id: int | None = None
+        self._scopes: dict[tuple[Any, ...], _Scope] = {}
         self._embed_delay = core.config.recall_index_interval
         self.last_embed_error: str | None = None
 
@@ -374,55 +409,159 @@ class Recall:
             return [SearchHit(decode(seq, body), sid, seq, float(score)) for sid, seq, body, score in rows]
         assert embedder is not None
         n = max(k, _CANDIDATES_PER_METHOD)
-        lexical: list[Any] = []
         with self.core.health.store_step():
-            if method != "vector":
-                lexical = list(await store._run("fetch", _SEARCH, self.core.config.search_config, query,
-                                                list(session_ids), user_id, n))
+            # Both rankings at once: PostgreSQL ranks the words while the query is embedded and the vectors read.
+            words = (asyncio.ensure_future(store._run("fetch", _SEARCH_KEYS, self.core.config.search_config, query,
+                                                      list(session_ids), user_id, n))
+                     if method != "vector" else None)
             try:
-                vectors = await self._vector_ranking(query, session_ids, user_id, n)
+                scope, q = await self._vectors(query, session_ids, user_id)
             except StoreDown:
+                await _discard(words)
                 raise
             except Exception as exc:
+                lexical = list(await words) if words is not None else []
                 self._embed_failed(exc)
                 if method != "auto":
                     raise EmbedderError(f"the embedder failed: {type(exc).__name__}") from None
-                return [SearchHit(decode(seq, body), sid, seq, float(score)) for sid, seq, body, score in lexical[:k]]
+                ranked = {(r[0], r[1]): float(r[2]) for r in lexical[:k]}
+                return await self._hits(list(ranked), ranked)
+            except BaseException:
+                await _discard(words)
+                raise
+            lexical = list(await words) if words is not None else []
             scores: dict[tuple[str, int], float] = {}
-            for ranking in ([(r[0], r[1]) for r in lexical], vectors):
+            for ranking, weight in (([(r[0], r[1]) for r in lexical], 1.0),
+                                    (self._vector_ranking(scope, q, n), _VECTOR_WEIGHT)):
                 for rank, key in enumerate(ranking):
-                    scores[key] = scores.get(key, 0.0) + 1.0 / (_RRF_K + rank + 1)
-            best = sorted(scores, key=lambda key: (-scores[key], -key[1]))[:k]
-            bodies = {(r[0], r[1]): r[2] for r in lexical}
-            missing = [key for key in best if key not in bodies]
-            if missing:
-                for sid, seq, body in await store._run("fetch", _BODIES, [m[0] for m in missing],
-                                                       [m[1] for m in missing]):
-                    bodies[(sid, seq)] = body
-        return [SearchHit(decode(key[1], bodies[key]), key[0], key[1], scores[key]) for key in best if key in bodies]
+                    scores[key] = scores.get(key, 0.0) + weight / (_RRF_K + rank + 1)
+            best = self._supersede(sorted(scores, key=lambda key: (-scores[key], -key[1])), scope)[:k]
+            return await self._hits(best, scores)
 
-    async def _vector_ranking(self, query: str, session_ids: Sequence[str], user_id: str | None, n: int
-                              ) -> list[tuple[str, int]]:
-        """The scope's messages by cosine similarity to the query, best first (exact: every vector scored)."""
+    async def _hits(self, keys: list[tuple[str, int]], scores: dict[tuple[str, int], float]) -> list[SearchHit]:
+        """Hits for `keys` in their order, with their messages (one erased meanwhile is left out)."""
+        if not keys:
+            return []
+        with self.core.health.store_step():
+            rows = await self.core.need_store()._run("fetch", _BODIES, [k[0] for k in keys], [k[1] for k in keys])
+        bodies = {(r[0], r[1]): r[2] for r in rows}
+        return [SearchHit(decode(key[1], bodies[key]), key[0], key[1], scores[key]) for key in keys if key in bodies]
+
+    async def _vectors(self, query: str, session_ids: Sequence[str], user_id: str | None
+                       ) -> tuple[_Scope | None, Any]:
+        """The scope's vectors (cached, brought up to date) and the query's; (None, None) if there are none."""
         import numpy as np
 
         embedder = self.core.embedder
         assert embedder is not None
         if not query.strip():
-            return []
+            return None, None
         (qv,) = await asyncio.wait_for(embedder.aembed([query]), self.core.config.embed_timeout)
         q = np.asarray(qv, dtype=np.float32)
         q /= np.linalg.norm(q) or 1.0
         model_id = await self._model(len(q))
-        rows = await self.core.need_store()._run("fetch", _SCOPE_VECTORS, list(session_ids), user_id, model_id)
-        if not rows:
+        key = (model_id, tuple(sorted(set(session_ids))), user_id)
+        now = time.monotonic()
+        scope = self._scopes.pop(key, None)
+        if scope is None or now - scope.at > _CACHE_REFRESH:
+            scope = _Scope(now, 0, [], {}, [])
+        rows = await self.core.need_store()._run("fetch", _SCOPE_VECTORS, list(session_ids), user_id, model_id,
+                                                 max(0, scope.newest - _ID_MARGIN))
+        fresh = [r for r in rows if (r[0], r[1]) not in scope.rows and len(r[2]) == 4 * len(q)]
+        if fresh:
+            matrix = np.frombuffer(b"".join(r[2] for r in fresh), dtype=np.float32).reshape(len(fresh), -1)
+            for r in fresh:
+                scope.rows[(r[0], r[1])] = len(scope.keys)
+                scope.keys.append((r[0], r[1]))
+            scope.chunks.append(matrix)
+            scope.nbytes += scope.chunks[-1].nbytes
+            if len(scope.chunks) > 16:  # many small fetches: one block again
+                scope.chunks = [np.concatenate(scope.chunks)]
+        scope.newest = max([scope.newest, *(int(r[3]) for r in rows)])
+        self._remember(key, scope)
+        if not scope.keys:
+            return None, None
+        return scope, q
+
+    def _remember(self, key: tuple[Any, ...], scope: _Scope) -> None:
+        budget = self.core.config.recall_cache_mb * 1_000_000
+        self._scopes[key] = scope  # most recent last
+        total = sum(s.nbytes for s in self._scopes.values())
+        while self._scopes and total > budget:
+            oldest = next(iter(self._scopes))
+            total -= self._scopes.pop(oldest).nbytes
+
+    def forget_vectors(self) -> None:
+        """Drop the cached vectors (messages were erased here)."""
+        self._scopes.clear()
+
+    @staticmethod
+    def _similarities(scope: _Scope, q: Any) -> Any:
+        import numpy as np
+
+        return np.concatenate([chunk @ q for chunk in scope.chunks])
+
+    def _vector_ranking(self, scope: _Scope | None, q: Any, n: int) -> list[tuple[str, int]]:
+        """The scope's messages by cosine similarity to the query, best first (exact: every vector scored)."""
+        import numpy as np
+
+        if scope is None:
             return []
-        matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-        if matrix.shape[1] != len(q):
-            return []  # vectors of another size under this model's name: not comparable
-        sims = matrix @ q
-        top = np.argsort(-sims)[:n]
-        return [(rows[i][0], rows[i][1]) for i in top if sims[i] > 0]
+        sims = self._similarities(scope, q)
+        if len(sims) > n:
+            part = np.argpartition(-sims, n)[:n]
+            top = part[np.argsort(-sims[part])]
+        else:
+            top = np.argsort(-sims)
+        return [scope.keys[i] for i in top if sims[i] > 0]
+
+    def _supersede(self, ranked: list[tuple[str, int]], scope: _Scope | None) -> list[tuple[str, int]]:
+        """A later message very similar to an earlier one among the best moves just before it: what the user
+        said last about a thing comes first."""
+        import numpy as np
+
+        if scope is None or len(ranked) < 2:
+            return ranked
+        head = [key for key in ranked[:_SUPERSEDE_WITHIN] if key in scope.rows]
+        if len(head) < 2:
+            return ranked
+        matrix = np.stack([self._row(scope, scope.rows[key]) for key in head])
+        sims = matrix @ matrix.T
+        where = {key: i for i, key in enumerate(head)}
+        out = list(ranked)
+        threshold = self.core.config.recall_supersede_similarity
+        for _ in range(len(head)):
+            moved = False
+            for p, older in enumerate(out[:_SUPERSEDE_WITHIN]):
+                if older not in where:
+                    continue
+                newer = [b for b in out[p + 1:_SUPERSEDE_WITHIN] if b in where and b[0] == older[0]
+                         and b[1] > older[1] and sims[where[older], where[b]] >= threshold]
+                if newer:
+                    b = max(newer, key=lambda key: key[1])
+                    out.remove(b)
+                    out.insert(p, b)
+                    moved = True
+                    break
+            if not moved:
+                break
+        return out
+
+    @staticmethod
+    def _row(scope: _Scope, i: int) -> Any:
+        for chunk in scope.chunks:
+            if i < len(chunk):
+                return chunk[i]
+            i -= len(chunk)
+        raise IndexError(i)
+
+
+async def _discard(task: asyncio.Future[Any] | None) -> None:
+    """Wait out a query whose answer is no longer wanted (its failure included)."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
 
 def pack_vector(vector: Sequence[float]) -> bytes:

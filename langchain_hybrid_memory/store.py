@@ -430,6 +430,7 @@ class PostgresStore:
                     " SELECT count(*) FROM d", sids, timeout=t)
                 await conn.execute("DELETE FROM summaries WHERE session_id = ANY($1::text[])", sids, timeout=t)
                 await conn.execute("DELETE FROM message_search WHERE session_id = ANY($1::text[])", sids, timeout=t)
+                await conn.execute("DELETE FROM message_vectors WHERE session_id = ANY($1::text[])", sids, timeout=t)
                 await conn.execute("DELETE FROM sessions WHERE session_id = ANY($1::text[])", sids, timeout=t)
                 await conn.execute("DELETE FROM cache_dirty WHERE session_id = ANY($1::text[])", sids, timeout=t)
                 return int(n)
@@ -441,7 +442,8 @@ class PostgresStore:
             await self.lock_sessions(conn, [session_id], exclusive=True)  # the recall indexer's are shared
             return int(await conn.fetchval(
                 "WITH d AS (DELETE FROM messages WHERE session_id = $1 AND seq = ANY($2::bigint[]) RETURNING 1),"
-                " x AS (DELETE FROM message_search WHERE session_id = $1 AND seq = ANY($2::bigint[]))"
+                " x AS (DELETE FROM message_search WHERE session_id = $1 AND seq = ANY($2::bigint[])),"
+                " v AS (DELETE FROM message_vectors WHERE session_id = $1 AND seq = ANY($2::bigint[]))"
                 " SELECT count(*) FROM d", session_id, list(seqs), timeout=self.config.pg_timeout))
 
     async def list_sessions(self, user_id: str | None, limit: int | None) -> list[str]:

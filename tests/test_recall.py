@@ -166,18 +166,22 @@ async def test_a_commit_in_flight_during_an_index_pass_is_indexed_afterwards(
 
 
 def test_erasure_removes_the_index(make_memory: Callable[..., HybridMemory]) -> None:
-    memory = make_memory()
+    from langchain_hybrid_memory.embeddings import OfflineEmbedder
+
+    memory = make_memory(embedder=OfflineEmbedder())
     for sid, uid in (("gone", "u1"), ("user", "u2"), ("kept", "u3"), ("idle", "u4")):
         memory.add_messages(sid, _chat(4), user_id=uid)
     _indexed(memory)
     ns = memory.config.namespace
 
     def rows(sid: str) -> int:
-        return int(pg_fetch(f'SELECT count(*) FROM "{ns}".message_search WHERE session_id = $1', sid)[0][0])
+        return sum(int(pg_fetch(f'SELECT count(*) FROM "{ns}".{table} WHERE session_id = $1', sid)[0][0])
+                   for table in ("message_search", "message_vectors"))
 
     fact_seq = memory.search("Lisbon", session_id="kept")[0].seq
     memory.delete_messages("kept", [fact_seq])
-    assert memory.search("Lisbon", session_id="kept") == [] and rows("kept") == 5
+    assert memory.search("Lisbon", session_id="kept", method="lexical") == [] and rows("kept") == 2 * 5
+    assert all(h.message.id != "fact" for h in memory.search("Lisbon", session_id="kept"))
     memory.clear_session("gone")
     memory.delete_user("u2")
     pg_fetch(f"UPDATE \"{ns}\".sessions SET last_active_at = now() - interval '3 days' WHERE session_id = 'idle'")

@@ -61,8 +61,8 @@ def test_vectors_find_a_paraphrase_that_full_text_misses_and_fusion_keeps_both(
     assert memory.search(PARAPHRASE, session_id="s")[0].message.id == "fact"  # auto: fused
     assert memory.search("Lisbon conference", session_id="s", method="fused")[0].message.id == "fact"
     ns = memory.config.namespace
-    rows = pg_fetch(f'SELECT octet_length(embedding) AS n, model_id FROM "{ns}".message_search')
-    assert {(r["n"], r["model_id"]) for r in rows} == {(256 * 4, rows[0]["model_id"])}
+    rows = pg_fetch(f'SELECT octet_length(embedding) AS n, model_id FROM "{ns}".message_vectors')
+    assert len(rows) == 31 and {(r["n"], r["model_id"]) for r in rows} == {(256 * 4, rows[0]["model_id"])}
     with pytest.raises(InvalidInputError, match="method"):
         memory.search("x", session_id="s", method="psychic")
     plain = make_memory()  # no embedder: vectors cannot be asked for
