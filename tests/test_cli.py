@@ -257,6 +257,26 @@ def test_stats_as_text_and_json(run, namespace, make_memory):
     assert code == 0 and "cached_sessions    2" in out and "hit_rate" in out
 
 
+def test_search_finds_a_sessions_or_a_users_messages(run, namespace, make_memory):
+    memory = make_memory()
+    memory.add_messages("trip", [Message("human", "I am flying to Lisbon on Tuesday", id="fact"),
+                                 Message("ai", "Have a good flight", id="ack")], user_id="ann")
+    memory.add_messages("other", [Message("human", "Lisbon is lovely in May", id="may")], user_id="bob")
+    assert memory.wait_for_index(30)
+    code, out, _ = run("--namespace", namespace, "search", "flying to Lisbon", "--session", "trip", "--json")
+    assert code == 0
+    hits = [json.loads(line) for line in out.splitlines()]
+    assert [h["id"] for h in hits] == ["fact"] and hits[0]["session_id"] == "trip" and hits[0]["score"] > 0
+    code, out, _ = run("--namespace", namespace, "search", "Lisbon", "--user", "bob")
+    assert code == 0 and "other" in out and "trip" not in out
+    code, out, err = run("--namespace", namespace, "search", "Lisbon", "--session", "trip", "--user", "bob")
+    assert code == 1 and "another user" in err
+    code, _, err = run("--namespace", namespace, "search", "Lisbon")
+    assert code == 1 and "never crosses users" in err
+    code, out, err = run("--namespace", namespace, "search", "volcano", "--session", "trip")
+    assert code == 0 and out == "" and "no match" in err
+
+
 def test_commands_refuse_a_namespace_that_was_never_created(run, namespace):
     for argv in (["stats"], ["warmup"], ["export", "s"], ["forget-user", "u", "--yes"], ["reclaim"]):
         code, _, err = run("--namespace", namespace, *argv)
@@ -387,7 +407,7 @@ def test_no_command_prints_a_password(run, namespace, monkeypatch):
     monkeypatch.setenv("REDIS_URL", f"redis://:{SECRET}@127.0.0.1:{free_port()}/0")
     monkeypatch.setenv("HYBRID_MEMORY_CONNECT_TIMEOUT", "1")
     for argv in (["doctor"], ["migrate"], ["migrate", "--check"], ["stats"], ["stats", "--json"], ["warmup"],
-                 ["export", "s"], ["forget-user", "u", "--yes"], ["reclaim"]):
+                 ["export", "s"], ["forget-user", "u", "--yes"], ["reclaim"], ["search", "x", "--user", "u"]):
         code, out, err = run("--namespace", namespace, *argv)
         assert code == 1, argv
         assert err.strip(), argv

@@ -1,4 +1,4 @@
-"""The data commands: migrate, stats, warmup, export, forget-user, retention and reclaim.
+"""The data commands: migrate, stats, warmup, export, search, forget-user, retention and reclaim.
 
 Each works through the engine's public API (`HybridMemory`), on a namespace that already exists (migrate
 creates it).
@@ -118,6 +118,30 @@ def cmd_export(args: argparse.Namespace) -> int:
                        "and --namespace)")
     where = "" if args.output in (None, "-") else f" to {args.output}"
     print(f"exported {count} messages of session {args.session!r}{where}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """The stored messages that best match a query, best first (full-text; fused with vectors on request)."""
+    if not args.session and not args.user:
+        raise CliError("give --session SESSION (repeatable) or --user USER: a search never crosses users")
+    embedder = None
+    if args.offline_vectors:
+        from ..embeddings import OfflineEmbedder
+
+        embedder = OfflineEmbedder()
+    with open_memory(args, embedder=embedder) as memory:
+        hits = memory.search(args.query, session_id=args.session, user_id=args.user, k=args.k)
+    for hit in hits:
+        m = hit.message
+        if args.json:
+            print(json.dumps({"session_id": hit.session_id, "seq": hit.seq, "score": hit.score, **m.to_dict()},
+                             ensure_ascii=True))
+        else:
+            text = m.content if isinstance(m.content, str) else json.dumps(m.content, ensure_ascii=False)
+            print(f"{hit.score:8.4f}  {hit.session_id}  #{hit.seq}  {m.role}: {text[:200]}")
+    if not hits:
+        print("no match", file=sys.stderr)
     return EXIT_OK
 
 

@@ -147,11 +147,11 @@ def require_schema(config: HybridConfig) -> None:
 
 
 @contextmanager
-def open_memory(args: argparse.Namespace) -> Iterator[HybridMemory]:
+def open_memory(args: argparse.Namespace, *, embedder: Any = None) -> Iterator[HybridMemory]:
     """A started HybridMemory on an existing namespace, closed (and flushed) on the way out."""
     config = load_config(args)
     require_schema(config)
-    memory = HybridMemory(config)
+    memory = HybridMemory(config, embedder=embedder)
     try:
         memory.start()
         yield memory

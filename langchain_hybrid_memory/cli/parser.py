@@ -11,6 +11,7 @@ from .commands import (
     cmd_migrate,
     cmd_reclaim,
     cmd_retention,
+    cmd_search,
     cmd_stats,
     cmd_warmup,
 )
@@ -58,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     export.add_argument("--user", help="check that the session belongs to this user")
     export.add_argument("--page-size", type=_positive, default=1000, help=argparse.SUPPRESS)
+    search = command("search", cmd_search, "search the stored messages of a session or of a user's sessions")
+    search.add_argument("query", metavar="QUERY")
+    search.add_argument("--session", action="append", metavar="SESSION",
+                        help="search this session (repeat for several)")
+    search.add_argument("--user", help="every session of this user (with --session: check they are the user's)")
+    search.add_argument("-k", type=_positive, default=5, help="at most this many hits (default 5)")
+    search.add_argument("--offline-vectors", action="store_true",
+                        help="also rank by the offline embedder's vectors (those it stored)")
+    search.add_argument("--json", action="store_true", help="one JSON object per hit")
     forget = command("forget-user", cmd_forget_user, "erase every session of a user (asks first)")
     forget.add_argument("user", metavar="USER")
     forget.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
