@@ -139,6 +139,7 @@ _RRF_K = 10
 _VECTOR_WEIGHT = 2.0
 _CANDIDATES_PER_METHOD = 50
 _SUPERSEDE_WITHIN = 10  # candidates looked at for a newer message superseding an older one
+METHODS = ("auto", "lexical", "vector", "fused")
 
 
 @dataclass
@@ -151,7 +152,7 @@ class _Scope:
     rows: dict[tuple[str, int], int]
     chunks: list[Any]  # np.ndarray (float32: numpy has no fast float16 product), one per fetch
     nbytes: int = 0
-METHODS = ("auto", "lexical", "vector", "fused")
+
 
 # Any of the question's lexemes (as its own configuration normalizes them), within the scope's sessions; ranked
 # first, then only the best rows joined to their messages.
@@ -183,7 +184,6 @@ class Recall:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self.last_error: str | None = None
         self._counter: TokenCounter | None = core.token_counter
         self._model_id: int | None = None
@@ -196,10 +196,6 @@ class Recall:
         if self._task is None and self.core.config.search_index:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def poke(self) -> None:
-        """Look for committed messages now (engine loop)."""
-        self._wake.set()
-
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -210,24 +206,29 @@ class Recall:
     async def _run(self) -> None:
         cfg = self.core.config
         delay = cfg.recall_index_interval
+        embed_at = 0.0  # a failing embedder is retried with backoff; full-text indexing goes on meanwhile
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
-            self._wake.clear()
+            await asyncio.sleep(delay)
             try:
                 while await self.index_pass() == _PASS_SESSIONS:
                     pass  # a backlog: go on at once
                 delay = cfg.recall_index_interval
-                if self.core.embedder is not None and not await self._embed_all():
-                    delay = self._embed_delay = min(max(self._embed_delay * 2, cfg.recall_index_interval), 300.0)
-                else:
-                    self._embed_delay = cfg.recall_index_interval
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # PostgreSQL down, or a bug in one pass: retry later, slower
                 self.core.stats.index_failures += 1
                 self.last_error = type(exc).__name__
                 delay = min(max(delay * 2, cfg.recall_index_interval), 30.0)
+                continue
+            if self.core.embedder is None or time.monotonic() < embed_at:
+                continue
+            try:
+                if await self._embed_all():
+                    self._embed_delay = cfg.recall_index_interval
+                else:
+                    self._embed_delay = min(self._embed_delay * 2, 300.0)
+                    embed_at = time.monotonic() + self._embed_delay
+            except Exception as exc:  # PostgreSQL went away between the two
+                self.core.stats.index_failures += 1
+                self.last_error = type(exc).__name__
 
     async def index_pass(self) -> int:
         """Index the new messages of up to `_PASS_SESSIONS` marked sessions, in one transaction; returns how

@@ -3,7 +3,9 @@
 A twin pair is a plain method `x` and a coroutine function (or async generator) `ax`: same parameters, in the same
 order, of the same kinds, with the same defaults and annotations, and the same return annotation (an async
 generator's `AsyncIterator[T]` stands for the sync `Iterator[T]`). `await_for_summaries`, `aiter_transcript` and
-`aclose` follow that rule as written (`a` + `wait_for_summaries`, `iter_transcript`, `close`).
+`aclose` follow that rule as written (`a` + `wait_for_summaries`, `iter_transcript`, `close`). A callback parameter
+of the async twin returns an awaitable of what the sync one's returns (`Callable[..., Awaitable[T]]` for
+`Callable[..., T]`), as the frameworks' hooks have it.
 
 The methods checked are those our packages define (along each class's MRO); what a class inherits unchanged from
 LangChain, LlamaIndex or pydantic is those libraries' interface. Every exception to the naming rule is listed below
@@ -25,10 +27,11 @@ from langchain_hybrid_memory import HybridMemory
 from langchain_hybrid_memory.checkpoint import HybridSaver
 from langchain_hybrid_memory.history import HybridChatMessageHistory
 from langchain_hybrid_memory.middleware import HybridMemoryMiddleware, HybridSummarizer
-from llamaindex_adapter import HybridChatStore, HybridDBChatStore, HybridSummaryBlock
+from llamaindex_adapter import HybridChatStore, HybridDBChatStore, HybridRecallBlock, HybridSummaryBlock
 
 PUBLIC_CLASSES: tuple[type, ...] = (HybridMemory, HybridChatMessageHistory, HybridMemoryMiddleware, HybridSummarizer,
-                                    HybridChatStore, HybridDBChatStore, HybridSummaryBlock, HybridSaver)
+                                    HybridChatStore, HybridDBChatStore, HybridSummaryBlock, HybridSaver,
+                                    HybridRecallBlock)
 OUR_MODULES = ("langchain_hybrid_memory", "llamaindex_adapter")
 # Protocol methods that come in twins too: `with` and `async with`.
 PROTOCOL_TWINS = {"__enter__": "__aenter__", "__exit__": "__aexit__"}
@@ -52,6 +55,7 @@ SYNC_ONLY: dict[tuple[type, str], str] = {
     (HybridChatStore, "model_post_init"): "pydantic's initialisation hook, called by pydantic; no I/O",
     (HybridDBChatStore, "model_post_init"): "pydantic's initialisation hook, called by pydantic; no I/O",
     (HybridSummaryBlock, "model_post_init"): "pydantic's initialisation hook, called by pydantic; no I/O",
+    (HybridRecallBlock, "model_post_init"): "pydantic's initialisation hook, called by pydantic; no I/O",
     (HybridSaver, "get_next_version"): "LangGraph's BaseCheckpointSaver interface: a version string; no I/O",
 }
 # Coroutine functions without a sync twin.
@@ -61,6 +65,7 @@ ASYNC_ONLY: dict[tuple[type, str], str] = {
         "add_message", "add_messages", "archive_oldest_messages", "count_messages", "delete_message",
         "delete_messages", "delete_oldest_messages", "get_keys", "get_messages", "set_messages")},
     (HybridSummaryBlock, "atruncate"): "LlamaIndex's BaseMemoryBlock interface is async only (aget, aput, atruncate)",
+    (HybridRecallBlock, "atruncate"): "LlamaIndex's BaseMemoryBlock interface is async only (aget, aput, atruncate)",
 }
 # Pairs whose signatures differ today, with the exact difference (the test for that pair is a strict xfail).
 KNOWN_MISMATCHES: dict[tuple[type, str, str], str] = {}
@@ -148,8 +153,23 @@ def _as_async_return(annotation: Any) -> Any:
     return annotation
 
 
-def _shape(sig: inspect.Signature) -> list[tuple[str, str, Any, Any]]:
-    return [(p.name, p.kind.name, p.default, p.annotation) for p in sig.parameters.values()]
+def _as_sync_callback(annotation: Any) -> Any:
+    """An async twin's callback annotation as the sync one writes it: `Awaitable[T]` as a callable's result is T."""
+    if not isinstance(annotation, str) or "Awaitable[" not in annotation:
+        return annotation
+    start = annotation.index("Awaitable[")
+    depth, i = 0, start + len("Awaitable")
+    for i in range(start + len("Awaitable"), len(annotation)):
+        depth += {"[": 1, "]": -1}.get(annotation[i], 0)
+        if depth == 0:
+            break
+    inner = annotation[start + len("Awaitable["):i]
+    return _as_sync_callback(annotation[:start] + inner + annotation[i + 1:])
+
+
+def _shape(sig: inspect.Signature, *, callbacks: bool = False) -> list[tuple[str, str, Any, Any]]:
+    return [(p.name, p.kind.name, p.default, _as_sync_callback(p.annotation) if callbacks else p.annotation)
+            for p in sig.parameters.values()]
 
 
 @pytest.mark.parametrize("cls", PUBLIC_CLASSES, ids=lambda c: c.__name__)
@@ -186,7 +206,8 @@ def test_twins_have_the_same_signature(cls: type, sync_name: str, async_name: st
     assert not _is_async(sync_fn), f"{cls.__name__}.{sync_name} should be a plain method"
     assert _is_async(async_fn), f"{cls.__name__}.{async_name} should be a coroutine function or async generator"
     sync_sig, async_sig = inspect.signature(sync_fn), inspect.signature(async_fn)
-    assert _shape(async_sig) == _shape(sync_sig), f"{cls.__name__}: {sync_name}{sync_sig} vs {async_name}{async_sig}"
+    assert _shape(async_sig, callbacks=True) == _shape(sync_sig), \
+        f"{cls.__name__}: {sync_name}{sync_sig} vs {async_name}{async_sig}"
     expected_return = (_as_async_return(sync_sig.return_annotation) if inspect.isasyncgenfunction(async_fn)
                        else sync_sig.return_annotation)
     assert async_sig.return_annotation == expected_return, \
