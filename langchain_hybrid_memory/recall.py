@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("langchain_hybrid_memory")
 
 _INDEX_CHARS = 100_000  # of one message's text: a tsvector holds at most 1 MB
-_PASS_SESSIONS = 200  # sessions per indexer transaction
-_PASS_MESSAGES = 2000  # messages per session per transaction (a backfill goes on in the next one)
+# An indexer transaction holds its sessions' rows (commits of theirs wait): at most 50 sessions and 200 messages
+# each, so it stays short even when it backfills; a full pass is followed by the next at once.
+_PASS_SESSIONS = 50
+_PASS_MESSAGES = 200
 
 
 @dataclass(frozen=True, slots=True)

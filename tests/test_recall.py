@@ -223,3 +223,17 @@ def test_the_indexer_survives_postgres_going_away_and_catches_up(private_pg: Any
         assert [h.message.id for h in memory.search("Lisbon", session_id="s")] == ["fact"]
     finally:
         memory.close()
+
+
+def test_a_long_session_is_indexed_over_several_passes(make_memory: Callable[..., HybridMemory]) -> None:
+    """One indexer transaction takes at most `_PASS_MESSAGES` of a session: the rest follows, none is skipped."""
+    from langchain_hybrid_memory.recall import _PASS_MESSAGES
+
+    memory = make_memory()
+    n = 2 * _PASS_MESSAGES + 50
+    memory.add_messages("long", [Message("human", f"note number{i} here", id=f"m{i}") for i in range(n)])
+    _indexed(memory)
+    ns = memory.config.namespace
+    assert pg_fetch(f'SELECT count(*) FROM "{ns}".message_search')[0][0] == n
+    for i in (0, _PASS_MESSAGES - 1, _PASS_MESSAGES, n - 1):
+        assert [h.message.id for h in memory.search(f"number{i}", session_id="long")] == [f"m{i}"]
