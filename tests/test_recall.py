@@ -123,10 +123,10 @@ def test_messages_committed_by_a_process_that_never_indexed_are_found_by_another
         make_memory: Callable[..., HybridMemory]) -> None:
     """The mark is committed with the messages: a writer whose indexer never ran (it died, or lags) leaves
     nothing behind."""
-    writer = make_memory(recall_index_interval=3600.0)
+    writer = make_memory(search_index=False)  # this writer never indexes
     writer.add_messages("s", _chat())
     writer.flush()
-    writer._core.recall._task.cancel()  # type: ignore[union-attr]  # this writer never indexes
+    assert writer.search("Lisbon", session_id="s") == []  # searchable once some process indexes it
     ns = writer.config.namespace
     assert pg_fetch(f'SELECT count(*) FROM "{ns}".message_search')[0][0] == 0
     other = make_memory()
