@@ -10,7 +10,7 @@ import asyncio
 import concurrent.futures
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -52,6 +52,8 @@ class Core:
             weakref.WeakKeyDictionary())
         self.loops_seen: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self.store: PostgresStore | None = None
+        # Windows loaded for a read and being cached in the background, by session (see Refiller.cache_later).
+        self.fills: dict[str, concurrent.futures.Future[None]] = {}
         self.wb: WriteBehind | None = None
         self.summaries: SummaryWorker | None = None
         self.cluster = False
@@ -140,6 +142,9 @@ class Core:
             self.health.probe.cancel()
         if self.summaries is not None:
             await self.summaries.stop()
+        if self.fills:
+            await asyncio.wait([asyncio.wrap_future(f) for f in self.fills.values()],
+                               timeout=self.config.redis_timeout * 2)
         if self.wb is not None:
             if not await self.wb.flush(flush_timeout):
                 log.warning("hybrid-memory: closing with %d acknowledged messages not yet in PostgreSQL; "
@@ -210,6 +215,18 @@ class Core:
         """Whether a call may go to Redis from the caller's own thread or loop (no hop to the engine loop)."""
         return (self.started and not self.closed and self.health.redis_up and self.cache is not None
                 and limit <= self.config.max_session_messages)
+
+    def hot_read(self, limit: int, sid: str) -> bool:
+        """`hot`, for a read: not while the session's window is being cached (the engine loop waits for that
+        and reads it, rather than the read missing and loading PostgreSQL again)."""
+        return self.hot(limit) and not (self.fills and sid in self.fills)
+
+    async def settle_fills(self, sids: Iterable[str]) -> None:
+        """Wait for the background refills of these sessions: a drop must not be overtaken by one."""
+        if self.fills:
+            pending = [asyncio.wrap_future(f) for f in map(self.fills.get, sids) if f is not None]
+            if pending:
+                await asyncio.wait(pending)
 
     def need_store(self) -> PostgresStore:
         if self.store is None:

@@ -217,7 +217,7 @@ class HybridMemory:
         """The last `limit` messages (default: the window), oldest first."""
         sid, uid, n = self._read_args(session_id, user_id, limit)
         core, got = self._core, UNKNOWN
-        if n and core.hot(n) and core.sync is not None:
+        if n and core.hot_read(n, sid) and core.sync is not None:
             t0 = time.perf_counter()
             try:
                 got = core.sync.read(sid, n)
@@ -232,7 +232,7 @@ class HybridMemory:
                                    user_id: str | None = None) -> list[Message]:
         sid, uid, n = self._read_args(session_id, user_id, limit)
         core, got = self._core, UNKNOWN
-        cache = core.loop_cache() if n and core.hot(n) else None
+        cache = core.loop_cache() if n and core.hot_read(n, sid) else None
         if cache is not None:
             t0 = time.perf_counter()
             try:
@@ -252,31 +252,32 @@ class HybridMemory:
         One Redis round trip when cached.
         """
         sid, uid = self._ids(session_id, user_id)
-        core = self._core
-        if core.hot(0) and core.sync is not None:
+        core, got = self._core, UNKNOWN
+        if core.hot_read(0, sid) and core.sync is not None:
             t0 = time.perf_counter()
             try:
-                got: Any = core.sync.context(sid)
+                got = core.sync.context(sid)
             except Exception as exc:  # handed over: finish_hot_context decides what each error means
                 got = exc
-            ctx = self._reads.finish_hot_context(got, uid, t0)
-            if ctx is not None:
-                return ctx
-        return self._run(self._reads.context(sid, uid))
+            got = self._reads.finish_hot_context(got, uid, t0)
+            if isinstance(got, Context):
+                return got
+        return self._run(self._reads.context(sid, uid, got))
 
     async def aget_context(self, session_id: str, *, user_id: str | None = None) -> Context:
         sid, uid = self._ids(session_id, user_id)
-        cache = self._core.loop_cache() if self._core.hot(0) else None
+        got = UNKNOWN
+        cache = self._core.loop_cache() if self._core.hot_read(0, sid) else None
         if cache is not None:
             t0 = time.perf_counter()
             try:
-                got: Any = await cache.context(sid)
+                got = await cache.context(sid)
             except Exception as exc:  # handed over: finish_hot_context decides what each error means
                 got = exc
-            ctx = self._reads.finish_hot_context(got, uid, t0)
-            if ctx is not None:
-                return ctx
-        return await self._arun(self._reads.context(sid, uid))
+            got = self._reads.finish_hot_context(got, uid, t0)
+            if isinstance(got, Context):
+                return got
+        return await self._arun(self._reads.context(sid, uid, got))
 
     def get_messages(self, session_id: str, *, after_seq: int | None = None, limit: int | None = None,
                      user_id: str | None = None) -> list[Message]:

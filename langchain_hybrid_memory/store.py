@@ -39,6 +39,13 @@ _DOWN = (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresConnectionErr
          asyncpg.exceptions.TooManyConnectionsError)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond asyncpg's own rollback of a transaction left open. Its
+    default (`RESET ALL`, `CLOSE ALL`, `UNLISTEN *`, unlock advisory locks) is one more round trip per query,
+    about as long as a window read, for session state the engine never creates (no SET, LISTEN, cursors
+    WITH HOLD or session-level advisory locks: every lock is transaction-scoped)."""
+
+
 @dataclass(slots=True)
 class Row:
     session_id: str
@@ -155,6 +162,35 @@ FROM q CROSS JOIN LATERAL (
 """
 
 
+# The same for one session, as one row: its meta, then its last $2 messages as three arrays, newest first (a
+# cold read: fewer rows and columns for asyncpg to decode, no set of sessions to join).
+_WINDOW = """
+SELECT s.session_id IS NOT NULL, s.user_id, coalesce(t.upto_seq, 0), coalesce(sm.upto_seq, 0),
+       coalesce(sm.text, ''), coalesce(cnt.n, 0), m.seqs, m.ids, m.bodies
+FROM (SELECT $1::text AS session_id) q
+LEFT JOIN sessions s ON s.session_id = q.session_id
+LEFT JOIN tombstones t ON t.session_id = encode(sha256(convert_to(q.session_id, 'UTF8')), 'hex')
+LEFT JOIN LATERAL (
+    SELECT upto_seq, text FROM summaries WHERE session_id = q.session_id ORDER BY upto_seq DESC LIMIT 1
+) sm ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) AS n FROM messages c WHERE $3 AND c.session_id = q.session_id AND c.seq > coalesce(sm.upto_seq, 0)
+) cnt ON true
+CROSS JOIN LATERAL (
+    SELECT array_agg(seq) AS seqs, array_agg(msg_id) AS ids, array_agg(body) AS bodies FROM (
+        SELECT seq, msg_id, body FROM messages WHERE session_id = q.session_id ORDER BY seq DESC LIMIT $2
+    ) tail
+) m
+"""
+
+
+def window_of(rec: Any) -> Window:
+    """A `_WINDOW` row as a Window."""
+    seqs = rec[6]
+    rows = list(zip(reversed(seqs), reversed(rec[7]), reversed(rec[8]), strict=True)) if seqs else []
+    return Window(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], rows)
+
+
 @dataclass(slots=True)
 class Window:
     """The stored tail of one session."""
@@ -185,6 +221,7 @@ class PostgresStore:
                 # them all, where PostgreSQL would otherwise re-plan the window query on each call (0.3 ms).
                 server_settings={"search_path": self.schema, "application_name": "hybrid-memory",
                                  "plan_cache_mode": "force_generic_plan"},
+                reset=_keep_session,
             ), cfg.connect_timeout * 2)
         except _DOWN as exc:
             raise StoreDown(type(exc).__name__) from None
@@ -387,6 +424,10 @@ class PostgresStore:
         for w in out.values():
             w.rows.sort()  # oldest first (a UNION ALL promises no order)
         return out
+
+    async def window(self, session_id: str, limit: int) -> Window:
+        """One session's last `limit` messages (oldest first), owner, seq floor and summary (a cold read)."""
+        return window_of(await self._run("fetchrow", _WINDOW, session_id, limit, self.config.enable_auto_summarize))
 
     async def page(self, session_id: str, after_seq: int | None, limit: int | None
                    ) -> list[tuple[int, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from .protocol import (
     CachedContext,
     CacheDown,
     Commands,
+    Miss,
     Refill,
     TouchLog,
     exec_reply,
@@ -195,12 +196,12 @@ class RedisCache(Commands):
         value = out.get("maxmemory-policy", b"") if out else b""
         return value.decode() if isinstance(value, bytes) else str(value)
 
-    async def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
-        """None on a miss; the last seq (int) if the window is partial; else (owner, elements)."""
+    async def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | Miss:
+        """(owner, elements), or a Miss (no window, or a partial one)."""
         return self.read_result(await self._window(session_id, limit))
 
-    async def context(self, session_id: str) -> CachedContext | int | None:
-        """The summary fields and every cached element (None: miss; int: partial window)."""
+    async def context(self, session_id: str) -> CachedContext | Miss:
+        """The summary fields and every cached element, or a Miss."""
         return self.context_result(await self._window(session_id, 0))
 
     async def set_summary(self, session_id: str, upto_seq: int, text: str, covered: int) -> bool:
@@ -219,6 +220,28 @@ class RedisCache(Commands):
         out = await self._eval(self._fill, *self._fill_args(session_id, fill, expect_seq))
         cached = [el for _, el in fill.pairs] if out[0] == 2 else out[2:]  # 2: cached exactly as given
         return bool(out[0]), out[1].decode("utf-8"), cached
+
+    def fill_soon(self, session_id: str, fill: Refill, expect_seq: int | None) -> Coroutine[Any, Any, None]:
+        """`fill`, its bytes sent now when the shared connection is open: a call made after this returns reaches
+        Redis after them. Await the coroutine to finish it (errors as `fill`'s)."""
+        keys, args = self._fill_args(session_id, fill, expect_seq)
+        pipe, sent = self._pipe, None
+        if not self.cluster and pipe is not None and pipe.error is None and pipe.pid == os.getpid():
+            sent = pipe.call(pack([("EVALSHA", self._fill.sha, len(keys), *keys, *args)]), 1)
+        return self._finish_fill(sent, keys, args)
+
+    async def _finish_fill(self, sent: asyncio.Future[list[Any]] | None, keys: list[str], args: list[Any]) -> None:
+        if sent is not None:
+            try:
+                raise_errors(await sent)
+                return
+            except NoScriptError:
+                pass  # loaded, then sent again below
+            except ResponseError:
+                raise
+            except (RedisError, OSError):
+                pass  # again on a new connection, as `_exchange` does (a second FILL of a window is a no-op)
+        await self._eval(self._fill, keys, args)
 
     def _fill_args(self, session_id: str, fill: Refill, expect_seq: int | None) -> tuple[list[str], list[Any]]:
         keys, args = self.head(session_id, touch=True, fill=fill)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
@@ -44,6 +44,7 @@ class Refill:
     sum_text: str = ""
     unsummarized: int = 0  # messages stored after the summary
     floor: int = 0  # a tombstone: outbox entries at or below it were deleted
+    seqs: list[int] = field(default_factory=list)  # the seq of each pair, when the refill was built here
 
 
 @dataclass(slots=True)
@@ -53,6 +54,16 @@ class CachedContext:
     sum_text: str
     unsummarized: int  # how many messages follow the summary: the cache covers them all only if it holds that many
     elements: list[bytes]
+
+
+@dataclass(slots=True, frozen=True)
+class Miss:
+    """A read that found no complete window. `partial_seq`: the last seq of a partial window (a refill replaces
+    it only if still that); `waiting`: whether the session's outbox entry set exists (some of its writes may
+    wait for PostgreSQL), as Redis saw it when the read ran, before any PostgreSQL query that follows."""
+
+    partial_seq: int | None = None
+    waiting: bool = True
 
 
 @dataclass(slots=True)
@@ -112,10 +123,11 @@ class Commands:
 
     def read_cmds(self, session_id: str, limit: int) -> list[tuple[Any, ...]]:
         """The commands of one read, run as a MULTI: meta fields, length, elements (limit 0: all, with the
-        summary fields), then the TTL slide when due."""
+        summary fields), whether the session has outbox entries (a miss then knows, before it queries
+        PostgreSQL, whether it must look them up), then the TTL slide when due."""
         k = self.keys.session(session_id)
         cmds: list[tuple[Any, ...]] = [("HMGET", k.meta, *(CONTEXT_FIELDS if limit == 0 else READ_FIELDS)),
-                                       ("LLEN", k.window), ("LRANGE", k.window, -limit, -1)]
+                                       ("LLEN", k.window), ("LRANGE", k.window, -limit, -1), ("EXISTS", k.entries)]
         if self.touches.due(session_id):
             ttl = self._ttl_ms
             cmds += [("PEXPIRE", k.window, ttl), ("PEXPIRE", k.meta, ttl), ("PEXPIRE", k.ids, ttl),
@@ -128,16 +140,16 @@ class Commands:
         return keys, [*args, -limit, *(CONTEXT_FIELDS if limit == 0 else READ_FIELDS)]
 
     @staticmethod
-    def _read_common(out: list[Any]) -> list[Any] | int | None:
-        """The meta fields of a hit; None on a miss, the last seq on a partial window."""
+    def _read_common(out: list[Any]) -> list[Any] | Miss:
+        """The meta fields of a hit, or a Miss (no window, or a partial one)."""
         if any(isinstance(x, Exception) for x in out):
             raise CorruptEntry("corrupt cache entry (wrong key type)")
         meta, length = out[0], out[1]
         if meta[0] is None:
-            return None
+            return Miss(None, out[3] != 0)
         try:
             if meta[1] is not None:
-                return int(meta[0])
+                return Miss(int(meta[0]), out[3] != 0)
             if meta[3] is None or int(meta[3]) != length:
                 # Redis evicted part of the session (any policy but noeviction): never serve it short
                 raise CorruptEntry("damaged cache entry (window length)")
@@ -145,18 +157,18 @@ class Commands:
             raise CorruptEntry("corrupt cache entry (meta)") from None
         return meta  # type: ignore[no-any-return]
 
-    def read_result(self, out: list[Any]) -> tuple[str, list[bytes]] | int | None:
+    def read_result(self, out: list[Any]) -> tuple[str, list[bytes]] | Miss:
         meta = self._read_common(out)
-        if meta is None or isinstance(meta, int):
+        if isinstance(meta, Miss):
             return meta
         try:
             return (meta[2] or b"").decode("utf-8"), out[2]
         except UnicodeDecodeError:
             raise CorruptEntry("corrupt cache entry (owner)") from None
 
-    def context_result(self, out: list[Any]) -> CachedContext | int | None:
+    def context_result(self, out: list[Any]) -> CachedContext | Miss:
         meta = self._read_common(out)
-        if meta is None or isinstance(meta, int):
+        if isinstance(meta, Miss):
             return meta
         try:
             return CachedContext((meta[2] or b"").decode("utf-8"), int(meta[4] or 0),
