@@ -24,7 +24,7 @@ from .keys import KeyLayout
 from .messages import CorruptEntry
 from .outbox import WriteBehind
 from .stats import Stats
-from .store import PostgresStore, Row, StoreDown
+from .store import LoopConnection, PostgresStore, Row, StoreDown
 from .summaries import SummaryWorker
 from .summarizers import TokenCounter, as_summarizer, default_summarizer, default_token_counter
 
@@ -33,6 +33,24 @@ log = logging.getLogger("langchain_hybrid_memory")
 # What a hot-path call learned from Redis before handing over to the engine loop, when it is not a result:
 UNKNOWN: Any = object()  # nothing (not asked, or Redis failed)
 CORRUPT: Any = object()  # the cached entry is damaged: drop it, then proceed as on a miss
+
+
+class PendingFill:
+    """A window loaded for a read, to be cached in the background (see `Refiller.cache_later`): `run` starts
+    that on the engine loop, at most once, whoever asks first; `done` is set when it has finished."""
+
+    __slots__ = ("done", "run", "started")
+
+    def __init__(self, run: Callable[[], concurrent.futures.Future[None] | None]) -> None:
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.run = run
+        self.started = False
+
+    def start(self) -> None:
+        """Start it (engine loop) unless it has been."""
+        if not self.started:
+            self.started = True
+            self.run()
 
 
 class Core:
@@ -51,9 +69,12 @@ class Core:
         self.loop_caches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisCache] = (
             weakref.WeakKeyDictionary())
         self.loops_seen: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        # ... and a PostgreSQL connection for their cold reads, once they have a Redis client.
+        self.loop_stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopConnection] = (
+            weakref.WeakKeyDictionary())
         self.store: PostgresStore | None = None
         # Windows loaded for a read and being cached in the background, by session (see Refiller.cache_later).
-        self.fills: dict[str, concurrent.futures.Future[None]] = {}
+        self.fills: dict[str, PendingFill] = {}
         self.wb: WriteBehind | None = None
         self.summaries: SummaryWorker | None = None
         self.cluster = False
@@ -143,8 +164,7 @@ class Core:
         if self.summaries is not None:
             await self.summaries.stop()
         if self.fills:
-            await asyncio.wait([asyncio.wrap_future(f) for f in self.fills.values()],
-                               timeout=self.config.redis_timeout * 2)
+            await self.settle_fills(list(self.fills), timeout=self.config.redis_timeout * 2)
         if self.wb is not None:
             if not await self.wb.flush(flush_timeout):
                 log.warning("hybrid-memory: closing with %d acknowledged messages not yet in PostgreSQL; "
@@ -179,13 +199,31 @@ class Core:
             cache.close_with_loop()
         return cache
 
+    def loop_store(self) -> LoopConnection | None:
+        """The running loop's PostgreSQL connection for a cold read, taken (release it after); None: use the
+        engine loop (this loop has no Redis client of its own yet, its connection is busy or not open yet, or
+        PostgreSQL is down). Only a loop with a Redis client of its own (see `loop_cache`) gets one."""
+        if self.store is None or not self.health.pg_up:
+            return None
+        loop = asyncio.get_running_loop()
+        if loop not in self.loop_caches:
+            return None
+        conn = self.loop_stores.get(loop)
+        if conn is None:
+            conn = self.loop_stores[loop] = LoopConnection(self.config)
+            conn.close_with_loop()
+        return conn if conn.take() else None
+
     def close_loop_caches(self) -> list[asyncio.Future[None] | concurrent.futures.Future[None]]:
-        """Close the clients of the callers' loops, each on its own loop; returns the closes under way.
+        """Close the clients (Redis, PostgreSQL) of the callers' loops, each on its own loop; returns the closes
+        under way.
 
         A loop that no longer runs cannot close anything: its client is abandoned (asyncio.run and its kin
         already closed it when the loop shut down, see `RedisCache.close_with_loop`).
         """
-        caches, self.loop_caches = list(self.loop_caches.items()), weakref.WeakKeyDictionary()
+        caches: list[tuple[asyncio.AbstractEventLoop, RedisCache | LoopConnection]] = [
+            *self.loop_caches.items(), *self.loop_stores.items()]
+        self.loop_caches, self.loop_stores = weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()
         try:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -221,12 +259,15 @@ class Core:
         and reads it, rather than the read missing and loading PostgreSQL again)."""
         return self.hot(limit) and not (self.fills and sid in self.fills)
 
-    async def settle_fills(self, sids: Iterable[str]) -> None:
-        """Wait for the background refills of these sessions: a drop must not be overtaken by one."""
+    async def settle_fills(self, sids: Iterable[str], timeout: float | None = None) -> None:
+        """Finish the background refills of these sessions (engine loop): a drop must not be overtaken by one,
+        and a read should find the window they cache."""
         if self.fills:
-            pending = [asyncio.wrap_future(f) for f in map(self.fills.get, sids) if f is not None]
+            pending = [job for job in map(self.fills.get, sids) if job is not None]
+            for job in pending:
+                job.start()
             if pending:
-                await asyncio.wait(pending)
+                await asyncio.wait([asyncio.wrap_future(job.done) for job in pending], timeout=timeout)
 
     def need_store(self) -> PostgresStore:
         if self.store is None:
@@ -234,9 +275,11 @@ class Core:
         return self.store
 
     def queued_rows(self, sid: str) -> list[Row]:
-        """This process's uncommitted rows of `sid`. Take them *before* querying PostgreSQL: a row committed
-        in between is then in one of the two, never in neither."""
-        return self.wb.queued_rows(sid) if self.wb is not None else []
+        """This process's uncommitted rows of `sid`, from any thread. Take them *before* querying PostgreSQL: a
+        row committed in between is then in one of the two, never in neither."""
+        if self.wb is None:
+            return []
+        return self.wb.queued_rows(sid) if self.engine.in_loop() else self.wb.peek_rows(sid)
 
     def summary_due(self, sid: str) -> None:
         if self.summaries is not None:

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import pickling
+from .cache import Miss
 from .config import HybridConfig, Mode, redact_url, seconds
 from .core import UNKNOWN, Core
 from .erasure import Eraser
@@ -242,6 +243,11 @@ class HybridMemory:
             got = self._reads.finish_hot_read(got, uid, t0)
             if isinstance(got, list):
                 return got
+            if isinstance(got, Miss) and (conn := core.loop_store()) is not None:
+                out = await self._reads.recent_here(sid, uid, n, got, cache, conn, t0)
+                if out is not None:
+                    return out
+                got = UNKNOWN
         return await self._arun(self._reads.recent(sid, uid, n, got))
 
     def get_context(self, session_id: str, *, user_id: str | None = None) -> Context:
@@ -266,8 +272,8 @@ class HybridMemory:
 
     async def aget_context(self, session_id: str, *, user_id: str | None = None) -> Context:
         sid, uid = self._ids(session_id, user_id)
-        got = UNKNOWN
-        cache = self._core.loop_cache() if self._core.hot_read(0, sid) else None
+        core, got = self._core, UNKNOWN
+        cache = core.loop_cache() if core.hot_read(0, sid) else None
         if cache is not None:
             t0 = time.perf_counter()
             try:
@@ -277,6 +283,11 @@ class HybridMemory:
             got = self._reads.finish_hot_context(got, uid, t0)
             if isinstance(got, Context):
                 return got
+            if isinstance(got, Miss) and (conn := core.loop_store()) is not None:
+                ctx = await self._reads.context_here(sid, uid, got, cache, conn, t0)
+                if ctx is not None:
+                    return ctx
+                got = UNKNOWN
         return await self._arun(self._reads.context(sid, uid, got))
 
     def get_messages(self, session_id: str, *, after_seq: int | None = None, limit: int | None = None,

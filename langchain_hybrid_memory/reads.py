@@ -1,9 +1,12 @@
 """The read path: the recent window, the context view (summary + what follows it) and transcript pages.
 
-A hit is one Redis round trip, made in the caller's own thread or loop (`hot_*`: no hop to the engine loop);
-anything else (a miss, a partial or damaged window, Redis down, a read deeper than the window) continues on
-the engine loop (`recent`, `context`), which refills the window from PostgreSQL (refill.py) or, with Redis
-down, answers from PostgreSQL with the writes still waiting merged in.
+A hit is one Redis round trip, made in the caller's own thread or loop (`hot_*`: no hop to the engine loop).
+A miss is one PostgreSQL query (plus an outbox lookup when the read saw entries waiting), answered from its
+rows merged with the writes still waiting while the window is cached in the background (refill.py); an async
+caller's loop runs it itself once it has a PostgreSQL connection of its own (`*_here`), otherwise it
+continues on the engine loop (`recent`, `context`), as does anything else (a partial or damaged window, Redis
+down, a read deeper than the window). With Redis down, reads answer from PostgreSQL with the writes still
+waiting merged in.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from .cache import CachedContext, CacheDown, Miss, Refill
 from .config import Mode
 from .core import CORRUPT, UNKNOWN
 from .errors import InvalidInputError, StorageUnavailableError
-from .messages import Context, CorruptEntry, Message, decode, decode_window
+from .messages import Context, CorruptEntry, Message, decode, decode_rows, decode_window
 from .refill import Refiller, merge_waiting
+from .store import StoreDown
 
 if TYPE_CHECKING:
+    from .cache import RedisCache
     from .core import Core
+    from .store import LoopConnection
 
 log = logging.getLogger("langchain_hybrid_memory")
 
@@ -81,13 +87,62 @@ class ReadPath:
         cache; None if the window does not hold every message after the summary (summarization lags)."""
         cfg = self.core.config
         upto = fill.sum_upto
-        els = [el for seq, (_, el) in zip(fill.seqs, fill.pairs, strict=True) if seq > upto]
+        rows = [r for r in fill.rows if r[0] > upto] if upto else fill.rows
         if cfg.enable_auto_summarize:
-            if len(els) != fill.unsummarized:
+            if len(rows) != fill.unsummarized:
                 return None
         else:
-            els = els[-cfg.max_session_messages:]
-        return Context(fill.sum_text or None, decode_window(els), upto or None)
+            rows = rows[-cfg.max_session_messages:]
+        return Context(fill.sum_text or None, decode_rows(rows), upto or None)
+
+    async def cold_here(self, sid: str, uid: str | None, miss: Miss, cache: RedisCache, conn: LoopConnection
+                        ) -> Refill | None:
+        """A miss on the caller's own loop (its Redis client, its PostgreSQL connection, taken), as `cold` does
+        it on the engine loop, but not cached yet (the caller does that once it has its answer: the FILL wakes
+        the engine loop); None: Redis failed meanwhile, the engine loop's path decides what follows."""
+        core = self.core
+        try:
+            waiting, owner = core.queued_rows(sid), None  # before the query, as in Refiller.load
+            if miss.waiting:
+                try:
+                    waiting, owner = await self.refill.with_outbox(sid, waiting, cache)
+                except CacheDown:
+                    core.on_engine_loop(core.health.redis_failed)
+                    return None
+            try:
+                fill = await self.refill.from_store(sid, waiting, owner, conn.window)
+            except StoreDown as exc:
+                raise core.health.store_down(exc) from None
+        finally:
+            conn.release()
+        core.stats.misses += 1
+        core.check_owner(fill.owner, uid)
+        return fill
+
+    async def recent_here(self, sid: str, uid: str | None, limit: int, miss: Miss, cache: RedisCache,
+                          conn: LoopConnection, t0: float) -> list[Message] | None:
+        """`recent` after a hot read's miss, on the caller's loop; None: continue on the engine loop."""
+        fill = await self.cold_here(sid, uid, miss, cache, conn)
+        if fill is None:
+            return None
+        out = decode_rows(fill.rows[-limit:])
+        self.refill.cache_later(sid, fill, miss.partial_seq)
+        self.core.stats.reads += 1
+        self.core.stats.read_lat.append(time.perf_counter() - t0)
+        return out
+
+    async def context_here(self, sid: str, uid: str | None, miss: Miss, cache: RedisCache, conn: LoopConnection,
+                           t0: float) -> Context | None:
+        """`context` after a hot read's miss, on the caller's loop; None: continue on the engine loop."""
+        fill = await self.cold_here(sid, uid, miss, cache, conn)
+        if fill is None:
+            return None
+        ctx = self.fill_context(fill)
+        self.refill.cache_later(sid, fill, miss.partial_seq)
+        if ctx is not None:
+            self.core.stats.reads += 1
+            self.core.stats.read_lat.append(time.perf_counter() - t0)
+        return ctx
 
     # -- on the engine loop -------------------------------------------------------------------------------
     async def recent(self, sid: str, uid: str | None, limit: int, first: Any = UNKNOWN) -> list[Message]:
@@ -117,7 +172,7 @@ class ReadPath:
                     core.check_owner(got[0] or None, uid)
                     return msgs
             if isinstance(got, Refill):
-                return decode_window([el for _, el in got.pairs[-limit:]])
+                return decode_rows(got.rows[-limit:])
         # PostgreSQL path: Redis down, persistent mode, or a read deeper than the window.
         store = core.need_store()
         if core.config.mode is Mode.HYBRID:
@@ -127,7 +182,7 @@ class ReadPath:
             w = (await store.windows([sid], limit))[sid]
         core.check_owner(w.owner, uid)
         fill = self.refill.merged_fill(w.owner, w.floor_seq, w.rows, waiting, limit)
-        return decode_window([el for _, el in fill.pairs[-limit:]])
+        return decode_rows(fill.rows[-limit:])
 
     async def cached(self, sid: str, uid: str | None, limit: int, first: Any) -> Any:
         """What the cache gives a read of `limit` elements (0: the context view): a hit's reply, or on a miss

@@ -9,14 +9,15 @@ hides a newer write. `merge_waiting` is that rule in Python (refills, PostgreSQL
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
 from .cache import CacheDown, Refill
-from .messages import element, split_element
+from .core import PendingFill
+from .messages import split_element
 from .store import Row, StoreDown, Window
 
 if TYPE_CHECKING:
@@ -48,12 +49,14 @@ class Refiller:
                     n: int | None = None) -> Refill:
         """The newest `n` (default: the window) of the stored rows and the waiting writes, ready to cache."""
         n = n or self.core.config.max_session_messages
-        merged = merge_waiting(rows, waiting, above=floor)
-        tail = sorted(merged.items())[-n:]
-        base = max([floor, *merged.keys()]) if merged else floor
-        fill = Refill(base, owner, [(mid, element(seq, body)) for seq, (mid, body) in tail])
+        if waiting:
+            merged = merge_waiting(rows, waiting, above=floor)
+            tail = [(seq, mid, body) for seq, (mid, body) in sorted(merged.items())[-n:]]
+        else:  # the usual cold read: PostgreSQL's rows, already in order
+            tail = rows[-n:]
+        base = max(floor, tail[-1][0]) if tail else floor
+        fill = Refill(base, owner, tail)
         fill.floor = floor
-        fill.seqs = [seq for seq, _ in tail]
         return fill
 
     async def load(self, sid: str, *, for_write: bool, outbox: bool = True) -> Refill:
@@ -109,31 +112,38 @@ class Refiller:
 
     def cache_later(self, sid: str, fill: Refill, expect_seq: int | None) -> None:
         """Cache a window loaded for a read without making the reader wait (from any thread; the FILL goes from
-        the engine loop). FILL loads it only if nobody cached the session meanwhile, merging the outbox as it is
-        then, so the window is exact whenever it lands. While it is pending (`Core.fills`, registered before
-        the reader has its answer), reads of the session wait for it instead of refilling again, and a drop
-        of the session waits for it, so it never lands after one. One at a time per session: a second reader's
-        window would be no newer once merged."""
+        the engine loop once the reader has its answer). FILL loads it only if nobody cached the session
+        meanwhile, merging the outbox as it is then, so the window is exact whenever it lands. While it is
+        pending (`Core.fills`, registered before the reader has its answer), reads of the session wait for it
+        instead of refilling again, and a drop of the session waits for it, so it never lands after one;
+        either starts it if it has not started yet. One at a time per session: a second reader's window would
+        be no newer once merged."""
         core = self.core
         if core.store is None or sid in core.fills or not core.health.redis_up:
             return
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        core.fills[sid] = done
-        core.on_engine_loop(self._start_fill, sid, fill, expect_seq, done)
+        job = PendingFill(lambda: self._start_fill(sid, fill, expect_seq, job))
+        core.fills[sid] = job
+        loop = asyncio.get_running_loop()
+        if core.engine.in_loop():  # after the coroutine that answers the reader has handed its answer over
+            loop.call_soon(loop.call_soon, job.start)
+        else:  # the hand-over wakes the engine loop's thread, which would take the GIL from the reader
+            loop.call_soon(self._hand_over, job)
 
-    def _start_fill(self, sid: str, fill: Refill, expect_seq: int | None, done: concurrent.futures.Future[None]
-                    ) -> None:
+    def _hand_over(self, job: PendingFill) -> None:
+        with contextlib.suppress(RuntimeError):  # the engine is closed: nothing to cache into
+            self.core.engine.loop.call_soon_threadsafe(job.start)
+
+    def _start_fill(self, sid: str, fill: Refill, expect_seq: int | None, job: PendingFill) -> None:
         core = self.core
 
         def finished(_: object) -> None:
-            if core.fills.get(sid) is done:
+            if core.fills.get(sid) is job:
                 del core.fills[sid]
-            done.set_result(None)
+            job.done.set_result(None)
 
         if core.cache is None or not core.use_cache():
             finished(None)
             return
-        # On the engine loop's own path the bytes leave before the reader has its answer.
         sent = core.cache.fill_soon(sid, fill, expect_seq)
         asyncio.get_running_loop().create_task(self._fill(sid, sent)).add_done_callback(finished)
 
@@ -184,8 +194,10 @@ class Refiller:
     def window_fill(self, w: Window, waiting: list[Row], size: int) -> Refill:
         fill = self.merged_fill(w.owner, w.floor_seq, w.rows, waiting, size)
         fill.sum_upto, fill.sum_text = w.sum_upto, w.sum_text
-        stored = {seq for seq, _, _ in w.rows}
-        fill.unsummarized = w.unsummarized + sum(1 for r in waiting if r.seq > w.sum_upto and r.seq not in stored)
+        fill.unsummarized = w.unsummarized
+        if waiting:
+            stored = {seq for seq, _, _ in w.rows}
+            fill.unsummarized += sum(1 for r in waiting if r.seq > w.sum_upto and r.seq not in stored)
         return fill
 
     # -- many sessions at once ---------------------------------------------------------------------------

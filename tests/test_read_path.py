@@ -4,8 +4,13 @@ and prefetch load sessions into the cache ahead of their reads."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Callable
 from time import sleep as time_sleep
+from typing import Any
 
+import pytest
 import redis
 
 from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
@@ -103,15 +108,118 @@ def test_refill_never_overwrites_newer_writes(make_memory):
     assert memory._run(race()) == ["old", "new"]
 
 
-def test_refill_includes_writes_still_in_the_outbox(make_memory):
-    """A window evicted while its last writes wait for PostgreSQL is rebuilt from PostgreSQL + the outbox."""
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_refill_includes_writes_still_in_the_outbox(make_memory, api):
+    """A window evicted while its last writes wait for PostgreSQL is rebuilt from PostgreSQL + the outbox (the
+    async read on the caller's own loop and connection)."""
     writer = make_memory(write_behind_delay=30)  # nothing reaches PostgreSQL during this test
     reader = make_memory()
     writer.add_messages("s", [Message("human", f"m{i}") for i in range(3)])
     r = redis.Redis.from_url(writer.config.redis_dsn())
     keys = writer.keys.session("s")
     r.delete(keys.window, keys.meta, keys.ids)  # what eviction does
-    assert [m.content for m in reader.get_recent_messages("s")] == ["m0", "m1", "m2"]
+    if api == "sync":
+        assert [m.content for m in reader.get_recent_messages("s")] == ["m0", "m1", "m2"]
+        return
+
+    async def main() -> list[str]:
+        await _own_connection(reader)
+        return [m.content for m in await reader.aget_recent_messages("s")]
+
+    assert asyncio.run(main()) == ["m0", "m1", "m2"]
+
+
+def _hold_fills(memory: HybridMemory) -> tuple[threading.Event, list[str]]:
+    """Hold every background FILL of `memory` (a cold read's window, already handed to the reader) between its
+    PostgreSQL read and the script that caches it, until the returned event is set; the list names the
+    sessions held."""
+    refill = memory._refill
+    start = refill._start_fill
+    gate, held = threading.Event(), []
+
+    def hold(sid: str, *args: Any) -> None:  # on the engine loop, in place of Refiller._start_fill
+        held.append(sid)
+
+        async def later() -> None:
+            await asyncio.to_thread(gate.wait, 30)
+            start(sid, *args)
+
+        asyncio.get_running_loop().create_task(later())
+
+    refill._start_fill = hold  # type: ignore[method-assign]
+    return gate, held
+
+
+async def _own_connection(memory: HybridMemory) -> None:
+    """Give the running loop its own Redis client and PostgreSQL connection (cold reads then stay on it)."""
+    loop = asyncio.get_running_loop()
+    for _ in range(200):
+        await memory.ainvalidate_session("warm-up")
+        await memory.aget_recent_messages("warm-up")  # a miss: the loop's connection opens in the background
+        conn = memory._core.loop_stores.get(loop)
+        if conn is not None and conn.conn is not None:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the loop's PostgreSQL connection did not open")
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+@pytest.mark.parametrize("write", ["committed meanwhile", "waiting in the outbox"])
+def test_a_cold_read_cached_in_the_background_never_hides_a_write(make_memory, api, write):
+    """A cold read is answered from PostgreSQL's rows and caches its window afterwards. A write that lands between
+    its PostgreSQL read and that cache fill (held here) is in every later read: the fill does not replace a
+    window its writer cached meanwhile, and merges a write still waiting in the outbox when the window was
+    evicted again. The async read runs on the caller's own loop and connection."""
+    memory = make_memory()
+    writer = make_memory(write_behind_delay=30) if write == "waiting in the outbox" else memory
+    m1 = memory.add_messages("s", [Message("human", "m1")])
+    memory.flush()
+    r = redis.Redis.from_url(memory.config.redis_dsn())
+    keys = memory.keys.session("s")
+    here: list[str] = []
+    cold_here = memory._reads.cold_here
+
+    async def counted(sid: str, *args: Any) -> Any:
+        here.append(sid)
+        return await cold_here(sid, *args)
+
+    memory._reads.cold_here = counted  # type: ignore[method-assign]
+
+    def reads(read: Callable[[], list[Message]]) -> None:
+        memory.invalidate_session("s")
+        gate, held = _hold_fills(memory)
+        assert [m.id for m in read()] == [m.id for m in m1]  # answered from PostgreSQL; its FILL is held
+        assert held == ["s"] and not r.exists(keys.meta)
+        m2 = writer.add_messages("s", [Message("ai", "m2")])  # not cached: the writer loads and caches it
+        assert r.llen(keys.window) == 2  # its writer cached the window, with the write
+        if write == "committed meanwhile":
+            writer.flush()  # in PostgreSQL, out of the outbox: only the window its writer cached holds it
+        else:
+            r.delete(keys.window, keys.meta, keys.ids)  # evicted again: only the outbox holds it
+        gate.set()
+        deadline = time.monotonic() + 10
+        while memory._core.fills and time.monotonic() < deadline:
+            time_sleep(0.01)
+        assert not memory._core.fills
+        want = [m.id for m in m1 + m2]
+        assert [m.id for m in read()] == want
+        assert [m.id for m in memory.get_recent_messages("s")] == want
+        assert len(r.lrange(keys.window, 0, -1)) == 2  # cached, with the write
+
+    if api == "sync":
+        reads(lambda: memory.get_recent_messages("s"))
+        assert not here
+    else:
+        async def main() -> None:
+            await _own_connection(memory)
+            loop = asyncio.get_running_loop()
+            here.clear()
+            # The race itself runs in a thread while this loop serves the async reads.
+            await asyncio.to_thread(reads, lambda: asyncio.run_coroutine_threadsafe(
+                memory.aget_recent_messages("s"), loop).result(10))
+
+        asyncio.run(main())
+        assert here == ["s"]  # the cold read ran on the caller's loop, not the engine's
 
 
 def test_limit_deeper_than_window_reads_postgres(make_memory):
@@ -147,6 +255,7 @@ def test_damaged_cache_entries_are_dropped_and_reloaded_never_served(make_memory
     keys = memory.keys.session("s")
     r.lset(keys.window, 2, b"\xff garbage {")
     assert [m.id for m in memory.get_recent_messages("s")] == [m.id for m in sent]  # sync hot path
+    memory.get_recent_messages("s")  # waits for the window the miss cached in the background, if not there yet
     r.lset(keys.window, 1, b'{"s":1,"no":"fields"}')
 
     async def read() -> list[str]:

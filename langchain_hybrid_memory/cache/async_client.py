@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 
+from .._loop import close_with_loop
 from ..config import HybridConfig
 from ..keys import KeyLayout
 from .connections import make_client
@@ -67,7 +68,7 @@ class RedisCache(Commands):
         self._checkpoint_writes = self.client.register_script(CHECKPOINT_WRITES)
         self._checkpoint_outbox = self.client.register_script(CHECKPOINT_OUTBOX)
         self.closed = False
-        self._lifetime: AsyncGenerator[None, None] | None = None
+        self._lifetime: Callable[[], None] | None = None
 
     async def close(self) -> None:
         self.closed = True
@@ -76,29 +77,13 @@ class RedisCache(Commands):
         await self.client.aclose()
 
     def close_with_loop(self) -> None:
-        """Close this client when the running loop shuts down, so its connections never outlive their loop.
-
-        `asyncio.run`, `asyncio.Runner` and pytest-asyncio finalize a loop's async generators before closing it:
-        a generator suspended for the client's whole life is that hook.
-        """
-        async def lifetime() -> AsyncGenerator[None, None]:
-            try:
-                yield
-            finally:
-                if not self.closed:
-                    await self.close()
-
-        gen = lifetime()
-        with contextlib.suppress(StopIteration):
-            gen.asend(None).send(None)  # the first step registers the generator with the running loop
-        self._lifetime = gen
+        """Close this client when the running loop shuts down, so its connections never outlive their loop."""
+        self._lifetime = close_with_loop(self.close, lambda: self.closed)
 
     def _end_lifetime(self) -> None:
-        gen, self._lifetime = self._lifetime, None
-        if gen is not None:
-            # Finishes at once (closed is set, nothing to await); from inside its own finally it is running.
-            with contextlib.suppress(StopIteration, RuntimeError):
-                gen.aclose().send(None)
+        end, self._lifetime = self._lifetime, None
+        if end is not None:
+            end()
 
     def abandon(self) -> None:
         """Forget a client whose loop no longer runs (no loop left to close its connections on)."""
@@ -218,7 +203,7 @@ class RedisCache(Commands):
                    ) -> tuple[bool, str, list[bytes]]:
         """Cache `fill` unless somebody wrote first; returns (loaded, owner, the window now cached)."""
         out = await self._eval(self._fill, *self._fill_args(session_id, fill, expect_seq))
-        cached = [el for _, el in fill.pairs] if out[0] == 2 else out[2:]  # 2: cached exactly as given
+        cached = [el for _, el in fill.pairs()] if out[0] == 2 else out[2:]  # 2: cached exactly as given
         return bool(out[0]), out[1].decode("utf-8"), cached
 
     def fill_soon(self, session_id: str, fill: Refill, expect_seq: int | None) -> Coroutine[Any, Any, None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import HybridConfig
 from ..keys import KeyLayout
-from ..messages import CorruptEntry
+from ..messages import CorruptEntry, element
 from .scripts import CONTEXT_FIELDS, READ_FIELDS
 
 
@@ -38,13 +38,17 @@ class Refill:
 
     base_seq: int
     owner: str | None
-    pairs: list[tuple[str, bytes]]  # (message id, element, see messages.element) oldest first
+    rows: list[tuple[int, str, str]]  # (seq, message id, body) oldest first
     partial: bool = False  # PostgreSQL was unreachable: older history is missing from this window
     sum_upto: int = 0  # the latest summary covers messages up to this seq
     sum_text: str = ""
     unsummarized: int = 0  # messages stored after the summary
     floor: int = 0  # a tombstone: outbox entries at or below it were deleted
-    seqs: list[int] = field(default_factory=list)  # the seq of each pair, when the refill was built here
+
+    def pairs(self) -> list[tuple[str, bytes]]:
+        """(message id, element, see messages.element) oldest first: what the scripts cache. Built only when a
+        script needs them (a cold read's answer decodes the rows themselves)."""
+        return [(msg_id, element(seq, body)) for seq, msg_id, body in self.rows]
 
 
 @dataclass(slots=True)
@@ -118,7 +122,7 @@ class Commands:
         k = self.keys.session(session_id)
         if touch is None:
             touch = self.touches.due(session_id)
-        cap = self._capacity if fill is None else max(self._capacity, len(fill.pairs))
+        cap = self._capacity if fill is None else max(self._capacity, len(fill.rows))
         return list(k.all), [session_id, self._ttl_ms, cap, self._threshold, 1 if touch else 0]
 
     def read_cmds(self, session_id: str, limit: int) -> list[tuple[Any, ...]]:
@@ -179,9 +183,9 @@ class Commands:
     @staticmethod
     def fill_args(fill: Refill) -> list[Any]:
         args: list[Any] = [fill.base_seq, fill.owner or "", 1 if fill.partial else 0, fill.sum_upto,
-                           fill.sum_text, fill.unsummarized, fill.floor, len(fill.pairs)]
-        for msg_id, element in fill.pairs:
-            args += (msg_id, element)
+                           fill.sum_text, fill.unsummarized, fill.floor, len(fill.rows)]
+        for msg_id, el in fill.pairs():
+            args += (msg_id, el)
         return args
 
     def append_args(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str],
