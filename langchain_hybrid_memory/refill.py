@@ -202,26 +202,60 @@ class Refiller:
 
     # -- many sessions at once ---------------------------------------------------------------------------
     async def prefetch(self, sids: Sequence[str], on_progress: ProgressFn | None) -> int:
-        """Cache the windows of `sids` (those not cached yet), 200 sessions per PostgreSQL query."""
+        """Cache the windows of `sids` (those not cached yet), 200 sessions per PostgreSQL query. The next batch
+        is read while Redis caches the last one (PostgreSQL and Redis work at once)."""
         core = self.core
         if not sids or core.store is None or not core.use_cache():
             return 0
         assert core.cache is not None
         loaded, chunk = 0, 200
-        for i in range(0, len(sids), chunk):
-            part = list(dict.fromkeys(sids[i:i + chunk]))
-            waiting = {sid: core.queued_rows(sid) for sid in part}
-            with core.health.store_step():
-                windows, sizes = await self.windows(part, waiting)
-            fills = {sid: self.window_fill(w, waiting[sid], sizes[sid]) for sid, w in windows.items() if w.exists}
-            step = core.health.redis_step()
-            with step:
-                loaded += await core.cache.fill_many(fills)
-            if step.failed:
-                return loaded
-            if on_progress is not None:
-                on_progress(min(i + chunk, len(sids)), len(sids))
+        parts = [list(dict.fromkeys(sids[i:i + chunk])) for i in range(0, len(sids), chunk)]
+        loop = asyncio.get_running_loop()
+        following: asyncio.Task[dict[str, Refill] | None] | None = loop.create_task(self._batch(parts[0]))
+        try:
+            for k in range(len(parts)):
+                assert following is not None
+                fills = await following
+                following = loop.create_task(self._batch(parts[k + 1])) if k + 1 < len(parts) else None
+                if fills is None:  # Redis failed
+                    return loaded
+                step = core.health.redis_step()
+                with step:
+                    loaded += await core.cache.fill_many(fills)
+                if step.failed:
+                    return loaded
+                if on_progress is not None:
+                    on_progress(min((k + 1) * chunk, len(sids)), len(sids))
+        finally:
+            if following is not None:
+                following.cancel()
+                with contextlib.suppress(BaseException):
+                    await following
         return loaded
+
+    async def _batch(self, part: list[str]) -> dict[str, Refill] | None:
+        """The windows of `part` to cache (sessions PostgreSQL knows), merged with the writes still waiting: this
+        process's, and the outbox entries of the sessions whose entry set exists, both looked up before the
+        query (as in `load`); None if Redis failed."""
+        core = self.core
+        assert core.cache is not None
+        waiting = {sid: core.queued_rows(sid) for sid in part}
+        owners: dict[str, str | None] = {}
+        step = core.health.redis_step()
+        with step:
+            for sid in await core.cache.with_entries(part):
+                waiting[sid], owners[sid] = await self.with_outbox(sid, waiting[sid], core.cache)
+        if step.failed:
+            return None
+        with core.health.store_step():
+            windows, sizes = await self.windows(part, waiting)
+        fills = {}
+        for sid, w in windows.items():
+            if w.exists:
+                fill = fills[sid] = self.window_fill(w, waiting[sid], sizes[sid])
+                if fill.owner is None:
+                    fill.owner = owners.get(sid)
+        return fills
 
     async def warmup(self, limit: int, active_within: float | None, on_progress: ProgressFn | None) -> int:
         core = self.core

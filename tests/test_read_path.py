@@ -189,6 +189,9 @@ def test_a_cold_read_cached_in_the_background_never_hides_a_write(make_memory, a
         memory.invalidate_session("s")
         gate, held = _hold_fills(memory)
         assert [m.id for m in read()] == [m.id for m in m1]  # answered from PostgreSQL; its FILL is held
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:  # handed to the engine loop after the answer
+            time_sleep(0.01)
         assert held == ["s"] and not r.exists(keys.meta)
         m2 = writer.add_messages("s", [Message("ai", "m2")])  # not cached: the writer loads and caches it
         assert r.llen(keys.window) == 2  # its writer cached the window, with the write
@@ -262,6 +265,7 @@ def test_damaged_cache_entries_are_dropped_and_reloaded_never_served(make_memory
         return [m.id for m in await memory.aget_recent_messages("s")]
 
     assert asyncio.run(read()) == [m.id for m in sent]  # async hot path
+    memory.get_recent_messages("s")  # as above
     r.hset(keys.meta, "seq", "not a number")
     more = memory.add_messages("s", [Message("human", "after damage")])  # the script fails: reload, retry
     assert [m.id for m in memory.get_recent_messages("s")] == [m.id for m in sent + more]

@@ -240,6 +240,11 @@ class RedisCache(Commands):
         calls = [self._eval(self._fill, *self._fill_args(sid, fill, None)) for sid, fill in fills.items()]
         return sum(1 for x in await asyncio.gather(*calls) if x[0])
 
+    async def with_entries(self, session_ids: Sequence[str]) -> list[str]:
+        """Those of the sessions whose outbox entry set exists (some of their writes may wait), in one exchange."""
+        found = await self._many([("EXISTS", self.keys.session(sid).entries) for sid in session_ids])
+        return [sid for sid, n in zip(session_ids, found, strict=True) if n]
+
     async def last_seqs(self, session_ids: Sequence[str]) -> list[int]:
         pipe = self.client.pipeline(transaction=False)
         for sid in session_ids:
