@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -24,7 +25,7 @@ from .keys import KeyLayout
 from .messages import CorruptEntry
 from .outbox import WriteBehind
 from .stats import Stats
-from .store import LoopConnection, PostgresStore, Row, StoreDown
+from .store import LoopConnection, PostgresStore, PrivateConnection, Row, StoreDown
 from .summaries import SummaryWorker
 from .summarizers import TokenCounter, as_summarizer, default_summarizer, default_token_counter
 
@@ -72,6 +73,8 @@ class Core:
         # ... and a PostgreSQL connection for their cold reads, once they have a Redis client.
         self.loop_stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopConnection] = (
             weakref.WeakKeyDictionary())
+        self.private: PrivateConnection | None = None  # the sync API's, for cold reads in the caller's thread
+        self._private_lock = threading.Lock()
         self.store: PostgresStore | None = None
         # Windows loaded for a read and being cached in the background, by session (see Refiller.cache_later).
         self.fills: dict[str, PendingFill] = {}
@@ -213,6 +216,26 @@ class Core:
             conn = self.loop_stores[loop] = LoopConnection(self.config)
             conn.close_with_loop()
         return conn if conn.take() else None
+
+    def private_store(self) -> PrivateConnection | None:
+        """For a sync cold read in the calling thread: the private PostgreSQL connection, acquired (release it
+        after); None: use the engine loop."""
+        if self.store is None or not self.health.pg_up or self.closed:
+            return None
+        conn = self.private
+        if conn is None:
+            with self._private_lock:
+                if self.private is None:
+                    self.private = PrivateConnection(self.config)
+                conn = self.private
+        return conn if conn.acquire() else None
+
+    def close_private(self) -> None:
+        """Close the private connection (blocks: from a thread that runs no loop)."""
+        with self._private_lock:
+            conn, self.private = self.private, None
+        if conn is not None:
+            conn.close()
 
     def close_loop_caches(self) -> list[asyncio.Future[None] | concurrent.futures.Future[None]]:
         """Close the clients (Redis, PostgreSQL) of the callers' loops, each on its own loop; returns the closes

@@ -102,6 +102,7 @@ class HybridMemory:
             if isinstance(fut, concurrent.futures.Future):
                 with contextlib.suppress(Exception):
                     fut.result(5)
+        core.close_private()
         try:
             core.engine.run(core.close(flush_timeout), timeout=flush_timeout + 15)
         except TimeoutError:
@@ -115,6 +116,7 @@ class HybridMemory:
         closing = [asyncio.wrap_future(f) for f in core.close_loop_caches()]
         if closing:
             await asyncio.wait(closing, timeout=5)
+        await asyncio.to_thread(core.close_private)
         try:
             await core.engine.arun(core.close(flush_timeout))
         finally:
@@ -227,6 +229,10 @@ class HybridMemory:
             got = self._reads.finish_hot_read(got, uid, t0)
             if isinstance(got, list):
                 return got
+            if isinstance(got, Miss) and not got.waiting and (conn := core.private_store()) is not None:
+                out = self._reads.answer_recent(sid, self._reads.cold_private(sid, uid, conn), n, got, t0)
+                if out is not None:
+                    return out
         return self._run(self._reads.recent(sid, uid, n, got))
 
     async def aget_recent_messages(self, session_id: str, limit: int | None = None, *,
@@ -244,7 +250,8 @@ class HybridMemory:
             if isinstance(got, list):
                 return got
             if isinstance(got, Miss) and (conn := core.loop_store()) is not None:
-                out = await self._reads.recent_here(sid, uid, n, got, cache, conn, t0)
+                out = self._reads.answer_recent(sid, await self._reads.cold_here(sid, uid, got, cache, conn), n,
+                                                got, t0)
                 if out is not None:
                     return out
                 got = UNKNOWN
@@ -268,6 +275,10 @@ class HybridMemory:
             got = self._reads.finish_hot_context(got, uid, t0)
             if isinstance(got, Context):
                 return got
+            if isinstance(got, Miss) and not got.waiting and (conn := core.private_store()) is not None:
+                ctx = self._reads.answer_context(sid, self._reads.cold_private(sid, uid, conn), got, t0)
+                if ctx is not None:
+                    return ctx
         return self._run(self._reads.context(sid, uid, got))
 
     async def aget_context(self, session_id: str, *, user_id: str | None = None) -> Context:
@@ -284,7 +295,8 @@ class HybridMemory:
             if isinstance(got, Context):
                 return got
             if isinstance(got, Miss) and (conn := core.loop_store()) is not None:
-                ctx = await self._reads.context_here(sid, uid, got, cache, conn, t0)
+                ctx = self._reads.answer_context(sid, await self._reads.cold_here(sid, uid, got, cache, conn), got,
+                                                 t0)
                 if ctx is not None:
                     return ctx
                 got = UNKNOWN

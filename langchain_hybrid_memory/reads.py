@@ -28,7 +28,7 @@ from .store import StoreDown
 if TYPE_CHECKING:
     from .cache import RedisCache
     from .core import Core
-    from .store import LoopConnection
+    from .store import LoopConnection, PrivateConnection
 
 log = logging.getLogger("langchain_hybrid_memory")
 
@@ -119,10 +119,25 @@ class ReadPath:
         core.check_owner(fill.owner, uid)
         return fill
 
-    async def recent_here(self, sid: str, uid: str | None, limit: int, miss: Miss, cache: RedisCache,
-                          conn: LoopConnection, t0: float) -> list[Message] | None:
-        """`recent` after a hot read's miss, on the caller's loop; None: continue on the engine loop."""
-        fill = await self.cold_here(sid, uid, miss, cache, conn)
+    def cold_private(self, sid: str, uid: str | None, conn: PrivateConnection) -> Refill | None:
+        """A miss with no outbox entry, for a sync caller, in its own thread: the query on the private
+        connection (acquired), as `cold_here`; None: that connection failed, the engine loop's pool decides."""
+        core = self.core
+        try:
+            try:
+                fill = conn.run(self.refill.from_store(sid, core.queued_rows(sid), None, conn.pg.window))
+            except StoreDown:
+                return None
+        finally:
+            conn.release()
+        core.stats.misses += 1
+        core.check_owner(fill.owner, uid)
+        return fill
+
+    def answer_recent(self, sid: str, fill: Refill | None, limit: int, miss: Miss, t0: float
+                      ) -> list[Message] | None:
+        """`recent`'s answer from a window just loaded off the engine loop (None: none was), which is then cached
+        in the background."""
         if fill is None:
             return None
         out = decode_rows(fill.rows[-limit:])
@@ -131,10 +146,8 @@ class ReadPath:
         self.core.stats.read_lat.append(time.perf_counter() - t0)
         return out
 
-    async def context_here(self, sid: str, uid: str | None, miss: Miss, cache: RedisCache, conn: LoopConnection,
-                           t0: float) -> Context | None:
-        """`context` after a hot read's miss, on the caller's loop; None: continue on the engine loop."""
-        fill = await self.cold_here(sid, uid, miss, cache, conn)
+    def answer_context(self, sid: str, fill: Refill | None, miss: Miss, t0: float) -> Context | None:
+        """`context`'s answer likewise (None also when the window does not hold all the view needs)."""
         if fill is None:
             return None
         ctx = self.fill_context(fill)

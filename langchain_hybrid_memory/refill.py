@@ -123,8 +123,13 @@ class Refiller:
             return
         job = PendingFill(lambda: self._start_fill(sid, fill, expect_seq, job))
         core.fills[sid] = job
-        loop = asyncio.get_running_loop()
-        if core.engine.in_loop():  # after the coroutine that answers the reader has handed its answer over
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # a sync caller's thread: its answer is ready, nothing to wait for
+            loop = None
+        if loop is None:
+            self._hand_over(job)
+        elif core.engine.in_loop():  # after the coroutine that answers the reader has handed its answer over
             loop.call_soon(loop.call_soon, job.start)
         else:  # the hand-over wakes the engine loop's thread, which would take the GIL from the reader
             loop.call_soon(self._hand_over, job)

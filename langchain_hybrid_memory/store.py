@@ -11,18 +11,20 @@ import contextlib
 import functools
 import hashlib
 import re
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from ._loop import close_with_loop
 from .config import HybridConfig
 
+T = TypeVar("T")
 MIGRATIONS_PACKAGE = "langchain_hybrid_memory.migrations"
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -308,6 +310,67 @@ class LoopConnection:
         if conn is not None:
             with contextlib.suppress(Exception):  # its transport belongs to a closed loop
                 conn.terminate()
+
+
+class PrivateConnection:
+    """A PostgreSQL connection for the sync API's cold reads, on a private event loop that the calling thread
+    runs for its query: a sync caller waits anyway, and a hop to the engine loop and back costs it two thread
+    wake-ups, more than the query. One thread at a time; a thread that runs a loop of its own cannot run this
+    one. Opened by a helper thread on first use; while it is busy or not open, callers take the engine loop."""
+
+    def __init__(self, config: HybridConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.pg = LoopConnection(config)
+        self._lock = threading.Lock()  # held by the thread using the connection, or opening it
+
+    def acquire(self) -> bool:
+        """Whether the calling thread may query now (then `release` after)."""
+        try:
+            asyncio.get_running_loop()
+            return False
+        except RuntimeError:
+            pass
+        if not self._lock.acquire(blocking=False):
+            return False
+        pg = self.pg
+        if pg.conn is not None and not pg.conn.is_closed():
+            return True
+        pg.conn = None
+        if pg.closed or time.monotonic() < pg._retry_at:
+            self._lock.release()
+        else:
+            threading.Thread(target=self._open, name="hybrid-memory-pg", daemon=True).start()
+        return False
+
+    def _open(self) -> None:
+        try:
+            self.loop.run_until_complete(self.pg._open())
+        finally:
+            self._lock.release()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a query on the connection, in the calling thread (after `acquire`)."""
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        """Close the connection and its loop (blocks: call from a thread that runs no loop)."""
+        self.pg.closed = True
+        got = self._lock.acquire(timeout=self.pg.config.pg_timeout)  # a query or the opening finishes first
+        try:
+            conn, self.pg.conn = self.pg.conn, None
+            if conn is not None:
+                try:
+                    self.loop.run_until_complete(asyncio.wait_for(conn.close(), self.pg.config.pg_timeout))
+                except (RuntimeError, TimeoutError, *_DOWN):
+                    conn.terminate()
+            if not self.loop.is_running():
+                self.loop.close()
+        finally:
+            if got:
+                self._lock.release()
 
 
 class PostgresStore:

@@ -163,32 +163,57 @@ async def _own_connection(memory: HybridMemory) -> None:
     raise AssertionError("the loop's PostgreSQL connection did not open")
 
 
-@pytest.mark.parametrize("api", ["sync", "async"])
+def _own_private_connection(memory: HybridMemory) -> None:
+    """Open the sync API's private PostgreSQL connection (sync cold reads in a thread with no loop then use it)."""
+    for _ in range(200):
+        memory.invalidate_session("warm-up")
+        memory.get_recent_messages("warm-up")  # a miss: the connection opens in the background
+        private = memory._core.private
+        if private is not None and private.pg.conn is not None:
+            return
+        time_sleep(0.02)
+    raise AssertionError("the private PostgreSQL connection did not open")
+
+
+@pytest.mark.parametrize("api", ["engine loop", "sync thread", "async loop"])
 @pytest.mark.parametrize("write", ["committed meanwhile", "waiting in the outbox"])
 def test_a_cold_read_cached_in_the_background_never_hides_a_write(make_memory, api, write):
     """A cold read is answered from PostgreSQL's rows and caches its window afterwards. A write that lands between
     its PostgreSQL read and that cache fill (held here) is in every later read: the fill does not replace a
     window its writer cached meanwhile, and merges a write still waiting in the outbox when the window was
-    evicted again. The async read runs on the caller's own loop and connection."""
+    evicted again. On each path: the engine loop (a sync call made inside a running loop), a sync caller's
+    thread (its private connection), an async caller's loop (its own connection)."""
     memory = make_memory()
     writer = make_memory(write_behind_delay=30) if write == "waiting in the outbox" else memory
     m1 = memory.add_messages("s", [Message("human", "m1")])
     memory.flush()
     r = redis.Redis.from_url(memory.config.redis_dsn())
     keys = memory.keys.session("s")
-    here: list[str] = []
-    cold_here = memory._reads.cold_here
+    paths: list[str] = []
+    reads_ = memory._reads
+    cold_here, cold_private, cold = reads_.cold_here, reads_.cold_private, reads_.cold
 
-    async def counted(sid: str, *args: Any) -> Any:
-        here.append(sid)
+    async def counted_here(sid: str, *args: Any) -> Any:
+        paths.append("async loop")
         return await cold_here(sid, *args)
 
-    memory._reads.cold_here = counted  # type: ignore[method-assign]
+    def counted_private(sid: str, *args: Any) -> Any:
+        paths.append("sync thread")
+        return cold_private(sid, *args)
+
+    async def counted_engine(sid: str, *args: Any) -> Any:
+        paths.append("engine loop")
+        return await cold(sid, *args)
+
+    reads_.cold_here, reads_.cold_private, reads_.cold = (  # type: ignore[method-assign]
+        counted_here, counted_private, counted_engine)
 
     def reads(read: Callable[[], list[Message]]) -> None:
         memory.invalidate_session("s")
         gate, held = _hold_fills(memory)
+        paths.clear()
         assert [m.id for m in read()] == [m.id for m in m1]  # answered from PostgreSQL; its FILL is held
+        assert paths == [api]
         deadline = time.monotonic() + 10
         while not held and time.monotonic() < deadline:  # handed to the engine loop after the answer
             time_sleep(0.01)
@@ -209,20 +234,23 @@ def test_a_cold_read_cached_in_the_background_never_hides_a_write(make_memory, a
         assert [m.id for m in memory.get_recent_messages("s")] == want
         assert len(r.lrange(keys.window, 0, -1)) == 2  # cached, with the write
 
-    if api == "sync":
+    if api == "engine loop":
+        async def inside_a_loop() -> list[Message]:
+            return memory.get_recent_messages("s")  # a thread running a loop cannot run the private one
+
+        reads(lambda: asyncio.run(inside_a_loop()))
+    elif api == "sync thread":
+        _own_private_connection(memory)
         reads(lambda: memory.get_recent_messages("s"))
-        assert not here
     else:
         async def main() -> None:
             await _own_connection(memory)
             loop = asyncio.get_running_loop()
-            here.clear()
             # The race itself runs in a thread while this loop serves the async reads.
             await asyncio.to_thread(reads, lambda: asyncio.run_coroutine_threadsafe(
                 memory.aget_recent_messages("s"), loop).result(10))
 
         asyncio.run(main())
-        assert here == ["s"]  # the cold read ran on the caller's loop, not the engine's
 
 
 def test_limit_deeper_than_window_reads_postgres(make_memory):
