@@ -1,4 +1,4 @@
-"""Engine benchmark: hot/cold reads, adds and write-behind persistence, each against a raw baseline.
+"""Engine benchmark: hot/cold reads, adds, warm-up and write-behind persistence, each against a raw baseline.
 
     python benchmarks/bench_engine.py [--quick] [--json PATH]
 
@@ -53,6 +53,7 @@ WINDOW = 30
 SHAPES = (10, 100, 1000)
 TARGET_HOT = 1.5  # hot read and add: p50 within this factor of the raw Redis round trip
 TARGET_PERSIST = 50_000.0  # messages/s into PostgreSQL
+TARGET_WARMUP = 0.5  # warm-up sessions/s against a raw query reading the same windows
 
 # The raw equivalent of an append: push, trim to the window, refresh the TTL, in one EVALSHA.
 RAW_APPEND = """
@@ -79,15 +80,17 @@ class Plan:
     persist_per_call: int
     persist_concurrency: int
     persist_runs: int
+    warm_sessions: int
+    warm_rounds: int
     content_chars: int = 240
 
     @classmethod
     def full(cls) -> Plan:
-        return cls(16, 10, 200, 8, 25, 10, 150, 100_000, 1000, 10, 32, 1)
+        return cls(16, 10, 200, 8, 25, 10, 150, 100_000, 1000, 10, 32, 1, 2000, 6)
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(6, 4, 80, 3, 15, 4, 60, 10_000, 100, 10, 16, 1)
+        return cls(6, 4, 80, 3, 15, 4, 60, 10_000, 100, 10, 16, 1, 400, 3)
 
 
 @dataclass
@@ -134,6 +137,7 @@ class Bench:
         self.contents = [text(self.rng, plan.content_chars) for _ in range(64)]
         self.rows: list[Row] = []
         self.persist: dict[str, Any] = {}
+        self.warm: dict[str, Any] = {}
 
     # -- setup -------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -219,10 +223,14 @@ class Bench:
             rows = await pg.fetch(sql, sids[i % n], WINDOW)
             return [json.loads(r[2]) for r in reversed(rows)]
 
+        # Both follow the same untimed step (dropping the engine's cached window of the session): a raw query
+        # right after the previous one finds its PostgreSQL backend still running, which a cold read never does.
+        def invalidate(i: int) -> None:
+            mem.invalidate_session(sids[i % n])
+
         sync = interleave_sync({
-            "engine": Op(lambda i: mem.get_recent_messages(sids[i % n]),
-                         lambda i: mem.invalidate_session(sids[i % n])),
-            "raw": Op(lambda i: run_in(loop, raw_fetch(i))),
+            "engine": Op(lambda i: mem.get_recent_messages(sids[i % n]), invalidate),
+            "raw": Op(lambda i: run_in(loop, raw_fetch(i)), invalidate),
         }, p.cold_rounds, p.cold_per_round, warmup=5)
 
         async def ainvalidate(i: int) -> None:
@@ -232,8 +240,8 @@ class Bench:
             return await mem.aget_recent_messages(sids[i % n])
 
         asy = run_in(loop, interleave_async({"engine": AsyncOpSpec(aengine, ainvalidate),
-                                             "raw": AsyncOpSpec(raw_fetch)}, p.cold_rounds, p.cold_per_round,
-                                            warmup=5))
+                                             "raw": AsyncOpSpec(raw_fetch, ainvalidate)}, p.cold_rounds,
+                                            p.cold_per_round, warmup=5))
         after = mem.get_cache_stats()
         expected = 2 * (p.cold_rounds * p.cold_per_round + 5)
         if after.misses - before.misses != expected:
@@ -282,6 +290,52 @@ class Bench:
                              "redis-py EVALSHA RPUSH+LTRIM+PEXPIRE"))
         self.rows.append(Row(str(shape), "async", "add (1 msg)", asy["engine"], asy["raw"],
                              "redis.asyncio EVALSHA RPUSH+LTRIM+PEXPIRE"))
+
+    # -- warm-up -----------------------------------------------------------------------------------------
+    def warmup(self) -> None:
+        """`warmup()` (the most recently active sessions loaded into Redis after a restart) in sessions/s, against
+        the raw baseline of what it must read: one asyncpg query per batch of 200 sessions for their last
+        WINDOW messages, bodies decoded. Rounds alternate the two; Redis is emptied of the sessions before each
+        of ours (untimed)."""
+        p, mem, pg = self.plan, self.mem, self.pg
+        assert pg is not None
+        sids = [f"warm-{j}" for j in range(p.warm_sessions)]
+        for sid in sids:
+            mem.add_messages(sid, [self.message(k) for k in range(WINDOW)])
+        mem.flush(timeout=120)
+        sql = ("SELECT q.s, m.seq, m.msg_id, m.body FROM unnest($1::text[]) AS q(s) CROSS JOIN LATERAL ("
+               "SELECT seq, msg_id, body FROM messages WHERE session_id = q.s ORDER BY seq DESC LIMIT $2) m")
+
+        async def raw() -> int:
+            got = 0
+            for i in range(0, len(sids), 200):
+                rows = await pg.fetch(sql, sids[i:i + 200], WINDOW)
+                got += len({r[0] for r in rows if json.loads(r[3])})
+            return got
+
+        ours_rates, raw_rates = [], []
+        for _ in range(p.warm_rounds):
+            for sid in sids:
+                mem.invalidate_session(sid)
+            gc.collect()
+            t0 = time.perf_counter()
+            loaded = mem.warmup(limit=len(sids))
+            ours_rates.append(loaded / (time.perf_counter() - t0))
+            if loaded != len(sids):
+                raise RuntimeError(f"warmup loaded {loaded} sessions, expected {len(sids)}")
+            t0 = time.perf_counter()
+            got = run_in(self.loop, raw())
+            raw_rates.append(got / (time.perf_counter() - t0))
+        before = mem.get_cache_stats()
+        for sid in sids[:50]:
+            mem.get_recent_messages(sid)
+        if mem.get_cache_stats().misses != before.misses:
+            raise RuntimeError("sessions loaded by warmup missed the cache")
+        per = sorted(o / r for o, r in zip(ours_rates, raw_rates, strict=True))
+        self.warm = {"sessions": len(sids), "messages_each": WINDOW, "rounds": p.warm_rounds,
+                     "ours_per_s": sorted(ours_rates)[len(ours_rates) // 2],
+                     "raw_per_s": sorted(raw_rates)[len(raw_rates) // 2], "ratio": per[len(per) // 2],
+                     "ours_runs": ours_rates, "raw_runs": raw_rates}
 
     # -- persistence -------------------------------------------------------------------------------------
     def _persist_memory(self) -> HybridMemory:
@@ -468,6 +522,12 @@ class Bench:
                 + (f" ({d['cold_read_backlog_p50_ms'] / cold:.2f}x a cold read, empty outbox)" if cold else ""),
                 f"  raw asyncpg COPY, same rows and indexes: {c['messages']:,} rows in {c['seconds']:.2f}s -> "
                 f"{c['rate']:,.0f} rows/s"]
+        w = self.warm
+        if w:
+            out += ["", f"warm-up (`warmup()` after Redis lost {w['sessions']:,} sessions of {w['messages_each']} "
+                        f"messages, {w['rounds']} rounds): {w['ours_per_s']:,.0f} sessions/s loaded into Redis; raw "
+                        f"asyncpg, one query per 200 sessions, bodies decoded: {w['raw_per_s']:,.0f} sessions/s read "
+                        f"-> {w['ratio']:.2f}x"]
         out += ["", "sync/async p50 ratio (>1: sync slower)"]
         by = {(r.shape, r.api, r.op): r for r in self.rows}
         for shape in SHAPES:
@@ -488,8 +548,11 @@ class Bench:
                        e["rate"] >= TARGET_PERSIST))
         checks.append((f"persistence, drain alone: {d['drain_rate']:,.0f} msgs/s (target >= {TARGET_PERSIST:,.0f})",
                        d["drain_rate"] >= TARGET_PERSIST))
+        if w:
+            checks.append((f"warm-up: {w['ratio']:.2f}x the sessions/s of the raw query that reads them "
+                           f"(target >= {TARGET_WARMUP}x)", w["ratio"] >= TARGET_WARMUP))
         out += ["", "targets"] + [f"  {'PASS' if ok else 'FAIL'}  {name}" for name, ok in checks]
-        data = {"rows": [r.to_dict() for r in self.rows], "persistence": self.persist,
+        data = {"rows": [r.to_dict() for r in self.rows], "persistence": self.persist, "warmup": self.warm,
                 "checks": [{"check": name, "pass": ok} for name, ok in checks]}
         return "\n".join(out), checks, data
 
@@ -551,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.hot_reads(shape)
             bench.cold_reads(shape)
             bench.adds(shape)
+        print("  measuring warm-up ...", flush=True)
+        bench.warmup()
         print("  measuring persistence ...", flush=True)
         bench.persistence()
         text_out, _checks, data = bench.report()

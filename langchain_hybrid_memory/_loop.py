@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -87,3 +88,29 @@ class EngineLoop:
         thread = self._request_stop()
         if thread is not None:
             await asyncio.to_thread(thread.join, 5)
+
+
+def close_with_loop(close: Callable[[], Awaitable[None]], closed: Callable[[], bool]) -> Callable[[], None]:
+    """Await `close()` when the running loop shuts down, unless `closed()` by then, so that connections opened
+    on a caller's loop never outlive it. Returns what ends that hook at once; `close` calls it.
+
+    `asyncio.run`, `asyncio.Runner` and pytest-asyncio finalize a loop's async generators before closing it: a
+    generator suspended for the client's whole life is that hook.
+    """
+    async def lifetime() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            if not closed():
+                await close()
+
+    gen = lifetime()
+    with contextlib.suppress(StopIteration):
+        gen.asend(None).send(None)  # the first step registers the generator with the running loop
+
+    def end() -> None:
+        # Finishes at once (closed() is true, nothing to await); from inside its own finally it is running.
+        with contextlib.suppress(StopIteration, RuntimeError):
+            gen.aclose().send(None)
+
+    return end

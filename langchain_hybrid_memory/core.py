@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -26,7 +27,7 @@ from .messages import CorruptEntry
 from .outbox import WriteBehind
 from .recall import Recall
 from .stats import Stats
-from .store import PostgresStore, Row, StoreDown
+from .store import LoopConnection, PostgresStore, PrivateConnection, Row, StoreDown
 from .summaries import SummaryWorker
 from .summarizers import TokenCounter, as_summarizer, default_summarizer, default_token_counter
 
@@ -35,6 +36,24 @@ log = logging.getLogger("langchain_hybrid_memory")
 # What a hot-path call learned from Redis before handing over to the engine loop, when it is not a result:
 UNKNOWN: Any = object()  # nothing (not asked, or Redis failed)
 CORRUPT: Any = object()  # the cached entry is damaged: drop it, then proceed as on a miss
+
+
+class PendingFill:
+    """A window loaded for a read, to be cached in the background (see `Refiller.cache_later`): `run` starts
+    that on the engine loop, at most once, whoever asks first; `done` is set when it has finished."""
+
+    __slots__ = ("done", "run", "started")
+
+    def __init__(self, run: Callable[[], concurrent.futures.Future[None] | None]) -> None:
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.run = run
+        self.started = False
+
+    def start(self) -> None:
+        """Start it (engine loop) unless it has been."""
+        if not self.started:
+            self.started = True
+            self.run()
 
 
 class Core:
@@ -54,7 +73,14 @@ class Core:
         self.loop_caches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisCache] = (
             weakref.WeakKeyDictionary())
         self.loops_seen: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        # ... and a PostgreSQL connection for their cold reads, once they have a Redis client.
+        self.loop_stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopConnection] = (
+            weakref.WeakKeyDictionary())
+        self.private: PrivateConnection | None = None  # the sync API's, for cold reads in the caller's thread
+        self._private_lock = threading.Lock()
         self.store: PostgresStore | None = None
+        # Windows loaded for a read and being cached in the background, by session (see Refiller.cache_later).
+        self.fills: dict[str, PendingFill] = {}
         self.wb: WriteBehind | None = None
         self.summaries: SummaryWorker | None = None
         self.recall: Recall | None = None
@@ -149,6 +175,8 @@ class Core:
             await self.summaries.stop()
         if self.recall is not None:
             await self.recall.stop()
+        if self.fills:
+            await self.settle_fills(list(self.fills), timeout=self.config.redis_timeout * 2)
         if self.wb is not None:
             if not await self.wb.flush(flush_timeout):
                 log.warning("hybrid-memory: closing with %d acknowledged messages not yet in PostgreSQL; "
@@ -183,13 +211,51 @@ class Core:
             cache.close_with_loop()
         return cache
 
+    def loop_store(self) -> LoopConnection | None:
+        """The running loop's PostgreSQL connection for a cold read, taken (release it after); None: use the
+        engine loop (this loop has no Redis client of its own yet, its connection is busy or not open yet, or
+        PostgreSQL is down). Only a loop with a Redis client of its own (see `loop_cache`) gets one."""
+        if self.store is None or not self.health.pg_up:
+            return None
+        loop = asyncio.get_running_loop()
+        if loop not in self.loop_caches:
+            return None
+        conn = self.loop_stores.get(loop)
+        if conn is None:
+            conn = self.loop_stores[loop] = LoopConnection(self.config)
+            conn.close_with_loop()
+        return conn if conn.take() else None
+
+    def private_store(self) -> PrivateConnection | None:
+        """For a sync cold read in the calling thread: the private PostgreSQL connection, acquired (release it
+        after); None: use the engine loop."""
+        if self.store is None or not self.health.pg_up or self.closed:
+            return None
+        conn = self.private
+        if conn is None:
+            with self._private_lock:
+                if self.private is None:
+                    self.private = PrivateConnection(self.config)
+                conn = self.private
+        return conn if conn.acquire() else None
+
+    def close_private(self) -> None:
+        """Close the private connection (blocks: from a thread that runs no loop)."""
+        with self._private_lock:
+            conn, self.private = self.private, None
+        if conn is not None:
+            conn.close()
+
     def close_loop_caches(self) -> list[asyncio.Future[None] | concurrent.futures.Future[None]]:
-        """Close the clients of the callers' loops, each on its own loop; returns the closes under way.
+        """Close the clients (Redis, PostgreSQL) of the callers' loops, each on its own loop; returns the closes
+        under way.
 
         A loop that no longer runs cannot close anything: its client is abandoned (asyncio.run and its kin
         already closed it when the loop shut down, see `RedisCache.close_with_loop`).
         """
-        caches, self.loop_caches = list(self.loop_caches.items()), weakref.WeakKeyDictionary()
+        caches: list[tuple[asyncio.AbstractEventLoop, RedisCache | LoopConnection]] = [
+            *self.loop_caches.items(), *self.loop_stores.items()]
+        self.loop_caches, self.loop_stores = weakref.WeakKeyDictionary(), weakref.WeakKeyDictionary()
         try:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -220,15 +286,32 @@ class Core:
         return (self.started and not self.closed and self.health.redis_up and self.cache is not None
                 and limit <= self.config.max_session_messages)
 
+    def hot_read(self, limit: int, sid: str) -> bool:
+        """`hot`, for a read: not while the session's window is being cached (the engine loop waits for that
+        and reads it, rather than the read missing and loading PostgreSQL again)."""
+        return self.hot(limit) and not (self.fills and sid in self.fills)
+
+    async def settle_fills(self, sids: Iterable[str], timeout: float | None = None) -> None:
+        """Finish the background refills of these sessions (engine loop): a drop must not be overtaken by one,
+        and a read should find the window they cache."""
+        if self.fills:
+            pending = [job for job in map(self.fills.get, sids) if job is not None]
+            for job in pending:
+                job.start()
+            if pending:
+                await asyncio.wait([asyncio.wrap_future(job.done) for job in pending], timeout=timeout)
+
     def need_store(self) -> PostgresStore:
         if self.store is None:
             raise StorageUnavailableError("PostgreSQL is not configured (mode=session_only)")
         return self.store
 
     def queued_rows(self, sid: str) -> list[Row]:
-        """This process's uncommitted rows of `sid`. Take them *before* querying PostgreSQL: a row committed
-        in between is then in one of the two, never in neither."""
-        return self.wb.queued_rows(sid) if self.wb is not None else []
+        """This process's uncommitted rows of `sid`, from any thread. Take them *before* querying PostgreSQL: a
+        row committed in between is then in one of the two, never in neither."""
+        if self.wb is None:
+            return []
+        return self.wb.queued_rows(sid) if self.engine.in_loop() else self.wb.peek_rows(sid)
 
     def summary_due(self, sid: str) -> None:
         if self.summaries is not None:

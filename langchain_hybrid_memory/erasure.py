@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .cache import CacheDown, Refill
 from .checkpoint.store import delete_user_threads, purge_idle_threads
 from .errors import StorageUnavailableError
-from .messages import element, encode
+from .messages import encode
 from .outbox import OutboxEntry
 from .refill import ProgressFn
 
@@ -97,8 +97,7 @@ class Eraser:
             await core.health.drop_cached([sid])
             if kept:
                 assert core.cache is not None
-                fill = Refill(max(m.seq or 0 for m in kept), uid, [])
-                fill.pairs = [(m.id, element(m.seq or 0, encode(m))) for m in kept]
+                fill = Refill(max(m.seq or 0 for m in kept), uid, [(m.seq or 0, m.id, encode(m)) for m in kept])
                 await core.cache.fill(sid, fill)
             return 0
         # Commit this process's queued writes first, so the row exists before it is deleted.

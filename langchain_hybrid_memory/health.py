@@ -141,6 +141,7 @@ class Health:
         assert cache is not None
         while self.dirty or self.dirty_threads:
             dirty, threads = list(self.dirty), list(self.dirty_threads)
+            await self.core.settle_fills(dirty)
             await cache.drop(dirty)
             await cache.checkpoint_drop(threads)
             self.dirty.difference_update(dirty)
@@ -152,6 +153,7 @@ class Health:
             return
         dirty = await store.dirty_sessions()
         if dirty:
+            await self.core.settle_fills(dirty)
             await cache.drop(dirty)
             await store.clear_dirty(dirty)
 
@@ -160,6 +162,7 @@ class Health:
         cache = self.core.cache
         if cache is None:
             return
+        await self.core.settle_fills(sids)
         try:
             await cache.drop(sids)
         except CacheDown:

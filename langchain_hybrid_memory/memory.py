@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import pickling
+from .cache import Miss
 from .config import HybridConfig, Mode, redact_url, seconds
 from .core import UNKNOWN, Core
 from .erasure import Eraser
@@ -105,6 +106,7 @@ class HybridMemory:
             if isinstance(fut, concurrent.futures.Future):
                 with contextlib.suppress(Exception):
                     fut.result(5)
+        core.close_private()
         try:
             core.engine.run(core.close(flush_timeout), timeout=flush_timeout + 15)
         except TimeoutError:
@@ -118,6 +120,7 @@ class HybridMemory:
         closing = [asyncio.wrap_future(f) for f in core.close_loop_caches()]
         if closing:
             await asyncio.wait(closing, timeout=5)
+        await asyncio.to_thread(core.close_private)
         try:
             await core.engine.arun(core.close(flush_timeout))
         finally:
@@ -221,7 +224,7 @@ class HybridMemory:
         """The last `limit` messages (default: the window), oldest first."""
         sid, uid, n = self._read_args(session_id, user_id, limit)
         core, got = self._core, UNKNOWN
-        if n and core.hot(n) and core.sync is not None:
+        if n and core.hot_read(n, sid) and core.sync is not None:
             t0 = time.perf_counter()
             try:
                 got = core.sync.read(sid, n)
@@ -230,13 +233,17 @@ class HybridMemory:
             got = self._reads.finish_hot_read(got, uid, t0)
             if isinstance(got, list):
                 return got
+            if isinstance(got, Miss) and not got.waiting and (conn := core.private_store()) is not None:
+                out = self._reads.answer_recent(sid, self._reads.cold_private(sid, uid, conn), n, got, t0)
+                if out is not None:
+                    return out
         return self._run(self._reads.recent(sid, uid, n, got))
 
     async def aget_recent_messages(self, session_id: str, limit: int | None = None, *,
                                    user_id: str | None = None) -> list[Message]:
         sid, uid, n = self._read_args(session_id, user_id, limit)
         core, got = self._core, UNKNOWN
-        cache = core.loop_cache() if n and core.hot(n) else None
+        cache = core.loop_cache() if n and core.hot_read(n, sid) else None
         if cache is not None:
             t0 = time.perf_counter()
             try:
@@ -246,6 +253,12 @@ class HybridMemory:
             got = self._reads.finish_hot_read(got, uid, t0)
             if isinstance(got, list):
                 return got
+            if isinstance(got, Miss) and (conn := core.loop_store()) is not None:
+                out = self._reads.answer_recent(sid, await self._reads.cold_here(sid, uid, got, cache, conn), n,
+                                                got, t0)
+                if out is not None:
+                    return out
+                got = UNKNOWN
         return await self._arun(self._reads.recent(sid, uid, n, got))
 
     def get_context(self, session_id: str, *, user_id: str | None = None, query: str | None = None) -> Context:
@@ -262,17 +275,21 @@ class HybridMemory:
             found = self.get_context(sid, user_id=uid)
             found.recalled = self._run(self._recalled(q, [sid], None, {m.id for m in found.messages}, None))
             return found
-        core = self._core
-        if core.hot(0) and core.sync is not None:
+        core, got = self._core, UNKNOWN
+        if core.hot_read(0, sid) and core.sync is not None:
             t0 = time.perf_counter()
             try:
-                got: Any = core.sync.context(sid)
+                got = core.sync.context(sid)
             except Exception as exc:  # handed over: finish_hot_context decides what each error means
                 got = exc
-            ctx = self._reads.finish_hot_context(got, uid, t0)
-            if ctx is not None:
-                return ctx
-        return self._run(self._reads.context(sid, uid))
+            got = self._reads.finish_hot_context(got, uid, t0)
+            if isinstance(got, Context):
+                return got
+            if isinstance(got, Miss) and not got.waiting and (conn := core.private_store()) is not None:
+                ctx = self._reads.answer_context(sid, self._reads.cold_private(sid, uid, conn), got, t0)
+                if ctx is not None:
+                    return ctx
+        return self._run(self._reads.context(sid, uid, got))
 
     async def aget_context(self, session_id: str, *, user_id: str | None = None,
                            query: str | None = None) -> Context:
@@ -283,17 +300,24 @@ class HybridMemory:
             found.recalled = await self._arun(self._recalled(q, [sid], None, {m.id for m in found.messages},
                                                              None))
             return found
-        cache = self._core.loop_cache() if self._core.hot(0) else None
+        core, got = self._core, UNKNOWN
+        cache = core.loop_cache() if core.hot_read(0, sid) else None
         if cache is not None:
             t0 = time.perf_counter()
             try:
-                got: Any = await cache.context(sid)
+                got = await cache.context(sid)
             except Exception as exc:  # handed over: finish_hot_context decides what each error means
                 got = exc
-            ctx = self._reads.finish_hot_context(got, uid, t0)
-            if ctx is not None:
-                return ctx
-        return await self._arun(self._reads.context(sid, uid))
+            got = self._reads.finish_hot_context(got, uid, t0)
+            if isinstance(got, Context):
+                return got
+            if isinstance(got, Miss) and (conn := core.loop_store()) is not None:
+                ctx = self._reads.answer_context(sid, await self._reads.cold_here(sid, uid, got, cache, conn), got,
+                                                 t0)
+                if ctx is not None:
+                    return ctx
+                got = UNKNOWN
+        return await self._arun(self._reads.context(sid, uid, got))
 
     # -- recall (recall.py) ------------------------------------------------------------------------------
     def search(self, query: str, *, session_id: str | Sequence[str] | None = None, user_id: str | None = None,

@@ -101,6 +101,18 @@ def decode_window(elements: list[bytes]) -> list[Message]:
         raise CorruptEntry(f"corrupt cache entry ({type(exc).__name__})") from None
 
 
+def decode_rows(rows: list[tuple[int, str, str]]) -> list[Message]:
+    """Decode stored rows (seq, message id, body), oldest first, in one pass (as `decode_window`)."""
+    if not rows:
+        return []
+    try:
+        objs = _loads("[" + ",".join([body for _, _, body in rows]) + "]")
+        return [Message(o["r"], o["c"], o["i"], o.get("m") or {}, seq, o.get("t"))
+                for (seq, _, _), o in zip(rows, objs, strict=True)]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptEntry(f"corrupt stored message ({type(exc).__name__})") from None
+
+
 def decode_element(el: bytes) -> Message:
     return decode_window([el])[0]
 

@@ -143,6 +143,20 @@ class WriteBehind:
         self._drain()
         return list(self._by_session.get(session_id, ()))
 
+    def peek_rows(self, session_id: str) -> list[Row]:
+        """`queued_rows` from any thread: entries submitted but not drained yet (under the inbox lock), then the
+        queue's rows. A row moves from the first to the second, never back, so it is seen in one of the two (or
+        both: callers key rows by seq), or was committed before this returns."""
+        with self._inbox_lock:
+            rows = [r for e in self._inbox if e.session_id == session_id for r in e.rows]
+        for _ in range(3):
+            queued = self._by_session.get(session_id)
+            try:
+                return rows + list(queued) if queued else rows  # one C-level copy, normally never interleaved
+            except RuntimeError:  # "deque mutated during iteration": the engine loop ran meanwhile
+                continue
+        return rows + list(self._by_session.get(session_id, ()))
+
     def queued_sessions(self) -> list[str]:
         self._drain()
         return list(self._by_session)

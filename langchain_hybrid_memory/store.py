@@ -11,16 +11,20 @@ import contextlib
 import functools
 import hashlib
 import re
-from collections.abc import AsyncIterator, Sequence
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
+from ._loop import close_with_loop
 from .config import HybridConfig
 
+T = TypeVar("T")
 MIGRATIONS_PACKAGE = "langchain_hybrid_memory.migrations"
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -38,6 +42,13 @@ _DOWN = (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresConnectionErr
          asyncpg.exceptions.InterfaceError, asyncpg.exceptions.CannotConnectNowError,
          asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError,
          asyncpg.exceptions.TooManyConnectionsError)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond asyncpg's own rollback of a transaction left open. Its
+    default (`RESET ALL`, `CLOSE ALL`, `UNLISTEN *`, unlock advisory locks) is one more round trip per query,
+    about as long as a window read, for session state the engine never creates (no SET, LISTEN, cursors
+    WITH HOLD or session-level advisory locks: every lock is transaction-scoped)."""
 
 
 @dataclass(slots=True)
@@ -164,6 +175,41 @@ FROM q CROSS JOIN LATERAL (
 """
 
 
+# The same for one session, as one row: its meta, then its last $2 messages as three arrays, newest first (a
+# cold read: fewer rows and columns for asyncpg to decode, no set of sessions to join). The count of messages
+# after the summary only with auto-summarize (skipping it costs a tenth of the query even as a one-time filter).
+def _window_sql(counting: bool) -> str:
+    count = """
+LEFT JOIN LATERAL (
+    SELECT count(*) AS n FROM messages c WHERE c.session_id = q.session_id AND c.seq > coalesce(sm.upto_seq, 0)
+) cnt ON true""" if counting else ""
+    return f"""
+SELECT s.session_id IS NOT NULL, s.user_id, coalesce(t.upto_seq, 0), coalesce(sm.upto_seq, 0),
+       coalesce(sm.text, ''), {"coalesce(cnt.n, 0)" if counting else "0::bigint"}, m.seqs, m.ids, m.bodies
+FROM (SELECT $1::text AS session_id) q
+LEFT JOIN sessions s ON s.session_id = q.session_id
+LEFT JOIN tombstones t ON t.session_id = encode(sha256(convert_to(q.session_id, 'UTF8')), 'hex')
+LEFT JOIN LATERAL (
+    SELECT upto_seq, text FROM summaries WHERE session_id = q.session_id ORDER BY upto_seq DESC LIMIT 1
+) sm ON true{count}
+CROSS JOIN LATERAL (
+    SELECT array_agg(seq) AS seqs, array_agg(msg_id) AS ids, array_agg(body) AS bodies FROM (
+        SELECT seq, msg_id, body FROM messages WHERE session_id = q.session_id ORDER BY seq DESC LIMIT $2
+    ) tail
+) m
+"""
+
+
+_WINDOW = {counting: _window_sql(counting) for counting in (False, True)}
+
+
+def window_of(rec: Any) -> Window:
+    """A `_WINDOW` row as a Window."""
+    seqs = rec[6]
+    rows = list(zip(reversed(seqs), reversed(rec[7]), reversed(rec[8]), strict=True)) if seqs else []
+    return Window(rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], rows)
+
+
 @dataclass(slots=True)
 class Window:
     """The stored tail of one session."""
@@ -175,6 +221,164 @@ class Window:
     sum_text: str
     unsummarized: int  # messages after the summary (counted only when auto-summarize is on)
     rows: list[tuple[int, str, str]]  # (seq, msg_id, body), oldest first
+
+
+def _server_settings(config: HybridConfig) -> dict[str, str]:
+    # Every statement is keyed by session and prepared once per connection: a generic plan serves them all,
+    # where PostgreSQL would otherwise re-plan the window query on each call (0.3 ms).
+    return {"search_path": config.namespace, "application_name": "hybrid-memory",
+            "plan_cache_mode": "force_generic_plan"}
+
+
+class LoopConnection:
+    """One PostgreSQL connection of a caller's event loop, so that a cold read there queries PostgreSQL without
+    a hop to the engine loop and back (asyncpg connections belong to the loop that opened them). One query at
+    a time: while it is busy, not open yet or broken, `take` says no and the caller uses the engine's pool.
+    Opened in the background on first use; closed with the engine, or when its loop shuts down."""
+
+    def __init__(self, config: HybridConfig) -> None:
+        self.config = config
+        self.conn: Any = None
+        self.busy = False
+        self.closed = False
+        self._opening: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
+        self._lifetime: Callable[[], None] | None = None
+
+    def close_with_loop(self) -> None:
+        self._lifetime = close_with_loop(self.close, lambda: self.closed)
+
+    def take(self) -> bool:
+        """Whether a query may go now, on the running loop; if so, `release` it after."""
+        conn = self.conn
+        if conn is None or conn.is_closed():
+            self.conn = None
+            if not self.closed and self._opening is None and time.monotonic() >= self._retry_at:
+                self._opening = asyncio.get_running_loop().create_task(self._open())
+            return False
+        if self.busy:
+            return False
+        self.busy = True
+        return True
+
+    def release(self) -> None:
+        self.busy = False
+
+    async def _open(self) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await asyncpg.connect(cfg.database_dsn(), timeout=cfg.connect_timeout,
+                                         command_timeout=cfg.pg_timeout, server_settings=_server_settings(cfg))
+        except (*_DOWN, asyncpg.PostgresError):
+            self._retry_at = time.monotonic() + cfg.health_check_interval  # the pool serves until then
+            return
+        except RuntimeError:
+            if loop.is_closed():  # closed with this still pending, now collected: nothing to clean up on it
+                raise GeneratorExit from None
+            raise
+        finally:
+            self._opening = None
+        if self.closed:
+            await conn.close()
+        else:
+            self.conn = conn
+
+    async def window(self, session_id: str, limit: int) -> Window:
+        """As `PostgresStore.window`, after `take`. Raises StoreDown (and drops the connection)."""
+        try:
+            return window_of(await self.conn.fetchrow(_WINDOW[self.config.enable_auto_summarize], session_id,
+                                                      limit, timeout=self.config.pg_timeout))
+        except _DOWN as exc:
+            conn, self.conn = self.conn, None
+            conn.terminate()
+            raise StoreDown(type(exc).__name__) from None
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._lifetime is not None:
+            end, self._lifetime = self._lifetime, None
+            end()
+        if self._opening is not None:
+            self._opening.cancel()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), self.config.pg_timeout)
+            except (TimeoutError, *_DOWN):
+                conn.terminate()
+
+    def abandon(self) -> None:
+        """Forget a connection whose loop no longer runs."""
+        self.closed = True
+        if self._lifetime is not None:
+            end, self._lifetime = self._lifetime, None
+            end()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # its transport belongs to a closed loop
+                conn.terminate()
+
+
+class PrivateConnection:
+    """A PostgreSQL connection for the sync API's cold reads, on a private event loop that the calling thread
+    runs for its query: a sync caller waits anyway, and a hop to the engine loop and back costs it two thread
+    wake-ups, more than the query. One thread at a time; a thread that runs a loop of its own cannot run this
+    one. Opened by a helper thread on first use; while it is busy or not open, callers take the engine loop."""
+
+    def __init__(self, config: HybridConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.pg = LoopConnection(config)
+        self._lock = threading.Lock()  # held by the thread using the connection, or opening it
+
+    def acquire(self) -> bool:
+        """Whether the calling thread may query now (then `release` after)."""
+        try:
+            asyncio.get_running_loop()
+            return False
+        except RuntimeError:
+            pass
+        if not self._lock.acquire(blocking=False):
+            return False
+        pg = self.pg
+        if pg.conn is not None and not pg.conn.is_closed():
+            return True
+        pg.conn = None
+        if pg.closed or time.monotonic() < pg._retry_at:
+            self._lock.release()
+        else:
+            threading.Thread(target=self._open, name="hybrid-memory-pg", daemon=True).start()
+        return False
+
+    def _open(self) -> None:
+        try:
+            self.loop.run_until_complete(self.pg._open())
+        finally:
+            self._lock.release()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a query on the connection, in the calling thread (after `acquire`)."""
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        """Close the connection and its loop (blocks: call from a thread that runs no loop)."""
+        self.pg.closed = True
+        got = self._lock.acquire(timeout=self.pg.config.pg_timeout)  # a query or the opening finishes first
+        try:
+            conn, self.pg.conn = self.pg.conn, None
+            if conn is not None:
+                try:
+                    self.loop.run_until_complete(asyncio.wait_for(conn.close(), self.pg.config.pg_timeout))
+                except (RuntimeError, TimeoutError, *_DOWN):
+                    conn.terminate()
+            if not self.loop.is_running():
+                self.loop.close()
+        finally:
+            if got:
+                self._lock.release()
 
 
 class PostgresStore:
@@ -189,11 +393,8 @@ class PostgresStore:
         try:
             self.pool = await asyncio.wait_for(asyncpg.create_pool(
                 cfg.database_dsn(), min_size=cfg.pg_pool_min, max_size=cfg.pg_pool_max,
-                command_timeout=cfg.pg_timeout, timeout=cfg.connect_timeout,
-                # Every statement is keyed by session and prepared once per connection: a generic plan serves
-                # them all, where PostgreSQL would otherwise re-plan the window query on each call (0.3 ms).
-                server_settings={"search_path": self.schema, "application_name": "hybrid-memory",
-                                 "plan_cache_mode": "force_generic_plan"},
+                command_timeout=cfg.pg_timeout, timeout=cfg.connect_timeout, server_settings=_server_settings(cfg),
+                reset=_keep_session,
             ), cfg.connect_timeout * 2)
         except _DOWN as exc:
             raise StoreDown(type(exc).__name__) from None
@@ -398,6 +599,10 @@ class PostgresStore:
         for w in out.values():
             w.rows.sort()  # oldest first (a UNION ALL promises no order)
         return out
+
+    async def window(self, session_id: str, limit: int) -> Window:
+        """One session's last `limit` messages (oldest first), owner, seq floor and summary (a cold read)."""
+        return window_of(await self._run("fetchrow", _WINDOW[self.config.enable_auto_summarize], session_id, limit))
 
     async def page(self, session_id: str, after_seq: int | None, limit: int | None
                    ) -> list[tuple[int, str]]:

@@ -4,8 +4,13 @@ and prefetch load sessions into the cache ahead of their reads."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Callable
 from time import sleep as time_sleep
+from typing import Any
 
+import pytest
 import redis
 
 from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
@@ -31,8 +36,9 @@ def test_hit_is_one_round_trip(private_redis, namespace):
         assert [m.content for m in msgs] == [f"m{i}" for i in range(5)]
         changed = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
         assert changed.pop("info") == 1
-        # One MULTI ... EXEC sent as one packet: meta, length, elements; the TTLs were slid by the first read
-        assert changed == {"multi": 1, "exec": 1, "hmget": 1, "llen": 1, "lrange": 1}
+        # One MULTI ... EXEC sent as one packet: meta, length, elements, whether outbox entries wait; the TTLs
+        # were slid by the first read
+        assert changed == {"multi": 1, "exec": 1, "hmget": 1, "llen": 1, "lrange": 1, "exists": 1}
     finally:
         memory.close()
 
@@ -102,15 +108,149 @@ def test_refill_never_overwrites_newer_writes(make_memory):
     assert memory._run(race()) == ["old", "new"]
 
 
-def test_refill_includes_writes_still_in_the_outbox(make_memory):
-    """A window evicted while its last writes wait for PostgreSQL is rebuilt from PostgreSQL + the outbox."""
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_refill_includes_writes_still_in_the_outbox(make_memory, api):
+    """A window evicted while its last writes wait for PostgreSQL is rebuilt from PostgreSQL + the outbox (the
+    async read on the caller's own loop and connection)."""
     writer = make_memory(write_behind_delay=30)  # nothing reaches PostgreSQL during this test
     reader = make_memory()
     writer.add_messages("s", [Message("human", f"m{i}") for i in range(3)])
     r = redis.Redis.from_url(writer.config.redis_dsn())
     keys = writer.keys.session("s")
     r.delete(keys.window, keys.meta, keys.ids)  # what eviction does
-    assert [m.content for m in reader.get_recent_messages("s")] == ["m0", "m1", "m2"]
+    if api == "sync":
+        assert [m.content for m in reader.get_recent_messages("s")] == ["m0", "m1", "m2"]
+        return
+
+    async def main() -> list[str]:
+        await _own_connection(reader)
+        return [m.content for m in await reader.aget_recent_messages("s")]
+
+    assert asyncio.run(main()) == ["m0", "m1", "m2"]
+
+
+def _hold_fills(memory: HybridMemory) -> tuple[threading.Event, list[str]]:
+    """Hold every background FILL of `memory` (a cold read's window, already handed to the reader) between its
+    PostgreSQL read and the script that caches it, until the returned event is set; the list names the
+    sessions held."""
+    refill = memory._refill
+    start = refill._start_fill
+    gate, held = threading.Event(), []
+
+    def hold(sid: str, *args: Any) -> None:  # on the engine loop, in place of Refiller._start_fill
+        held.append(sid)
+
+        async def later() -> None:
+            await asyncio.to_thread(gate.wait, 30)
+            start(sid, *args)
+
+        asyncio.get_running_loop().create_task(later())
+
+    refill._start_fill = hold  # type: ignore[method-assign]
+    return gate, held
+
+
+async def _own_connection(memory: HybridMemory) -> None:
+    """Give the running loop its own Redis client and PostgreSQL connection (cold reads then stay on it)."""
+    loop = asyncio.get_running_loop()
+    for _ in range(200):
+        await memory.ainvalidate_session("warm-up")
+        await memory.aget_recent_messages("warm-up")  # a miss: the loop's connection opens in the background
+        conn = memory._core.loop_stores.get(loop)
+        if conn is not None and conn.conn is not None:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the loop's PostgreSQL connection did not open")
+
+
+def _own_private_connection(memory: HybridMemory) -> None:
+    """Open the sync API's private PostgreSQL connection (sync cold reads in a thread with no loop then use it)."""
+    for _ in range(200):
+        memory.invalidate_session("warm-up")
+        memory.get_recent_messages("warm-up")  # a miss: the connection opens in the background
+        private = memory._core.private
+        if private is not None and private.pg.conn is not None:
+            return
+        time_sleep(0.02)
+    raise AssertionError("the private PostgreSQL connection did not open")
+
+
+@pytest.mark.parametrize("api", ["engine loop", "sync thread", "async loop"])
+@pytest.mark.parametrize("write", ["committed meanwhile", "waiting in the outbox"])
+def test_a_cold_read_cached_in_the_background_never_hides_a_write(make_memory, api, write):
+    """A cold read is answered from PostgreSQL's rows and caches its window afterwards. A write that lands between
+    its PostgreSQL read and that cache fill (held here) is in every later read: the fill does not replace a
+    window its writer cached meanwhile, and merges a write still waiting in the outbox when the window was
+    evicted again. On each path: the engine loop (a sync call made inside a running loop), a sync caller's
+    thread (its private connection), an async caller's loop (its own connection)."""
+    memory = make_memory()
+    writer = make_memory(write_behind_delay=30) if write == "waiting in the outbox" else memory
+    m1 = memory.add_messages("s", [Message("human", "m1")])
+    memory.flush()
+    r = redis.Redis.from_url(memory.config.redis_dsn())
+    keys = memory.keys.session("s")
+    paths: list[str] = []
+    reads_ = memory._reads
+    cold_here, cold_private, cold = reads_.cold_here, reads_.cold_private, reads_.cold
+
+    async def counted_here(sid: str, *args: Any) -> Any:
+        paths.append("async loop")
+        return await cold_here(sid, *args)
+
+    def counted_private(sid: str, *args: Any) -> Any:
+        paths.append("sync thread")
+        return cold_private(sid, *args)
+
+    async def counted_engine(sid: str, *args: Any) -> Any:
+        paths.append("engine loop")
+        return await cold(sid, *args)
+
+    reads_.cold_here, reads_.cold_private, reads_.cold = (  # type: ignore[method-assign]
+        counted_here, counted_private, counted_engine)
+
+    def reads(read: Callable[[], list[Message]]) -> None:
+        memory.invalidate_session("s")
+        gate, held = _hold_fills(memory)
+        paths.clear()
+        assert [m.id for m in read()] == [m.id for m in m1]  # answered from PostgreSQL; its FILL is held
+        assert paths == [api]
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:  # handed to the engine loop after the answer
+            time_sleep(0.01)
+        assert held == ["s"] and not r.exists(keys.meta)
+        m2 = writer.add_messages("s", [Message("ai", "m2")])  # not cached: the writer loads and caches it
+        assert r.llen(keys.window) == 2  # its writer cached the window, with the write
+        if write == "committed meanwhile":
+            writer.flush()  # in PostgreSQL, out of the outbox: only the window its writer cached holds it
+        else:
+            r.delete(keys.window, keys.meta, keys.ids)  # evicted again: only the outbox holds it
+        gate.set()
+        deadline = time.monotonic() + 10
+        while memory._core.fills and time.monotonic() < deadline:
+            time_sleep(0.01)
+        assert not memory._core.fills
+        want = [m.id for m in m1 + m2]
+        assert [m.id for m in read()] == want
+        assert [m.id for m in memory.get_recent_messages("s")] == want
+        assert len(r.lrange(keys.window, 0, -1)) == 2  # cached, with the write
+
+    if api == "engine loop":
+        async def inside_a_loop() -> list[Message]:
+            return memory.get_recent_messages("s")  # a thread running a loop cannot run the private one
+
+        reads(lambda: asyncio.run(inside_a_loop()))
+    elif api == "sync thread":
+        _own_private_connection(memory)
+        reads(lambda: memory.get_recent_messages("s"))
+    else:
+        async def main() -> None:
+            await _own_connection(memory)
+            loop = asyncio.get_running_loop()
+            # The race itself runs in a thread while this loop serves the async reads.
+            await asyncio.to_thread(reads, lambda: asyncio.run_coroutine_threadsafe(
+                memory.aget_recent_messages("s"), loop).result(10))
+
+        asyncio.run(main())
 
 
 def test_limit_deeper_than_window_reads_postgres(make_memory):
@@ -146,12 +286,14 @@ def test_damaged_cache_entries_are_dropped_and_reloaded_never_served(make_memory
     keys = memory.keys.session("s")
     r.lset(keys.window, 2, b"\xff garbage {")
     assert [m.id for m in memory.get_recent_messages("s")] == [m.id for m in sent]  # sync hot path
+    memory.get_recent_messages("s")  # waits for the window the miss cached in the background, if not there yet
     r.lset(keys.window, 1, b'{"s":1,"no":"fields"}')
 
     async def read() -> list[str]:
         return [m.id for m in await memory.aget_recent_messages("s")]
 
     assert asyncio.run(read()) == [m.id for m in sent]  # async hot path
+    memory.get_recent_messages("s")  # as above
     r.hset(keys.meta, "seq", "not a number")
     more = memory.add_messages("s", [Message("human", "after damage")])  # the script fails: reload, retry
     assert [m.id for m in memory.get_recent_messages("s")] == [m.id for m in sent + more]

@@ -101,10 +101,6 @@ class Subject:
     add: Any
     turn: Any
 
-    async def invalidate(self, name: str) -> None:
-        """Drop the session from the cache (cold reads); only subjects with `cold_note is None`."""
-        raise NotImplementedError
-
     async def redis_usage(self, names: Sequence[str]) -> dict[str, Any] | None:
         """Redis bytes (`MEMORY USAGE ... SAMPLES 0`) and cached messages of these sessions; None: no Redis."""
         return None
@@ -160,9 +156,6 @@ class OursAsync(Subject):
         ctx = await mem.aget_context(name)
         await mem.aadd_messages(name, batch)
         return len(ctx.messages)
-
-    async def invalidate(self, name: str) -> None:
-        await self.w.mem.ainvalidate_session(name)
 
     async def redis_usage(self, names: Sequence[str]) -> dict[str, Any]:
         ra, layout = self.w.ra, self.w.mem.keys
@@ -371,9 +364,6 @@ class LCPostgres(Subject):
         await h.aadd_messages(batch)
         return n
 
-    async def invalidate(self, name: str) -> None:
-        return None
-
     async def mixed_turn_factory(self, clients: int) -> Any:
         """Concurrent clients need their own connections: a psycopg pool (at most 16, PostgreSQL is shared)."""
         from langchain_postgres import PostgresChatMessageHistory
@@ -511,9 +501,6 @@ class LIPostgres(Subject):
         n = await self.read(name)
         await self.add(name, batch)
         return n
-
-    async def invalidate(self, name: str) -> None:
-        return None
 
     async def count(self, names: Sequence[str]) -> int:
         return sum([len(await self.store_.aget_messages(n)) for n in names])
@@ -695,9 +682,6 @@ class FloorPG(Subject):
         assert self.conn is not None
         rows = await self.conn.fetch(self.SQL, name, self.w.window)
         return len([json.loads(r[2]) for r in reversed(rows)])
-
-    async def invalidate(self, name: str) -> None:
-        return None
 
 
 ALL: dict[str, type[Subject]] = {c.key: c for c in (OursAsync, OursSync, OursLangChain, LCRedis, LCPostgres, LIRedis,

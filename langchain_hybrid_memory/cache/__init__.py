@@ -11,7 +11,7 @@ Connection failures surface as `CacheDown`; the engine's failover (`health.py`) 
 
 from .async_client import RedisCache
 from .connections import SENTINEL_SCHEMES, detect_cluster, make_client, parse_sentinel_url
-from .protocol import AppendResult, CachedContext, CacheDown, OwnershipConflict, Refill, TouchLog
+from .protocol import AppendResult, CachedContext, CacheDown, Miss, OwnershipConflict, Refill, TouchLog
 from .sync_client import SyncHotPath
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "AppendResult",
     "CacheDown",
     "CachedContext",
+    "Miss",
     "OwnershipConflict",
     "RedisCache",
     "Refill",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 
+from .._loop import close_with_loop
 from ..config import HybridConfig
 from ..keys import KeyLayout
 from .connections import make_client
@@ -20,6 +21,7 @@ from .protocol import (
     CachedContext,
     CacheDown,
     Commands,
+    Miss,
     Refill,
     TouchLog,
     exec_reply,
@@ -66,7 +68,7 @@ class RedisCache(Commands):
         self._checkpoint_writes = self.client.register_script(CHECKPOINT_WRITES)
         self._checkpoint_outbox = self.client.register_script(CHECKPOINT_OUTBOX)
         self.closed = False
-        self._lifetime: AsyncGenerator[None, None] | None = None
+        self._lifetime: Callable[[], None] | None = None
 
     async def close(self) -> None:
         self.closed = True
@@ -75,29 +77,13 @@ class RedisCache(Commands):
         await self.client.aclose()
 
     def close_with_loop(self) -> None:
-        """Close this client when the running loop shuts down, so its connections never outlive their loop.
-
-        `asyncio.run`, `asyncio.Runner` and pytest-asyncio finalize a loop's async generators before closing it:
-        a generator suspended for the client's whole life is that hook.
-        """
-        async def lifetime() -> AsyncGenerator[None, None]:
-            try:
-                yield
-            finally:
-                if not self.closed:
-                    await self.close()
-
-        gen = lifetime()
-        with contextlib.suppress(StopIteration):
-            gen.asend(None).send(None)  # the first step registers the generator with the running loop
-        self._lifetime = gen
+        """Close this client when the running loop shuts down, so its connections never outlive their loop."""
+        self._lifetime = close_with_loop(self.close, lambda: self.closed)
 
     def _end_lifetime(self) -> None:
-        gen, self._lifetime = self._lifetime, None
-        if gen is not None:
-            # Finishes at once (closed is set, nothing to await); from inside its own finally it is running.
-            with contextlib.suppress(StopIteration, RuntimeError):
-                gen.aclose().send(None)
+        end, self._lifetime = self._lifetime, None
+        if end is not None:
+            end()
 
     def abandon(self) -> None:
         """Forget a client whose loop no longer runs (no loop left to close its connections on)."""
@@ -195,12 +181,12 @@ class RedisCache(Commands):
         value = out.get("maxmemory-policy", b"") if out else b""
         return value.decode() if isinstance(value, bytes) else str(value)
 
-    async def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
-        """None on a miss; the last seq (int) if the window is partial; else (owner, elements)."""
+    async def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | Miss:
+        """(owner, elements), or a Miss (no window, or a partial one)."""
         return self.read_result(await self._window(session_id, limit))
 
-    async def context(self, session_id: str) -> CachedContext | int | None:
-        """The summary fields and every cached element (None: miss; int: partial window)."""
+    async def context(self, session_id: str) -> CachedContext | Miss:
+        """The summary fields and every cached element, or a Miss."""
         return self.context_result(await self._window(session_id, 0))
 
     async def set_summary(self, session_id: str, upto_seq: int, text: str, covered: int) -> bool:
@@ -217,8 +203,30 @@ class RedisCache(Commands):
                    ) -> tuple[bool, str, list[bytes]]:
         """Cache `fill` unless somebody wrote first; returns (loaded, owner, the window now cached)."""
         out = await self._eval(self._fill, *self._fill_args(session_id, fill, expect_seq))
-        cached = [el for _, el in fill.pairs] if out[0] == 2 else out[2:]  # 2: cached exactly as given
+        cached = [el for _, el in fill.pairs()] if out[0] == 2 else out[2:]  # 2: cached exactly as given
         return bool(out[0]), out[1].decode("utf-8"), cached
+
+    def fill_soon(self, session_id: str, fill: Refill, expect_seq: int | None) -> Coroutine[Any, Any, None]:
+        """`fill`, its bytes sent now when the shared connection is open: a call made after this returns reaches
+        Redis after them. Await the coroutine to finish it (errors as `fill`'s)."""
+        keys, args = self._fill_args(session_id, fill, expect_seq)
+        pipe, sent = self._pipe, None
+        if not self.cluster and pipe is not None and pipe.error is None and pipe.pid == os.getpid():
+            sent = pipe.call(pack([("EVALSHA", self._fill.sha, len(keys), *keys, *args)]), 1)
+        return self._finish_fill(sent, keys, args)
+
+    async def _finish_fill(self, sent: asyncio.Future[list[Any]] | None, keys: list[str], args: list[Any]) -> None:
+        if sent is not None:
+            try:
+                raise_errors(await sent)
+                return
+            except NoScriptError:
+                pass  # loaded, then sent again below
+            except ResponseError:
+                raise
+            except (RedisError, OSError):
+                pass  # again on a new connection, as `_exchange` does (a second FILL of a window is a no-op)
+        await self._eval(self._fill, keys, args)
 
     def _fill_args(self, session_id: str, fill: Refill, expect_seq: int | None) -> tuple[list[str], list[Any]]:
         keys, args = self.head(session_id, touch=True, fill=fill)
@@ -231,6 +239,11 @@ class RedisCache(Commands):
         # Concurrent script calls rather than a pipeline: each may need its script loaded on its own node.
         calls = [self._eval(self._fill, *self._fill_args(sid, fill, None)) for sid, fill in fills.items()]
         return sum(1 for x in await asyncio.gather(*calls) if x[0])
+
+    async def with_entries(self, session_ids: Sequence[str]) -> list[str]:
+        """Those of the sessions whose outbox entry set exists (some of their writes may wait), in one exchange."""
+        found = await self._many([("EXISTS", self.keys.session(sid).entries) for sid in session_ids])
+        return [sid for sid, n in zip(session_ids, found, strict=True) if n]
 
     async def last_seqs(self, session_ids: Sequence[str]) -> list[int]:
         pipe = self.client.pipeline(transaction=False)

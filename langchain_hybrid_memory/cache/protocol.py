@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import HybridConfig
 from ..keys import KeyLayout
-from ..messages import CorruptEntry
+from ..messages import CorruptEntry, element
 from .scripts import CONTEXT_FIELDS, READ_FIELDS
 
 
@@ -38,12 +38,17 @@ class Refill:
 
     base_seq: int
     owner: str | None
-    pairs: list[tuple[str, bytes]]  # (message id, element, see messages.element) oldest first
+    rows: list[tuple[int, str, str]]  # (seq, message id, body) oldest first
     partial: bool = False  # PostgreSQL was unreachable: older history is missing from this window
     sum_upto: int = 0  # the latest summary covers messages up to this seq
     sum_text: str = ""
     unsummarized: int = 0  # messages stored after the summary
     floor: int = 0  # a tombstone: outbox entries at or below it were deleted
+
+    def pairs(self) -> list[tuple[str, bytes]]:
+        """(message id, element, see messages.element) oldest first: what the scripts cache. Built only when a
+        script needs them (a cold read's answer decodes the rows themselves)."""
+        return [(msg_id, element(seq, body)) for seq, msg_id, body in self.rows]
 
 
 @dataclass(slots=True)
@@ -53,6 +58,16 @@ class CachedContext:
     sum_text: str
     unsummarized: int  # how many messages follow the summary: the cache covers them all only if it holds that many
     elements: list[bytes]
+
+
+@dataclass(slots=True, frozen=True)
+class Miss:
+    """A read that found no complete window. `partial_seq`: the last seq of a partial window (a refill replaces
+    it only if still that); `waiting`: whether the session's outbox entry set exists (some of its writes may
+    wait for PostgreSQL), as Redis saw it when the read ran, before any PostgreSQL query that follows."""
+
+    partial_seq: int | None = None
+    waiting: bool = True
 
 
 @dataclass(slots=True)
@@ -107,15 +122,16 @@ class Commands:
         k = self.keys.session(session_id)
         if touch is None:
             touch = self.touches.due(session_id)
-        cap = self._capacity if fill is None else max(self._capacity, len(fill.pairs))
+        cap = self._capacity if fill is None else max(self._capacity, len(fill.rows))
         return list(k.all), [session_id, self._ttl_ms, cap, self._threshold, 1 if touch else 0]
 
     def read_cmds(self, session_id: str, limit: int) -> list[tuple[Any, ...]]:
         """The commands of one read, run as a MULTI: meta fields, length, elements (limit 0: all, with the
-        summary fields), then the TTL slide when due."""
+        summary fields), whether the session has outbox entries (a miss then knows, before it queries
+        PostgreSQL, whether it must look them up), then the TTL slide when due."""
         k = self.keys.session(session_id)
         cmds: list[tuple[Any, ...]] = [("HMGET", k.meta, *(CONTEXT_FIELDS if limit == 0 else READ_FIELDS)),
-                                       ("LLEN", k.window), ("LRANGE", k.window, -limit, -1)]
+                                       ("LLEN", k.window), ("LRANGE", k.window, -limit, -1), ("EXISTS", k.entries)]
         if self.touches.due(session_id):
             ttl = self._ttl_ms
             cmds += [("PEXPIRE", k.window, ttl), ("PEXPIRE", k.meta, ttl), ("PEXPIRE", k.ids, ttl),
@@ -128,16 +144,16 @@ class Commands:
         return keys, [*args, -limit, *(CONTEXT_FIELDS if limit == 0 else READ_FIELDS)]
 
     @staticmethod
-    def _read_common(out: list[Any]) -> list[Any] | int | None:
-        """The meta fields of a hit; None on a miss, the last seq on a partial window."""
+    def _read_common(out: list[Any]) -> list[Any] | Miss:
+        """The meta fields of a hit, or a Miss (no window, or a partial one)."""
         if any(isinstance(x, Exception) for x in out):
             raise CorruptEntry("corrupt cache entry (wrong key type)")
         meta, length = out[0], out[1]
         if meta[0] is None:
-            return None
+            return Miss(None, out[3] != 0)
         try:
             if meta[1] is not None:
-                return int(meta[0])
+                return Miss(int(meta[0]), out[3] != 0)
             if meta[3] is None or int(meta[3]) != length:
                 # Redis evicted part of the session (any policy but noeviction): never serve it short
                 raise CorruptEntry("damaged cache entry (window length)")
@@ -145,18 +161,18 @@ class Commands:
             raise CorruptEntry("corrupt cache entry (meta)") from None
         return meta  # type: ignore[no-any-return]
 
-    def read_result(self, out: list[Any]) -> tuple[str, list[bytes]] | int | None:
+    def read_result(self, out: list[Any]) -> tuple[str, list[bytes]] | Miss:
         meta = self._read_common(out)
-        if meta is None or isinstance(meta, int):
+        if isinstance(meta, Miss):
             return meta
         try:
             return (meta[2] or b"").decode("utf-8"), out[2]
         except UnicodeDecodeError:
             raise CorruptEntry("corrupt cache entry (owner)") from None
 
-    def context_result(self, out: list[Any]) -> CachedContext | int | None:
+    def context_result(self, out: list[Any]) -> CachedContext | Miss:
         meta = self._read_common(out)
-        if meta is None or isinstance(meta, int):
+        if isinstance(meta, Miss):
             return meta
         try:
             return CachedContext((meta[2] or b"").decode("utf-8"), int(meta[4] or 0),
@@ -167,9 +183,9 @@ class Commands:
     @staticmethod
     def fill_args(fill: Refill) -> list[Any]:
         args: list[Any] = [fill.base_seq, fill.owner or "", 1 if fill.partial else 0, fill.sum_upto,
-                           fill.sum_text, fill.unsummarized, fill.floor, len(fill.pairs)]
-        for msg_id, element in fill.pairs:
-            args += (msg_id, element)
+                           fill.sum_text, fill.unsummarized, fill.floor, len(fill.rows)]
+        for msg_id, el in fill.pairs():
+            args += (msg_id, el)
         return args
 
     def append_args(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str],

@@ -17,6 +17,7 @@ from .protocol import (
     CachedContext,
     CacheDown,
     Commands,
+    Miss,
     TouchLog,
     exec_reply,
     multi,
@@ -140,10 +141,10 @@ class SyncHotPath(Commands):
         except (RedisError, OSError) as exc:
             raise CacheDown(type(exc).__name__) from None
 
-    def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | int | None:
+    def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | Miss:
         return self.read_result(self._window(session_id, limit))
 
-    def context(self, session_id: str) -> CachedContext | int | None:
+    def context(self, session_id: str) -> CachedContext | Miss:
         return self.context_result(self._window(session_id, 0))
 
     def append(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str], *,
