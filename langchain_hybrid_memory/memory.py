@@ -4,6 +4,8 @@ Every public operation has a sync and an async form. Both run the same coroutine
 (`_loop.py`), so there is one implementation of each behaviour. The hot calls (append, window read, context
 read) first try one Redis round trip from the caller's own thread or loop; the sync and async forms differ
 only in how they make that call, and hand its reply to the same code (`finish_hot_*` in reads.py / writes.py).
+A read that misses continues there too when that loop or thread has a PostgreSQL connection for it (`*_here`,
+`cold_private` in reads.py), else on the engine loop.
 
 Where things live: core.py (shared state, start, close), health.py (failover), reads.py, writes.py,
 refill.py, erasure.py, summaries.py (the summary operations and worker), recall.py (search and its indexer),
