@@ -561,7 +561,7 @@ class _PersistTimer:
     """Times the flusher's PostgreSQL statement by wrapping the store's `persist` (diagnostic only)."""
 
     def __init__(self, mem: HybridMemory) -> None:
-        self.store = getattr(mem, "_store", None)
+        self.store = mem._core.store  # the engine's PostgresStore (the write-behind flusher calls its persist)
         self.calls = 0
         self.rows = 0
         self.seconds = 0.0
