@@ -10,15 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.llms import ChatMessage, MessageRole
-from llama_index.core.memory.memory import BaseMemoryBlock
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from langchain_hybrid_memory import HybridMemory, SearchHit
 from langchain_hybrid_memory.recall import message_text
 from langchain_hybrid_memory.summarizers import transcript
 
+from ._block import EngineBlock
 from ._convert import active_session_id, archived_session_id
 
 DEFAULT_HEADER = "Earlier in this conversation (found for the latest message):"
@@ -33,7 +33,7 @@ def _text(message: ChatMessage) -> str:
     return "\n".join(b.text for b in message.blocks if hasattr(b, "text") and isinstance(b.text, str))
 
 
-class HybridRecallBlock(BaseMemoryBlock[str]):
+class HybridRecallBlock(EngineBlock):
     """The stored messages of the session that best match the latest user message and that `Memory` no longer
     holds (archived, or flushed long ago), in conversation order; at most `k`.
 
@@ -45,21 +45,10 @@ class HybridRecallBlock(BaseMemoryBlock[str]):
     description: str | None = Field(default="Earlier messages matching the latest user message.")
     k: int = Field(default=5, ge=1, le=100, description="Messages recalled at most.")
     header: str = Field(default=DEFAULT_HEADER, description="The line before the recalled messages.")
-    session_id: str | None = Field(default=None, description="The key to use when `Memory` does not pass one.")
-
-    _memory: HybridMemory = PrivateAttr()
-
-    def __init__(self, memory: HybridMemory, **data: Any) -> None:
-        super().__init__(**data)
-        self._memory = memory
-
-    @property
-    def memory(self) -> HybridMemory:
-        return self._memory
 
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
-        key = block_kwargs.get("session_id") or self.session_id
-        if not isinstance(key, str) or not messages:
+        key = self._key(block_kwargs)
+        if key is None or not messages:
             return ""
         question = next((_text(m) for m in reversed(messages) if m.role == MessageRole.USER), "")
         if not question.strip():

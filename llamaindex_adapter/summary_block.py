@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.llms import ChatMessage
-from llama_index.core.memory.memory import BaseMemoryBlock
 
-from langchain_hybrid_memory import HybridMemory, Message
+from langchain_hybrid_memory import Message
 from langchain_hybrid_memory.summarizers import transcript
 
+from ._block import EngineBlock
 from ._convert import archived_session_id, summary_session_id, to_engine
 from .chat_store import aadd_all
 
@@ -18,7 +18,7 @@ DEFAULT_TEMPLATE = "Summary of the earlier conversation:\n{summary}"
 RECENT_HEADER = "Earlier messages, not summarized yet:"
 
 
-class HybridSummaryBlock(BaseMemoryBlock[str]):
+class HybridSummaryBlock(EngineBlock):
     """The summary of the messages `Memory` moved out of its queue, made and kept by the engine.
 
     `Memory` archives the oldest messages when its queue is full. With `HybridDBChatStore` they land in the
@@ -39,25 +39,14 @@ class HybridSummaryBlock(BaseMemoryBlock[str]):
     template: str = Field(default=DEFAULT_TEMPLATE, description="How the summary is shown; `{summary}` is it.")
     include_recent: bool = Field(default=True, description="Also show archived messages not summarized yet.")
     ingest: bool = Field(default=False, description="Store the messages `Memory` hands over (other chat stores).")
-    session_id: str | None = Field(default=None, description="The key to use when `Memory` does not pass one.")
-
-    _memory: HybridMemory = PrivateAttr()
-
-    def __init__(self, memory: HybridMemory, **data: Any) -> None:
-        super().__init__(**data)
-        self._memory = memory
-
-    @property
-    def memory(self) -> HybridMemory:
-        return self._memory
 
     def source_session_id(self, key: str) -> str:
         """The engine session whose summary this block shows for `key`."""
         return summary_session_id(key) if self.ingest else archived_session_id(key)
 
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
-        key = block_kwargs.get("session_id") or self.session_id
-        if not isinstance(key, str):
+        key = self._key(block_kwargs)
+        if key is None:
             return ""
         ctx = await self._memory.aget_context(self.source_session_id(key))
         parts: list[str] = []
