@@ -60,6 +60,14 @@ def message_text(msg: Message) -> str:
     return text[:_INDEX_CHARS].replace("\x00", " ")
 
 
+def stored_text(seq: int, body: str) -> str:
+    """The searchable text of a stored row; "" for a body the codec cannot read (indexed, nothing to find)."""
+    try:
+        return message_text(decode(seq, body))
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
 def check_query(query: Any, k: Any, max_chars: int) -> str:
     """The query as searched; a typed error for what cannot be one."""
     if not isinstance(query, str):
@@ -251,13 +259,9 @@ class Recall:
             cols: tuple[list[str], list[int], list[str]] = ([], [], [])
             for sid, seq, body in rows:
                 per[sid].append(seq)
-                try:
-                    text = message_text(decode(seq, body))
-                except (ValueError, KeyError, TypeError):
-                    text = ""  # a body the codec cannot read still counts as indexed (nothing to find in it)
                 cols[0].append(sid)
                 cols[1].append(seq)
-                cols[2].append(text)
+                cols[2].append(stored_text(seq, body))
             if rows:
                 await conn.execute(_INSERT, *cols, self.core.config.search_config, timeout=t)
             # A session with more than one transaction's worth goes on from its next message.
@@ -303,12 +307,7 @@ class Recall:
             return 0
         sids, since = [r[0] for r in waiting], [r[1] for r in waiting]
         rows = await store._run("fetch", _TO_EMBED, sids, since, _PASS_MESSAGES)
-        texts = []
-        for _, seq, body in rows:
-            try:
-                texts.append(message_text(decode(seq, body))[:8000] or " ")
-            except (ValueError, KeyError, TypeError):
-                texts.append(" ")
+        texts = [stored_text(seq, body)[:8000] or " " for _, seq, body in rows]
         vectors: list[bytes] = []
         for i in range(0, len(texts), 256):
             batch = await asyncio.wait_for(embedder.aembed(texts[i:i + 256]), self.core.config.embed_timeout)

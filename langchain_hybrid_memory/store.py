@@ -787,15 +787,10 @@ class PostgresStore:
     async def run_locked(self, keys: Sequence[str], exclusive: bool, method: str, sql: str, *args: Any) -> Any:
         """One statement in a transaction that first takes advisory locks on checkpoint threads (sorted: no
         deadlock); commits take them shared, deletes exclusive, so a delete never interleaves with a commit."""
-        if self.pool is None:
-            raise StoreDown("not connected")
-        try:
-            async with self.pool.acquire(timeout=self.config.pg_timeout) as conn, conn.transaction():
-                t = self.config.pg_timeout
-                await conn.execute(_THREAD_LOCKS[exclusive], list(keys), timeout=t)
-                return await getattr(conn, method)(sql, *args, timeout=t)
-        except _DOWN as exc:
-            raise StoreDown(type(exc).__name__) from None
+        async with self.transaction() as conn:
+            t = self.config.pg_timeout
+            await conn.execute(_THREAD_LOCKS[exclusive], list(keys), timeout=t)
+            return await getattr(conn, method)(sql, *args, timeout=t)
 
     def pool_usage(self) -> tuple[int, int]:
         if self.pool is None:
