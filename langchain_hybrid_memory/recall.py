@@ -194,12 +194,10 @@ class Recall:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._task: asyncio.Task[None] | None = None
-        self.last_error: str | None = None
         self._counter: TokenCounter | None = core.token_counter
         self._model_id: int | None = None
         self._scopes: dict[tuple[Any, ...], _Scope] = {}
         self._embed_delay = core.config.recall_index_interval
-        self.last_embed_error: str | None = None
 
     # -- the indexer -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -223,9 +221,8 @@ class Recall:
                 while await self.index_pass() == _PASS_SESSIONS:
                     pass  # a backlog: go on at once
                 delay = cfg.recall_index_interval
-            except Exception as exc:  # PostgreSQL down, or a bug in one pass: retry later, slower
+            except Exception:  # PostgreSQL down, or a bug in one pass: retry later, slower
                 self.core.stats.index_failures += 1
-                self.last_error = type(exc).__name__
                 delay = min(max(delay * 2, cfg.recall_index_interval), 30.0)
                 continue
             if self.core.embedder is None or time.monotonic() < embed_at:
@@ -236,9 +233,8 @@ class Recall:
                 else:
                     self._embed_delay = min(self._embed_delay * 2, 300.0)
                     embed_at = time.monotonic() + self._embed_delay
-            except Exception as exc:  # PostgreSQL went away between the two
+            except Exception:  # PostgreSQL went away between the two
                 self.core.stats.index_failures += 1
-                self.last_error = type(exc).__name__
 
     async def index_pass(self) -> int:
         """Index the new messages of up to `_PASS_SESSIONS` marked sessions, in one transaction; returns how
@@ -285,7 +281,6 @@ class Recall:
 
     def _embed_failed(self, exc: Exception) -> None:
         self.core.stats.embed_failures += 1
-        self.last_embed_error = f"{type(exc).__name__}: {str(exc)[:200]}"
         log.warning("hybrid-memory: the embedder failed (%s); retrying later", type(exc).__name__)
 
     async def _model(self, dims: int) -> int:
