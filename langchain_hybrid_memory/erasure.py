@@ -166,14 +166,24 @@ class Eraser:
         if core.wb is not None:
             for thread_id in thread_ids:
                 await core.wb.ack(core.wb.drop_thread(thread_id))
-        step = core.health.redis_step()
         if core.use_cache():
             assert core.cache is not None
-            with step:
+            with core.health.redis_step():
                 for thread_id in thread_ids:
                     k = core.keys.thread(thread_id)
                     gone = await core.cache.checkpoint_outbox(thread_id)
                     await core.cache.ack([(k.outbox, k.entries, x) for x, _ in gone])
+        await self.drop_hot_threads(thread_ids)
+
+    async def drop_hot_threads(self, thread_ids: Sequence[str]) -> None:
+        """Drop threads' hot state in Redis now or, Redis down, as soon as it answers again."""
+        core = self.core
+        if not thread_ids:
+            return
+        step = core.health.redis_step()
+        if core.use_cache():
+            assert core.cache is not None
+            with step:
                 await core.cache.checkpoint_drop(thread_ids)
         if step.failed or not core.use_cache():
             core.health.dirty_threads.update(thread_ids)

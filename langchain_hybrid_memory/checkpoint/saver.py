@@ -577,20 +577,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         with self.memory._core.health.store_step():
             await self.memory._erasure.settle_threads()
             threads = await store.delete_runs(list(run_ids))
-        await self._drop_hot(threads)
-
-    async def _drop_hot(self, thread_ids: Sequence[str]) -> None:
-        cache = self._cache()
-        if not thread_ids:
-            return
-        if cache is None:
-            self.memory._core.health.dirty_threads.update(thread_ids)
-            return
-        step = self.memory._core.health.redis_step()
-        with step:
-            await cache.checkpoint_drop(thread_ids)
-        if step.failed:
-            self.memory._core.health.dirty_threads.update(thread_ids)
+        await self.memory._erasure.drop_hot_threads(threads)
 
     async def _copy(self, source: str, target: str) -> None:
         store = await self._store()
@@ -599,7 +586,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
             await self._settle(source)
             await self._settle(target)
             await store.copy_thread(source, target)
-        await self._drop_hot([target])
+        await self.memory._erasure.drop_hot_threads([target])
 
     async def _prune(self, thread_ids: Sequence[str], strategy: str) -> None:
         if strategy == "delete":
