@@ -92,7 +92,13 @@ class Core:
         self.closed = False
         self._start_lock: asyncio.Lock | None = None
         self.summarizer_arg = summarizer
-        self.embedder: Embedder | None = as_embedder(embedder) if embedder is not None else None
+        self.embedder: Embedder | None = None
+        if embedder is not None:
+            # Vectors are scored with numpy: imported here, in the constructor, so that no coroutine of the
+            # engine loop reads its modules from disk on the first search or embedding pass.
+            import numpy  # noqa: F401
+
+            self.embedder = as_embedder(embedder)
         self.token_counter = token_counter
 
     # -- start -------------------------------------------------------------------------------------------
