@@ -57,17 +57,6 @@ class HybridRetriever(BaseRetriever):
         return [hit_document(h) for h in hits]
 
 
-def _scope(config: RunnableConfig | None, session_id: str | Sequence[str] | None, user_id: str | None
-           ) -> tuple[str | Sequence[str], str | None]:
-    """The fixed scope, else the run's conversation (its `thread_id`, the context's `session_id`/`user_id`)."""
-    from .middleware import resolve_conversation  # needs the agents extra; the retriever does not
-
-    if session_id is not None:
-        return session_id, user_id
-    return resolve_conversation(session_id=None, user_id=user_id, session_key="session_id", user_key="user_id",
-                                runtime=None, config=config)
-
-
 def _format(hits: list[SearchHit]) -> str:
     if not hits:
         return "Nothing in the earlier conversation matches."
@@ -83,12 +72,23 @@ def recall_tool(memory: HybridMemory, *, session_id: str | Sequence[str] | None 
     runtime context), as `HybridMemoryMiddleware` resolves it; the user likewise from `user_id` or the context.
     """
 
+    # Imported here, when the tool is made (it needs the agents extra; the retriever does not), not on the event
+    # loop of the tool's first async call.
+    from .middleware import resolve_conversation
+
+    def scope(config: RunnableConfig) -> tuple[str | Sequence[str], str | None]:
+        """The fixed scope, else the run's conversation (its `thread_id`, the context's `session_id`)."""
+        if session_id is not None:
+            return session_id, user_id
+        return resolve_conversation(session_id=None, user_id=user_id, session_key="session_id",
+                                    user_key="user_id", runtime=None, config=config)
+
     def search(query: str, config: RunnableConfig) -> str:
-        sid, uid = _scope(config, session_id, user_id)
+        sid, uid = scope(config)
         return _format(memory.search(query, session_id=sid, user_id=uid, k=k))
 
     async def asearch(query: str, config: RunnableConfig) -> str:
-        sid, uid = _scope(config, session_id, user_id)
+        sid, uid = scope(config)
         return _format(await memory.asearch(query, session_id=sid, user_id=uid, k=k))
 
     return StructuredTool.from_function(func=search, coroutine=asearch, name=name, description=description)
