@@ -158,9 +158,18 @@ async def _own_connection(memory: HybridMemory) -> None:
         await memory.aget_recent_messages("warm-up")  # a miss: the loop's connection opens in the background
         conn = memory._core.loop_stores.get(loop)
         if conn is not None and conn.conn is not None:
+            await asyncio.to_thread(_no_fill_pending, memory)
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the loop's PostgreSQL connection did not open")
+
+
+def _no_fill_pending(memory: HybridMemory) -> None:
+    """Wait until the warm-up reads' background fills are done (a later `_hold_fills` must hold only the test's)."""
+    deadline = time.monotonic() + 10
+    while memory._core.fills and time.monotonic() < deadline:
+        time_sleep(0.01)
+    assert not memory._core.fills
 
 
 def _own_private_connection(memory: HybridMemory) -> None:
@@ -170,6 +179,7 @@ def _own_private_connection(memory: HybridMemory) -> None:
         memory.get_recent_messages("warm-up")  # a miss: the connection opens in the background
         private = memory._core.private
         if private is not None and private.pg.conn is not None:
+            _no_fill_pending(memory)
             return
         time_sleep(0.02)
     raise AssertionError("the private PostgreSQL connection did not open")
