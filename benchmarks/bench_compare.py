@@ -49,7 +49,7 @@ from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 from _common import PG_URL, REDIS_URL, cpu_model, drop_namespace, new_namespace, ratio, text
 from compare import report
 from compare.runner import Budget, LoadPoint, Result, Timed, interleave, load_async, load_ratio, load_threads
-from compare.subjects import ALL, COMPETITORS, FloorPG, LCPostgres, LIPostgres, Subject, World
+from compare.subjects import ALL, COMPETITORS, FloorMissPG, FloorPG, LCPostgres, LIPostgres, Subject, World
 
 WINDOW = 30
 TARGET_HOT = 1.5  # hot read and add: p50 within this factor of the raw Redis round trip
@@ -110,6 +110,7 @@ class Bench:
     world: World | None = None
     subjects: dict[str, Subject] = field(default_factory=dict)
     floor_pg: FloorPG | None = None
+    floor_miss: FloorMissPG | None = None
     names: dict[int, list[str]] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     redis_usage: list[dict[str, Any]] = field(default_factory=list)
@@ -133,12 +134,12 @@ class Bench:
                            ttl_ms=int(mem.config.session_ttl * 1000))
         for key in self.keys:
             self.subjects[key] = ALL[key](self.world)
-        self.floor_pg = FloorPG(self.world)
-        for s in [*self.subjects.values(), self.floor_pg]:
+        self.floor_pg, self.floor_miss = FloorPG(self.world), FloorMissPG(self.world)
+        for s in [*self.subjects.values(), self.floor_pg, self.floor_miss]:
             await s.setup()
 
     async def close(self) -> None:
-        for s in [*self.subjects.values(), *([self.floor_pg] if self.floor_pg else [])]:
+        for s in [*self.subjects.values(), *(f for f in (self.floor_pg, self.floor_miss) if f is not None)]:
             try:
                 await s.close()
             except Exception as exc:  # cleanup must go on
@@ -179,8 +180,8 @@ class Bench:
         assert mem is not None
         if measure == "cold":
             subjects = [s for s in self.subjects.values() if s.cold_note is None]
-            assert self.floor_pg is not None
-            subjects.append(self.floor_pg)
+            assert self.floor_pg is not None and self.floor_miss is not None
+            subjects += [self.floor_pg, self.floor_miss]
             budget = Budget(p.rounds, p.cold_per_round, p.cold_seconds, warmup=3, min_per_round=1)
         else:
             subjects = list(self.subjects.values())
@@ -209,13 +210,14 @@ class Bench:
                 floor = "floor-async"
             f50, f99 = ratio(r.series, res[floor].series) if floor in res else (float("nan"), float("nan"))
             b50, b99 = ratio(r.series, res[best].series) if best else (float("nan"), float("nan"))
+            m50 = ratio(r.series, res["floor-miss-pg"].series)[0] if "floor-miss-pg" in res else float("nan")
             returned = r.returned[0] if r.returned and isinstance(r.returned[0], int) else None
             self.rows.append({
                 "measure": measure, "shape": shape, "key": s.key, "label": s.label, "api": s.api, "kind": s.kind,
                 "n": len(r.series.samples), "returned": returned, "p50": r.series.p50, "p99": r.series.p99,
                 "mean": sum(r.series.samples) / len(r.series.samples), "round_p50": r.series.round_p50,
                 "floor": floor, "x_floor_p50": f50, "x_floor_p99": f99, "best": best, "x_best_p50": b50,
-                "x_best_p99": b99})
+                "x_best_p99": b99, "x_miss_floor_p50": m50})
 
     async def usage(self, shape: int) -> None:
         found = []
@@ -493,7 +495,7 @@ class Bench:
                 label = self.subjects[best].label if best in self.subjects else "-"
                 out.append((f"cold read ({r['api']}) at {shape:,} msgs: p50 {r['x_floor_p50']:.2f}x the raw asyncpg "
                             f"query (target <= {TARGET_COLD_FLOOR:g}x), {r['x_best_p50']:.2f}x the fastest peer, "
-                            f"{label} (target <= 1x)",
+                            f"{label} (target <= 1x); {r['x_miss_floor_p50']:.2f}x a Redis miss + the same query",
                             r["x_floor_p50"] <= TARGET_COLD_FLOOR and not r["x_best_p50"] > 1.0))
         ref = FULL_HISTORY_SHAPE if FULL_HISTORY_SHAPE in shapes else max(shapes)
         for comp in COMPETITORS:
@@ -543,7 +545,7 @@ class Bench:
     # -- output ----------------------------------------------------------------------------------------------
     def subjects_info(self) -> dict[str, dict[str, Any]]:
         info = {}
-        for s in [*self.subjects.values(), *([self.floor_pg] if self.floor_pg else [])]:
+        for s in [*self.subjects.values(), *(f for f in (self.floor_pg, self.floor_miss) if f is not None)]:
             note = s.cold_note or ""
             cold_short = ("-" if s.cold_note is None else "n/a (Redis only)" if "Redis is its only" in note
                           else "n/a (in-process)" if "in-process" in note else "as ours" if note == "see ours"
@@ -622,7 +624,7 @@ async def run(args: argparse.Namespace, plan: Plan, keys: list[str], ns: str) ->
         checks = bench.checks()
         return {"rows": bench.rows, "redis_usage": bench.redis_usage, "mixed": bench.mixed, "paced": bench.paced,
                 "persistence": bench.persistence, "prefill_s": bench.prefill_s, "subjects": bench.subjects_info(),
-                "order": [*keys, "floor-pg"], "checks": [{"check": c, "pass": ok} for c, ok in checks]}
+                "order": [*keys, "floor-pg", "floor-miss-pg"], "checks": [{"check": c, "pass": ok} for c, ok in checks]}
     finally:
         await bench.close()
 

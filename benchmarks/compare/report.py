@@ -85,7 +85,7 @@ def markdown(data: dict[str, Any], command: str) -> str:
 
     order = data["order"]
     for key in order:
-        if key == "floor-pg":
+        if key in ("floor-pg", "floor-miss-pg"):
             continue
         r = by.get(("read", ref, key))
         name = f"**{labels[key]['label']}**" if labels[key]["kind"] == "ours" else labels[key]["label"]
@@ -95,6 +95,9 @@ def markdown(data: dict[str, Any], command: str) -> str:
                    f"{cell('add', key)} | {cell('turn', key)} | {cold} |")
     if ("cold", ref, "floor-pg") in by:
         out.append(f"| raw asyncpg (cold floor) | window of {data['window']} | | | | | | {cell('cold', 'floor-pg')} |")
+    if ("cold", ref, "floor-miss-pg") in by:
+        out.append(f"| raw Redis miss + asyncpg (cache-first cold floor) | window of {data['window']} | | | | | | "
+                   f"{cell('cold', 'floor-miss-pg')} |")
     out += ["", "Context read p50 (ms) by session length (what the model is handed each turn):", "",
             "| subject | " + " | ".join(f"{s:,} msgs" for s in shapes) + " |",
             "| --- | " + " | ".join("---:" for _ in shapes) + " |"]
@@ -167,7 +170,7 @@ def plot(data: dict[str, Any], path: str) -> None:
     palette = plt.get_cmap("tab10").colors
     colors = {k: palette[i % len(palette)] for i, k in enumerate(k for k in data["order"]
                                                                    if labels[k]["kind"] != "floor")}
-    colors.update({"floor-async": "grey", "floor-sync": "black", "floor-pg": "grey"})
+    colors.update({"floor-async": "grey", "floor-sync": "black", "floor-pg": "grey", "floor-miss-pg": "darkgrey"})
     for ax, measure in zip([*axes[0].tolist(), axes[1][0]], ("read", "add", "turn", "cold"), strict=True):
         for key in data["order"]:
             pts = sorted((r["shape"], r["p50"] * 1e3) for r in rows if r["measure"] == measure and r["key"] == key)

@@ -684,6 +684,18 @@ class FloorPG(Subject):
         return len([json.loads(r[2]) for r in reversed(rows)])
 
 
+class FloorMissPG(FloorPG):
+    """The floor of any cache-first cold read: one redis.asyncio round trip that finds nothing (LRANGE of an absent
+    key), then `FloorPG`'s query. What a cold read of ours must do at least: ask Redis, then PostgreSQL."""
+
+    key = "floor-miss-pg"
+    label = "raw redis.asyncio miss + asyncpg (cache-first cold floor)"
+
+    async def read(self, name: str) -> int:
+        assert not await self.w.ra.lrange(f"{self.w.ns}:absent:{name}", -self.w.window, -1)
+        return await super().read(name)
+
+
 ALL: dict[str, type[Subject]] = {c.key: c for c in (OursAsync, OursSync, OursLangChain, LCRedis, LCPostgres, LIRedis,
                                                      LIPostgres, LIMemory, FloorAsync, FloorSync)}
 COMPETITORS = ("lc-redis", "lc-pg", "li-redis", "li-pg", "li-memory")
