@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import inspect
 import re
 import threading
 import time
@@ -223,6 +224,50 @@ class Window:
     rows: list[tuple[int, str, str]]  # (seq, msg_id, body), oldest first
 
 
+async def pg_connect(dsn: str | None, **kwargs: Any) -> Any:
+    """`asyncpg.connect`, except that what asyncpg would read from files on the event loop for every new
+    connection (the password file, TLS certificates, keys and revocation lists) is read in a worker thread:
+    opening a connection never blocks the loop. Also the pool's `connect`. The TLS modes keep libpq's meaning:
+    `prefer` tries TLS and falls back to plain text, `allow` the other way round."""
+    password, mode, tls = await asyncio.to_thread(_read_connect_files, dsn)
+
+    async def given() -> str | None:  # a password given, even as None, is not looked up in the password file
+        return password
+
+    async def attempt(ssl: Any) -> Any:
+        return await asyncpg.connect(dsn, password=given, ssl=ssl, **kwargs)
+
+    if mode not in ("prefer", "allow"):
+        return await attempt(tls)
+    declined = hashlib.sha256((dsn or "").encode()).digest()
+    # Once a server declined TLS under `prefer`, this process asks it for plain text first (as `allow` does,
+    # TLS still follows if it refuses that): one connection attempt instead of two.
+    first, then = (False, tls) if mode == "allow" or declined in _DECLINED_TLS else (tls, False)
+    try:
+        return await attempt(first)
+    except asyncpg.InvalidAuthorizationSpecificationError:
+        pass  # pg_hba.conf may accept the connection with (or without) TLS
+    except ConnectionError as exc:
+        if type(exc) is not ConnectionError or first is False:
+            raise  # refused, reset, ...: not the server declining TLS
+        _DECLINED_TLS.add(declined)
+    return await attempt(then)
+
+
+_DECLINED_TLS: set[bytes] = set()
+
+
+def _read_connect_files(dsn: str | None) -> tuple[str | None, str, Any]:
+    """(password, TLS mode, TLS context or False) as asyncpg resolves them for `dsn` by libpq's rules,
+    environment included: asyncpg's own parser, run off the loop."""
+    from asyncpg import connect_utils
+
+    parse = connect_utils._parse_connect_dsn_and_args
+    _, params = parse(**dict.fromkeys(inspect.signature(parse).parameters) | {"dsn": dsn})
+    mode = params.sslmode.name.replace("_", "-")
+    return params.password, mode, params.ssl or False
+
+
 def _server_settings(config: HybridConfig) -> dict[str, str]:
     # Every statement is keyed by session and prepared once per connection: a generic plan serves them all,
     # where PostgreSQL would otherwise re-plan the window query on each call (0.3 ms).
@@ -268,7 +313,7 @@ class LoopConnection:
         cfg = self.config
         loop = asyncio.get_running_loop()
         try:
-            conn = await asyncpg.connect(cfg.database_dsn(), timeout=cfg.connect_timeout,
+            conn = await pg_connect(cfg.database_dsn(), timeout=cfg.connect_timeout,
                                          command_timeout=cfg.pg_timeout, server_settings=_server_settings(cfg))
         except (*_DOWN, asyncpg.PostgresError):
             self._retry_at = time.monotonic() + cfg.health_check_interval  # the pool serves until then
@@ -392,7 +437,7 @@ class PostgresStore:
         cfg = self.config
         try:
             self.pool = await asyncio.wait_for(asyncpg.create_pool(
-                cfg.database_dsn(), min_size=cfg.pg_pool_min, max_size=cfg.pg_pool_max,
+                cfg.database_dsn(), connect=pg_connect, min_size=cfg.pg_pool_min, max_size=cfg.pg_pool_max,
                 command_timeout=cfg.pg_timeout, timeout=cfg.connect_timeout, server_settings=_server_settings(cfg),
                 reset=_keep_session,
             ), cfg.connect_timeout * 2)
@@ -807,7 +852,7 @@ class PostgresStore:
         """A store on one short-lived connection, for the methods below; `close` ends it."""
         store = cls(config)
         store._probe = await asyncio.wait_for(
-            asyncpg.connect(config.database_dsn(), timeout=config.connect_timeout), config.connect_timeout * 2)
+            pg_connect(config.database_dsn(), timeout=config.connect_timeout), config.connect_timeout * 2)
         return store
 
     def _probed(self) -> Any:

@@ -42,10 +42,6 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster]:
     strict = request.node.get_closest_marker("strict_loop") is not None
     with blockbuster_ctx(["langchain_hybrid_memory", "llamaindex_adapter"]) as bb:
         for function in bb.functions.values():
-            # asyncpg parses its connect arguments on the loop for each new connection, reading ~/.pgpass and
-            # TLS files. PostgreSQL connections live on the engine's own loop, except one per caller's loop for
-            # its cold reads, opened once, in the background, on the loop's first miss.
-            function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
             if not strict:
                 function.can_block_in(*SYNC_API)
                 function.can_block_in(*SYNC_BRIDGE)

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NoReturn
 
+import asyncpg
 import pytest
 import redis
 
@@ -616,10 +617,13 @@ def _engine_connections_ssl(pg: PostgresServer) -> list[bool]:
     ("sslmode=require", True),
     ("sslmode=verify-full&sslrootcert={cert}", True),
     ("sslmode=disable", False),
+    ("sslmode=prefer", True),
+    ("sslmode=allow", False),
+    ("", True),  # a TCP host: libpq's default, prefer
 ])
 def test_postgres_sslmode_is_passed_through(ssl_pg: PostgresServer, certs: dict[str, Path], namespace: str,
                                             query: str, encrypted: bool) -> None:
-    url = f"{ssl_pg.url}?{query.format(cert=certs['cert'])}"
+    url = f"{ssl_pg.url}?{query.format(cert=certs['cert'])}".rstrip("?")
     memory = HybridMemory(HybridConfig(database_url=url, redis_url=REDIS_URL, namespace=namespace, pg_pool_min=1,
                                        **FAST))
     try:
@@ -639,5 +643,59 @@ def test_postgres_verify_full_refuses_an_unknown_certificate(ssl_pg: PostgresSer
     try:
         with pytest.raises(StorageUnavailableError):
             memory.get_recent_messages("s")
+    finally:
+        memory.close()
+
+
+@pytest.fixture(scope="module")
+def password_pg() -> Iterator[PostgresServer]:
+    """A PostgreSQL that asks role `app` for its password over TCP (SCRAM)."""
+    server = PostgresServer().init()
+    (server.data / "pg_hba.conf").write_text("local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
+                                             "host all all 127.0.0.1/32 scram-sha-256\n")
+    server.start()
+    pg_fetch("CREATE ROLE app LOGIN PASSWORD 'app-secret'", url=server.url)
+    pg_fetch("GRANT CREATE ON DATABASE postgres TO app", url=server.url)
+    yield server
+    server.destroy()
+
+
+@pytest.mark.strict_loop
+def test_the_password_file_is_read_off_the_event_loop(password_pg: PostgresServer, namespace: str,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DSN without a password takes it from the password file, as libpq does; asyncpg reads that file while it
+    opens a connection, here in a worker thread (blockbuster raises on a file read on a loop): the engine's pool
+    and an async caller's own connection for cold reads alike."""
+    url = f"postgresql://app@127.0.0.1:{password_pg.port}/postgres"
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{password_pg.port}:postgres:app:app-secret\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+
+    async def main() -> list[str]:
+        memory = HybridMemory(HybridConfig(database_url=url, redis_url=REDIS_URL, namespace=namespace, **FAST))
+        try:
+            await memory.aadd_messages("s", [Message("human", "x")])
+            await memory.aflush()
+            for _ in range(100):  # cold reads: the first opens this loop's own connection in the background
+                await memory.ainvalidate_session("s")
+                await memory.aget_recent_messages("s")
+                conn = memory._core.loop_stores.get(asyncio.get_running_loop())
+                if conn is not None and conn.conn is not None:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("this loop's PostgreSQL connection did not open")
+            await memory.ainvalidate_session("s")
+            return _contents(await memory.aget_recent_messages("s"))  # through that connection
+        finally:
+            await memory.aclose()
+
+    assert asyncio.run(main()) == ["x"]
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "absent"))
+    memory = HybridMemory(HybridConfig(database_url=url, redis_url=REDIS_URL, namespace=namespace, **FAST))
+    try:
+        with pytest.raises(asyncpg.InvalidPasswordError):  # the password came from that file
+            memory.get_messages("s")
     finally:
         memory.close()
