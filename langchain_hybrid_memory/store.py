@@ -245,13 +245,23 @@ async def pg_connect(dsn: str | None, **kwargs: Any) -> Any:
     first, then = (False, tls) if mode == "allow" or declined in _DECLINED_TLS else (tls, False)
     try:
         return await attempt(first)
-    except asyncpg.InvalidAuthorizationSpecificationError:
-        pass  # pg_hba.conf may accept the connection with (or without) TLS
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:
+        refused: Exception = exc  # pg_hba.conf may accept the connection with (or without) TLS
     except ConnectionError as exc:
-        if type(exc) is not ConnectionError or first is False:
+        if not _declines_tls(exc) or first is False:
             raise  # refused, reset, ...: not the server declining TLS
         _DECLINED_TLS.add(declined)
-    return await attempt(then)
+        return await attempt(then)
+    try:
+        return await attempt(then)
+    except ConnectionError as exc:
+        if _declines_tls(exc):
+            raise refused from None  # the reason that matters: TLS was never on offer
+        raise
+
+
+def _declines_tls(exc: ConnectionError) -> bool:
+    return type(exc) is ConnectionError  # asyncpg's answer to a server that has no TLS when TLS is required
 
 
 _DECLINED_TLS: set[bytes] = set()
