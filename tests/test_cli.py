@@ -441,5 +441,7 @@ def test_demo_without_configured_servers_starts_embedded_ones(tmp_path):
     out = proc.stdout
     assert "DATABASE_URL / REDIS_URL are not set: starting embedded PostgreSQL and Redis" in out
     assert "offline model" in out and "persisted in PostgreSQL                    24 messages" in out
+    recall = out[out.index("recall: "):out.index("failover: ")]  # the fact of turn 1, out of the window
+    assert "1 earlier message(s) added" in recall and "planning a trip to Lisbon. (turn 1)" in recall
     assert "failover: Redis is killed mid-conversation" in out and "Redis is back" in out
     assert "cache hit rate" in out

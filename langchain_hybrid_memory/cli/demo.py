@@ -18,8 +18,12 @@ from ..store import PostgresStore
 from .connect import close_redis, redis_client, run_async
 from .output import Progress
 
-QUESTIONS = ["My name is Ada and I am planning a trip to Lisbon.", "What should I pack for March?",
-             "I prefer trains to planes.", "Remind me what my name is?", "Which city am I going to?"]
+# Said once, on the first turn; then the other lines come round. By the end it is out of the window, and the
+# summary may have dropped it: the recall act finds it again.
+FACT = "My name is Ada and I am planning a trip to Lisbon."
+QUESTIONS = ["What should I pack for March?", "I prefer trains to planes.", "Any tips for a rainy afternoon?",
+             "Remind me what my name is?", "Which museums open late?"]
+RECALL_QUESTION = "Where does my trip go?"
 
 
 class _Chat:
@@ -36,10 +40,14 @@ class _Chat:
     def reply(self, context: Context, question: str) -> str:
         if self.client is None:
             return f"[offline] I see {len(context.messages)} recent messages" + (
-                " and a summary of earlier ones." if context.summary else ".")
+                " and a summary of earlier ones" if context.summary else "") + (
+                f", plus {len(context.recalled)} recalled." if context.recalled else ".")
         msgs: list[dict[str, str]] = []
         if context.summary:
             msgs.append({"role": "system", "content": f"Summary of the earlier conversation: {context.summary}"})
+        if context.recalled:
+            said = "\n".join(f"{m.role}: {m.content}" for m in context.recalled)
+            msgs.append({"role": "system", "content": f"Earlier messages relevant to the question:\n{said}"})
         for m in context.messages:
             role = "assistant" if m.role in ("ai", "assistant") else "user"
             msgs.append({"role": role, "content": str(m.content)})
@@ -77,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             hot: list[float] = []
             bar = Progress("conversation")
             for turn in range(args.turns):
-                question = QUESTIONS[turn % len(QUESTIONS)] + f" (turn {turn + 1})"
+                question = (QUESTIONS[(turn - 1) % len(QUESTIONS)] if turn else FACT) + f" (turn {turn + 1})"
                 t0 = time.perf_counter()
                 context = memory.get_context(session)
                 if turn:  # the first read of a new session asks PostgreSQL: it is not a hot read
@@ -107,6 +115,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print("  latest summary                             " + summary[0][:70])
             for line in summary[1:][-3:]:
                 print(f"                                             {line[:70]}")
+            _recall_act(memory, chat, session)
             if services is not None:
                 _failover_act(memory, services, session)
             else:
@@ -120,6 +129,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if services is not None:
             services.close()
     return 0
+
+
+def _recall_act(memory: HybridMemory, chat: _Chat, session: str) -> None:
+    """A question about something said long ago: full-text search over the whole history puts it back into the
+    context, next to the summary and the window."""
+    memory.wait_for_index(30)
+    t0 = time.perf_counter()
+    context = memory.get_context(session, query=RECALL_QUESTION)
+    took = (time.perf_counter() - t0) * 1e3
+    print(f"\nrecall: {RECALL_QUESTION!r} (the trip was named on turn 1, long out of the window)")
+    print(f"  {'context with recall (full-text search)':<43}{len(context.recalled)} earlier message(s) added "
+          f"to summary + window, {took:.1f} ms")
+    for m in context.recalled[:3]:
+        print(f"  {'':<43}{m.role}: {str(m.content)[:70]}")
+    print(f"  {'reply':<43}{chat.reply(context, RECALL_QUESTION)[:100]}")
 
 
 def _unreachable(config: HybridConfig) -> str | None:
