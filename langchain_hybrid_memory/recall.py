@@ -5,12 +5,17 @@ path marks the session (`sessions.unindexed_from`, the lowest seq it committed) 
 messages, and the indexer turns marked sessions' new messages into `tsvector`s in batches. A question matches
 any of its words (stemmed, stop words dropped), ranked by `ts_rank_cd`; a search is scoped to one session or to
 every session of one user, never across users, and that scope is one more lexeme ANDed in the GIN lookup.
+
+With an embedder, indexed messages also get vectors, scored exactly over the searched scope; for every session
+of one user, where PostgreSQL has pgvector, an HNSW index picks the candidates first (pgvector.py). The two
+rankings are fused by reciprocal rank.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import EmbedderError, InvalidInputError
 from .messages import Message, decode
+from .pgvector import PgVector
 from .store import StoreDown
 from .summarizers import TokenCounter, default_token_counter
 
@@ -32,6 +38,8 @@ _INDEX_CHARS = 100_000  # of one message's text: a tsvector holds at most 1 MB
 # each, so it stays short even when it backfills; a full pass is followed by the next at once.
 _PASS_SESSIONS = 50
 _PASS_MESSAGES = 200
+_UPKEEP_INTERVAL = 5.0  # how often an indexer without pgvector work looks for some (a model stored before)
+_CONVERT_PER_CYCLE = 20  # transactions copying vectors into pgvector's column per round of the indexer
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +138,7 @@ UPDATE sessions x SET unembedded_from = (
 """
 _MODEL = ("INSERT INTO embedding_models AS e (name, dims) VALUES ($1, $2) ON CONFLICT (name)"
           " DO UPDATE SET dims = EXCLUDED.dims RETURNING id")
+_MODEL_DIMS = "SELECT dims FROM embedding_models WHERE name = $1"
 # The scope's vectors stored after `$4` (a cache's newest id, less a margin: ids are taken in one order and
 # committed in another).
 _SCOPE_VECTORS = """
@@ -137,6 +146,9 @@ SELECT v.session_id, v.seq, v.embedding, v.emb_id FROM message_vectors v
  WHERE v.model_id = $3 AND v.emb_id > $4
    AND v.session_id IN (SELECT unnest($1::text[]) UNION SELECT session_id FROM sessions WHERE user_id = $2)
 """
+# The vectors of some (session, seq) keys: a partial scope's best hits, for superseding.
+_KEY_VECTORS = ("SELECT v.session_id, v.seq, v.embedding FROM unnest($1::text[], $2::bigint[]) AS u(sid, seq)"
+                " JOIN message_vectors v ON v.session_id = u.sid AND v.seq = u.seq WHERE v.model_id = $3")
 # Vectors committed out of id order by more than this are picked up at the next full read (after
 # `_CACHE_REFRESH`), which also drops what other processes erased.
 _ID_MARGIN = 256
@@ -154,7 +166,8 @@ METHODS = ("auto", "lexical", "vector", "fused")
 
 @dataclass
 class _Scope:
-    """A scope's vectors as this process last read them: keys and float32 matrices, in chunks."""
+    """A scope's vectors as this process last read them: keys and float32 matrices, in chunks. Or, `partial`,
+    only the candidates an HNSW index found for one query (not cached)."""
 
     at: float
     newest: int
@@ -162,6 +175,23 @@ class _Scope:
     rows: dict[tuple[str, int], int]
     chunks: list[Any]  # np.ndarray (float32: numpy has no fast float16 product), one per fetch
     nbytes: int = 0
+    partial: bool = False
+
+    def extend(self, rows: Sequence[Any], dims: int) -> None:
+        """Add rows (session_id, seq, embedding, ...) not in it yet; vectors of other dimensions are left out."""
+        import numpy as np
+
+        fresh = [r for r in rows if (r[0], r[1]) not in self.rows and len(r[2]) == 4 * dims]
+        if not fresh:
+            return
+        matrix = np.frombuffer(b"".join(r[2] for r in fresh), dtype=np.float32).reshape(len(fresh), -1)
+        for r in fresh:
+            self.rows[(r[0], r[1])] = len(self.keys)
+            self.keys.append((r[0], r[1]))
+        self.chunks.append(matrix)
+        self.nbytes += matrix.nbytes
+        if len(self.chunks) > 16:  # many small fetches: one block again
+            self.chunks = [np.concatenate(self.chunks)]
 
 
 # Any of the question's lexemes (as its own configuration normalizes them), within the scope's sessions; ranked
@@ -196,6 +226,8 @@ class Recall:
         self._task: asyncio.Task[None] | None = None
         self._counter: TokenCounter | None = core.token_counter
         self._model_id: int | None = None
+        self._pgv: PgVector | None = None  # where the namespace has pgvector's column (known with the model)
+        self._upkeep = asyncio.Lock()  # the indexer's loop and `catch_up`: the second waits for the first's
         self._scopes: dict[tuple[Any, ...], _Scope] = {}
         self._embed_delay = core.config.recall_index_interval
 
@@ -215,6 +247,7 @@ class Recall:
         cfg = self.core.config
         delay = cfg.recall_index_interval
         embed_at = 0.0  # a failing embedder is retried with backoff; full-text indexing goes on meanwhile
+        upkeep_at = 0.0
         while True:
             await asyncio.sleep(delay)
             try:
@@ -225,14 +258,18 @@ class Recall:
                 self.core.stats.index_failures += 1
                 delay = min(max(delay * 2, cfg.recall_index_interval), 30.0)
                 continue
-            if self.core.embedder is None or time.monotonic() < embed_at:
+            if self.core.embedder is None:
                 continue
             try:
-                if await self._embed_all():
-                    self._embed_delay = cfg.recall_index_interval
-                else:
-                    self._embed_delay = min(self._embed_delay * 2, 300.0)
-                    embed_at = time.monotonic() + self._embed_delay
+                if time.monotonic() >= embed_at:
+                    if await self._embed_all():
+                        self._embed_delay = cfg.recall_index_interval
+                    else:
+                        self._embed_delay = min(self._embed_delay * 2, 300.0)
+                        embed_at = time.monotonic() + self._embed_delay
+                if self._pgv is not None or time.monotonic() >= upkeep_at:
+                    upkeep_at = time.monotonic() + _UPKEEP_INTERVAL
+                    await self._pgvector_upkeep(_CONVERT_PER_CYCLE)
             except Exception:  # PostgreSQL went away between the two
                 self.core.stats.index_failures += 1
 
@@ -284,11 +321,39 @@ class Recall:
         log.warning("hybrid-memory: the embedder failed (%s); retrying later", type(exc).__name__)
 
     async def _model(self, dims: int) -> int:
+        """This process's model id, registered on first use; and with it pgvector's column, if any."""
         if self._model_id is None:
             assert self.core.embedder is not None
-            self._model_id = int(await self.core.need_store()._run("fetchval", _MODEL, self.core.embedder.model,
-                                                                   dims))
+            store = self.core.need_store()
+            model_id = int(await store._run("fetchval", _MODEL, self.core.embedder.model, dims))
+            self._pgv = await PgVector.open(store, model_id, dims)
+            self._model_id = model_id
         return self._model_id
+
+    async def _pgvector_upkeep(self, batches: int | None = None) -> None:
+        """Where the namespace has pgvector's column: copy the vectors stored since into it (up to `batches`
+        transactions), then, when none waits, build this model's HNSW index unless it exists (copied before, they
+        go into the index at its build, far faster than one by one). Raises StoreDown."""
+        async with self._upkeep:
+            await self._pgvector_work(batches)
+
+    async def _pgvector_work(self, batches: int | None) -> None:
+        if self._model_id is None:  # nothing embedded or searched yet: a model stored before is known by name
+            assert self.core.embedder is not None
+            dims = await self.core.need_store()._run("fetchval", _MODEL_DIMS, self.core.embedder.model)
+            if dims is None:
+                return
+            await self._model(int(dims))
+        pgv = self._pgv
+        if pgv is None:
+            return
+        store = self.core.need_store()
+        for _ in itertools.count() if batches is None else range(batches):
+            if not await pgv.convert_pass(store):
+                break
+        else:
+            return  # more wait: the indexer's next round goes on (full-text indexing comes first)
+        await pgv.ensure_index(store)
 
     async def embed_pass(self) -> int:
         """Embed the indexed messages of up to `_PASS_SESSIONS` sessions that wait for a vector; returns how many
@@ -336,7 +401,7 @@ class Recall:
         while loop.time() < deadline:
             try:
                 if await asyncio.wait_for(self.embed_pass(), max(0.01, deadline - loop.time())) == 0:
-                    return True
+                    break
             except TimeoutError:
                 return False  # a slow embedder: full-text search is current, vectors are not yet
             except StoreDown:
@@ -345,7 +410,15 @@ class Recall:
                 self._embed_failed(exc)
                 return False  # the embedder is down: full-text search is current, vectors are not
             await asyncio.sleep(0.01)  # sessions a commit holds are retried
-        return False
+        else:
+            return False
+        try:
+            await self._pgvector_upkeep()
+        except StoreDown:
+            raise
+        except Exception:  # searches are right without it (exact where the index cannot answer), only slower
+            self.core.stats.index_failures += 1
+        return True
 
     async def backlog(self) -> tuple[int, int]:
         """Sessions with committed messages not yet indexed, and with indexed ones waiting for a vector."""
@@ -412,7 +485,7 @@ class Recall:
                                                       list(session_ids), user_id, n))
                      if method != "vector" else None)
             try:
-                scope, q = await self._vectors(query, session_ids, user_id)
+                scope, q = await self._vectors(query, session_ids, user_id, n)
             except StoreDown:
                 await _discard(words)
                 raise
@@ -432,7 +505,10 @@ class Recall:
                                     (self._vector_ranking(scope, q, n), _VECTOR_WEIGHT)):
                 for rank, key in enumerate(ranking):
                     scores[key] = scores.get(key, 0.0) + weight / (_RRF_K + rank + 1)
-            best = self._supersede(sorted(scores, key=lambda key: (-scores[key], -key[1])), scope)[:k]
+            order = sorted(scores, key=lambda key: (-scores[key], -key[1]))
+            if scope is not None and scope.partial:
+                await self._complete(scope, order[:_SUPERSEDE_WITHIN])
+            best = self._supersede(order, scope)[:k]
             return await self._hits(best, scores)
 
     async def _hits(self, keys: list[tuple[str, int]], scores: dict[tuple[str, int], float]) -> list[SearchHit]:
@@ -444,9 +520,11 @@ class Recall:
         bodies = {(r[0], r[1]): r[2] for r in rows}
         return [SearchHit(decode(key[1], bodies[key]), key[0], key[1], scores[key]) for key in keys if key in bodies]
 
-    async def _vectors(self, query: str, session_ids: Sequence[str], user_id: str | None
+    async def _vectors(self, query: str, session_ids: Sequence[str], user_id: str | None, n: int
                        ) -> tuple[_Scope | None, Any]:
-        """The scope's vectors (cached, brought up to date) and the query's; (None, None) if there are none."""
+        """The query's vector and the vectors to score it against: the scope's (cached, brought up to date), or
+        for every session of a user, where an HNSW index can answer, `n` or more candidates it found; (None,
+        None) if there are none."""
         import numpy as np
 
         embedder = self.core.embedder
@@ -454,26 +532,25 @@ class Recall:
         if not query.strip():
             return None, None
         (qv,) = await asyncio.wait_for(embedder.aembed([query]), self.core.config.embed_timeout)
-        q = np.asarray(qv, dtype=np.float32)
+        q = np.nan_to_num(np.asarray(qv, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         q /= np.linalg.norm(q) or 1.0
         model_id = await self._model(len(q))
+        store = self.core.need_store()
+        pgv = self._pgv
+        if not session_ids and user_id is not None and pgv is not None and pgv.indexed and pgv.dims == len(q):
+            found = await pgv.nearest(store, q.tolist(), user_id, n)
+            if found is not None:
+                near = _Scope(time.monotonic(), 0, [], {}, [], partial=True)
+                near.extend(found, len(q))
+                return (near if near.keys else None), q
         key = (model_id, tuple(sorted(set(session_ids))), user_id)
         now = time.monotonic()
         scope = self._scopes.pop(key, None)
         if scope is None or now - scope.at > _CACHE_REFRESH:
             scope = _Scope(now, 0, [], {}, [])
-        rows = await self.core.need_store()._run("fetch", _SCOPE_VECTORS, list(session_ids), user_id, model_id,
-                                                 max(0, scope.newest - _ID_MARGIN))
-        fresh = [r for r in rows if (r[0], r[1]) not in scope.rows and len(r[2]) == 4 * len(q)]
-        if fresh:
-            matrix = np.frombuffer(b"".join(r[2] for r in fresh), dtype=np.float32).reshape(len(fresh), -1)
-            for r in fresh:
-                scope.rows[(r[0], r[1])] = len(scope.keys)
-                scope.keys.append((r[0], r[1]))
-            scope.chunks.append(matrix)
-            scope.nbytes += scope.chunks[-1].nbytes
-            if len(scope.chunks) > 16:  # many small fetches: one block again
-                scope.chunks = [np.concatenate(scope.chunks)]
+        rows = await store._run("fetch", _SCOPE_VECTORS, list(session_ids), user_id, model_id,
+                                max(0, scope.newest - _ID_MARGIN))
+        scope.extend(rows, len(q))
         scope.newest = max([scope.newest, *(int(r[3]) for r in rows)])
         self._remember(key, scope)
         if not scope.keys:
@@ -487,6 +564,14 @@ class Recall:
         while self._scopes and total > budget:
             oldest = next(iter(self._scopes))
             total -= self._scopes.pop(oldest).nbytes
+
+    async def _complete(self, scope: _Scope, keys: list[tuple[str, int]]) -> None:
+        """Add to a partial scope the vectors of `keys` it lacks (the best hits, found by full-text search)."""
+        missing = [key for key in keys if key not in scope.rows]
+        if missing and scope.chunks and self._model_id is not None:
+            rows = await self.core.need_store()._run("fetch", _KEY_VECTORS, [k[0] for k in missing],
+                                                     [k[1] for k in missing], self._model_id)
+            scope.extend(rows, scope.chunks[0].shape[1])
 
     def forget_vectors(self) -> None:
         """Drop the cached vectors (messages were erased here)."""
@@ -565,6 +650,7 @@ def pack_vector(vector: Sequence[float]) -> bytes:
     """A vector as stored: float32, normalized (so a dot product is the cosine)."""
     import numpy as np
 
-    v = np.asarray(vector, dtype=np.float32)
+    # NaN and infinities (a broken embedder) become 0: they would spoil every score, and pgvector refuses them.
+    v = np.nan_to_num(np.asarray(vector, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     norm = float(np.linalg.norm(v))
     return (v / norm if norm else v).astype(np.float32).tobytes()

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import logging
 import re
 import threading
 import time
@@ -26,8 +27,14 @@ from ._loop import close_with_loop
 from .config import HybridConfig
 
 T = TypeVar("T")
+log = logging.getLogger("langchain_hybrid_memory")
 MIGRATIONS_PACKAGE = "langchain_hybrid_memory.migrations"
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+PGVECTOR_MIGRATION = 7  # conditional on the server (pgvector.py): applied again until it could do its work
+# The server could give recall an HNSW index, but this namespace has no vector column (yet).
+_PGVECTOR_MISSING = ("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector') AND NOT EXISTS"
+                     " (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('message_vectors')"
+                     " AND attname = 'vec' AND NOT attisdropped)")
 
 
 def digest(session_id: str) -> str:
@@ -323,8 +330,8 @@ class LoopConnection:
         cfg = self.config
         loop = asyncio.get_running_loop()
         try:
-            conn = await pg_connect(cfg.database_dsn(), timeout=cfg.connect_timeout,
-                                         command_timeout=cfg.pg_timeout, server_settings=_server_settings(cfg))
+            conn = await pg_connect(cfg.database_dsn(), timeout=cfg.connect_timeout, command_timeout=cfg.pg_timeout,
+                                    server_settings=_server_settings(cfg))
         except (*_DOWN, asyncpg.PostgresError):
             self._retry_at = time.monotonic() + cfg.health_check_interval  # the pool serves until then
             return
@@ -464,6 +471,21 @@ class PostgresStore:
             except (TimeoutError, *_DOWN):
                 self.pool.terminate()
 
+    @contextlib.asynccontextmanager
+    async def dedicated(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of its own, outside the pool, closed after use: for a statement that cannot run in a
+        transaction, under a session-level lock that must end with it. Unreachable raises StoreDown."""
+        cfg = self.config
+        try:
+            conn = await pg_connect(cfg.database_dsn(), timeout=cfg.connect_timeout, command_timeout=cfg.pg_timeout,
+                                    server_settings=_server_settings(cfg))
+            try:
+                yield conn
+            finally:
+                await conn.close(timeout=cfg.pg_timeout)
+        except _DOWN as exc:
+            raise StoreDown(type(exc).__name__) from None
+
     async def _run(self, method: str, sql: str, *args: Any) -> Any:
         if self.pool is None:
             raise StoreDown("not connected")
@@ -498,9 +520,24 @@ class PostgresStore:
                     await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                                        version, name)
                     applied.append(name)
+                await self._pgvector_step(conn, bundled, again=PGVECTOR_MIGRATION in done)
         except _DOWN as exc:
             raise StoreDown(type(exc).__name__) from None
         return applied
+
+    @staticmethod
+    async def _pgvector_step(conn: Any, bundled: list[tuple[int, str, str]], *, again: bool) -> None:
+        """pgvector installed after its migration ran: apply that (idempotent) migration again. Where the server
+        has pgvector and the namespace still lacks the column, say why search stays exact."""
+        if not await conn.fetchval(_PGVECTOR_MISSING):
+            return
+        if again:
+            await conn.execute(next(sql for version, _, sql in bundled if version == PGVECTOR_MIGRATION))
+            if not await conn.fetchval(_PGVECTOR_MISSING):
+                return
+        log.warning("hybrid-memory: PostgreSQL has pgvector, but this role could not create the extension in this "
+                    "database (or add its column): recall scores vectors exactly, without an HNSW index. A "
+                    "superuser's `CREATE EXTENSION vector`, then `hybrid-memory migrate`, enables the index")
 
     @staticmethod
     async def _partition_messages(conn: Any, n: int) -> None:

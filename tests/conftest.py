@@ -143,3 +143,17 @@ def private_pg() -> Iterator[Any]:
     server = PostgresServer().init().start()
     yield server
     server.destroy()
+
+
+@pytest.fixture(scope="session")
+def pgvector_pg() -> Iterator[Any]:
+    """The `embedded` extra's PostgreSQL 16 with pgvector (pgserver), shared by the session, stopped at the end.
+    The machine's PostgreSQL has no pgvector; a pgserver that cannot start fails the tests that need it."""
+    from hybrid_memory_testing.servers import PgvectorServer
+
+    try:
+        server = PgvectorServer().start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()

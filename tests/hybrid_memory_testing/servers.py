@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import signal
@@ -10,7 +11,9 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 
 def free_port(below: int = 65536) -> int:
@@ -311,4 +314,37 @@ class SentinelSetup:
             self.proc.wait()
         self.primary.stop()
         self.replica.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PgvectorServer:
+    """The `embedded` extra's PostgreSQL (pgserver: PostgreSQL 16 with pgvector) on a unix socket in a temporary
+    folder of its own; `stop()` stops it and deletes the folder. Raises RuntimeError, saying why, when it cannot
+    start: callers need pgvector and must not skip without it."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="hm-pgvector-"))
+        self._pg: Any = None
+
+    def url(self, database: str = "postgres", user: str = "postgres") -> str:
+        return str(self._pg.get_postmaster_info().get_uri(user=user, database=database))
+
+    def start(self) -> PgvectorServer:
+        try:
+            with warnings.catch_warnings():  # its platformdirs warns at import when XDG_RUNTIME_DIR is not set
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+                import pgserver
+
+            logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command it runs at INFO
+            get_server: Any = getattr(pgserver, "get_server")  # noqa: B009 - not declared as exported by pgserver
+            self._pg = get_server(self.dir / "pg", cleanup_mode="delete")
+        except Exception as exc:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise RuntimeError(f"pgserver's PostgreSQL (extra `embedded`) did not start: {exc!r}") from exc
+        return self
+
+    def stop(self) -> None:
+        if self._pg is not None:
+            self._pg.cleanup()
+            self._pg = None
         shutil.rmtree(self.dir, ignore_errors=True)
