@@ -6,6 +6,7 @@ PostgreSQL 15 (no pgvector) the plain column serves every scope."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -13,11 +14,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 from langchain_hybrid_memory.embeddings import OfflineEmbedder
-from langchain_hybrid_memory.pgvector import LIMITS
+from langchain_hybrid_memory.pgvector import LIMITS, PgVector
 
 from conftest import REDIS_URL, drop_namespace, pg_fetch
 
@@ -95,8 +97,6 @@ def _ids(hits: list[Any]) -> list[str]:
 
 async def _plan(url: str, ns: str, sql: str, q: list[float], user: str) -> str:
     """EXPLAIN of `sql` as the engine runs it: prepared once, with a generic plan (plan_cache_mode)."""
-    import asyncpg
-
     conn = await asyncpg.connect(url, server_settings={"search_path": ns, "plan_cache_mode": "force_generic_plan"})
     try:
         await conn.execute(f"PREPARE near(float4[], text) AS {sql}")
@@ -120,10 +120,8 @@ def _wait_for_scans(url: str, ns: str, at_least: int = 1, timeout: float = 15.0)
     return n
 
 
-async def test_the_user_scope_uses_the_hnsw_index_and_finds_what_exact_scoring_finds(
+def test_the_user_scope_uses_the_hnsw_index_and_finds_what_exact_scoring_finds(
         pgvector_pg: Any, pgv_memory: Callable[..., HybridMemory], embedder: OfflineEmbedder) -> None:
-    from langchain_hybrid_memory.pgvector import PgVector
-
     url = pgvector_pg.url()
     memory = pgv_memory(embedder=embedder)
     data = _data()
@@ -139,8 +137,8 @@ async def test_the_user_scope_uses_the_hnsw_index_and_finds_what_exact_scoring_f
     assert "USING hnsw" in index[0][2] and f"model_id = {model_id}" in index[0][2]
 
     # The planner picks the index for the engine's statement, generic plan and all.
-    q = (await embedder.aembed([QUERIES[0]]))[0]
-    plan = await _plan(url, ns, PgVector("public", model_id, 256).nearest_sql[LIMITS[0]], q, "alice")
+    q = embedder.embed([QUERIES[0]])[0]
+    plan = asyncio.run(_plan(url, ns, PgVector("public", model_id, 256).nearest_sql[LIMITS[0]], q, "alice"))
     assert f"Index Scan using message_vectors_hnsw_{model_id}_256" in plan, plan
 
     before = _index_scans(url, ns)
