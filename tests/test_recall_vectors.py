@@ -108,6 +108,9 @@ async def test_langchain_llamaindex_and_function_embedders(make_memory: Callable
         assert await memory.await_for_index(30), embedder
         assert (await memory.aget_cache_stats()).embedded >= 5
         assert len(await memory.asearch("Lisbon", session_id=sid, method="vector", k=3)) >= 1
+        # Stopped before the next: a message has one vector, of the model whose indexer embedded it first, and
+        # this one's indexer would otherwise embed the next session with its own model.
+        await memory.aclose()
     assert as_embedder(words).model == "words"
     with pytest.raises(TypeError, match="not an embedder"):
         as_embedder(42)
