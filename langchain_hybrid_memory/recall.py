@@ -14,12 +14,13 @@ rankings are fused by reciprocal rank.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import EmbedderError, InvalidInputError
@@ -140,10 +141,10 @@ _MODEL = ("INSERT INTO embedding_models AS e (name, dims) VALUES ($1, $2) ON CON
           " DO UPDATE SET dims = EXCLUDED.dims RETURNING id")
 _MODEL_DIMS = "SELECT dims FROM embedding_models WHERE name = $1"
 # The scope's vectors stored after `$4` (a cache's newest id, less a margin: ids are taken in one order and
-# committed in another).
+# committed in another), less those the cache has already ($5: its ids above `$4`).
 _SCOPE_VECTORS = """
 SELECT v.session_id, v.seq, v.embedding, v.emb_id FROM message_vectors v
- WHERE v.model_id = $3 AND v.emb_id > $4
+ WHERE v.model_id = $3 AND v.emb_id > $4 AND v.emb_id <> ALL($5::bigint[])
    AND v.session_id IN (SELECT unnest($1::text[]) UNION SELECT session_id FROM sessions WHERE user_id = $2)
 """
 # The vectors of some (session, seq) keys: a partial scope's best hits, for superseding.
@@ -176,6 +177,15 @@ class _Scope:
     chunks: list[Any]  # np.ndarray (float32: numpy has no fast float16 product), one per fetch
     nbytes: int = 0
     partial: bool = False
+    ids: list[int] = field(default_factory=list)  # the storage ids read, sorted
+
+    def read(self, rows: Sequence[Any], dims: int) -> None:
+        """Add rows (session_id, seq, embedding, storage id) read for the scope."""
+        self.extend(rows, dims)
+        for r in rows:
+            bisect.insort(self.ids, int(r[3]))
+        if self.ids:
+            self.newest = max(self.newest, self.ids[-1])
 
     def extend(self, rows: Sequence[Any], dims: int) -> None:
         """Add rows (session_id, seq, embedding, ...) not in it yet; vectors of other dimensions are left out."""
@@ -531,31 +541,48 @@ class Recall:
         assert embedder is not None
         if not query.strip():
             return None, None
-        (qv,) = await asyncio.wait_for(embedder.aembed([query]), self.core.config.embed_timeout)
+        store = self.core.need_store()
+        pgv = self._pgv
+        by_index = not session_ids and user_id is not None and pgv is not None and pgv.indexed
+        # Once the model is known, the scope's new vectors are read while the query is embedded.
+        scope, fetch = (None, None) if by_index or self._model_id is None else self._read_scope(
+            self._model_id, session_ids, user_id)
+        try:
+            (qv,) = await asyncio.wait_for(embedder.aembed([query]), self.core.config.embed_timeout)
+        except BaseException:
+            await _discard(fetch)
+            if scope is not None and self._model_id is not None:  # as it was taken: nothing was read into it
+                self._remember((self._model_id, tuple(sorted(set(session_ids))), user_id), scope)
+            raise
         q = np.nan_to_num(np.asarray(qv, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         q /= np.linalg.norm(q) or 1.0
         model_id = await self._model(len(q))
-        store = self.core.need_store()
-        pgv = self._pgv
-        if not session_ids and user_id is not None and pgv is not None and pgv.indexed and pgv.dims == len(q):
+        if by_index and pgv is not None and user_id is not None and pgv.dims == len(q):
             found = await pgv.nearest(store, q.tolist(), user_id, n)
             if found is not None:
                 near = _Scope(time.monotonic(), 0, [], {}, [], partial=True)
                 near.extend(found, len(q))
                 return (near if near.keys else None), q
-        key = (model_id, tuple(sorted(set(session_ids))), user_id)
-        now = time.monotonic()
-        scope = self._scopes.pop(key, None)
-        if scope is None or now - scope.at > _CACHE_REFRESH:
-            scope = _Scope(now, 0, [], {}, [])
-        rows = await store._run("fetch", _SCOPE_VECTORS, list(session_ids), user_id, model_id,
-                                max(0, scope.newest - _ID_MARGIN))
-        scope.extend(rows, len(q))
-        scope.newest = max([scope.newest, *(int(r[3]) for r in rows)])
-        self._remember(key, scope)
+        if scope is None or fetch is None:  # the model was not known yet, or the index could not answer
+            scope, fetch = self._read_scope(model_id, session_ids, user_id)
+        scope.read(await fetch, len(q))
+        self._remember((model_id, tuple(sorted(set(session_ids))), user_id), scope)
         if not scope.keys:
             return None, None
         return scope, q
+
+    def _read_scope(self, model_id: int, session_ids: Sequence[str], user_id: str | None
+                    ) -> tuple[_Scope, asyncio.Future[Any]]:
+        """The scope's cached vectors (taken out of the cache: `_remember` puts them back) and a query under way
+        for those stored since."""
+        now = time.monotonic()
+        scope = self._scopes.pop((model_id, tuple(sorted(set(session_ids))), user_id), None)
+        if scope is None or now - scope.at > _CACHE_REFRESH:
+            scope = _Scope(now, 0, [], {}, [])
+        low = max(0, scope.newest - _ID_MARGIN)
+        return scope, asyncio.ensure_future(self.core.need_store()._run(
+            "fetch", _SCOPE_VECTORS, list(session_ids), user_id, model_id, low,
+            scope.ids[bisect.bisect_right(scope.ids, low):]))
 
     def _remember(self, key: tuple[Any, ...], scope: _Scope) -> None:
         budget = self.core.config.recall_cache_mb * 1_000_000
