@@ -236,6 +236,16 @@ async def pg_connect(dsn: str | None, **kwargs: Any) -> Any:
     connection (the password file, TLS certificates, keys and revocation lists) is read in a worker thread:
     opening a connection never blocks the loop. Also the pool's `connect`. The TLS modes keep libpq's meaning:
     `prefer` tries TLS and falls back to plain text, `allow` the other way round."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await _connect(dsn, kwargs)
+    except RuntimeError:
+        if loop.is_closed():  # collected, its loop closed under it (a caller's): nothing is left to clean up
+            raise GeneratorExit from None
+        raise
+
+
+async def _connect(dsn: str | None, kwargs: dict[str, Any]) -> Any:
     password, mode, tls = await asyncio.to_thread(_read_connect_files, dsn)
 
     async def given() -> str | None:  # a password given, even as None, is not looked up in the password file
