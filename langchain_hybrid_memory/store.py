@@ -938,6 +938,19 @@ class PostgresStore:
         """Whether the current user may create a schema (the namespace) in this database."""
         return bool(await self._probed().fetchval("SELECT has_database_privilege(current_database(), 'CREATE')"))
 
+    async def vector_support(self) -> tuple[str | None, str | None, bool]:
+        """pgvector on this server: (installed version and schema, version available to install, whether the
+        namespace has recall's `vector` column)."""
+        row = await self._probed().fetchrow(
+            "SELECT (SELECT e.extversion || ' (schema ' || n.nspname || ')' FROM pg_extension e"
+            "         JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'),"
+            "       (SELECT default_version FROM pg_available_extensions WHERE name = 'vector'),"
+            "       EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+            "                JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "                WHERE n.nspname = $1 AND c.relname = 'message_vectors' AND a.attname = 'vec'"
+            "                  AND NOT a.attisdropped)", self.schema)
+        return row[0], row[1], bool(row[2])
+
     async def tables_not_writable(self) -> list[str]:
         """The namespace's tables the current user may not read and write, by name."""
         return [r[0] for r in await self._probed().fetch(

@@ -131,9 +131,20 @@ def test_doctor_all_green_on_the_real_servers(run, namespace):
     checks = _lines(out)
     assert checks == {name: "ok" for name in (
         "config", "redis", "redis version", "redis latency", "redis eviction", "outbox", "postgres",
-        "postgres version", "postgres latency", "schema")}, out
-    assert "all 10 checks passed" in out and err == ""
+        "postgres version", "postgres latency", "schema", "vector search")}, out
+    assert "all 11 checks passed" in out and err == ""
+    assert "no pgvector on this server: vectors are scored exactly" in out  # this machine's PostgreSQL 15
     assert f"schema version {LATEST} (current)" in out
+
+
+def test_doctor_says_when_vector_search_uses_pgvector(run, namespace, monkeypatch, pgvector_pg):
+    """On the embedded extra's PostgreSQL (pgvector): installed by the migration, and the namespace's column."""
+    monkeypatch.setenv("DATABASE_URL", pgvector_pg.url())
+    assert run("--namespace", namespace, "migrate")[0] == 0
+    code, out, err = run("--namespace", namespace, "doctor")
+    assert code == 0, out + err
+    line = next(x for x in out.splitlines() if x[6:22].strip() == "vector search")
+    assert line.startswith("ok") and "pgvector 0." in line and "HNSW index" in line, line
 
 
 def test_doctor_a_fresh_namespace_is_fine_with_auto_migrate(run, namespace, monkeypatch):

@@ -182,7 +182,7 @@ def _outbox_check(config: HybridConfig, cluster: bool, client: Any) -> Check:
 
 # -- PostgreSQL ----------------------------------------------------------------------------------------------
 async def _pg_checks(config: HybridConfig) -> list[Check]:
-    rest = ["postgres version", "postgres latency", "schema"]
+    rest = ["postgres version", "postgres latency", "schema", "vector search"]
     try:
         store = await PostgresStore.probe(config)
     except Exception as exc:
@@ -212,12 +212,29 @@ async def _pg_checks(config: HybridConfig) -> list[Check]:
         else:
             out.append(Check("postgres latency", "ok", f"{_timing(samples)} over 20 queries (pg_timeout {budget:g} s)"))
         out.append(await _schema_check(store, config, user, database))
+        out.append(await _vector_check(store))
     except Exception as exc:
         cause, fix = pg_problem(exc, config)
         out.append(Check("postgres", "FAIL", cause, fix))
     finally:
         await store.close()
     return out
+
+
+async def _vector_check(store: PostgresStore) -> Check:
+    """What recall's vector search runs on here (informational: exact scoring works everywhere)."""
+    installed, available, column = await store.vector_support()
+    if installed and column:
+        return Check("vector search", "ok", f"pgvector {installed}: a user-wide vector search takes its "
+                                            "candidates from an HNSW index")
+    if installed:
+        return Check("vector search", "ok", f"pgvector {installed}; this namespace gets its vector column at the "
+                                            "next migration (until then vectors are scored exactly)")
+    if available:
+        return Check("vector search", "ok", f"pgvector {available} is available but not installed: vectors are "
+                                            "scored exactly (CREATE EXTENSION vector, as a superuser, for HNSW)")
+    return Check("vector search", "ok", "no pgvector on this server: vectors are scored exactly over the searched "
+                                        "scope")
 
 
 async def _schema_check(store: PostgresStore, config: HybridConfig, user: str, database: str) -> Check:
