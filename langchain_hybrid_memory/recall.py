@@ -171,21 +171,23 @@ class _Scope:
     only the candidates an HNSW index found for one query (not cached)."""
 
     at: float
-    newest: int
     keys: list[tuple[str, int]]
     rows: dict[tuple[str, int], int]
     chunks: list[Any]  # np.ndarray (float32: numpy has no fast float16 product), one per fetch
     nbytes: int = 0
     partial: bool = False
     ids: list[int] = field(default_factory=list)  # the storage ids read, sorted
+    key: tuple[Any, ...] = ()  # in the cache: (model id, sessions, user)
+
+    @property
+    def newest(self) -> int:
+        return self.ids[-1] if self.ids else 0
 
     def read(self, rows: Sequence[Any], dims: int) -> None:
         """Add rows (session_id, seq, embedding, storage id) read for the scope."""
         self.extend(rows, dims)
         for r in rows:
             bisect.insort(self.ids, int(r[3]))
-        if self.ids:
-            self.newest = max(self.newest, self.ids[-1])
 
     def extend(self, rows: Sequence[Any], dims: int) -> None:
         """Add rows (session_id, seq, embedding, ...) not in it yet; vectors of other dimensions are left out."""
@@ -551,8 +553,8 @@ class Recall:
             (qv,) = await asyncio.wait_for(embedder.aembed([query]), self.core.config.embed_timeout)
         except BaseException:
             await _discard(fetch)
-            if scope is not None and self._model_id is not None:  # as it was taken: nothing was read into it
-                self._remember((self._model_id, tuple(sorted(set(session_ids))), user_id), scope)
+            if scope is not None:  # as it was taken: nothing was read into it
+                self._remember(scope)
             raise
         q = np.nan_to_num(np.asarray(qv, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         q /= np.linalg.norm(q) or 1.0
@@ -560,13 +562,13 @@ class Recall:
         if by_index and pgv is not None and user_id is not None and pgv.dims == len(q):
             found = await pgv.nearest(store, q.tolist(), user_id, n)
             if found is not None:
-                near = _Scope(time.monotonic(), 0, [], {}, [], partial=True)
+                near = _Scope(time.monotonic(), [], {}, [], partial=True)
                 near.extend(found, len(q))
                 return (near if near.keys else None), q
         if scope is None or fetch is None:  # the model was not known yet, or the index could not answer
             scope, fetch = self._read_scope(model_id, session_ids, user_id)
         scope.read(await fetch, len(q))
-        self._remember((model_id, tuple(sorted(set(session_ids))), user_id), scope)
+        self._remember(scope)
         if not scope.keys:
             return None, None
         return scope, q
@@ -576,17 +578,18 @@ class Recall:
         """The scope's cached vectors (taken out of the cache: `_remember` puts them back) and a query under way
         for those stored since."""
         now = time.monotonic()
-        scope = self._scopes.pop((model_id, tuple(sorted(set(session_ids))), user_id), None)
+        key = (model_id, tuple(sorted(set(session_ids))), user_id)
+        scope = self._scopes.pop(key, None)
         if scope is None or now - scope.at > _CACHE_REFRESH:
-            scope = _Scope(now, 0, [], {}, [])
+            scope = _Scope(now, [], {}, [], key=key)
         low = max(0, scope.newest - _ID_MARGIN)
         return scope, asyncio.ensure_future(self.core.need_store()._run(
             "fetch", _SCOPE_VECTORS, list(session_ids), user_id, model_id, low,
             scope.ids[bisect.bisect_right(scope.ids, low):]))
 
-    def _remember(self, key: tuple[Any, ...], scope: _Scope) -> None:
+    def _remember(self, scope: _Scope) -> None:
         budget = self.core.config.recall_cache_mb * 1_000_000
-        self._scopes[key] = scope  # most recent last
+        self._scopes[scope.key] = scope  # most recent last
         total = sum(s.nbytes for s in self._scopes.values())
         while self._scopes and total > budget:
             oldest = next(iter(self._scopes))
