@@ -16,6 +16,7 @@ import redis
 from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
 
 from conftest import PG_URL, REDIS_URL
+from hybrid_memory_testing.connections import no_fill_pending, own_loop_connection
 
 
 def _calls(r: redis.Redis) -> dict[str, int]:
@@ -123,7 +124,7 @@ def test_refill_includes_writes_still_in_the_outbox(make_memory, api):
         return
 
     async def main() -> list[str]:
-        await _own_connection(reader)
+        await own_loop_connection(reader)
         return [m.content for m in await reader.aget_recent_messages("s")]
 
     assert asyncio.run(main()) == ["m0", "m1", "m2"]
@@ -150,28 +151,6 @@ def _hold_fills(memory: HybridMemory) -> tuple[threading.Event, list[str]]:
     return gate, held
 
 
-async def _own_connection(memory: HybridMemory) -> None:
-    """Give the running loop its own Redis client and PostgreSQL connection (cold reads then stay on it)."""
-    loop = asyncio.get_running_loop()
-    for _ in range(200):
-        await memory.ainvalidate_session("warm-up")
-        await memory.aget_recent_messages("warm-up")  # a miss: the loop's connection opens in the background
-        conn = memory._core.loop_stores.get(loop)
-        if conn is not None and conn.conn is not None:
-            await asyncio.to_thread(_no_fill_pending, memory)
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the loop's PostgreSQL connection did not open")
-
-
-def _no_fill_pending(memory: HybridMemory) -> None:
-    """Wait until the warm-up reads' background fills are done (a later `_hold_fills` must hold only the test's)."""
-    deadline = time.monotonic() + 10
-    while memory._core.fills and time.monotonic() < deadline:
-        time_sleep(0.01)
-    assert not memory._core.fills
-
-
 def _own_private_connection(memory: HybridMemory) -> None:
     """Open the sync API's private PostgreSQL connection (sync cold reads in a thread with no loop then use it)."""
     for _ in range(200):
@@ -179,7 +158,7 @@ def _own_private_connection(memory: HybridMemory) -> None:
         memory.get_recent_messages("warm-up")  # a miss: the connection opens in the background
         private = memory._core.private
         if private is not None and private.pg.conn is not None:
-            _no_fill_pending(memory)
+            no_fill_pending(memory)
             return
         time_sleep(0.02)
     raise AssertionError("the private PostgreSQL connection did not open")
@@ -254,7 +233,7 @@ def test_a_cold_read_cached_in_the_background_never_hides_a_write(make_memory, a
         reads(lambda: memory.get_recent_messages("s"))
     else:
         async def main() -> None:
-            await _own_connection(memory)
+            await own_loop_connection(memory)
             loop = asyncio.get_running_loop()
             # The race itself runs in a thread while this loop serves the async reads.
             await asyncio.to_thread(reads, lambda: asyncio.run_coroutine_threadsafe(

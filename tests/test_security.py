@@ -41,6 +41,7 @@ from langchain_hybrid_memory.history import HybridChatMessageHistory
 from langchain_hybrid_memory.summarizers import OfflineSummarizer, OpenAISummarizer
 
 from conftest import PG_URL, REDIS_URL, pg_fetch, valid_id
+from hybrid_memory_testing.connections import own_loop_connection
 from hybrid_memory_testing.servers import NoTLSRedisError, PostgresServer, TLSRedisServer, free_port, in_ci
 
 FAST: dict[str, Any] = {"redis_timeout": 0.3, "pg_timeout": 2.0, "connect_timeout": 1.0,
@@ -677,15 +678,7 @@ def test_the_password_file_is_read_off_the_event_loop(password_pg: PostgresServe
         try:
             await memory.aadd_messages("s", [Message("human", "x")])
             await memory.aflush()
-            for _ in range(100):  # cold reads: the first opens this loop's own connection in the background
-                await memory.ainvalidate_session("s")
-                await memory.aget_recent_messages("s")
-                conn = memory._core.loop_stores.get(asyncio.get_running_loop())
-                if conn is not None and conn.conn is not None:
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                raise AssertionError("this loop's PostgreSQL connection did not open")
+            await own_loop_connection(memory)  # opened with the password from the file
             await memory.ainvalidate_session("s")
             return _contents(await memory.aget_recent_messages("s"))  # through that connection
         finally:
