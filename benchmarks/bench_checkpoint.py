@@ -8,7 +8,9 @@ real `HumanMessage` / `AIMessage` objects with ids) and `aput_writes` (the task'
 Checkpoints are built with `langgraph.checkpoint.base.empty_checkpoint()` / `create_checkpoint`.
 
 Subjects: HybridSaver (private namespace, dropped at the end), langgraph-checkpoint-postgres's AsyncPostgresSaver
-(on a throwaway schema of its own, dropped at the end) and InMemorySaver, on threads of 20 and 1,000 messages.
+(on a throwaway schema of its own, dropped at the end) and InMemorySaver, on threads of 20 and 1,000 messages;
+and, on 20-message threads, the sync API a sync graph calls (`get_tuple` + `put` + `put_writes`): HybridSaver's and
+langgraph-checkpoint-postgres's PostgresSaver (same schema), timed in the same rounds.
 Steps are timed in interleaved rounds (the order of the savers rotates each round). Each timed step grows its
 thread by 2 messages, so threads are taken from a pool and retired before they drift far from their size
 (20-message threads after 5 steps, 1,000-message ones after at most 10% growth).
@@ -48,6 +50,7 @@ import asyncpg
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver, Checkpoint, create_checkpoint, empty_checkpoint
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from langchain_hybrid_memory import HybridConfig, HybridMemory
@@ -58,12 +61,15 @@ from _common import PG_URL, REDIS_URL, Series, cpu_model, drop_namespace, ms, ne
 SHAPES = (20, 1000)
 CONTENT_CHARS = 200
 OURS, PG, MEM = "HybridSaver", "AsyncPostgresSaver", "InMemorySaver"
+OURS_SYNC, PG_SYNC = "HybridSaver (sync)", "PostgresSaver (sync)"
 SAVERS = (OURS, PG, MEM)
+SUBJECTS = {20: (*SAVERS, OURS_SYNC, PG_SYNC), 1000: SAVERS}  # timed per thread size
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 
 # Targets (printed as PASS/FAIL; nothing asserts).
 TARGET_VS_PG = {20: 5.0, 1000: 20.0}  # AsyncPostgresSaver's step p50 / ours, at least
 TARGET_PUT_GROWTH = 1.5  # our aput p50 at 1,000 messages / at 20, at most
+TARGET_SYNC = 1.5  # our sync step p50 / our async step p50, at most (as for the message API)
 # What a step may write besides 2x its new messages (the channel value's delta and the task's writes): the
 # checkpoint row (thread and checkpoint ids, parent id, the checkpoint without values: versions and
 # versions_seen; the metadata twice, as blob and jsonb; channel_versions as jsonb), the blob and writes rows'
@@ -123,6 +129,26 @@ class Words:
         return " ".join(out)[:size]
 
 
+class SyncCalls:
+    """A saver's sync API under the async names `Bench.step` calls: each runs the sync method where it is called,
+    blocking (as a sync graph's calls do), so the time measured is the sync call's."""
+
+    def __init__(self, saver: BaseCheckpointSaver[Any]) -> None:
+        self.saver = saver
+
+    async def aget_tuple(self, config: Any) -> Any:
+        return self.saver.get_tuple(config)
+
+    async def aput(self, *args: Any) -> Any:
+        return self.saver.put(*args)
+
+    async def aput_writes(self, *args: Any, **kwargs: Any) -> None:
+        self.saver.put_writes(*args, **kwargs)
+
+    def get_next_version(self, current: Any, channel: Any) -> Any:
+        return self.saver.get_next_version(current, channel)
+
+
 class Bench:
     def __init__(self, plan: Plan, namespace: str, pg_schema: str) -> None:
         self.plan = plan
@@ -131,10 +157,11 @@ class Bench:
         self.words = Words(random.Random(1234))
         self.savers: dict[str, BaseCheckpointSaver[Any]] = {}
         self.pools: dict[tuple[str, int], list[Thread]] = {}
-        self.timings: dict[tuple[str, int], Timings] = {(s, n): Timings() for s in SAVERS for n in SHAPES}
+        self.timings: dict[tuple[str, int], Timings] = {(s, n): Timings() for n in SHAPES for s in SUBJECTS[n]}
         self.bytes: dict[tuple[str, int], dict[str, float]] = {}
         self.memory: HybridMemory | None = None
         self._pg_cm: Any = None
+        self._pg_sync_cm: Any = None
         self.conn: asyncpg.Connection | None = None
         self.made = 0
         self.per_thread: dict[int, int] = {}
@@ -153,11 +180,16 @@ class Bench:
         await pg.setup()
         self.savers[PG] = pg
         self.savers[MEM] = InMemorySaver()
+        self.savers[OURS_SYNC] = SyncCalls(self.savers[OURS])  # type: ignore[assignment]
+        self._pg_sync_cm = PostgresSaver.from_conn_string(url)
+        self.savers[PG_SYNC] = SyncCalls(self._pg_sync_cm.__enter__())  # type: ignore[assignment]
 
     async def close(self) -> None:
         try:
             if self._pg_cm is not None:
                 await self._pg_cm.__aexit__(None, None, None)
+            if self._pg_sync_cm is not None:
+                self._pg_sync_cm.__exit__(None, None, None)
             if self.memory is not None:
                 await self.memory.aclose()
         finally:
@@ -218,7 +250,7 @@ class Bench:
         config: dict[str, Any] = {"configurable": {"thread_id": thread.id, "checkpoint_ns": ""}}
         prev = empty_checkpoint()
         messages: list[BaseMessage] = []
-        batches = size // 2 if (name == OURS or size <= 100) else 1
+        batches = size // 2 if (name in (OURS, OURS_SYNC) or size <= 100) else 1
         for step in range(batches):
             messages = messages + [m for _ in range(size // 2 // batches) for m in self.new_messages()]
             checkpoint, versions = self.next_checkpoint(saver, prev, messages, step)
@@ -231,9 +263,10 @@ class Bench:
         p = self.plan
         per_thread_20 = 5
         total = p.rounds * p.per_round + p.warmup
-        for name in SAVERS:
+        for name in SUBJECTS[20]:
             self.pools[(name, 20)] = [await self.build_thread(name, 20)
                                       for _ in range(-(-total // per_thread_20))]
+        for name in SUBJECTS[1000]:
             self.pools[(name, 1000)] = [await self.build_thread(name, 1000) for _ in range(p.pool_1000)]
         self.per_thread = {20: per_thread_20, 1000: -(-total // p.pool_1000)}
 
@@ -246,13 +279,13 @@ class Bench:
     async def run_rounds(self) -> None:
         p = self.plan
         for size in SHAPES:
-            for name in SAVERS:
+            for name in SUBJECTS[size]:
                 for _ in range(p.warmup):
                     await self.step(name, self.take(name, size), self.new_messages(), None)
         for r in range(p.rounds):
-            order = list(SAVERS[r % len(SAVERS):] + SAVERS[:r % len(SAVERS)])
             for size in SHAPES:
-                for name in order:
+                names = SUBJECTS[size]
+                for name in names[r % len(names):] + names[:r % len(names)]:
                     t = self.timings[(name, size)]
                     before = {k: len(getattr(t, k).samples) for k in ("step", "get", "put", "writes")}
                     for _ in range(p.per_round):
@@ -327,7 +360,7 @@ class Bench:
         rows, data_rows = [], []
         for size in SHAPES:
             ours = self.timings[(OURS, size)].step
-            for name in SAVERS:
+            for name in SUBJECTS[size]:
                 t = self.timings[(name, size)]
                 r50, r99 = ratio(t.step, ours)
                 rows.append([f"{size} msgs", name, "step", ms(t.step.p50), ms(t.step.p99), times(r50), times(r99),
@@ -338,8 +371,9 @@ class Bench:
                                   "get_p50_ms": t.get.p50 * 1e3, "get_p99_ms": t.get.p99 * 1e3,
                                   "put_p50_ms": t.put.p50 * 1e3, "put_p99_ms": t.put.p99 * 1e3,
                                   "writes_p50_ms": t.writes.p50 * 1e3, "writes_p99_ms": t.writes.p99 * 1e3})
-        out = ["Per agent step (aget_tuple + aput + aput_writes); 'vs ours' = that saver's time / HybridSaver's"
-               " (p50: median of the per-round ratios; > 1 = slower than ours). get/put/writes: each call's p50, ms.\n"]
+        out = ["Per agent step (aget_tuple + aput + aput_writes; '(sync)': get_tuple + put + put_writes); 'vs ours' ="
+               " that saver's time / HybridSaver's async step (p50: median of the per-round ratios; > 1 = slower than"
+               " ours). get/put/writes: each call's p50, ms.\n"]
         out += [table(["thread", "saver", "op", "p50 ms", "p99 ms", "p50 vs ours", "p99 vs ours",
                       "get p50", "put p50", "writes p50"], rows)]
 
@@ -366,6 +400,12 @@ class Bench:
             target = TARGET_VS_PG[size]
             checks.append((r50 >= target, f"step at {size} messages: AsyncPostgresSaver / ours = {r50:.2f}x"
                                           f" (p50, median of rounds; target: ours >= {target:g}x faster)"))
+        sync_vs_async, _ = ratio(self.timings[(OURS_SYNC, 20)].step, self.timings[(OURS, 20)].step)
+        pg_sync, _ = ratio(self.timings[(PG_SYNC, 20)].step, self.timings[(OURS_SYNC, 20)].step)
+        checks.append((sync_vs_async <= TARGET_SYNC,
+                       f"our sync step at 20 messages is {sync_vs_async:.2f}x our async step"
+                       f" (target <= {TARGET_SYNC}x);"
+                       f" PostgresSaver (sync) / ours (sync) = {pg_sync:.2f}x"))
         checks.append((growth[OURS] <= TARGET_PUT_GROWTH,
                        f"our aput at 1,000 messages is {growth[OURS]:.2f}x our aput at 20 (target <= "
                        f"{TARGET_PUT_GROWTH}x)"))

@@ -17,6 +17,7 @@ import redis
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from langchain_hybrid_memory import HybridConfig, HybridMemory
+from langchain_hybrid_memory.checkpoint import HybridSaver
 
 PG_URL = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL") or \
     "postgresql://postgres@127.0.0.1:5432/test"
@@ -25,9 +26,13 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL") or "
 
 # The sync API blocks by design (it waits for Redis or the engine loop); called inside a running loop (a Jupyter
 # cell, a test mixing both APIs) that is the caller's choice. Blocking anywhere else in our code is a bug.
-SYNC_API = ("langchain_hybrid_memory/memory.py",
-            {name for name, fn in vars(HybridMemory).items()
-             if callable(fn) and not name.startswith("_") and not inspect.iscoroutinefunction(fn)})
+def _sync_methods(cls: type) -> set[str]:
+    return {name for name, fn in vars(cls).items() if callable(fn) and not name.startswith("_")
+            and not inspect.iscoroutinefunction(fn) and not inspect.isasyncgenfunction(fn)}
+
+
+SYNC_API = ("langchain_hybrid_memory/memory.py", _sync_methods(HybridMemory))
+SYNC_SAVER = ("langchain_hybrid_memory/checkpoint/saver.py", _sync_methods(HybridSaver))
 SYNC_BRIDGE = ("langchain_hybrid_memory/_loop.py", {"run", "stop"})
 
 
@@ -44,6 +49,7 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster]:
         for function in bb.functions.values():
             if not strict:
                 function.can_block_in(*SYNC_API)
+                function.can_block_in(*SYNC_SAVER)
                 function.can_block_in(*SYNC_BRIDGE)
         yield bb
 

@@ -137,3 +137,57 @@ def test_delete_user_and_retention_cover_checkpoint_threads(make_memory: Callabl
     memory.purge_idle_sessions(86_400)
     assert {r["thread_id"] for r in pg_fetch(f'SELECT DISTINCT thread_id FROM "{ns}".checkpoints')} == {"nobody"}
     assert saver.get_tuple({"configurable": {"thread_id": "bob-1", "checkpoint_ns": ""}}) is None
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+async def test_a_cached_threads_steps_never_hop_to_the_engine_loop(make_memory: Callable[..., HybridMemory],
+                                                                   monkeypatch: pytest.MonkeyPatch, api: str) -> None:
+    """Once a thread is in Redis, get_tuple, put and put_writes are each one Redis round trip made by the caller
+    (its thread, or its loop), as the message hot paths are: no hand-over to the engine loop."""
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
+
+    memory = make_memory()
+    saver = HybridSaver(memory)
+    hops: list[str] = []
+    engine_run, engine_arun = memory._run, memory._arun
+
+    def run(coro: Any) -> Any:
+        hops.append(coro.__qualname__)
+        return engine_run(coro)
+
+    async def arun(coro: Any) -> Any:
+        hops.append(coro.__qualname__)
+        return await engine_arun(coro)
+
+    monkeypatch.setattr(memory, "_run", run)
+    monkeypatch.setattr(memory, "_arun", arun)
+    config: dict[str, Any] = {"configurable": {"thread_id": f"t-{api}", "checkpoint_ns": ""}}
+
+    async def step(i: int) -> None:
+        tup = saver.get_tuple(config) if api == "sync" else await saver.aget_tuple(config)
+        base = tup.checkpoint if tup is not None else empty_checkpoint()
+        checkpoint = create_checkpoint(base, None, i)
+        version = saver.get_next_version(base["channel_versions"].get("messages"), None)
+        checkpoint["channel_values"] = {"messages": [HumanMessage(f"m{i}", id=f"m{i}")]}
+        checkpoint["channel_versions"] = {"messages": version}
+        args = (config if tup is None else tup.config, checkpoint, {"step": i}, {"messages": version})
+        stored = saver.put(*args) if api == "sync" else await saver.aput(*args)  # type: ignore[arg-type]
+        writes = [("messages", [HumanMessage(f"w{i}", id=f"w{i}")])]
+        if api == "sync":
+            saver.put_writes(stored, writes, f"task-{i}")
+        else:
+            await saver.aput_writes(stored, writes, f"task-{i}")
+
+    await step(0)  # a new thread: its first read asks PostgreSQL (on the engine loop); an async caller's first
+    await step(1)  # call on a loop goes there too (a loop seen once may be a throwaway)
+    hops.clear()
+    for i in range(2, 6):
+        await step(i)
+    assert hops == []
+    tup = saver.get_tuple(config) if api == "sync" else await saver.aget_tuple(config)
+    assert tup is not None and [m.id for m in tup.checkpoint["channel_values"]["messages"]] == ["m5"]
+    assert [(t, v[0].id) for t, _, v in tup.pending_writes] == [("task-5", "w5")]
+    assert hops == []
+    await memory.aflush()
+    assert len([t async for t in saver.alist(config)]) == 6  # and every one of them is in PostgreSQL

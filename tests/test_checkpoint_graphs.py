@@ -290,7 +290,8 @@ def nested_graph(saver: BaseCheckpointSaver[Any]) -> Any:
 
 
 async def test_subgraph_interrupt_resume_and_its_state(make_memory, namespace):
-    ours, ref = nested_graph(HybridSaver(make_memory())), nested_graph(InMemorySaver())
+    memory = make_memory()
+    ours, ref = nested_graph(HybridSaver(memory)), nested_graph(InMemorySaver())
     h1 = HumanMessage("start", id="h-1")
     for graph in (ours, ref):
         out = await graph.ainvoke({"messages": [h1]}, _cfg("nested"))
@@ -309,6 +310,7 @@ async def test_subgraph_interrupt_resume_and_its_state(make_memory, namespace):
                                                      AIMessage("child working", id="ai-child-1")])
     ref_sub = (await ref.aget_state(_cfg("nested"), subgraphs=True)).tasks[0].state
     assert _snapshot(sub) == _snapshot(ref_sub)
+    await memory.aflush()  # written behind: PostgreSQL has every namespace once the queue is committed
     rows = pg_fetch(f'SELECT DISTINCT checkpoint_ns FROM "{namespace}".checkpoints WHERE thread_id = $1', "nested")
     assert {r["checkpoint_ns"] for r in rows} == {"", sub.config["configurable"]["checkpoint_ns"]}
     # The subgraph's own history, through its config.

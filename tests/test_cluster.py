@@ -1,4 +1,5 @@
-"""Redis Cluster: one slot per session's keys (no CROSSSLOT), and a master killed mid-load loses nothing."""
+"""Redis Cluster: one slot per session's keys (no CROSSSLOT), and a master killed mid-load loses nothing; a
+LangGraph thread's keys share one slot too."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from langchain_core.messages import HumanMessage
+from test_checkpoint_graphs import chain, respond
 
 from langchain_hybrid_memory import HybridConfig, HybridMemory, Message
+from langchain_hybrid_memory.checkpoint import HybridSaver
 
 from conftest import PG_URL, pg_fetch
 from hybrid_memory_testing.servers import RedisClusterServers
@@ -46,6 +50,37 @@ def test_all_operations_on_a_cluster(cluster, namespace):
         assert memory.get_recent_messages("s1") == []
     finally:
         memory.close()
+
+
+async def test_langgraph_threads_on_a_cluster(cluster, namespace):
+    """Sync and async graphs over HybridSaver: every step's scripts and reads run on one slot per thread."""
+    memory = _memory(cluster, namespace)
+    try:
+        graph = chain(("respond", respond)).compile(checkpointer=HybridSaver(memory))
+        for t in range(12):
+            config = {"configurable": {"thread_id": f"thread-{t}"}}
+            for turn in range(3):
+                message = {"messages": [HumanMessage(f"q{turn}", id=f"{t}-q{turn}")]}
+                if t % 2:
+                    await graph.ainvoke(message, config)
+                else:
+                    graph.invoke(message, config)
+        stats = memory.get_cache_stats()  # a thread's first read finds nothing; its next two find the latest
+        assert memory._core.cluster and stats.redis_up and stats.checkpoint_reads == 12 * 2
+        await memory.aflush()
+    finally:
+        memory.close()
+    fresh = _memory(cluster, namespace)  # another process: what it reads comes from Redis, then PostgreSQL
+    try:
+        graph = chain(("respond", respond)).compile(checkpointer=HybridSaver(fresh))
+        for t in (0, 1, 11):
+            state = graph.get_state({"configurable": {"thread_id": f"thread-{t}"}})
+            assert [m.content for m in state.values["messages"]] == [
+                x for turn in range(3) for x in (f"q{turn}", f"echo: q{turn}")]
+            history = list(graph.get_state_history({"configurable": {"thread_id": f"thread-{t}"}}))
+            assert len(history) == 3 * 3  # three checkpoints per turn: its input, then each step
+    finally:
+        fresh.close()
 
 
 def test_master_killed_mid_load_loses_nothing(cluster, namespace):

@@ -29,7 +29,17 @@ from .protocol import (
     pack,
     raise_errors,
 )
-from .scripts import APPEND, CHECKPOINT_OUTBOX, CHECKPOINT_PUT, CHECKPOINT_WRITES, FILL, OUTBOX_OF, READ, SET_SUMMARY
+from .scripts import (
+    APPEND,
+    CHECKPOINT_LATEST,
+    CHECKPOINT_OUTBOX,
+    CHECKPOINT_PUT,
+    CHECKPOINT_WRITES,
+    FILL,
+    OUTBOX_OF,
+    READ,
+    SET_SUMMARY,
+)
 from .shared_connection import SharedConnection
 
 
@@ -67,6 +77,7 @@ class RedisCache(Commands):
         self._checkpoint_put = self.client.register_script(CHECKPOINT_PUT)
         self._checkpoint_writes = self.client.register_script(CHECKPOINT_WRITES)
         self._checkpoint_outbox = self.client.register_script(CHECKPOINT_OUTBOX)
+        self._checkpoint_latest = self.client.register_script(CHECKPOINT_LATEST)
         self.closed = False
         self._lifetime: Callable[[], None] | None = None
 
@@ -314,56 +325,30 @@ class RedisCache(Commands):
         return list(await self._call(pipe.execute()))
 
     # -- checkpoint threads (HybridSaver) ------------------------------------------------------------------
-    def _thread_keys(self, thread_id: str, ns: str) -> list[str]:
-        k = self.keys.thread(thread_id)
-        return [k.checkpoints, k.writes(ns), k.outbox, k.entries]
-
     async def checkpoint_put(self, thread_id: str, ns: str, checkpoint_id: str, hot: bytes, record: bytes,
                              blobs: Sequence[tuple[str, bytes]], drop: Sequence[str]) -> str:
         """Make a checkpoint the namespace's hot latest one (unless a newer one is) and queue its record;
         returns the outbox entry id."""
-        args: list[Any] = [ns, checkpoint_id, hot, int(self.config.session_ttl * 1000), record, thread_id, len(blobs)]
-        for field_, value in blobs:
-            args += (field_, value)
-        args += (len(drop), *drop)
-        out = await self._eval(self._checkpoint_put, self._thread_keys(thread_id, ns), args)
-        return out.decode() if isinstance(out, bytes) else str(out)
+        args = self.checkpoint_put_args(thread_id, ns, checkpoint_id, hot, record, blobs, drop)
+        return self.entry_id(await self._eval(self._checkpoint_put, self.thread_keys(thread_id, ns), args))
 
     async def checkpoint_writes(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
                                 writes: Sequence[tuple[str, bytes, bool]]) -> str:
-        args: list[Any] = [ns, checkpoint_id, int(self.config.session_ttl * 1000), record, thread_id, len(writes)]
-        for field_, value, replace in writes:
-            args += (field_, value, "1" if replace else "0")
-        out = await self._eval(self._checkpoint_writes, self._thread_keys(thread_id, ns), args)
-        return out.decode() if isinstance(out, bytes) else str(out)
+        args = self.checkpoint_writes_args(thread_id, ns, checkpoint_id, record, writes)
+        return self.entry_id(await self._eval(self._checkpoint_writes, self.thread_keys(thread_id, ns), args))
 
     async def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
                                 ) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
         """(latest checkpoint id, its hot record, its pending writes by field) of a namespace."""
-        k = self.keys.thread(thread_id)
-        cmds: list[tuple[Any, ...]] = [("HMGET", k.checkpoints, "i\x1f" + ns, "c\x1f" + ns),
-                                       ("HGETALL", k.writes(ns))]
-        if touch:
-            ttl = int(self.config.session_ttl * 1000)
-            cmds += [("PEXPIRE", k.checkpoints, ttl), ("PEXPIRE", k.writes(ns), ttl)]
-        if self.cluster:
-            pipe = self.client.pipeline(transaction=True)
-            for cmd in cmds:
-                pipe.execute_command(*cmd)
-            out = list(await self._call(pipe.execute()))
-        else:
-            out = exec_reply(await self._exchange(multi(cmds)), len(cmds))
-        (latest, hot), writes = out[0], out[1]
-        if isinstance(writes, list):  # RESP2 without redis-py's response callbacks: a flat list
-            writes = dict(zip(writes[::2], writes[1::2], strict=True))
-        return latest, hot, writes
+        return self.checkpoint_latest_result(await self._eval(
+            self._checkpoint_latest, self.thread_keys(thread_id, ns), self.checkpoint_latest_args(ns, touch)))
 
     async def checkpoint_blobs(self, thread_id: str, fields: Sequence[str]) -> list[bytes | None]:
         return list((await self._many([("HMGET", self.keys.thread(thread_id).checkpoints, *fields)]))[0])
 
     async def checkpoint_outbox(self, thread_id: str) -> list[tuple[str, bytes]]:
         """(entry id, record) of the thread's entries still in the outbox (any writer's)."""
-        flat = await self._eval(self._checkpoint_outbox, self._thread_keys(thread_id, ""), [])
+        flat = await self._eval(self._checkpoint_outbox, self.thread_keys(thread_id, ""), [])
         return [(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
 
     async def checkpoint_drop(self, thread_ids: Sequence[str]) -> None:

@@ -210,6 +210,40 @@ class Commands:
         return AppendResult(bound=status == 2, entry_id=out[1].decode() if out[1] else "", due=out[2] == 1,
                             seqs=[int(s) for s in out[3:3 + n]], new=[s == b"1" for s in out[3 + n:3 + 2 * n]])
 
+    # -- checkpoint threads (HybridSaver) ------------------------------------------------------------------
+    def thread_keys(self, thread_id: str, ns: str) -> list[str]:
+        """The KEYS of the checkpoint scripts."""
+        k = self.keys.thread(thread_id)
+        return [k.checkpoints, k.writes(ns), k.outbox, k.entries]
+
+    def checkpoint_put_args(self, thread_id: str, ns: str, checkpoint_id: str, hot: bytes, record: bytes,
+                            blobs: Sequence[tuple[str, bytes]], drop: Sequence[str]) -> list[Any]:
+        args: list[Any] = [ns, checkpoint_id, hot, self._ttl_ms, record, thread_id, len(blobs)]
+        for field_, value in blobs:
+            args += (field_, value)
+        args += (len(drop), *drop)
+        return args
+
+    def checkpoint_writes_args(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
+                               writes: Sequence[tuple[str, bytes, bool]]) -> list[Any]:
+        args: list[Any] = [ns, checkpoint_id, self._ttl_ms, record, thread_id, len(writes)]
+        for field_, value, replace in writes:
+            args += (field_, value, "1" if replace else "0")
+        return args
+
+    def checkpoint_latest_args(self, ns: str, touch: bool) -> list[Any]:
+        return [ns, self._ttl_ms if touch else 0]
+
+    @staticmethod
+    def checkpoint_latest_result(out: list[Any]) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
+        """(latest checkpoint id, its hot record, its pending writes by field) from the script's reply."""
+        latest, hot, flat = out
+        return latest, hot, dict(zip(flat[::2], flat[1::2], strict=True))
+
+    @staticmethod
+    def entry_id(out: Any) -> str:
+        """An outbox entry id as a script returns it."""
+        return out.decode() if isinstance(out, bytes) else str(out)
 
 
 # Connection errors worth one retry on a fresh connection (a pooled one may predate a Redis restart), as the

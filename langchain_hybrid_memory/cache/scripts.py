@@ -50,6 +50,7 @@ READ = script("read")
 CHECKPOINT_PUT = _load("checkpoint_put")
 CHECKPOINT_WRITES = _load("checkpoint_writes")
 CHECKPOINT_OUTBOX = _load("checkpoint_outbox")
+CHECKPOINT_LATEST = _load("checkpoint_latest")
 
 if SessionKeys(*KEY_NAMES).all != KEY_NAMES:  # Commands.head passes `.all` as KEYS: it must follow the fields
     raise RuntimeError("keys.SessionKeys.all is not in the order of its fields")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -23,7 +24,7 @@ from .protocol import (
     multi,
     pack,
 )
-from .scripts import APPEND, READ
+from .scripts import APPEND, CHECKPOINT_LATEST, CHECKPOINT_PUT, CHECKPOINT_WRITES, READ
 
 
 class KeptConnections:
@@ -64,7 +65,8 @@ def kept_cap(config: HybridConfig) -> int:
 
 
 class SyncHotPath(Commands):
-    """The two hot calls (read a window, append) on a blocking client, for the sync API.
+    """The hot calls (read a window, append; a checkpoint thread's latest, put, writes) on a blocking client,
+    for the sync API.
 
     A sync caller then pays one Redis round trip, not a hop to the engine thread and back. On a single server
     or Sentinel the commands are packed and sent on one of the client's connections, kept between calls
@@ -80,6 +82,9 @@ class SyncHotPath(Commands):
         self._idle = KeptConnections(kept_cap(config))
         self._append = self.client.register_script(APPEND)  # Cluster: the client routes and loads scripts
         self._read = self.client.register_script(READ)
+        self._checkpoint_put = self.client.register_script(CHECKPOINT_PUT)
+        self._checkpoint_writes = self.client.register_script(CHECKPOINT_WRITES)
+        self._checkpoint_latest = self.client.register_script(CHECKPOINT_LATEST)
 
     def close(self) -> None:
         self._drop_idle()
@@ -128,18 +133,25 @@ class SyncHotPath(Commands):
             return script(keys=keys, args=args)
         return self._exchange([("EVALSHA", script.sha, len(keys), *keys, *args)], script.script)[0]
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _down() -> Iterator[None]:
+        """A lost connection or server as CacheDown (the caller fails over); error replies stay what they are."""
+        try:
+            yield
+        except ResponseError:
+            raise
+        except (RedisError, OSError) as exc:
+            raise CacheDown(type(exc).__name__) from None
+
     def _window(self, session_id: str, limit: int) -> list[Any]:
         """One read's reply: [meta fields, length, elements, ...], errors inside it returned as values."""
-        try:
+        with self._down():
             if self.cluster:
                 keys, args = self.read_script_args(session_id, limit)
                 return list(self._read(keys=keys, args=args))
             cmds = self.read_cmds(session_id, limit)
             return exec_reply(self._exchange(multi(cmds)), len(cmds))
-        except ResponseError:
-            raise
-        except (RedisError, OSError) as exc:
-            raise CacheDown(type(exc).__name__) from None
 
     def read(self, session_id: str, limit: int) -> tuple[str, list[bytes]] | Miss:
         return self.read_result(self._window(session_id, limit))
@@ -150,10 +162,30 @@ class SyncHotPath(Commands):
     def append(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str], *,
                persist: bool) -> AppendResult | None:
         keys, args = self.append_args(session_id, user_id, ids, payloads, persist, None)
-        try:
+        with self._down():
             out = self._eval(self._append, keys, args)
-        except ResponseError:
-            raise
-        except (RedisError, OSError) as exc:
-            raise CacheDown(type(exc).__name__) from None
         return self.append_result(out, len(ids))
+
+    # -- checkpoint threads (HybridSaver): as RedisCache's ---------------------------------------------------
+    def checkpoint_put(self, thread_id: str, ns: str, checkpoint_id: str, hot: bytes, record: bytes,
+                       blobs: Sequence[tuple[str, bytes]], drop: Sequence[str]) -> str:
+        args = self.checkpoint_put_args(thread_id, ns, checkpoint_id, hot, record, blobs, drop)
+        with self._down():
+            return self.entry_id(self._eval(self._checkpoint_put, self.thread_keys(thread_id, ns), args))
+
+    def checkpoint_writes(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
+                          writes: Sequence[tuple[str, bytes, bool]]) -> str:
+        args = self.checkpoint_writes_args(thread_id, ns, checkpoint_id, record, writes)
+        with self._down():
+            return self.entry_id(self._eval(self._checkpoint_writes, self.thread_keys(thread_id, ns), args))
+
+    def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
+                          ) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
+        with self._down():
+            return self.checkpoint_latest_result(self._eval(
+                self._checkpoint_latest, self.thread_keys(thread_id, ns), self.checkpoint_latest_args(ns, touch)))
+
+    def checkpoint_blobs(self, thread_id: str, fields: Sequence[str]) -> list[bytes | None]:
+        cmd = ("HMGET", self.keys.thread(thread_id).checkpoints, *fields)
+        with self._down():
+            return list(self.client.execute_command(*cmd) if self.cluster else self._exchange([cmd])[0])

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import functools
 import json
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -61,6 +60,32 @@ class _Serialized(tuple[str, bytes]):
 
 
 Chains = dict[str, builtins.list[str] | None]  # channel -> the versions its value folds (None: not known here)
+
+
+_Call = tuple[str, tuple[Any, ...]]  # a Redis client method's name and arguments (RedisCache or SyncHotPath)
+_T = TypeVar("_T")
+
+
+def _drive(steps: Generator[_Call, Any, _T], cache: Any) -> _T:
+    """Run `steps` (Redis calls as data, then a result) on a blocking client."""
+    reply: Any = None
+    while True:
+        try:
+            name, args = steps.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        reply = getattr(cache, name)(*args)
+
+
+async def _adrive(steps: Generator[_Call, Any, _T], cache: Any) -> _T:
+    """`_drive` on an event loop's client."""
+    reply: Any = None
+    while True:
+        try:
+            name, args = steps.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        reply = await getattr(cache, name)(*args)
 
 
 def _texts(parts: builtins.list[bytes | None], *text: int) -> builtins.list[Any]:
@@ -266,14 +291,15 @@ class HybridSaver(BaseCheckpointSaver[str]):
             return None
         step = self.memory._core.health.redis_step()
         with step:
-            return await self._hot_read(cache, thread_id, ns, checkpoint_id)
+            return await _adrive(self._hot_read(thread_id, ns, checkpoint_id), cache)
         return None
 
-    async def _hot_read(self, cache: Any, thread_id: str, ns: str, checkpoint_id: str | None
-                        ) -> CheckpointTuple | None:
-        """The latest checkpoint from Redis, or None when Redis cannot answer it alone; raises CacheDown."""
+    def _hot_read(self, thread_id: str, ns: str, checkpoint_id: str | None
+                  ) -> Generator[_Call, Any, CheckpointTuple | None]:
+        """The latest checkpoint from Redis, or None when Redis cannot answer it alone (the calls it makes raise
+        CacheDown)."""
         core = self.memory._core
-        latest, hot, writes = await cache.checkpoint_latest(thread_id, ns, core.touches.due(thread_id))
+        latest, hot, writes = yield ("checkpoint_latest", (thread_id, ns, core.touches.due(thread_id)))
         if hot is None or latest is None or (checkpoint_id and latest.decode() != checkpoint_id):
             return None
         cid, parent, ctype, cdata, mtype, mdata, versions_json, chains_json = _texts(unpack(hot), 0, 1, 2, 4, 6, 7)
@@ -292,7 +318,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
             need[channel] = chain[start:]
         if need:
             fields = [_SEP.join(("b", ns, ch, v)) for ch, vs in need.items() for v in vs]
-            got = iter(await cache.checkpoint_blobs(thread_id, fields))
+            got = iter((yield ("checkpoint_blobs", (thread_id, fields))))
             for channel, versions in need.items():
                 blobs = [next(got) for _ in versions]
                 if any(b is None for b in blobs):
@@ -493,13 +519,18 @@ class HybridSaver(BaseCheckpointSaver[str]):
         hot = pack([checkpoint["id"], parent_id, *cdump, *mdump, versions_json, json.dumps(chains)])
         return _Put(thread_id, ns, checkpoint["id"], values, versions, blobs, hot_blobs, chains, drop, record, hot)
 
-    async def _put_hot(self, cache: Any, *, p: _Put) -> str:
-        """The Redis script of a put; returns its outbox entry id. Raises CacheDown."""
-        self._check_room()
-        return str(await cache.checkpoint_put(
+    @staticmethod
+    def _put_call(p: _Put) -> _Call:
+        """The Redis script of a put (it returns the outbox entry id)."""
+        return ("checkpoint_put", (
             p.thread_id, p.ns, p.checkpoint_id, p.hot, p.record,
             [(_SEP.join(("b", p.ns, b[0], b[1])), pack([b[2], b[3]])) for b in p.hot_blobs if b[3] is not None],
             [_SEP.join(("b", p.ns, ch, v)) for ch, v in p.drop]))
+
+    def _stored(self, call: _Call) -> Generator[_Call, Any, str]:
+        """A put's or writes' script, if the write-behind queue has room; its outbox entry id."""
+        self._check_room()
+        return str((yield call))
 
     def _put_done(self, p: _Put) -> RunnableConfig:
         self.memory._core.stats.checkpoint_puts += 1
@@ -510,16 +541,16 @@ class HybridSaver(BaseCheckpointSaver[str]):
         self._remember_versions(p.thread_id, p.ns, p.checkpoint_id, p.versions, p.chains)
         return {"configurable": {"thread_id": p.thread_id, "checkpoint_ns": p.ns, "checkpoint_id": p.checkpoint_id}}
 
-    async def _store_record(self, thread_id: str, record: bytes, hot: Callable[[Any], Awaitable[str]]) -> None:
-        """A put or writes on the engine loop: `hot` (the Redis script) then the write-behind queue, or, Redis
-        down, the record straight into PostgreSQL."""
+    async def _store_record(self, thread_id: str, record: bytes, call: _Call) -> None:
+        """A put or writes on the engine loop: its Redis script then the write-behind queue, or, Redis down, the
+        record straight into PostgreSQL."""
         core = self.memory._core
         await core.ensure_started()
         cache = self._cache()
         if cache is not None:
             step = core.health.redis_step()
             with step:
-                entry_id = await hot(cache)
+                entry_id = await _adrive(self._stored(call), cache)
             if not step.failed:
                 await self._enqueue(thread_id, entry_id, record)
                 return
@@ -528,20 +559,39 @@ class HybridSaver(BaseCheckpointSaver[str]):
             await commit_records(store.store, [record])
         core.health.dirty_threads.add(thread_id)
 
-    async def _store_here(self, thread_id: str, record: bytes, hot: Callable[[Any], Awaitable[str]]) -> bool:
-        """The same on the caller's loop when Redis answers there (as the message hot paths do); False: the
-        engine loop's path must take it (it also fails over)."""
+    def _direct(self, sync: bool) -> Any:
+        """The Redis client a caller uses itself, as the message hot paths do (its loop's, or the blocking one
+        of the sync API); None: the engine loop's path, which also fails over."""
         core = self.memory._core
         if core.write_through or core.wb is None or not core.hot(0):
-            return False
-        cache = core.loop_cache()
+            return None
+        return core.sync if sync else core.loop_cache()
+
+    def _queued(self, thread_id: str, entry_id: str, record: bytes) -> None:
+        wb = self.memory._core.wb
+        assert wb is not None
+        wb.submit(self._entry(thread_id, entry_id, record))
+
+    def _store_sync(self, thread_id: str, record: bytes, call: _Call) -> bool:
+        """`_store_record` in the caller's thread when Redis answers there; False: the engine loop's path."""
+        cache = self._direct(sync=True)
         if cache is None:
             return False
         try:
-            entry_id = await hot(cache)
+            self._queued(thread_id, _drive(self._stored(call), cache), record)
         except CacheDown:
             return False
-        core.wb.submit(self._entry(thread_id, entry_id, record))
+        return True
+
+    async def _store_here(self, thread_id: str, record: bytes, call: _Call) -> bool:
+        """`_store_record` on the caller's loop when Redis answers there; False: the engine loop's path."""
+        cache = self._direct(sync=False)
+        if cache is None:
+            return False
+        try:
+            self._queued(thread_id, await _adrive(self._stored(call), cache), record)
+        except CacheDown:
+            return False
         return True
 
     def _prepare_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
@@ -557,9 +607,9 @@ class HybridSaver(BaseCheckpointSaver[str]):
                   for idx, channel, kind, data in rows]
         return _Writes(thread_id, ns, checkpoint_id, record, fields)
 
-    async def _writes_hot(self, cache: Any, *, w: _Writes) -> str:
-        self._check_room()
-        return str(await cache.checkpoint_writes(w.thread_id, w.ns, w.checkpoint_id, w.record, w.fields))
+    @staticmethod
+    def _writes_call(w: _Writes) -> _Call:
+        return ("checkpoint_writes", (w.thread_id, w.ns, w.checkpoint_id, w.record, w.fields))
 
     async def _delete_threads(self, thread_ids: Sequence[str]) -> None:
         ids = [self._check_thread(t) for t in thread_ids]
@@ -630,20 +680,23 @@ class HybridSaver(BaseCheckpointSaver[str]):
 
     # -- the interface ---------------------------------------------------------------------------------
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        thread_id, ns = self._ids(config)
+        cache = self._direct(sync=True)
+        if cache is not None:
+            with contextlib.suppress(CacheDown):  # the engine loop's path fails over
+                if (tup := _drive(self._hot_read(thread_id, ns, get_checkpoint_id(config)), cache)) is not None:
+                    self.memory._core.stats.checkpoint_reads += 1
+                    return tup
         return self.memory._run(self._get_tuple(config))
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        core = self.memory._core
-        cache = core.loop_cache() if core.hot(0) and core.wb is not None and not core.write_through else None
+        thread_id, ns = self._ids(config)
+        cache = self._direct(sync=False)
         if cache is not None:
-            thread_id, ns = self._ids(config)
-            try:
-                tup = await self._hot_read(cache, thread_id, ns, get_checkpoint_id(config))
-            except CacheDown:
-                tup = None  # the engine loop's path fails over
-            if tup is not None:
-                self.memory._core.stats.checkpoint_reads += 1
-                return tup
+            with contextlib.suppress(CacheDown):
+                if (tup := await _adrive(self._hot_read(thread_id, ns, get_checkpoint_id(config)), cache)) is not None:
+                    self.memory._core.stats.checkpoint_reads += 1
+                    return tup
         return await self.memory._arun(self._get_tuple(config))
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
@@ -658,29 +711,29 @@ class HybridSaver(BaseCheckpointSaver[str]):
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
         p = self._prepare_put(config, checkpoint, metadata, new_versions)  # bad input fails in the caller
-        self.memory._run(self._store_record(p.thread_id, p.record, functools.partial(self._put_hot, p=p)))
+        if not self._store_sync(p.thread_id, p.record, self._put_call(p)):
+            self.memory._run(self._store_record(p.thread_id, p.record, self._put_call(p)))
         return self._put_done(p)
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
         p = self._prepare_put(config, checkpoint, metadata, new_versions)
-        hot = functools.partial(self._put_hot, p=p)
-        if not await self._store_here(p.thread_id, p.record, hot):
-            await self.memory._arun(self._store_record(p.thread_id, p.record, hot))
+        if not await self._store_here(p.thread_id, p.record, self._put_call(p)):
+            await self.memory._arun(self._store_record(p.thread_id, p.record, self._put_call(p)))
         return self._put_done(p)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
         w = self._prepare_writes(config, writes, task_id, task_path)
-        self.memory._run(self._store_record(w.thread_id, w.record, functools.partial(self._writes_hot, w=w)))
+        if not self._store_sync(w.thread_id, w.record, self._writes_call(w)):
+            self.memory._run(self._store_record(w.thread_id, w.record, self._writes_call(w)))
         self.memory._core.stats.checkpoint_writes += len(w.fields)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
         w = self._prepare_writes(config, writes, task_id, task_path)
-        hot = functools.partial(self._writes_hot, w=w)
-        if not await self._store_here(w.thread_id, w.record, hot):
-            await self.memory._arun(self._store_record(w.thread_id, w.record, hot))
+        if not await self._store_here(w.thread_id, w.record, self._writes_call(w)):
+            await self.memory._arun(self._store_record(w.thread_id, w.record, self._writes_call(w)))
         self.memory._core.stats.checkpoint_writes += len(w.fields)
 
     def delete_thread(self, thread_id: str) -> None:
