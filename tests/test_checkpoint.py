@@ -191,3 +191,36 @@ async def test_a_cached_threads_steps_never_hop_to_the_engine_loop(make_memory: 
     assert hops == []
     await memory.aflush()
     assert len([t async for t in saver.alist(config)]) == 6  # and every one of them is in PostgreSQL
+
+
+def test_each_threads_latest_value_stays_remembered_while_other_threads_step(
+        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process remembers the newest versions of each thread's lists, not the last puts of all threads: with
+    200 threads of 5 steps each, one thread after the other (1,000 versions, more than it keeps), reading any
+    thread's latest checkpoint is still one Redis round trip that decodes no message list."""
+    from langchain_core.messages import HumanMessage
+
+    from langchain_hybrid_memory.checkpoint import saver as saver_module
+
+    memory = make_memory()
+    saver = HybridSaver(memory)
+    threads = [f"t{i}" for i in range(200)]
+    assert len(threads) * 5 > saver_module._KNOWN >= len(threads) * saver_module._PER_CHANNEL
+    messages: dict[str, list[Any]] = {t: [] for t in threads}
+    for t in threads:  # a thread's 5 steps, then the next thread's: the first threads' versions are the oldest
+        for step in range(5):
+            _, messages[t] = _step(saver, {"configurable": {"thread_id": t, "checkpoint_ns": ""}}, messages[t],
+                                   [HumanMessage(f"{t}-{step}", id=f"{t}-{step}")])
+    assert memory._core.sync is not None
+    blob_reads: list[str] = []
+    read_blobs = memory._core.sync.checkpoint_blobs
+    monkeypatch.setattr(memory._core.sync, "checkpoint_blobs",
+                        lambda thread_id, fields: blob_reads.append(thread_id) or read_blobs(thread_id, fields))
+    for t in threads:
+        tup = saver.get_tuple({"configurable": {"thread_id": t, "checkpoint_ns": ""}})
+        assert tup is not None and [m.id for m in tup.checkpoint["channel_values"]["messages"]] == [
+            f"{t}-{step}" for step in range(5)]
+    assert blob_reads == []
+    fresh = HybridSaver(memory)  # remembers nothing: the same reads fetch and fold the lists from Redis
+    assert fresh.get_tuple({"configurable": {"thread_id": "t0", "checkpoint_ns": ""}}) is not None
+    assert blob_reads == ["t0"]

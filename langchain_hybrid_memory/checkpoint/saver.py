@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 DELTA = "hm-delta/"  # blob type prefix: (previous version, items kept from it, new items)
 _KNOWN = 512  # list values and checkpoint versions remembered per saver
+_PER_CHANNEL = 2  # versions remembered per channel of a thread
 _CHAIN = 16  # in Redis, a list channel is cached whole at least every this many versions
 _SEP = "\x1f"  # between the parts of a Redis hash field name
 
@@ -129,8 +130,10 @@ class HybridSaver(BaseCheckpointSaver[str]):
         # List values by (thread, ns, channel, version), as this process stored or last read them: a version never
         # changes, so they serve reads without decoding, and delta encoding compares the next version with
         # them. Items are shared, not copied: LangGraph's reducers build new lists and never edit a stored
-        # item in place. Bounded; with the checkpoint versions by id (LangGraph passes a put only its parent's).
+        # item in place. Bounded (`_keep`); with the checkpoint versions by id (LangGraph passes a put only its
+        # parent's).
         self._lists: OrderedDict[tuple[str, str, str, str], builtins.list[Any] | _Serialized] = OrderedDict()
+        self._held: dict[tuple[str, str, str], builtins.list[str]] = {}  # the versions `_lists` holds, by channel
         self._versions: dict[tuple[str, str, str | None], tuple[dict[str, str], Chains]] = {}
         # The async hot paths run on the callers' loops (threads of their own), beside the engine loop.
         self._lock = threading.Lock()
@@ -145,11 +148,27 @@ class HybridSaver(BaseCheckpointSaver[str]):
         return CheckpointStore(core.need_store())
 
     def _keep(self, key: tuple[str, str, str, str], value: builtins.list[Any] | _Serialized) -> None:
+        """Remember a version's value: of each channel of a thread, the newest `_PER_CHANNEL` versions (its
+        latest value and the base of its next delta; an older version read from history is not kept), and
+        `_KNOWN` values in all, the least recently used going first."""
+        channel, version = key[:3], key[3]
         with self._lock:
+            held = self._held.setdefault(channel, [])
+            if version not in held:
+                held.append(version)
+                held.sort()  # versions sort in the order they were made (a zero-padded counter first)
+                while len(held) > _PER_CHANNEL:
+                    self._lists.pop((*channel, held.pop(0)), None)
+                if version not in held:
+                    return
             self._lists[key] = value if isinstance(value, _Serialized) else list(value)
             self._lists.move_to_end(key)
             while len(self._lists) > _KNOWN:
-                self._lists.popitem(last=False)
+                gone, _ = self._lists.popitem(last=False)
+                rest = self._held[gone[:3]]
+                rest.remove(gone[3])
+                if not rest:
+                    del self._held[gone[:3]]
 
     def _used(self, key: tuple[str, str, str, str]) -> None:
         with self._lock, contextlib.suppress(KeyError):  # evicted by another thread meanwhile
