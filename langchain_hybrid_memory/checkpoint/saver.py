@@ -730,29 +730,33 @@ class HybridSaver(BaseCheckpointSaver[str]):
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
         p = self._prepare_put(config, checkpoint, metadata, new_versions)  # bad input fails in the caller
-        if not self._store_sync(p.thread_id, p.record, self._put_call(p)):
-            self.memory._run(self._store_record(p.thread_id, p.record, self._put_call(p)))
+        call = self._put_call(p)
+        if not self._store_sync(p.thread_id, p.record, call):
+            self.memory._run(self._store_record(p.thread_id, p.record, call))
         return self._put_done(p)
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
         p = self._prepare_put(config, checkpoint, metadata, new_versions)
-        if not await self._store_here(p.thread_id, p.record, self._put_call(p)):
-            await self.memory._arun(self._store_record(p.thread_id, p.record, self._put_call(p)))
+        call = self._put_call(p)
+        if not await self._store_here(p.thread_id, p.record, call):
+            await self.memory._arun(self._store_record(p.thread_id, p.record, call))
         return self._put_done(p)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
         w = self._prepare_writes(config, writes, task_id, task_path)
-        if not self._store_sync(w.thread_id, w.record, self._writes_call(w)):
-            self.memory._run(self._store_record(w.thread_id, w.record, self._writes_call(w)))
+        call = self._writes_call(w)
+        if not self._store_sync(w.thread_id, w.record, call):
+            self.memory._run(self._store_record(w.thread_id, w.record, call))
         self.memory._core.stats.checkpoint_writes += len(w.fields)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
         w = self._prepare_writes(config, writes, task_id, task_path)
-        if not await self._store_here(w.thread_id, w.record, self._writes_call(w)):
-            await self.memory._arun(self._store_record(w.thread_id, w.record, self._writes_call(w)))
+        call = self._writes_call(w)
+        if not await self._store_here(w.thread_id, w.record, call):
+            await self.memory._arun(self._store_record(w.thread_id, w.record, call))
         self.memory._core.stats.checkpoint_writes += len(w.fields)
 
     def delete_thread(self, thread_id: str) -> None:
