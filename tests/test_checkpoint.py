@@ -224,3 +224,38 @@ def test_each_threads_latest_value_stays_remembered_while_other_threads_step(
     fresh = HybridSaver(memory)  # remembers nothing: the same reads fetch and fold the lists from Redis
     assert fresh.get_tuple({"configurable": {"thread_id": "t0", "checkpoint_ns": ""}}) is not None
     assert blob_reads == ["t0"]
+
+
+def test_pending_writes_this_process_stored_are_read_back_without_decoding_unless_redis_holds_others(
+        make_memory: Callable[..., HybridMemory]) -> None:
+    """A read of the latest checkpoint takes the items of the pending writes this process stored, as the list
+    values it remembers (a fresh list each time); a write another process has replaced since is decoded from
+    Redis, so the read shows what Redis holds."""
+    from langchain_core.messages import AIMessage
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.types import Interrupt
+
+    memory = make_memory()
+    ours, theirs = HybridSaver(memory), HybridSaver(make_memory())  # theirs: another process's saver
+    config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
+    stored = ours.put(config, empty_checkpoint(), {"step": 0}, {})
+    answer = AIMessage("an answer", id="ai-1")
+    written = [answer]
+    ours.put_writes(stored, [("messages", written)], "task-a")
+    written.append(AIMessage("appended by the task after the call", id="late"))  # not what was stored
+    ours.put_writes(stored, [("__interrupt__", [Interrupt(value="ours", id="i-1")])], "task-b")
+    # Another process records task-b's interrupt again (a special write replaces the first, as in PostgreSQL).
+    theirs.put_writes(stored, [("__interrupt__", [Interrupt(value="theirs", id="i-1")])], "task-b")
+
+    first = ours.get_tuple(config)
+    assert first is not None
+    writes = {task: value for task, _, value in first.pending_writes}
+    assert writes["task-a"][0] is answer  # taken as stored, not decoded again
+    assert [i.value for i in writes["task-b"]] == ["theirs"]  # what Redis holds, not what this process wrote
+    writes["task-a"].append(AIMessage("added by the caller", id="ai-2"))
+    again = ours.get_tuple(config)
+    assert again is not None
+    assert [[getattr(v, "id", None) for v in value] for _, _, value in again.pending_writes] == [["ai-1"], ["i-1"]]
+    # A fresh process decodes the same writes.
+    fresh = HybridSaver(make_memory()).get_tuple(config)
+    assert fresh is not None and fresh.pending_writes[0][2][0] == answer and fresh.pending_writes[0][2][0] is not answer

@@ -63,6 +63,7 @@ class _Serialized(tuple[str, bytes]):
 Chains = dict[str, builtins.list[str] | None]  # channel -> the versions its value folds (None: not known here)
 
 
+_Own = tuple[bytes, str, str, builtins.list[Any]]  # a pending write's Redis field value, task path, channel, value
 _Call = tuple[str, tuple[Any, ...]]  # a Redis client method's name and arguments (RedisCache or SyncHotPath)
 _T = TypeVar("_T")
 
@@ -87,6 +88,10 @@ async def _adrive(steps: Generator[_Call, Any, _T], cache: Any) -> _T:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
         reply = await getattr(cache, name)(*args)
+
+
+def _text(part: bytes | None) -> str | None:
+    return None if not part else part.decode("utf-8")
 
 
 def _texts(parts: builtins.list[bytes | None], *text: int) -> builtins.list[Any]:
@@ -116,6 +121,7 @@ class _Writes:
     checkpoint_id: str
     record: bytes
     fields: builtins.list[tuple[str, bytes, bool]]
+    own: dict[str, _Own]
 
 
 class HybridSaver(BaseCheckpointSaver[str]):
@@ -134,7 +140,11 @@ class HybridSaver(BaseCheckpointSaver[str]):
         # parent's).
         self._lists: OrderedDict[tuple[str, str, str, str], builtins.list[Any] | _Serialized] = OrderedDict()
         self._held: dict[tuple[str, str, str], builtins.list[str]] = {}  # the versions `_lists` holds, by channel
-        self._versions: dict[tuple[str, str, str | None], tuple[dict[str, str], Chains]] = {}
+        # Per checkpoint: its channel versions and, where known (a put or a Redis read), its chains.
+        self._versions: dict[tuple[str, str, str | None], tuple[dict[str, str], Chains | None]] = {}
+        # The list values of the pending writes this process last stored for each thread namespace, with the
+        # field as stored in Redis: a read finding the same bytes there takes the items rather than decode them.
+        self._written: dict[tuple[str, str], tuple[str, dict[str, _Own]]] = {}
         # The async hot paths run on the callers' loops (threads of their own), beside the engine loop.
         self._lock = threading.Lock()
 
@@ -321,8 +331,14 @@ class HybridSaver(BaseCheckpointSaver[str]):
         latest, hot, writes = yield ("checkpoint_latest", (thread_id, ns, core.touches.due(thread_id)))
         if hot is None or latest is None or (checkpoint_id and latest.decode() != checkpoint_id):
             return None
-        cid, parent, ctype, cdata, mtype, mdata, versions_json, chains_json = _texts(unpack(hot), 0, 1, 2, 4, 6, 7)
-        chains: Chains = json.loads(chains_json or "{}")
+        raw_id, parent, ctype, cdata, mtype, mdata, versions_json, chains_json = unpack(hot)
+        cid = (raw_id or b"").decode("utf-8")
+        known_versions = self._versions.get((thread_id, ns, cid))
+        if known_versions is None or known_versions[1] is None:
+            versions, chains = json.loads(versions_json or b"{}"), json.loads(chains_json or b"{}")
+            self._remember_versions(thread_id, ns, cid, versions, chains)
+        else:
+            chains = known_versions[1]
         values: dict[str, Any] = {}
         need: dict[str, builtins.list[str]] = {}
         for channel, chain in chains.items():
@@ -343,20 +359,25 @@ class HybridSaver(BaseCheckpointSaver[str]):
                 if any(b is None for b in blobs):
                     return None
                 values[channel] = self._fold(thread_id, ns, channel, versions, blobs)
-        pending = []
-        for name, data in writes.items():
-            of, task_id, idx = name.decode("utf-8").split(_SEP)
+        written = self._written.get((thread_id, ns))
+        own = written[1] if written is not None and written[0] == cid else {}
+        pending: builtins.list[tuple[str, str, int, str, Any]] = []
+        for raw_name, data in writes.items():
+            name = raw_name.decode("utf-8")
+            of, task_id, idx = name.split(_SEP)
             if of != cid:
                 continue  # a newer checkpoint's, written before its put arrived
+            mine = own.get(name)
+            if mine is not None and mine[0] == data:  # as this process stored it
+                pending.append((mine[1], task_id, int(idx), mine[2], list(mine[3])))
+                continue
             w_path, w_channel, w_kind, w_blob = _texts(unpack(data), 0, 1, 2)
-            pending.append((w_path, task_id, int(idx), w_channel, w_kind, w_blob))
+            pending.append((w_path, task_id, int(idx), w_channel, self.serde.loads_typed((w_kind, w_blob))))
         pending.sort(key=lambda w: (w[0], w[1], w[2]))
-        out = self._make_tuple(
-            thread_id, ns, cid, parent or None, self.serde.loads_typed((ctype, cdata)), values,
-            self.serde.loads_typed((mtype, mdata)),
-            [(t, ch, self.serde.loads_typed((k, b))) for _, t, _, ch, k, b in pending])
-        self._remember_versions(thread_id, ns, cid, json.loads(versions_json or "{}"), chains)
-        return out
+        return self._make_tuple(
+            thread_id, ns, cid, _text(parent), self.serde.loads_typed(((ctype or b"").decode(), cdata or b"")),
+            values, self.serde.loads_typed(((mtype or b"").decode(), mdata or b"")),
+            [(t, ch, value) for _, t, _, ch, value in pending])
 
     def _fold(self, thread_id: str, ns: str, channel: str, versions: builtins.list[str],
               blobs: builtins.list[bytes | None]) -> Any:
@@ -463,7 +484,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         tup = self._tuple(thread_id, row, values)
         self.memory._core.stats.checkpoint_reads += 1
         self._remember_versions(thread_id, ns, row["checkpoint_id"],
-                                {k: str(v) for k, v in tup.checkpoint["channel_versions"].items()}, {})
+                                {k: str(v) for k, v in tup.checkpoint["channel_versions"].items()}, None)
         return tup
 
     async def _list(self, config: RunnableConfig | None, filter: dict[str, Any] | None,
@@ -526,7 +547,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         c = dict(checkpoint)
         values: dict[str, Any] = c.pop("channel_values")  # type: ignore[assignment]
         parent_id = config["configurable"].get("checkpoint_id")
-        parent_versions, parent_chains = self._versions.get((thread_id, ns, parent_id), ({}, {}))
+        parent_versions, parent_chains = self._versions.get((thread_id, ns, parent_id), ({}, None))
         blobs = self._dump_blobs(thread_id, ns, values, new_versions, parent_versions)
         meta = get_checkpoint_metadata(config, metadata)
         versions = {k: str(v) for k, v in checkpoint["channel_versions"].items()}
@@ -534,7 +555,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         versions_json = json.dumps(versions)
         record = put_record(thread_id, ns, checkpoint["id"], parent_id, meta.get("run_id"), cdump, versions_json,
                             mdump, json.dumps(dict(meta), default=str), blobs)
-        chains, hot_blobs, drop = self._chains(values, versions, blobs, parent_chains)
+        chains, hot_blobs, drop = self._chains(values, versions, blobs, parent_chains or {})
         hot = pack([checkpoint["id"], parent_id, *cdump, *mdump, versions_json, json.dumps(chains)])
         return _Put(thread_id, ns, checkpoint["id"], values, versions, blobs, hot_blobs, chains, drop, record, hot)
 
@@ -624,7 +645,25 @@ class HybridSaver(BaseCheckpointSaver[str]):
         record = writes_record(thread_id, ns, checkpoint_id, task_id, task_path, rows)
         fields = [(_SEP.join((checkpoint_id, task_id, str(idx))), pack([task_path, channel, kind, data]), idx < 0)
                   for idx, channel, kind, data in rows]
-        return _Writes(thread_id, ns, checkpoint_id, record, fields)
+        # A list whose items are immutable or carry their id (messages) is shared, as `_lists` shares items; a
+        # message still without an id gets one from `add_messages`, in place, after this.
+        own = {name: (field, task_path, channel, list(value))
+               for (name, field, _), (channel, value) in zip(fields, writes, strict=True)
+               if isinstance(value, list) and all(getattr(item, "id", "") is not None for item in value)}
+        return _Writes(thread_id, ns, checkpoint_id, record, fields, own)
+
+    def _writes_done(self, w: _Writes) -> None:
+        self.memory._core.stats.checkpoint_writes += len(w.fields)
+        if not w.own:
+            return
+        with self._lock:
+            key = (w.thread_id, w.ns)
+            written = self._written.get(key)
+            if written is None or written[0] != w.checkpoint_id:
+                if written is None and len(self._written) >= _KNOWN:
+                    del self._written[next(iter(self._written))]
+                written = self._written[key] = (w.checkpoint_id, {})
+            written[1].update(w.own)
 
     @staticmethod
     def _writes_call(w: _Writes) -> _Call:
@@ -692,7 +731,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
                     await store.keep_latest(thread_id, ns, [r["checkpoint_id"] for r in rows], keep, whole)
 
     def _remember_versions(self, thread_id: str, ns: str, checkpoint_id: str, versions: dict[str, str],
-                           chains: Chains) -> None:
+                           chains: Chains | None) -> None:
         if len(self._versions) >= _KNOWN * 8:
             self._versions.clear()
         self._versions[(thread_id, ns, checkpoint_id)] = (versions, chains)
@@ -749,7 +788,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         call = self._writes_call(w)
         if not self._store_sync(w.thread_id, w.record, call):
             self.memory._run(self._store_record(w.thread_id, w.record, call))
-        self.memory._core.stats.checkpoint_writes += len(w.fields)
+        self._writes_done(w)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
@@ -757,7 +796,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         call = self._writes_call(w)
         if not await self._store_here(w.thread_id, w.record, call):
             await self.memory._arun(self._store_record(w.thread_id, w.record, call))
-        self.memory._core.stats.checkpoint_writes += len(w.fields)
+        self._writes_done(w)
 
     def delete_thread(self, thread_id: str) -> None:
         self.memory._run(self._delete_threads([thread_id]))

@@ -42,19 +42,21 @@ SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.
 
 _NONE = 0xFFFFFFFF
 _LEN = struct.Struct(">I")
+_NONE_BYTES = _LEN.pack(_NONE)
 
 
 def pack(parts: Sequence[bytes | str | None]) -> bytes:
     """Parts (bytes, str as UTF-8, or None) as one bytes value."""
-    out = bytearray()
+    out: list[bytes] = []
+    length = _LEN.pack
     for part in parts:
         if part is None:
-            out += _LEN.pack(_NONE)
+            out.append(_NONE_BYTES)
             continue
         data = part.encode("utf-8") if isinstance(part, str) else part
-        out += _LEN.pack(len(data))
-        out += data
-    return bytes(out)
+        out.append(length(len(data)))
+        out.append(data)
+    return b"".join(out)
 
 
 def unpack(data: bytes) -> list[bytes | None]:
