@@ -117,7 +117,7 @@ def decode_element(el: bytes) -> Message:
     return decode_window([el])[0]
 
 
-def _has_forbidden_chars(text: str) -> bool:
+def has_forbidden_chars(text: str) -> bool:
     # Control characters would make ids unreadable in logs and are refused by PostgreSQL text (NUL);
     # lone surrogates cannot be encoded as UTF-8 at all.
     if text.isascii() and text.isprintable():
@@ -170,7 +170,7 @@ def check_session_id(session_id: object, max_length: int) -> str:
         raise InvalidSessionIdError(f"session_id must be a str, not {type(session_id).__name__}")
     if not session_id or len(session_id) > max_length:
         raise InvalidSessionIdError(f"session_id must have 1 to {max_length} characters, got {len(session_id)}")
-    if not session_id.isprintable() and _has_forbidden_chars(session_id):
+    if not session_id.isprintable() and has_forbidden_chars(session_id):
         raise InvalidSessionIdError("session_id must not contain control characters or lone surrogates")
     return session_id
 
@@ -182,7 +182,7 @@ def check_user_id(user_id: object, max_length: int) -> str | None:
         raise InvalidUserIdError(f"user_id must be a str or None, not {type(user_id).__name__}")
     if not user_id or len(user_id) > max_length:
         raise InvalidUserIdError(f"user_id must have 1 to {max_length} characters, got {len(user_id)}")
-    if not user_id.isprintable() and _has_forbidden_chars(user_id):
+    if not user_id.isprintable() and has_forbidden_chars(user_id):
         raise InvalidUserIdError("user_id must not contain control characters or lone surrogates")
     return user_id
 
@@ -217,12 +217,12 @@ def prepare(messages: object, *, max_bytes: int, max_count: int, now: float | No
     seen: set[str] = set()
     for index, msg in enumerate(items):
         role, content, mid = msg.role, msg.content, msg.id
-        if not isinstance(role, str) or not role or len(role) > 64 or _has_forbidden_chars(role):
+        if not isinstance(role, str) or not role or len(role) > 64 or has_forbidden_chars(role):
             raise InvalidMessageError(
                 f"message {index}: role must be a printable str of 1 to 64 characters")
         if not isinstance(content, (str, list)):
             raise InvalidMessageError(f"message {index}: content must be a str or a list of content blocks")
-        if not isinstance(mid, str) or not mid or len(mid) > 256 or _has_forbidden_chars(mid):
+        if not isinstance(mid, str) or not mid or len(mid) > 256 or has_forbidden_chars(mid):
             raise InvalidMessageError(f"message {index}: id must be a printable str of 1 to 256 characters")
         if not isinstance(msg.metadata, dict):
             raise InvalidMessageError(f"message {index}: metadata must be a dict")

@@ -102,6 +102,77 @@ def test_bad_input_is_refused_before_anything_is_written(make_memory: Callable[.
     assert saver.get_tuple(config) is None and list(saver.list(None)) == []
 
 
+@pytest.mark.parametrize("case", ["thread_id", "checkpoint_ns", "checkpoint id", "channel", "version", "run_id",
+                                  "task_id", "task_path", "write channel", "metadata str"])
+def test_text_postgresql_cannot_store_is_refused_before_anything_is_written(
+        make_memory: Callable[..., HybridMemory], case: str) -> None:
+    """A NUL or a lone surrogate in an identifier, or a metadata string the jsonb column cannot hold, would be
+    acknowledged from Redis and then refused by PostgreSQL: a typed error first, and nothing written."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from langchain_hybrid_memory import InvalidInputError
+
+    memory = make_memory()
+    saver = HybridSaver(memory)
+    # LangGraph drops NUL from top-level metadata strings itself: those two take a lone surrogate
+    bad = "lone \ud800" if case in ("metadata str", "run_id") else "a\x00b"
+    conf = {"thread_id": bad if case == "thread_id" else "t", "checkpoint_ns": bad if case == "checkpoint_ns" else ""}
+    checkpoint = empty_checkpoint()
+    if case == "checkpoint id":
+        checkpoint["id"] = bad
+    channel, version = ("messages", "1")
+    if case == "channel":
+        channel = bad
+    if case == "version":
+        version = bad
+    checkpoint["channel_values"] = {channel: ["hi"]}
+    checkpoint["channel_versions"] = {channel: version}
+    metadata: dict[str, Any] = {"step": 0}
+    if case == "run_id":
+        metadata["run_id"] = bad
+    if case == "metadata str":
+        metadata["note"] = bad
+    put_case = case in ("thread_id", "checkpoint_ns", "checkpoint id", "channel", "version", "run_id", "metadata str")
+    if put_case:
+        with pytest.raises(InvalidInputError):
+            saver.put({"configurable": conf}, checkpoint, metadata, {channel: version})  # type: ignore[arg-type]
+    else:
+        stored = saver.put({"configurable": conf}, checkpoint, metadata, {channel: version})  # type: ignore[arg-type]
+        task_id, task_path, write_channel = (bad if case == c else d for c, d in
+                                             (("task_id", "task"), ("task_path", ""), ("write channel", "messages")))
+        with pytest.raises(InvalidInputError):
+            saver.put_writes(stored, [(write_channel, ["w"])], task_id, task_path)
+    memory.flush()
+    assert memory.get_cache_stats().dead_letters == 0
+    if put_case:
+        assert list(saver.list(None)) == []
+    else:
+        tup = saver.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}})
+        assert tup is not None and tup.pending_writes == []
+
+
+def test_metadata_json_cannot_hold_is_stored_and_filtered_as_langgraph_does(
+        make_memory: Callable[..., HybridMemory]) -> None:
+    """Metadata with NaN or a NUL character (nested: LangGraph drops those at the top level) is kept exactly
+    although jsonb holds neither; a filter matches by equality, as InMemorySaver's (NaN equals nothing)."""
+    import math
+
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    memory = make_memory()
+    saver = HybridSaver(memory)
+    config: dict[str, Any] = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    stored = saver.put(config, empty_checkpoint(), {"score": float("nan"), "note": {"n": "a\x00b"}, "step": 1}, {})
+    memory.flush()
+    fresh = HybridSaver(make_memory())  # reads PostgreSQL: the checkpoint was committed, not set aside
+    listed = list(fresh.list(config))
+    assert [t.config for t in listed] == [stored]
+    assert math.isnan(listed[0].metadata["score"]) and listed[0].metadata["note"] == {"n": "a\x00b"}
+    assert [t.config for t in fresh.list(None, filter={"note": {"n": "a\x00b"}})] == [stored]
+    assert list(fresh.list(None, filter={"note": {"n": "a\ufffdb"}})) == []  # the same in jsonb, not equal
+    assert list(fresh.list(None, filter={"score": float("nan")})) == []
+
+
 def test_delete_user_and_retention_cover_checkpoint_threads(make_memory: Callable[..., HybridMemory]) -> None:
     """A user's threads (LangGraph copies `configurable.user_id` into metadata) go with `delete_user`; threads
     idle longer than the retention period go with `purge_idle_sessions`; stats count the traffic."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import random
 import threading
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -41,8 +41,9 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from ..cache import CacheDown
 from ..errors import BacklogFullError, InvalidInputError, StorageUnavailableError
+from ..messages import has_forbidden_chars
 from ..outbox import OutboxEntry
-from .store import Blob, CheckpointStore, commit_records, pack, put_record, unpack, writes_record
+from .store import Blob, CheckpointStore, commit_records, jsonb, pack, put_record, unpack, writes_record
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import DeltaChannelHistory, PendingWrite  # DeltaChannel's (beta) surface
@@ -88,6 +89,23 @@ async def _adrive(steps: Generator[_Call, Any, _T], cache: Any) -> _T:
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
         reply = await getattr(cache, name)(*args)
+
+
+def _name(what: str, value: Any) -> str:
+    """An identifier as PostgreSQL's text columns take it: a str without control characters or lone surrogates
+    (checked here: Redis would take it, and PostgreSQL refuse it after the put was acknowledged)."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a str, not {type(value).__name__}")
+    if not value.isprintable() and has_forbidden_chars(value):
+        raise InvalidInputError(f"{what} must not contain control characters or lone surrogates")
+    return value
+
+
+def _json(what: str, value: Any) -> str:
+    try:
+        return jsonb(value)
+    except TypeError as exc:
+        raise InvalidInputError(f"{what} cannot be written as JSON ({exc})") from None
 
 
 def _text(part: bytes | None) -> str | None:
@@ -190,11 +208,11 @@ class HybridSaver(BaseCheckpointSaver[str]):
         limit = self.memory.config.max_session_id_length
         if len(thread_id) > limit:
             raise InvalidInputError(f"thread_id has {len(thread_id)} characters; the limit is {limit}")
-        return thread_id
+        return _name("thread_id", thread_id)
 
     def _ids(self, config: RunnableConfig) -> tuple[str, str]:
         conf = config["configurable"]
-        return self._check_thread(conf.get("thread_id")), str(conf.get("checkpoint_ns", ""))
+        return self._check_thread(conf.get("thread_id")), _name("checkpoint_ns", str(conf.get("checkpoint_ns", "")))
 
     # -- blobs -------------------------------------------------------------------------------------------
     def _dumps(self, what: str, value: Any) -> tuple[str, bytes]:
@@ -207,7 +225,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
                     parent_versions: dict[str, str]) -> builtins.list[Blob]:
         out: builtins.list[Blob] = []
         for channel, version in versions.items():
-            version = str(version)
+            version = _name("a channel version", str(version))
+            _name("a channel", channel)
             if channel not in values:
                 out.append((channel, version, "empty", None))
                 continue
@@ -335,7 +354,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         cid = (raw_id or b"").decode("utf-8")
         known_versions = self._versions.get((thread_id, ns, cid))
         if known_versions is None or known_versions[1] is None:
-            versions, chains = json.loads(versions_json or b"{}"), json.loads(chains_json or b"{}")
+            versions, chains = orjson.loads(versions_json or b"{}"), orjson.loads(chains_json or b"{}")
             self._remember_versions(thread_id, ns, cid, versions, chains)
         else:
             chains = known_versions[1]
@@ -546,18 +565,25 @@ class HybridSaver(BaseCheckpointSaver[str]):
         thread_id, ns = self._ids(config)
         c = dict(checkpoint)
         values: dict[str, Any] = c.pop("channel_values")  # type: ignore[assignment]
+        checkpoint_id = _name("the checkpoint id", checkpoint["id"])
         parent_id = config["configurable"].get("checkpoint_id")
+        if parent_id is not None:
+            _name("checkpoint_id", parent_id)
+        versions = {_name("a channel", k): _name("a channel version", str(v))
+                    for k, v in checkpoint["channel_versions"].items()}
         parent_versions, parent_chains = self._versions.get((thread_id, ns, parent_id), ({}, None))
         blobs = self._dump_blobs(thread_id, ns, values, new_versions, parent_versions)
         meta = get_checkpoint_metadata(config, metadata)
-        versions = {k: str(v) for k, v in checkpoint["channel_versions"].items()}
+        run_id = meta.get("run_id")
+        if run_id is not None:
+            run_id = _name("the run_id", str(run_id))
         cdump, mdump = self._dumps("the checkpoint", c), self._dumps("the metadata", meta)
-        versions_json = json.dumps(versions)
-        record = put_record(thread_id, ns, checkpoint["id"], parent_id, meta.get("run_id"), cdump, versions_json,
-                            mdump, json.dumps(dict(meta), default=str), blobs)
+        versions_json = jsonb(versions)
+        record = put_record(thread_id, ns, checkpoint_id, parent_id, run_id, cdump, versions_json, mdump,
+                            _json("the metadata", dict(meta)), blobs)
         chains, hot_blobs, drop = self._chains(values, versions, blobs, parent_chains or {})
-        hot = pack([checkpoint["id"], parent_id, *cdump, *mdump, versions_json, json.dumps(chains)])
-        return _Put(thread_id, ns, checkpoint["id"], values, versions, blobs, hot_blobs, chains, drop, record, hot)
+        hot = pack([checkpoint_id, parent_id, *cdump, *mdump, versions_json, jsonb(chains)])
+        return _Put(thread_id, ns, checkpoint_id, values, versions, blobs, hot_blobs, chains, drop, record, hot)
 
     @staticmethod
     def _put_call(p: _Put) -> _Call:
@@ -637,9 +663,12 @@ class HybridSaver(BaseCheckpointSaver[str]):
     def _prepare_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                         task_path: str) -> _Writes:
         thread_id, ns = self._ids(config)
-        checkpoint_id = config["configurable"]["checkpoint_id"]
+        checkpoint_id = _name("checkpoint_id", config["configurable"]["checkpoint_id"])
+        _name("the task_id", task_id)
+        _name("the task_path", task_path)
         rows = []
         for idx, (channel, value) in enumerate(writes):
+            _name("a write's channel", channel)
             kind, data = self._dumps(f"a write to {channel!r}", value)
             rows.append((WRITES_IDX_MAP.get(channel, idx), channel, kind, data))
         record = writes_record(thread_id, ns, checkpoint_id, task_id, task_path, rows)

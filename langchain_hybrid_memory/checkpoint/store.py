@@ -6,11 +6,13 @@ as length-prefixed parts so that any process (its janitor included) can commit t
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
+from ..errors import InvalidInputError
 from ..store import PostgresStore
 
 Blob = tuple[str, str, str, bytes | None]  # channel, version, type, bytes
@@ -38,6 +40,20 @@ SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.
                                AND b.channel = cv.channel AND b.version = cv.version
   ) b
 """
+
+
+_JSONB = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def jsonb(value: Any) -> str:
+    """`value` as text PostgreSQL's jsonb takes, for the metadata column and its filters alike: what jsonb cannot
+    hold is mapped the same way on both sides (NaN and infinities to null, NUL to U+FFFD), so the column stays a
+    prefilter (the exact comparison is made on the metadata itself); anything else as `json.dumps(default=str)`
+    writes it. Raises TypeError for what JSON cannot carry (a lone surrogate)."""
+    out = orjson.dumps(value, default=str, option=_JSONB)
+    if b"\\u0000" in out:
+        out = out.replace(b"\\u0000", b"\\ufffd")
+    return out.decode("utf-8")
 
 
 _NONE = 0xFFFFFFFF
@@ -238,7 +254,10 @@ class CheckpointStore:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
         if metadata:
-            args.append(json.dumps(metadata, default=str))
+            try:
+                args.append(jsonb(metadata))
+            except TypeError as exc:
+                raise InvalidInputError(f"the filter cannot be written as JSON ({exc})") from None
             where.append(f"c.metadata @> ${len(args)}::jsonb")
         if before is not None:
             args.append(before)
