@@ -511,6 +511,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
         conf = config["configurable"] if config else {}
         thread_id = self._check_thread(conf["thread_id"]) if conf.get("thread_id") is not None else None
         ns = conf.get("checkpoint_ns")
+        if ns is not None:
+            ns = _name("checkpoint_ns", str(ns))
         store = await self._store()
         out = []
         with self.memory._core.health.store_step():
