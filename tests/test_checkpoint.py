@@ -139,6 +139,9 @@ def test_text_postgresql_cannot_store_is_refused_before_anything_is_written(
         if case in ("thread_id", "checkpoint_ns"):
             with pytest.raises(InvalidInputError):
                 list(saver.list({"configurable": conf}))  # type: ignore[arg-type]
+        if case == "checkpoint id":
+            with pytest.raises(InvalidInputError):
+                saver.get_tuple({"configurable": {**conf, "checkpoint_id": bad}})  # type: ignore[typeddict-item]
     else:
         stored = saver.put({"configurable": conf}, checkpoint, metadata, {channel: version})  # type: ignore[arg-type]
         task_id, task_path, write_channel = (bad if case == c else d for c, d in

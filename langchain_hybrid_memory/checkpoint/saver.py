@@ -101,6 +101,12 @@ def _name(what: str, value: Any) -> str:
     return value
 
 
+def _checkpoint_id(config: RunnableConfig) -> str | None:
+    """A config's checkpoint_id, checked as a put's (PostgreSQL's text refuses a NUL)."""
+    checkpoint_id = get_checkpoint_id(config)
+    return None if checkpoint_id is None else _name("checkpoint_id", checkpoint_id)
+
+
 def _json(what: str, value: Any) -> str:
     try:
         return jsonb(value)
@@ -489,14 +495,14 @@ class HybridSaver(BaseCheckpointSaver[str]):
     async def _get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id, ns = self._ids(config)
         await self.memory._core.ensure_started()
-        tup = await self._hot_get(thread_id, ns, get_checkpoint_id(config))
+        tup = await self._hot_get(thread_id, ns, _checkpoint_id(config))
         if tup is not None:
             self.memory._core.stats.checkpoint_reads += 1
             return tup
         store = await self._store()
         with self.memory._core.health.store_step():
             await self._settle(thread_id)
-            row = await store.get(thread_id, ns, get_checkpoint_id(config))
+            row = await store.get(thread_id, ns, _checkpoint_id(config))
             if row is None:
                 return None
             values = await self._load_values(store, thread_id, ns, row)
@@ -517,8 +523,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
         out = []
         with self.memory._core.health.store_step():
             await self._settle(thread_id)
-            rows = await store.list_checkpoints(thread_id, ns, get_checkpoint_id(config) if config else None, filter,
-                                                get_checkpoint_id(before) if before else None, limit)
+            rows = await store.list_checkpoints(thread_id, ns, _checkpoint_id(config) if config else None, filter,
+                                                _checkpoint_id(before) if before else None, limit)
             for row in rows:
                 values = await self._load_values(store, row["thread_id"], row["checkpoint_ns"], row)
                 item = self._tuple(row["thread_id"], row, values)
@@ -535,7 +541,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         if not channels:
             return {}
         thread_id, ns = self._ids(config)
-        checkpoint_id = get_checkpoint_id(config)
+        checkpoint_id = _checkpoint_id(config)
         if not checkpoint_id:
             target = await self._get_tuple(config)
             if target is None:
@@ -773,7 +779,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         cache = self._direct(sync=True)
         if cache is not None:
             with contextlib.suppress(CacheDown):  # the engine loop's path fails over
-                if (tup := _drive(self._hot_read(thread_id, ns, get_checkpoint_id(config)), cache)) is not None:
+                if (tup := _drive(self._hot_read(thread_id, ns, _checkpoint_id(config)), cache)) is not None:
                     self.memory._core.stats.checkpoint_reads += 1
                     return tup
         return self.memory._run(self._get_tuple(config))
@@ -783,7 +789,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         cache = self._direct(sync=False)
         if cache is not None:
             with contextlib.suppress(CacheDown):
-                if (tup := await _adrive(self._hot_read(thread_id, ns, get_checkpoint_id(config)), cache)) is not None:
+                if (tup := await _adrive(self._hot_read(thread_id, ns, _checkpoint_id(config)), cache)) is not None:
                     self.memory._core.stats.checkpoint_reads += 1
                     return tup
         return await self.memory._arun(self._get_tuple(config))
