@@ -107,17 +107,6 @@ def _checkpoint_id(config: RunnableConfig) -> str | None:
     return None if checkpoint_id is None else _name("checkpoint_id", checkpoint_id)
 
 
-def _json(what: str, value: Any) -> str:
-    try:
-        return jsonb(value)
-    except TypeError as exc:
-        raise InvalidInputError(f"{what} cannot be written as JSON ({exc})") from None
-
-
-def _text(part: bytes | None) -> str | None:
-    return None if not part else part.decode("utf-8")
-
-
 def _texts(parts: builtins.list[bytes | None], *text: int) -> builtins.list[Any]:
     """Record parts with those at the `text` positions decoded (None becomes "" or b"")."""
     return [(p or b"").decode("utf-8") if i in text else (p or b"") for i, p in enumerate(parts)]
@@ -400,8 +389,9 @@ class HybridSaver(BaseCheckpointSaver[str]):
             pending.append((w_path, task_id, int(idx), w_channel, self.serde.loads_typed((w_kind, w_blob))))
         pending.sort(key=lambda w: (w[0], w[1], w[2]))
         return self._make_tuple(
-            thread_id, ns, cid, _text(parent), self.serde.loads_typed(((ctype or b"").decode(), cdata or b"")),
-            values, self.serde.loads_typed(((mtype or b"").decode(), mdata or b"")),
+            thread_id, ns, cid, parent.decode("utf-8") if parent else None,
+            self.serde.loads_typed(((ctype or b"").decode(), cdata or b"")), values,
+            self.serde.loads_typed(((mtype or b"").decode(), mdata or b"")),
             [(t, ch, value) for _, t, _, ch, value in pending])
 
     def _fold(self, thread_id: str, ns: str, channel: str, versions: builtins.list[str],
@@ -494,15 +484,16 @@ class HybridSaver(BaseCheckpointSaver[str]):
     # -- the interface, async (engine loop) ----------------------------------------------------------------
     async def _get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id, ns = self._ids(config)
+        checkpoint_id = _checkpoint_id(config)
         await self.memory._core.ensure_started()
-        tup = await self._hot_get(thread_id, ns, _checkpoint_id(config))
+        tup = await self._hot_get(thread_id, ns, checkpoint_id)
         if tup is not None:
             self.memory._core.stats.checkpoint_reads += 1
             return tup
         store = await self._store()
         with self.memory._core.health.store_step():
             await self._settle(thread_id)
-            row = await store.get(thread_id, ns, _checkpoint_id(config))
+            row = await store.get(thread_id, ns, checkpoint_id)
             if row is None:
                 return None
             values = await self._load_values(store, thread_id, ns, row)
@@ -586,11 +577,11 @@ class HybridSaver(BaseCheckpointSaver[str]):
         if run_id is not None:
             run_id = _name("the run_id", str(run_id))
         cdump, mdump = self._dumps("the checkpoint", c), self._dumps("the metadata", meta)
-        versions_json = jsonb(versions)
+        versions_json = jsonb("the channel versions", versions)
         record = put_record(thread_id, ns, checkpoint_id, parent_id, run_id, cdump, versions_json, mdump,
-                            _json("the metadata", dict(meta)), blobs)
+                            jsonb("the metadata", dict(meta)), blobs)
         chains, hot_blobs, drop = self._chains(values, versions, blobs, parent_chains or {})
-        hot = pack([checkpoint_id, parent_id, *cdump, *mdump, versions_json, jsonb(chains)])
+        hot = pack([checkpoint_id, parent_id, *cdump, *mdump, versions_json, jsonb("the chains", chains)])
         return _Put(thread_id, ns, checkpoint_id, values, versions, blobs, hot_blobs, chains, drop, record, hot)
 
     @staticmethod

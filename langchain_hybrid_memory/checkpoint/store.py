@@ -45,12 +45,15 @@ SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, c.parent_checkpoint_id, c.
 _JSONB = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
-def jsonb(value: Any) -> str:
+def jsonb(what: str, value: Any) -> str:
     """`value` as text PostgreSQL's jsonb takes, for the metadata column and its filters alike: what jsonb cannot
     hold is mapped the same way on both sides (NaN and infinities to null, NUL to U+FFFD), so the column stays a
     prefilter (the exact comparison is made on the metadata itself); anything else as `json.dumps(default=str)`
-    writes it. Raises TypeError for what JSON cannot carry (a lone surrogate)."""
-    out = orjson.dumps(value, default=str, option=_JSONB)
+    writes it. What JSON cannot carry (a lone surrogate) raises InvalidInputError naming `what`."""
+    try:
+        out = orjson.dumps(value, default=str, option=_JSONB)
+    except TypeError as exc:
+        raise InvalidInputError(f"{what} cannot be written as JSON ({exc})") from None
     if b"\\u0000" in out:
         out = out.replace(b"\\u0000", b"\\ufffd")
     return out.decode("utf-8")
@@ -254,10 +257,7 @@ class CheckpointStore:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
         if metadata:
-            try:
-                args.append(jsonb(metadata))
-            except TypeError as exc:
-                raise InvalidInputError(f"the filter cannot be written as JSON ({exc})") from None
+            args.append(jsonb("the filter", metadata))
             where.append(f"c.metadata @> ${len(args)}::jsonb")
         if before is not None:
             args.append(before)
