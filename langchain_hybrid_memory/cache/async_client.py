@@ -340,8 +340,11 @@ class RedisCache(Commands):
     async def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
                                 ) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
         """(latest checkpoint id, its hot record, its pending writes by field) of a namespace."""
-        return self.checkpoint_latest_result(await self._eval(
-            self._checkpoint_latest, self.thread_keys(thread_id, ns), self.checkpoint_latest_args(ns, touch)))
+        if self.cluster:
+            return self.checkpoint_latest_result(await self._eval(
+                self._checkpoint_latest, self.thread_keys(thread_id, ns), self.checkpoint_latest_args(ns, touch)))
+        cmds = self.checkpoint_latest_cmds(thread_id, ns, touch)
+        return self.checkpoint_latest_result(exec_reply(await self._exchange(multi(cmds)), len(cmds)))
 
     async def checkpoint_blobs(self, thread_id: str, fields: Sequence[str]) -> list[bytes | None]:
         return list((await self._many([("HMGET", self.keys.thread(thread_id).checkpoints, *fields)]))[0])

@@ -231,13 +231,26 @@ class Commands:
             args += (field_, value, "1" if replace else "0")
         return args
 
+    def checkpoint_latest_cmds(self, thread_id: str, ns: str, touch: bool) -> list[tuple[Any, ...]]:
+        """The commands of a namespace's latest checkpoint read, run as a MULTI: its id and hot record, its pending
+        writes, then the TTL slide when due (checkpoint_latest.lua does the same on Redis Cluster)."""
+        k = self.keys.thread(thread_id)
+        writes = k.writes(ns)
+        cmds: list[tuple[Any, ...]] = [("HMGET", k.checkpoints, "i\x1f" + ns, "c\x1f" + ns), ("HGETALL", writes)]
+        if touch:
+            cmds += [("PEXPIRE", k.checkpoints, self._ttl_ms), ("PEXPIRE", writes, self._ttl_ms)]
+        return cmds
+
     def checkpoint_latest_args(self, ns: str, touch: bool) -> list[Any]:
         return [ns, self._ttl_ms if touch else 0]
 
     @staticmethod
     def checkpoint_latest_result(out: list[Any]) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
-        """(latest checkpoint id, its hot record, its pending writes by field) from the script's reply."""
-        latest, hot, flat = out
+        """(latest checkpoint id, its hot record, its pending writes by field) from the MULTI's or the script's
+        reply."""
+        (latest, hot), flat = raise_errors(out)[:2]
+        if isinstance(flat, dict):  # RESP3
+            return latest, hot, flat
         return latest, hot, dict(zip(flat[::2], flat[1::2], strict=True))
 
     @staticmethod

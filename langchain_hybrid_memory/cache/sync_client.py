@@ -182,8 +182,11 @@ class SyncHotPath(Commands):
     def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
                           ) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
         with self._down():
-            return self.checkpoint_latest_result(self._eval(
-                self._checkpoint_latest, self.thread_keys(thread_id, ns), self.checkpoint_latest_args(ns, touch)))
+            if self.cluster:
+                return self.checkpoint_latest_result(self._eval(
+                    self._checkpoint_latest, self.thread_keys(thread_id, ns), self.checkpoint_latest_args(ns, touch)))
+            cmds = self.checkpoint_latest_cmds(thread_id, ns, touch)
+            return self.checkpoint_latest_result(exec_reply(self._exchange(multi(cmds)), len(cmds)))
 
     def checkpoint_blobs(self, thread_id: str, fields: Sequence[str]) -> list[bytes | None]:
         cmd = ("HMGET", self.keys.thread(thread_id).checkpoints, *fields)
