@@ -338,58 +338,6 @@ def test_pending_writes_this_process_stored_are_read_back_without_decoding_unles
     assert fresh is not None and fresh.pending_writes[0][2][0] == answer and fresh.pending_writes[0][2][0] is not answer
 
 
-def test_a_steps_new_messages_are_encoded_once_and_stored_as_the_serde_writes_them(
-        make_memory: Callable[..., HybridMemory]) -> None:
-    """A step's new messages are its task's writes and its checkpoint's delta: encoded once, with the serde's own
-    bytes. A message whose id is still None when written is encoded again when the checkpoint stores it
-    (`add_messages` sets the id in place, between the two)."""
-    from langchain_core.messages import AIMessage, HumanMessage
-    from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
-
-    memory = make_memory()
-    saver = HybridSaver(memory)
-    serde = saver.serde
-    # The same bytes as the serde's, deltas included (msgpack headers of every width: str and int lengths).
-    items = [HumanMessage("q", id="h"), AIMessage("a", id="a")]
-    for value in ([], items, items * 40):
-        assert saver._dumps("v", value) == serde.dumps_typed(value)
-        for head in (("v" * 31, 127), ("v" * 32, 128), ("v" * 256, 65536), ("", 0)):
-            assert saver._dumps("v", value, head) == serde.dumps_typed([*head, value])
-
-    encoded: list[list[str | None]] = []  # the ids of each list of messages encoded, as they were then
-    real = serde.dumps_typed
-
-    def counting(obj: Any) -> tuple[str, bytes]:
-        items = obj[-1] if isinstance(obj, list) and obj and isinstance(obj[-1], list) else obj  # a delta's
-        if isinstance(items, list) and items and isinstance(items[-1], (HumanMessage, AIMessage)):
-            encoded.append([m.id for m in items])
-        return real(obj)
-
-    serde.dumps_typed = counting  # type: ignore[method-assign]
-    thread = f"t-{uuid.uuid4().hex[:8]}"
-    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
-    first = empty_checkpoint()
-    first["channel_values"], first["channel_versions"] = {"messages": []}, {"messages": "1"}
-    stored = saver.put(config, first, {"step": 0}, {"messages": "1"})
-    new = [HumanMessage("a question", id="h-1"), AIMessage("its answer", id=None)]
-    saver.put_writes(stored, [("messages", new)], "task")
-    new[1].id = "ai-1"  # as add_messages does, in place, when the step's writes are applied
-    nxt = create_checkpoint(first, None, 1)
-    nxt["channel_values"], nxt["channel_versions"] = {"messages": list(new)}, {"messages": "2"}
-    saver.put(stored, nxt, {"step": 1}, {"messages": "2"})
-    newer = [HumanMessage("another", id="h-2"), AIMessage("reply", id="ai-2")]
-    saver.put_writes(stored, [("messages", newer)], "task-2")
-    last = create_checkpoint(nxt, None, 2)
-    last["channel_values"], last["channel_versions"] = {"messages": [*new, *newer]}, {"messages": "3"}
-    saver.put({"configurable": {**config["configurable"], "checkpoint_id": nxt["id"]}}, last, {"step": 2},
-              {"messages": "3"})
-    # The id-less message's list twice (before and after its id was set); the second step's once, for both.
-    assert encoded == [["h-1", None], ["h-1", "ai-1"], ["h-2", "ai-2"]]
-    got = HybridSaver(make_memory()).get_tuple(config)  # another process: decoded from Redis
-    assert got is not None
-    assert [m.id for m in got.checkpoint["channel_values"]["messages"]] == ["h-1", "ai-1", "h-2", "ai-2"]
-
-
 async def test_reading_the_latest_checkpoint_slides_its_threads_ttl(make_memory: Callable[..., HybridMemory]) -> None:
     """A read of the latest checkpoint slides the TTL of the thread's keys (its checkpoint hash and the
     namespace's pending writes), from the sync API and from a caller's loop, as a message read does."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import operator
 import random
 import threading
 from collections import OrderedDict
@@ -39,7 +38,6 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from ..cache import CacheDown
 from ..errors import BacklogFullError, InvalidInputError, StorageUnavailableError
@@ -57,9 +55,6 @@ _KNOWN = 512  # list values and checkpoint versions remembered per saver
 _PER_CHANNEL = 2  # versions remembered per channel of a thread
 _CHAIN = 16  # in Redis, a list channel is cached whole at least every this many versions
 _SEP = "\x1f"  # between the parts of a Redis hash field name
-# List encodings remembered per saver (a step's writes and checkpoint follow each other closely), at most (then
-# all forgotten at once); of lists of at most _ENCODED_ITEMS items (a step's new messages).
-_ENCODED, _ENCODED_BYTES, _ENCODED_ITEMS = 1024, 16 << 20, 64
 
 
 class _Serialized(tuple[str, bytes]):
@@ -163,13 +158,6 @@ class HybridSaver(BaseCheckpointSaver[str]):
         # The list values of the pending writes this process last stored for each thread namespace, with the
         # field as stored in Redis: a read finding the same bytes there takes the items rather than decode them.
         self._written: dict[tuple[str, str], tuple[str, dict[str, _Own]]] = {}
-        # The default serde's bytes of lists of items that carry ids (messages), by the items' identities (with
-        # the items, so no id is reused): a step's new messages are its task's writes and its checkpoint's delta,
-        # encoded once. Not while an id is None (`add_messages` sets it in place); as `_lists`, this takes stored
-        # items as never edited in place.
-        self._encoded: dict[tuple[int, ...], tuple[builtins.list[Any], bytes]] | None = (
-            {} if type(self.serde) is JsonPlusSerializer else None)
-        self._encoded_bytes = 0
         # The async hot paths run on the callers' loops (threads of their own), beside the engine loop.
         self._lock = threading.Lock()
 
@@ -222,42 +210,11 @@ class HybridSaver(BaseCheckpointSaver[str]):
         return self._check_thread(conf.get("thread_id")), _name("checkpoint_ns", str(conf.get("checkpoint_ns", "")))
 
     # -- blobs -------------------------------------------------------------------------------------------
-    def _dumps(self, what: str, value: Any, delta: tuple[str, int] | None = None) -> tuple[str, bytes]:
-        """The serde's (type, bytes) of `value`, or of `[*delta, value]` (a list's delta: the previous version,
-        the number of items kept from it, the new items)."""
+    def _dumps(self, what: str, value: Any) -> tuple[str, bytes]:
         try:
-            if self._encoded is not None and isinstance(value, list):
-                data = self._list_bytes(value)
-                if data is not None and delta is None:
-                    return "msgpack", data
-                if data is not None and delta is not None:  # a msgpack array of 3: its header, each item's bytes
-                    dumps = self.serde.dumps_typed
-                    return "msgpack", b"".join((b"\x93", dumps(delta[0])[1], dumps(delta[1])[1], data))
-            return self.serde.dumps_typed(value if delta is None else [*delta, value])
+            return self.serde.dumps_typed(value)
         except (TypeError, ValueError) as exc:  # before anything is written
             raise InvalidInputError(f"{what} cannot be serialized ({type(exc).__name__}: {exc})") from None
-
-    def _list_bytes(self, items: builtins.list[Any]) -> bytes | None:
-        """The default serde's msgpack of a list, remembered (see `_encoded`); None: not msgpack (pickled)."""
-        memo = self._encoded
-        assert memo is not None
-        if len(items) > _ENCODED_ITEMS:  # a thread's whole list, not a step's new items
-            kind, data = self.serde.dumps_typed(items)
-            return data if kind == "msgpack" else None
-        key = tuple(map(id, items))
-        known = memo.get(key)
-        if known is not None and all(map(operator.is_, known[0], items)):
-            return known[1]
-        kind, data = self.serde.dumps_typed(items)
-        if kind != "msgpack":
-            return None
-        if items and all(getattr(item, "id", None) is not None for item in items):
-            if len(memo) >= _ENCODED or self._encoded_bytes > _ENCODED_BYTES:
-                memo.clear()
-                self._encoded_bytes = 0
-            memo[key] = (list(items), data)
-            self._encoded_bytes += len(data)
-        return data
 
     def _dump_blobs(self, thread_id: str, ns: str, values: dict[str, Any], versions: ChannelVersions,
                     parent_versions: dict[str, str]) -> builtins.list[Blob]:
@@ -275,8 +232,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
                 # Equal items (the same objects, compared by identity first) up to the previous length: only the
                 # rest is new. An item replaced by id (`add_messages` with a known id) is a new object that
                 # compares unequal, and so is every rewrite: stored whole.
-                if prev_version and isinstance(prev, list) and len(value) >= len(prev) and value[:len(prev)] == prev:
-                    kind, data = self._dumps(f"channel {channel!r}", value[len(prev):], (prev_version, len(prev)))
+                if isinstance(prev, list) and len(value) >= len(prev) and value[:len(prev)] == prev:
+                    kind, data = self._dumps(f"channel {channel!r}", [prev_version, len(prev), value[len(prev):]])
                     out.append((channel, version, DELTA + kind, data))
                     continue
             kind, data = self._dumps(f"channel {channel!r}", value)
