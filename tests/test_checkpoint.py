@@ -273,7 +273,7 @@ async def test_a_cached_threads_steps_never_hop_to_the_engine_loop(make_memory: 
 def test_each_threads_latest_value_stays_remembered_while_other_threads_step(
         make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
     """A process remembers the newest versions of each thread's lists, not the last puts of all threads: with
-    200 threads of 5 steps each, one thread after the other (1,000 versions, more than it keeps), reading any
+    1,000 threads of 5 steps each, one thread after the other (5,000 versions, more than it keeps), reading any
     thread's latest checkpoint is still one Redis round trip that decodes no message list."""
     from langchain_core.messages import HumanMessage
 
@@ -281,7 +281,7 @@ def test_each_threads_latest_value_stays_remembered_while_other_threads_step(
 
     memory = make_memory()
     saver = HybridSaver(memory)
-    threads = [f"t{i}" for i in range(200)]
+    threads = [f"t{i}" for i in range(1000)]
     assert len(threads) * 5 > saver_module._KNOWN >= len(threads) * saver_module._PER_CHANNEL
     messages: dict[str, list[Any]] = {t: [] for t in threads}
     for t in threads:  # a thread's 5 steps, then the next thread's: the first threads' versions are the oldest
@@ -301,6 +301,37 @@ def test_each_threads_latest_value_stays_remembered_while_other_threads_step(
     fresh = HybridSaver(memory)  # remembers nothing: the same reads fetch and fold the lists from Redis
     assert fresh.get_tuple({"configurable": {"thread_id": "t0", "checkpoint_ns": ""}}) is not None
     assert blob_reads == ["t0"]
+
+
+def test_remembered_lists_are_bounded_by_their_items(make_memory: Callable[..., HybridMemory],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long threads count by their items: remembered values stay within the item bound, the least recently used
+    going first (the thread stepped last is read without decoding, an evicted one is folded from Redis)."""
+    from langchain_core.messages import HumanMessage
+
+    from langchain_hybrid_memory.checkpoint import saver as saver_module
+
+    monkeypatch.setattr(saver_module, "_KNOWN_ITEMS", 120)
+    memory = make_memory()
+    saver = HybridSaver(memory)
+    for t in ("long-a", "long-b", "short"):
+        messages: list[Any] = []
+        for step in range(3):
+            size = 1 if t == "short" else 25
+            _, messages = _step(saver, {"configurable": {"thread_id": t, "checkpoint_ns": ""}}, messages,
+                                [HumanMessage(f"{t}-{step}-{k}", id=f"{t}-{step}-{k}") for k in range(size)])
+            assert saver._items == sum(saver_module._size(v) for v in saver._lists.values()) <= 120
+    # long-a's versions went first (its oldest by the per-channel rule), then long-b's older ones.
+    assert sorted({key[0] for key in saver._lists}) == ["long-b", "short"]
+    assert memory._core.sync is not None
+    blob_reads: list[str] = []
+    read_blobs = memory._core.sync.checkpoint_blobs
+    monkeypatch.setattr(memory._core.sync, "checkpoint_blobs",
+                        lambda thread_id, fields: blob_reads.append(thread_id) or read_blobs(thread_id, fields))
+    for t, n in (("short", 3), ("long-b", 75), ("long-a", 75)):
+        tup = saver.get_tuple({"configurable": {"thread_id": t, "checkpoint_ns": ""}})
+        assert tup is not None and len(tup.checkpoint["channel_values"]["messages"]) == n
+    assert blob_reads == ["long-a"]
 
 
 def test_pending_writes_this_process_stored_are_read_back_without_decoding_unless_redis_holds_others(

@@ -51,7 +51,9 @@ if TYPE_CHECKING:
     from ..memory import HybridMemory
 
 DELTA = "hm-delta/"  # blob type prefix: (previous version, items kept from it, new items)
-_KNOWN = 512  # list values and checkpoint versions remembered per saver
+# Values remembered per saver, at most: values, and items of list values (a non-list value counts as one), so
+# that a process stepping thousands of short threads keeps them all and a few long ones do not hold gigabytes.
+_KNOWN, _KNOWN_ITEMS = 4096, 50_000
 _PER_CHANNEL = 2  # versions remembered per channel of a thread
 _CHAIN = 16  # in Redis, a list channel is cached whole at least every this many versions
 _SEP = "\x1f"  # between the parts of a Redis hash field name
@@ -99,6 +101,11 @@ def _name(what: str, value: Any) -> str:
     if not value.isprintable() and has_forbidden_chars(value):
         raise InvalidInputError(f"{what} must not contain control characters or lone surrogates")
     return value
+
+
+def _size(value: builtins.list[Any] | _Serialized | None) -> int:
+    """What a remembered value counts toward _KNOWN_ITEMS."""
+    return 0 if value is None else 1 if isinstance(value, _Serialized) else len(value)
 
 
 def _checkpoint_id(config: RunnableConfig) -> str | None:
@@ -153,6 +160,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         # parent's).
         self._lists: OrderedDict[tuple[str, str, str, str], builtins.list[Any] | _Serialized] = OrderedDict()
         self._held: dict[tuple[str, str, str], builtins.list[str]] = {}  # the versions `_lists` holds, by channel
+        self._items = 0  # in `_lists` (see _KNOWN_ITEMS)
         # Per checkpoint: its channel versions and, where known (a put or a Redis read), its chains.
         self._versions: dict[tuple[str, str, str | None], tuple[dict[str, str], Chains | None]] = {}
         # The list values of the pending writes this process last stored for each thread namespace, with the
@@ -172,8 +180,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
 
     def _keep(self, key: tuple[str, str, str, str], value: builtins.list[Any] | _Serialized) -> None:
         """Remember a version's value: of each channel of a thread, the newest `_PER_CHANNEL` versions (its
-        latest value and the base of its next delta; an older version read from history is not kept), and
-        `_KNOWN` values in all, the least recently used going first."""
+        latest value and the base of its next delta; an older version read from history is not kept), within
+        `_KNOWN` values and `_KNOWN_ITEMS` items in all, the least recently used going first."""
         channel, version = key[:3], key[3]
         with self._lock:
             held = self._held.setdefault(channel, [])
@@ -181,13 +189,16 @@ class HybridSaver(BaseCheckpointSaver[str]):
                 held.append(version)
                 held.sort()  # versions sort in the order they were made (a zero-padded counter first)
                 while len(held) > _PER_CHANNEL:
-                    self._lists.pop((*channel, held.pop(0)), None)
+                    self._items -= _size(self._lists.pop((*channel, held.pop(0)), None))
                 if version not in held:
                     return
-            self._lists[key] = value if isinstance(value, _Serialized) else list(value)
+            kept = value if isinstance(value, _Serialized) else list(value)
+            self._items += _size(kept) - _size(self._lists.get(key))
+            self._lists[key] = kept
             self._lists.move_to_end(key)
-            while len(self._lists) > _KNOWN:
-                gone, _ = self._lists.popitem(last=False)
+            while len(self._lists) > _KNOWN or self._items > _KNOWN_ITEMS:
+                gone, was = self._lists.popitem(last=False)
+                self._items -= _size(was)
                 rest = self._held[gone[:3]]
                 rest.remove(gone[3])
                 if not rest:
@@ -762,7 +773,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
 
     def _remember_versions(self, thread_id: str, ns: str, checkpoint_id: str, versions: dict[str, str],
                            chains: Chains | None) -> None:
-        if len(self._versions) >= _KNOWN * 8:
+        if len(self._versions) >= _KNOWN * 2:
             self._versions.clear()
         self._versions[(thread_id, ns, checkpoint_id)] = (versions, chains)
 
