@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -270,6 +271,17 @@ async def test_a_cached_threads_steps_never_hop_to_the_engine_loop(make_memory: 
     assert len([t async for t in saver.alist(config)]) == 6  # and every one of them is in PostgreSQL
 
 
+def _blob_reads(memory: HybridMemory, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The threads whose channel blobs the sync API fetches from Redis from now on (a list it had to fold)."""
+    sync = memory._core.sync
+    assert sync is not None
+    reads: list[str] = []
+    read_blobs = sync.checkpoint_blobs
+    monkeypatch.setattr(sync, "checkpoint_blobs",
+                        lambda thread_id, fields: reads.append(thread_id) or read_blobs(thread_id, fields))
+    return reads
+
+
 def test_each_threads_latest_value_stays_remembered_while_other_threads_step(
         make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
     """A process remembers the newest versions of each thread's lists, not the last puts of all threads: with
@@ -288,11 +300,7 @@ def test_each_threads_latest_value_stays_remembered_while_other_threads_step(
         for step in range(5):
             _, messages[t] = _step(saver, {"configurable": {"thread_id": t, "checkpoint_ns": ""}}, messages[t],
                                    [HumanMessage(f"{t}-{step}", id=f"{t}-{step}")])
-    assert memory._core.sync is not None
-    blob_reads: list[str] = []
-    read_blobs = memory._core.sync.checkpoint_blobs
-    monkeypatch.setattr(memory._core.sync, "checkpoint_blobs",
-                        lambda thread_id, fields: blob_reads.append(thread_id) or read_blobs(thread_id, fields))
+    blob_reads = _blob_reads(memory, monkeypatch)
     for t in threads:
         tup = saver.get_tuple({"configurable": {"thread_id": t, "checkpoint_ns": ""}})
         assert tup is not None and [m.id for m in tup.checkpoint["channel_values"]["messages"]] == [
@@ -323,11 +331,7 @@ def test_remembered_lists_are_bounded_by_their_items(make_memory: Callable[..., 
             assert saver._items == sum(saver_module._size(v) for v in saver._lists.values()) <= 120
     # long-a's versions went first (its oldest by the per-channel rule), then long-b's older ones.
     assert sorted({key[0] for key in saver._lists}) == ["long-b", "short"]
-    assert memory._core.sync is not None
-    blob_reads: list[str] = []
-    read_blobs = memory._core.sync.checkpoint_blobs
-    monkeypatch.setattr(memory._core.sync, "checkpoint_blobs",
-                        lambda thread_id, fields: blob_reads.append(thread_id) or read_blobs(thread_id, fields))
+    blob_reads = _blob_reads(memory, monkeypatch)
     for t, n in (("short", 3), ("long-b", 75), ("long-a", 75)):
         tup = saver.get_tuple({"configurable": {"thread_id": t, "checkpoint_ns": ""}})
         assert tup is not None and len(tup.checkpoint["channel_values"]["messages"]) == n
@@ -391,7 +395,6 @@ async def test_reading_the_latest_checkpoint_slides_its_threads_ttl(make_memory:
                 await client.pexpire(name, 5_000)
             reader = HybridSaver(make_memory(session_ttl=ttl_s))  # its own process: the slide is due
             if read == "sync":
-                import asyncio
                 got = await asyncio.to_thread(reader.get_tuple, config)
             else:
                 got = await reader.aget_tuple(config)

@@ -603,12 +603,10 @@ class HybridSaver(BaseCheckpointSaver[str]):
             [(_SEP.join(("b", p.ns, b[0], b[1])), pack([b[2], b[3]])) for b in p.hot_blobs if b[3] is not None],
             [_SEP.join(("b", p.ns, ch, v)) for ch, v in p.drop]))
 
-    def _script(self, call: _Call, cache: Any) -> Any:
-        """A put's or writes' script on `cache`, if the write-behind queue has room: its outbox entry id (from a
-        blocking client), or an awaitable of it."""
+    def _stored(self, call: _Call) -> Generator[_Call, Any, str]:
+        """A put's or writes' script, if the write-behind queue has room; its outbox entry id."""
         self._check_room()
-        name, args = call
-        return getattr(cache, name)(*args)
+        return str((yield call))
 
     def _put_done(self, p: _Put) -> RunnableConfig:
         self.memory._core.stats.checkpoint_puts += 1
@@ -628,7 +626,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         if cache is not None:
             step = core.health.redis_step()
             with step:
-                entry_id = await self._script(call, cache)
+                entry_id = await _adrive(self._stored(call), cache)
             if not step.failed:
                 await self._enqueue(thread_id, entry_id, record)
                 return
@@ -656,7 +654,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         if cache is None:
             return False
         try:
-            self._queued(thread_id, self._script(call, cache), record)
+            self._queued(thread_id, _drive(self._stored(call), cache), record)
         except CacheDown:
             return False
         return True
@@ -667,7 +665,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         if cache is None:
             return False
         try:
-            self._queued(thread_id, await self._script(call, cache), record)
+            self._queued(thread_id, await _adrive(self._stored(call), cache), record)
         except CacheDown:
             return False
         return True
