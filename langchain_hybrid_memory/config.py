@@ -64,6 +64,11 @@ class HybridConfig(BaseModel):
     redis_password: SecretStr | None = None
     redis_db: int = Field(0, ge=0)
     redis_cluster: bool | None = None  # None: ask the server (INFO cluster) at start
+    # An event loop keeps the latest checkpoint of the threads it wrote or read until Redis reports a change
+    # (RESP3 key tracking). Redis sends that notice along with the writer's reply, so a read that follows an
+    # acknowledged write sees it, unless the network delays the notice (a lost packet between hosts) for that
+    # long. False: every read asks Redis.
+    redis_key_tracking: bool = True
     namespace: str = "hybrid_memory"
 
     max_session_messages: int = Field(30, ge=1, le=10_000)

@@ -402,3 +402,84 @@ async def test_reading_the_latest_checkpoint_slides_its_threads_ttl(make_memory:
             assert [await client.pttl(name) > 500_000 for name in names] == [True, True], read
     finally:
         await client.aclose()
+
+
+async def _astep(saver: HybridSaver, config: dict[str, Any], i: int) -> dict[str, Any]:
+    """An async agent step: read the latest checkpoint, put the next (one new message), write a task's output."""
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
+
+    tup = await saver.aget_tuple(config)
+    base = tup.checkpoint if tup is not None else empty_checkpoint()
+    checkpoint = create_checkpoint(base, None, i)
+    version = saver.get_next_version(base["channel_versions"].get("messages"), None)
+    old = base["channel_values"].get("messages", []) if tup is not None else []
+    checkpoint["channel_values"] = {"messages": [*old, HumanMessage(f"m{i}", id=f"m{i}")]}
+    checkpoint["channel_versions"] = {"messages": version}
+    stored = await saver.aput(config if tup is None else tup.config, checkpoint, {"step": i},
+                              {"messages": version})
+    await saver.aput_writes(stored, [("messages", [HumanMessage(f"w{i}", id=f"w{i}")])], f"task-{i}")
+    return stored
+
+
+def _redis_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls the async hot path sends to Redis from now on (on any loop's shared connection)."""
+    from langchain_hybrid_memory.cache.shared_connection import SharedConnection
+
+    calls: list[int] = []
+    call = SharedConnection.call
+    monkeypatch.setattr(SharedConnection, "call", lambda self, *a: calls.append(1) or call(self, *a))
+    return calls
+
+
+async def test_a_loops_latest_checkpoint_is_kept_until_redis_says_another_connection_changed_it(
+        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a step on a loop, reading the thread's latest checkpoint there again needs no Redis round trip (the
+    connection tracks the thread's keys); once another process writes the thread (a put, pending writes, a
+    delete), the next read shows it, even when it comes before the loop has read Redis's notice."""
+    from langchain_core.messages import AIMessage
+
+    ours, theirs = HybridSaver(make_memory()), HybridSaver(make_memory())  # theirs: another process's
+    config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
+    for i in range(3):  # a loop's first calls go through the engine loop
+        stored = await _astep(ours, config, i)
+    calls = _redis_calls(monkeypatch)
+    tup = await ours.aget_tuple(config)
+    assert tup is not None and tup.config == stored and [w[0] for w in tup.pending_writes] == ["task-2"]
+    assert calls == []
+
+    # Another process's step, made with the sync API on this loop's thread: the loop has not run since, so
+    # Redis's notice waits unread on the socket when the read starts.
+    theirs_stored, messages = _step(theirs, config, tup.checkpoint["channel_values"]["messages"],
+                                    [AIMessage("theirs", id="theirs")])
+    got = await ours.aget_tuple(config)
+    assert got is not None and got.config == theirs_stored and got.pending_writes == []
+    assert [m.id for m in got.checkpoint["channel_values"]["messages"]] == [m.id for m in messages]
+    assert calls != []
+    calls.clear()
+    assert (await ours.aget_tuple(config)) == got and calls == []  # kept again
+
+    await theirs.aput_writes(theirs_stored, [("x", 1)], "their-task")
+    await asyncio.sleep(0.05)  # this time the loop reads the notice before the next read
+    got = await ours.aget_tuple(config)
+    assert got is not None and got.pending_writes == [("their-task", "x", 1)]
+
+    await theirs.adelete_thread(config["configurable"]["thread_id"])
+    assert await ours.aget_tuple(config) is None
+
+
+async def test_without_resp3_nothing_is_kept_and_every_read_asks_redis(
+        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Key tracking needs RESP3's notices on the connection itself: on RESP2 the loop reads Redis every time."""
+    from conftest import REDIS_URL
+
+    sep = "&" if "?" in REDIS_URL else "?"
+    saver = HybridSaver(make_memory(redis_url=f"{REDIS_URL}{sep}protocol=2"))
+    config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
+    for i in range(3):
+        stored = await _astep(saver, config, i)
+    pipe = saver.memory._core.loop_cache()._pipe
+    assert pipe is not None and not pipe.tracking
+    calls = _redis_calls(monkeypatch)
+    tup = await saver.aget_tuple(config)
+    assert tup is not None and tup.config == stored and len(calls) == 1

@@ -41,6 +41,7 @@ from .scripts import (
     SET_SUMMARY,
 )
 from .shared_connection import SharedConnection
+from .tracking import Track
 
 
 @dataclass(slots=True)
@@ -114,9 +115,11 @@ class RedisCache(Commands):
         except (RedisError, OSError) as exc:
             raise CacheDown(type(exc).__name__) from None
 
-    async def _exchange(self, cmds: list[tuple[Any, ...]], script: str | None = None) -> list[Any]:
+    async def _exchange(self, cmds: list[tuple[Any, ...]], script: str | None = None,
+                        track: Track | None = None) -> list[Any]:
         """Send `cmds` on the pipe, return one reply each (single server or Sentinel). `script` as in
-        SyncHotPath._exchange; a lost connection is retried once on a new one (it may predate a restart)."""
+        SyncHotPath._exchange; `track` as in SharedConnection.call; a lost connection is retried once on a new
+        one (it may predate a restart)."""
         data = pack(cmds)
         for attempt in (0, 1, 2):
             try:
@@ -124,7 +127,7 @@ class RedisCache(Commands):
                 if pipe is None or pipe.error is not None or pipe.pid != os.getpid():
                     pipe = await self._new_pipe()
                 try:
-                    return raise_errors(await pipe.call(data, len(cmds)))
+                    return raise_errors(await pipe.call(data, len(cmds), track))
                 except ReadOnlyError:
                     # Talking to a demoted primary (a Sentinel failover that kept connections open): a new
                     # connection asks the sentinels again, as redis-py's Sentinel connections do.
@@ -155,21 +158,24 @@ class RedisCache(Commands):
             conn = await pool.get_connection()
             try:
                 SharedConnection.check(conn)
-                self._pipe = SharedConnection(conn, self.config.redis_timeout)
+                pipe = SharedConnection(conn, self.config.redis_timeout)
             except BaseException:
                 await pool.release(conn)
                 raise
-            return self._pipe
+            self._pipe = pipe
+            if self.config.redis_key_tracking:
+                await pipe.enable_tracking()  # an error fails the pipe: the caller retries on a new one
+            return pipe
 
     async def _drop_pipe(self) -> None:
         pipe, self._pipe = self._pipe, None
         if pipe is not None and pipe.pid == os.getpid():
             await pipe.close(self.client.connection_pool)
 
-    async def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _eval(self, script: Any, keys: list[str], args: list[Any], track: Track | None = None) -> Any:
         if self.cluster:
             return await self._call(script(keys=keys, args=args))
-        return (await self._exchange([("EVALSHA", script.sha, len(keys), *keys, *args)], script.script))[0]
+        return (await self._exchange([("EVALSHA", script.sha, len(keys), *keys, *args)], script.script, track))[0]
 
     async def _window(self, session_id: str, limit: int) -> list[Any]:
         if self.cluster:
@@ -330,21 +336,32 @@ class RedisCache(Commands):
         """Make a checkpoint the namespace's hot latest one (unless a newer one is) and queue its record;
         returns the outbox entry id."""
         args = self.checkpoint_put_args(thread_id, ns, checkpoint_id, hot, record, blobs, drop)
-        return self.entry_id(await self._eval(self._checkpoint_put, self.thread_keys(thread_id, ns), args))
+        track = self.checkpoint_track(thread_id, ns)
+        return self.entry_id(await self._eval(self._checkpoint_put, self.thread_keys(thread_id, ns), args, track))
 
     async def checkpoint_writes(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
                                 writes: Sequence[tuple[str, bytes, bool]]) -> str:
         args = self.checkpoint_writes_args(thread_id, ns, checkpoint_id, record, writes)
-        return self.entry_id(await self._eval(self._checkpoint_writes, self.thread_keys(thread_id, ns), args))
+        track = (self.checkpoint_writes_track(thread_id, ns, [w[0] for w in writes]) if writes
+                 else self.checkpoint_track(thread_id, ns))
+        return self.entry_id(await self._eval(self._checkpoint_writes, self.thread_keys(thread_id, ns), args, track))
 
     async def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
                                 ) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
-        """(latest checkpoint id, its hot record, its pending writes by field) of a namespace."""
+        """(latest checkpoint id, its hot record, its pending writes by field) of a namespace: from the pipe's
+        kept value while Redis has not said it changed (and no TTL slide is due), else read (and kept)."""
         if self.cluster:
             return self.checkpoint_latest_result(await self._eval(
                 self._checkpoint_latest, self.thread_keys(thread_id, ns), self.checkpoint_latest_args(ns, touch)))
-        cmds = self.checkpoint_latest_cmds(thread_id, ns, touch)
-        return self.checkpoint_latest_result(exec_reply(await self._exchange(multi(cmds)), len(cmds)))
+        pipe = self._pipe
+        if not touch and pipe is not None and pipe.pid == os.getpid():
+            kept = pipe.kept(("checkpoint", thread_id, ns))
+            if kept is not None:
+                return kept  # type: ignore[no-any-return]
+        touches = self.checkpoint_touch_cmds(thread_id, ns, touch)  # first: a slide is a write, which ends the
+        # tracking of a key by the connection that makes it
+        track = self.checkpoint_track(thread_id, ns, always=True)
+        return self._latest_after(None, (await self._exchange(touches, track=track))[len(touches):])
 
     async def checkpoint_blobs(self, thread_id: str, fields: Sequence[str]) -> list[bytes | None]:
         return list((await self._many([("HMGET", self.keys.thread(thread_id).checkpoints, *fields)]))[0])

@@ -20,6 +20,7 @@ from ..config import HybridConfig
 from ..keys import KeyLayout
 from ..messages import CorruptEntry, element
 from .scripts import CONTEXT_FIELDS, READ_FIELDS
+from .tracking import Track
 
 
 class CacheDown(Exception):
@@ -114,6 +115,7 @@ class Commands:
         self._ceiling = config.cache_ceiling
         self._threshold = config.summary_threshold
         self.touches = touches or TouchLog(config.session_ttl)
+        self._tracks: dict[tuple[str, str, bool], Track] = {}
 
     def head(self, session_id: str, touch: bool | None = None, fill: Refill | None = None
              ) -> tuple[list[str], list[Any]]:
@@ -232,23 +234,61 @@ class Commands:
         return args
 
     def checkpoint_latest_cmds(self, thread_id: str, ns: str, touch: bool) -> list[tuple[Any, ...]]:
-        """The commands of a namespace's latest checkpoint read, run as a MULTI: its id and hot record, its pending
-        writes, then the TTL slide when due (checkpoint_latest.lua does the same on Redis Cluster)."""
+        """The commands of a namespace's latest checkpoint read, run as a MULTI: the TTL slide when due, then its
+        id and hot record and its pending writes. checkpoint_latest.lua does the same on Redis Cluster."""
+        return [*self.checkpoint_touch_cmds(thread_id, ns, touch), *self._checkpoint_read_cmds(thread_id, ns)]
+
+    def checkpoint_touch_cmds(self, thread_id: str, ns: str, touch: bool) -> list[tuple[Any, ...]]:
+        if not touch:
+            return []
         k = self.keys.thread(thread_id)
-        writes = k.writes(ns)
-        cmds: list[tuple[Any, ...]] = [("HMGET", k.checkpoints, "i\x1f" + ns, "c\x1f" + ns), ("HGETALL", writes)]
-        if touch:
-            cmds += [("PEXPIRE", k.checkpoints, self._ttl_ms), ("PEXPIRE", writes, self._ttl_ms)]
-        return cmds
+        return [("PEXPIRE", k.checkpoints, self._ttl_ms), ("PEXPIRE", k.writes(ns), self._ttl_ms)]
+
+    def _checkpoint_read_cmds(self, thread_id: str, ns: str) -> list[tuple[Any, ...]]:
+        k = self.keys.thread(thread_id)
+        return [("HMGET", k.checkpoints, "i\x1f" + ns, "c\x1f" + ns), ("HGETALL", k.writes(ns))]
+
+    def checkpoint_track(self, thread_id: str, ns: str, always: bool = False) -> Track:
+        """A namespace's latest checkpoint as a value kept by key tracking (SharedConnection), read in a MULTI."""
+        track = self._tracks.get((thread_id, ns, always))
+        if track is None:
+            if len(self._tracks) >= 10_000:  # bounded, as the key layout's
+                self._tracks.clear()
+            k = self.keys.thread(thread_id)
+            track = self._tracks[(thread_id, ns, always)] = Track(
+                ("checkpoint", thread_id, ns), (k.checkpoints, k.writes(ns)),
+                pack(multi(self._checkpoint_read_cmds(thread_id, ns))), 4, self._latest_after, always)
+        return track
+
+    def checkpoint_writes_track(self, thread_id: str, ns: str, fields: Sequence[str]) -> Track:
+        """`checkpoint_track` after a task's writes: the kept value plus those fields as Redis now holds them (not
+        every pending write of the checkpoint again, which a step of many tasks would read back each time)."""
+        k = self.keys.thread(thread_id)
+        names = [f.encode() for f in fields]
+
+        def merge(prior: Latest | None, replies: list[Any]) -> Latest | None:
+            (latest, hot), values = exec_reply(replies, 2)
+            if prior is None or (latest, hot) != prior[:2]:
+                return None  # not known before, or another checkpoint is the latest now: the next read reads it all
+            merged = dict(prior[2])
+            merged.update((name, value) for name, value in zip(names, values, strict=True) if value is not None)
+            return latest, hot, merged
+
+        read = [("HMGET", k.checkpoints, "i\x1f" + ns, "c\x1f" + ns), ("HMGET", k.writes(ns), *fields)]
+        return Track(("checkpoint", thread_id, ns), (k.checkpoints, k.writes(ns)), pack(multi(read)), 4, merge)
+
+    @classmethod
+    def _latest_after(cls, _: Latest | None, replies: list[Any]) -> Latest:
+        return cls.checkpoint_latest_result(exec_reply(replies, 2))
 
     def checkpoint_latest_args(self, ns: str, touch: bool) -> list[Any]:
         return [ns, self._ttl_ms if touch else 0]
 
     @staticmethod
-    def checkpoint_latest_result(out: list[Any]) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
+    def checkpoint_latest_result(out: list[Any]) -> Latest:
         """(latest checkpoint id, its hot record, its pending writes by field) from the MULTI's or the script's
         reply."""
-        (latest, hot), flat = raise_errors(out)[:2]
+        (latest, hot), flat = raise_errors(out)[-2:]
         if isinstance(flat, dict):  # RESP3
             return latest, hot, flat
         return latest, hot, dict(zip(flat[::2], flat[1::2], strict=True))
@@ -258,6 +298,8 @@ class Commands:
         """An outbox entry id as a script returns it."""
         return out.decode() if isinstance(out, bytes) else str(out)
 
+
+Latest = tuple[bytes | None, bytes | None, dict[bytes, bytes]]  # a namespace's latest checkpoint, as read
 
 # Connection errors worth one retry on a fresh connection (a pooled one may predate a Redis restart), as the
 # clients' own Retry(NoBackoff(), 1) does for single commands.

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 from collections import deque
+from collections.abc import Hashable
 from typing import Any
 
 import hiredis
@@ -16,6 +18,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError
+from .tracking import TRACKING_ON, KeptValues, Track, with_read
 
 
 class SharedConnection(asyncio.Protocol):
@@ -29,6 +32,9 @@ class SharedConnection(asyncio.Protocol):
     discovery); the pipe then takes its transport over, so replies are parsed as they arrive, with no task.
     Any error (connection lost, no reply for a whole timeout while calls wait, a protocol error) fails every
     waiting call with a connection error and retires the pipe; the cache opens a new one on the next call.
+
+    Values kept by key tracking (RESP3, `enable_tracking`; see tracking.py): `kept` answers from a value while
+    nothing unread waits on the socket (the loop reads it only between callbacks).
     """
 
     def __init__(self, conn: Any, timeout: float) -> None:
@@ -37,7 +43,7 @@ class SharedConnection(asyncio.Protocol):
         self.error: BaseException | None = None
         self._timeout = timeout
         self._parser = hiredis.Reader()
-        self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
+        self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any], Track | None]] = deque()
         self._out: list[bytes] = []
         self._flush_due = False
         self._replies = 0  # replies received so far: the watchdog's measure of progress
@@ -45,6 +51,17 @@ class SharedConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport = conn._writer.transport
         self._transport.set_protocol(self)
+        self.tracking = False
+        self.values = KeptValues()
+        sock = self._transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
+
+    async def enable_tracking(self) -> None:
+        """Turn key tracking on (RESP3 connections only; a server that refuses it just leaves it off)."""
+        if str(getattr(self.conn, "protocol", 2)) != "3" or self._fd < 0:
+            return
+        reply = (await self.call(TRACKING_ON, 1))[0]
+        self.tracking = reply == b"OK" or reply == "OK"
 
     @staticmethod
     def check(conn: Any) -> None:
@@ -55,10 +72,12 @@ class SharedConnection(asyncio.Protocol):
         if getattr(reader, "_buffer", b"") or writer.transport.is_closing():
             raise RedisConnectionError("a new Redis connection was not clean")
 
-    def call(self, data: bytes, n: int) -> asyncio.Future[list[Any]]:
-        """Send `data` (n commands); the future gets their n replies (error replies as values)."""
+    def call(self, data: bytes, n: int, track: Track | None = None) -> asyncio.Future[list[Any]]:
+        """Send `data` (n commands); the future gets their n replies (error replies as values), then those of
+        `track`'s read if it was sent."""
         if self.error is not None:
             raise RedisConnectionError("Redis connection lost")
+        data, n, track = with_read(data, n, track, self.tracking)
         fut: asyncio.Future[list[Any]] = self._loop.create_future()
         if self._waiting:
             self._out.append(data)
@@ -67,7 +86,7 @@ class SharedConnection(asyncio.Protocol):
                 self._loop.call_soon(self._flush)
         else:  # nothing in flight: no batch to join, write now
             self._transport.write(data)
-        self._waiting.append((fut, n, []))
+        self._waiting.append((fut, n, [], track))
         if self._watch is None:
             self._watch = self._loop.call_later(self._timeout, self._check, self._replies)
         return fut
@@ -94,17 +113,35 @@ class SharedConnection(asyncio.Protocol):
         try:
             parser.feed(data)
             while (reply := parser.gets()) is not False:
+                if isinstance(reply, hiredis.PushNotification):
+                    self.values.notice(reply)
+                    continue
                 self._replies += 1
                 if not waiting:
                     raise RedisConnectionError("a reply nobody asked for")
-                fut, n, got = waiting[0]
+                fut, n, got, track = waiting[0]
                 got.append(reply)
                 if len(got) == n:
                     waiting.popleft()
+                    if track is not None:
+                        got = self.values.tracked(track, got)
                     if not fut.done():  # a cancelled caller's replies are read and dropped
                         fut.set_result(got)
         except (hiredis.ProtocolError, RedisError) as exc:
             self.fail(exc if isinstance(exc, RedisError) else RedisConnectionError("Redis protocol error"))
+
+    def kept(self, name: Hashable) -> Any:
+        """The value kept under `name`, if the server has not said its keys changed (None: read them)."""
+        value = self.values.get(name)
+        if value is None or self.error is not None or self._parser.has_data():
+            return None
+        # A notice may wait unread: the loop reads the socket only between callbacks. Zero timeout: never blocks.
+        try:
+            if select.select([self._fd], [], [], 0)[0]:
+                return None
+        except (OSError, ValueError):  # closed meanwhile
+            return None
+        return value
 
     def eof_received(self) -> bool:
         self.fail(RedisConnectionError("Redis closed the connection"))
@@ -120,8 +157,9 @@ class SharedConnection(asyncio.Protocol):
             self._watch.cancel()
             self._watch = None
         self._out.clear()
+        self.values.clear()
         waiting, self._waiting = self._waiting, deque()
-        for fut, _, _ in waiting:
+        for fut, _, _, _ in waiting:
             if not fut.done():
                 fut.set_exception(exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc)))
         self._transport.abort()  # a later reply must never reach anyone
