@@ -483,3 +483,41 @@ async def test_without_resp3_nothing_is_kept_and_every_read_asks_redis(
     calls = _redis_calls(monkeypatch)
     tup = await saver.aget_tuple(config)
     assert tup is not None and tup.config == stored and len(calls) == 1
+
+
+def test_the_sync_apis_latest_checkpoint_is_kept_until_redis_says_another_connection_changed_it(
+        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync API keeps values on one tracked connection (the first caller to find it free uses it): reading
+    a thread it just stepped sends nothing; another process's put, pending writes or delete shows in the next
+    read, whose first act is to read the notices waiting on the socket."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from langchain_hybrid_memory.cache.shared_connection import TrackedConnection
+    from langchain_hybrid_memory.cache.sync_client import SyncHotPath
+
+    ours, theirs = HybridSaver(make_memory()), HybridSaver(make_memory())
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    messages: list[Any] = []
+    for i in range(3):
+        stored, messages = _step(ours, config, messages, [HumanMessage(f"m{i}", id=f"m{i}")])
+    sends: list[int] = []
+    for cls, method in ((TrackedConnection, "call"), (SyncHotPath, "_exchange_once")):
+        original = getattr(cls, method)
+        monkeypatch.setattr(cls, method, lambda self, *a, _f=original: sends.append(1) or _f(self, *a))
+    tup = ours.get_tuple(config)
+    assert tup is not None and tup.config == stored and sends == []
+
+    theirs_stored, messages = _step(theirs, config, messages, [AIMessage("theirs", id="theirs")])
+    got = ours.get_tuple(config)
+    assert got is not None and got.config == theirs_stored
+    assert [m.id for m in got.checkpoint["channel_values"]["messages"]] == [m.id for m in messages]
+    assert sends != []
+    sends.clear()
+    assert ours.get_tuple(config) == got and sends == []
+
+    theirs.put_writes(theirs_stored, [("x", 1)], "their-task")
+    got = ours.get_tuple(config)
+    assert got is not None and got.pending_writes == [("their-task", "x", 1)]
+    theirs.delete_thread(thread)
+    assert ours.get_tuple(config) is None

@@ -1,6 +1,7 @@
-"""`SharedConnection`: one Redis connection that every async hot-path call of an event loop shares.
+"""`SharedConnection`: one Redis connection that every async hot-path call of an event loop shares; and
+`TrackedConnection`, the sync API's connection for the checkpoint calls that keep values.
 
-The only code that reaches into redis-py's internals (it takes a pooled connection's transport over).
+The only code that reaches into redis-py's internals (each takes a pooled connection's transport or socket over).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import threading
 from collections import deque
 from collections.abc import Hashable
 from typing import Any
@@ -168,3 +170,102 @@ class SharedConnection(asyncio.Protocol):
         self.fail(RedisConnectionError("Redis connection closed"))
         await self.conn.disconnect(nowait=True)
         await pool.release(self.conn)
+
+
+class TrackedConnection:
+    """The sync API's connection for the checkpoint calls that keep values (key tracking, RESP3): one caller at
+    a time holds `lock` (a caller that finds it held uses the client's other connections, untracked: their
+    writes reach this connection as notices). The pool opens it; its socket is then read here, with hiredis,
+    so notices are seen wherever they fall among replies. Any error closes it; the next call opens a new one.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.lock = threading.Lock()
+        self.values = KeptValues()
+        self._pool = pool
+        self._conn: Any = None
+        self._sock: Any = None
+        self._parser = hiredis.Reader()
+        self._pid = 0
+        self.supported = True  # False once a connection turns out not to speak RESP3 (or refuses tracking)
+
+    def kept(self, name: Hashable) -> Any:
+        """The value kept under `name` once every notice waiting on the socket is read (None: read the keys)."""
+        if self._sock is None or self._pid != os.getpid():
+            return None
+        try:
+            while select.select([self._sock], [], [], 0)[0]:
+                self._feed()
+                while (push := self._parser.gets()) is not False:
+                    if not isinstance(push, hiredis.PushNotification):
+                        raise RedisConnectionError("a reply nobody asked for")
+                    self.values.notice(push)
+        except BaseException:
+            self.close()
+            raise
+        return self.values.get(name)
+
+    def call(self, data: bytes, n: int, track: Track | None) -> list[Any]:
+        """Send `data` (n commands) and read their replies, then those of `track`'s read, as SharedConnection.call."""
+        try:
+            sock = self._socket()
+            data, n, track = with_read(data, n, track, True)
+            sock.sendall(data)
+            got: list[Any] = []
+            while len(got) < n:
+                reply = self._parser.gets()
+                if reply is False:
+                    self._feed()
+                elif isinstance(reply, hiredis.PushNotification):
+                    self.values.notice(reply)
+                else:
+                    got.append(reply)
+        except BaseException:
+            self.close()
+            raise
+        return got if track is None else self.values.tracked(track, got)
+
+    def _feed(self) -> None:
+        data = self._sock.recv(65536)
+        if not data:
+            raise RedisConnectionError("Redis closed the connection")
+        self._parser.feed(data)
+
+    def _socket(self) -> Any:
+        if self._sock is not None and self._pid == os.getpid():
+            return self._sock
+        self._conn = self._sock = None  # a forked child must not talk on its parent's socket
+        self.values.clear()
+        conn = self._pool.get_connection()
+        try:
+            conn.connect()
+            sock = getattr(conn, "_sock", None)
+            if str(getattr(conn, "protocol", 2)) != "3" or sock is None:
+                raise _Unsupported
+            self._conn, self._sock, self._pid = conn, sock, os.getpid()
+            self._parser = hiredis.Reader()
+            sock.sendall(TRACKING_ON)
+            while (reply := self._parser.gets()) is False:
+                self._feed()
+            if reply not in (b"OK", "OK"):
+                raise _Unsupported
+        except _Unsupported:
+            self.supported = False
+            self.close() if self._conn is conn else self._pool.release(conn)
+            raise RedisConnectionError("this connection cannot track keys") from None
+        except BaseException:
+            if self._conn is not conn:
+                self._pool.release(conn)
+            raise
+        return sock
+
+    def close(self) -> None:
+        self.values.clear()
+        conn, self._conn, self._sock = self._conn, None, None
+        if conn is not None and self._pid == os.getpid():
+            conn.disconnect()  # tracking, and a half-read reply, must never reach the pool's next user
+            self._pool.release(conn)
+
+
+class _Unsupported(Exception):
+    pass
