@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -521,3 +522,69 @@ def test_the_sync_apis_latest_checkpoint_is_kept_until_redis_says_another_connec
     assert got is not None and got.pending_writes == [("their-task", "x", 1)]
     theirs.delete_thread(thread)
     assert ours.get_tuple(config) is None
+
+
+def test_a_notice_that_arrives_with_a_calls_replies_is_taken_in_before_the_next_read(
+        make_memory: Callable[..., HybridMemory]) -> None:
+    """Redis runs our put_writes and another process's in one pass (both queued while a script holds the server),
+    so the notice of theirs may reach our tracked connection in the same read as our call's replies: the next read
+    of the thread must show both writes, never the value our call kept."""
+    import threading
+
+    import redis as redis_sync
+
+    from conftest import REDIS_URL
+
+    ours, theirs = HybridSaver(make_memory()), HybridSaver(make_memory())
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    messages: list[Any] = []
+    stored: dict[str, Any] = {}
+    for _ in range(3):
+        stored, messages = _step(ours, config, messages, [])
+    assert theirs.get_tuple(config) is not None  # warm: its next calls go straight to Redis
+    hold = redis_sync.Redis.from_url(REDIS_URL)
+    spin = "local t = redis.call('TIME'); local s = t[1] * 1e6 + t[2]; " \
+           "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > 30000"
+    try:
+        for attempt in range(15):
+            blocker = threading.Thread(target=hold.eval, args=(spin, 0))
+            blocker.start()
+            time.sleep(0.005)  # the script runs: what follows waits for it, then runs in one pass
+            calls = [threading.Thread(target=ours.put_writes, args=(stored, [("x", attempt)], f"ours-{attempt}")),
+                     threading.Thread(target=theirs.put_writes, args=(stored, [("x", attempt)], f"theirs-{attempt}"))]
+            for t in calls:
+                t.start()
+            for t in [blocker, *calls]:
+                t.join()
+            got = ours.get_tuple(config)
+            assert got is not None
+            tasks = {task for task, _, _ in got.pending_writes}
+            assert {f"ours-{attempt}", f"theirs-{attempt}"} <= tasks, (attempt, sorted(tasks))
+    finally:
+        hold.close()
+
+
+async def test_a_write_drops_what_was_kept_from_the_keys_it_writes(
+        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection's own write ends its tracking of the keys it writes, and Redis may run other connections'
+    commands before the read that follows it: a put to one namespace of a thread drops the value kept for another
+    namespace of it (they share the thread's checkpoint hash), which the next read fetches again."""
+    saver = HybridSaver(make_memory())
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    parent: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    child: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": "child"}}
+    for i in range(3):
+        await _astep(saver, parent, i)
+        await _astep(saver, child, i)
+    calls = _redis_calls(monkeypatch)
+    assert await saver.aget_tuple(parent) is not None and len(calls) == 1  # the child's step dropped it
+    calls.clear()
+    assert await saver.aget_tuple(parent) is not None and calls == []  # kept by that read
+    await _astep(saver, child, 9)
+    calls.clear()
+    assert await saver.aget_tuple(child) is not None and calls == []  # the namespace just stepped: read again
+    got = await saver.aget_tuple(parent)
+    assert got is not None and len(calls) == 1  # the other namespace: dropped, fetched again
+    calls.clear()
+    assert await saver.aget_tuple(parent) == got and calls == []

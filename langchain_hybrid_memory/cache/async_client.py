@@ -342,8 +342,9 @@ class RedisCache(Commands):
     async def checkpoint_writes(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
                                 writes: Sequence[tuple[str, bytes, bool]]) -> str:
         args = self.checkpoint_writes_args(thread_id, ns, checkpoint_id, record, writes)
-        track = (self.checkpoint_writes_track(thread_id, ns, [w[0] for w in writes]) if writes
-                 else self.checkpoint_track(thread_id, ns))
+        pipe = self._pipe
+        track = self.checkpoint_writes_track(
+            thread_id, ns, None if pipe is None else pipe.values.get(("checkpoint", thread_id, ns)))
         return self.entry_id(await self._eval(self._checkpoint_writes, self.thread_keys(thread_id, ns), args, track))
 
     async def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
@@ -360,8 +361,8 @@ class RedisCache(Commands):
                 return kept  # type: ignore[no-any-return]
         touches = self.checkpoint_touch_cmds(thread_id, ns, touch)  # first: a slide is a write, which ends the
         # tracking of a key by the connection that makes it
-        track = self.checkpoint_track(thread_id, ns, always=True)
-        return self._latest_after(None, (await self._exchange(touches, track=track))[len(touches):])
+        track = self.checkpoint_track(thread_id, ns, always=True, writes=bool(touches))
+        return self._latest_after((await self._exchange(touches, track=track))[len(touches):])
 
     async def checkpoint_blobs(self, thread_id: str, fields: Sequence[str]) -> list[bytes | None]:
         return list((await self._many([("HMGET", self.keys.thread(thread_id).checkpoints, *fields)]))[0])

@@ -115,7 +115,7 @@ class Commands:
         self._ceiling = config.cache_ceiling
         self._threshold = config.summary_threshold
         self.touches = touches or TouchLog(config.session_ttl)
-        self._tracks: dict[tuple[str, str, bool], Track] = {}
+        self._tracks: dict[tuple[str, str, bool, bool, bool], Track] = {}
 
     def head(self, session_id: str, touch: bool | None = None, fill: Refill | None = None
              ) -> tuple[list[str], list[Any]]:
@@ -248,37 +248,29 @@ class Commands:
         k = self.keys.thread(thread_id)
         return [("HMGET", k.checkpoints, "i\x1f" + ns, "c\x1f" + ns), ("HGETALL", k.writes(ns))]
 
-    def checkpoint_track(self, thread_id: str, ns: str, always: bool = False) -> Track:
-        """A namespace's latest checkpoint as a value kept by key tracking (SharedConnection), read in a MULTI."""
-        track = self._tracks.get((thread_id, ns, always))
+    def checkpoint_track(self, thread_id: str, ns: str, *, always: bool = False, writes: bool = True,
+                         read: bool = True) -> Track:
+        """A namespace's latest checkpoint as a value kept by key tracking (tracking.py), read in a MULTI after a
+        call (`writes`: that writes its keys). `read=False`: the call only drops what was read from them."""
+        key = (thread_id, ns, always, writes, read)
+        track = self._tracks.get(key)
         if track is None:
             if len(self._tracks) >= 10_000:  # bounded, as the key layout's
                 self._tracks.clear()
             k = self.keys.thread(thread_id)
-            track = self._tracks[(thread_id, ns, always)] = Track(
-                ("checkpoint", thread_id, ns), (k.checkpoints, k.writes(ns)),
-                pack(multi(self._checkpoint_read_cmds(thread_id, ns))), 4, self._latest_after, always)
+            cmds = self._checkpoint_read_cmds(thread_id, ns) if read else []
+            track = self._tracks[key] = Track(("checkpoint", thread_id, ns), (k.checkpoints, k.writes(ns)),
+                                              pack(multi(cmds)) if read else b"", len(cmds) + 2 if read else 0,
+                                              self._latest_after, always, writes)
         return track
 
-    def checkpoint_writes_track(self, thread_id: str, ns: str, fields: Sequence[str]) -> Track:
-        """`checkpoint_track` after a task's writes: the kept value plus those fields as Redis now holds them (not
-        every pending write of the checkpoint again, which a step of many tasks would read back each time)."""
-        k = self.keys.thread(thread_id)
-        names = [f.encode() for f in fields]
-
-        def merge(prior: Latest | None, replies: list[Any]) -> Latest | None:
-            (latest, hot), values = exec_reply(replies, 2)
-            if prior is None or (latest, hot) != prior[:2]:
-                return None  # not known before, or another checkpoint is the latest now: the next read reads it all
-            merged = dict(prior[2])
-            merged.update((name, value) for name, value in zip(names, values, strict=True) if value is not None)
-            return latest, hot, merged
-
-        read = [("HMGET", k.checkpoints, "i\x1f" + ns, "c\x1f" + ns), ("HMGET", k.writes(ns), *fields)]
-        return Track(("checkpoint", thread_id, ns), (k.checkpoints, k.writes(ns)), pack(multi(read)), 4, merge)
+    def checkpoint_writes_track(self, thread_id: str, ns: str, kept: Latest | None) -> Track:
+        """`checkpoint_track` after a task's writes: read back while the namespace's pending writes are few (a
+        step of many tasks would read them all back each time); otherwise only dropped, for the next read."""
+        return self.checkpoint_track(thread_id, ns, read=kept is not None and len(kept[2]) <= _READ_BACK)
 
     @classmethod
-    def _latest_after(cls, _: Latest | None, replies: list[Any]) -> Latest:
+    def _latest_after(cls, replies: list[Any]) -> Latest:
         return cls.checkpoint_latest_result(exec_reply(replies, 2))
 
     def checkpoint_latest_args(self, ns: str, touch: bool) -> list[Any]:
@@ -300,6 +292,7 @@ class Commands:
 
 
 Latest = tuple[bytes | None, bytes | None, dict[bytes, bytes]]  # a namespace's latest checkpoint, as read
+_READ_BACK = 32  # pending writes a task's writes read back with, at most
 
 # Connection errors worth one retry on a fresh connection (a pooled one may predate a Redis restart), as the
 # clients' own Retry(NoBackoff(), 1) does for single commands.

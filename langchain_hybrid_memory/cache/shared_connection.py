@@ -190,20 +190,22 @@ class TrackedConnection:
         self.supported = True  # False once a connection turns out not to speak RESP3 (or refuses tracking)
 
     def kept(self, name: Hashable) -> Any:
-        """The value kept under `name` once every notice waiting on the socket is read (None: read the keys)."""
+        """The value kept under `name` once every notice already received is taken in (None: read the keys)."""
         if self._sock is None or self._pid != os.getpid():
             return None
         try:
-            while select.select([self._sock], [], [], 0)[0]:
-                self._feed()
+            while True:  # notices read along with a call's replies first, then those waiting on the socket
                 while (push := self._parser.gets()) is not False:
                     if not isinstance(push, hiredis.PushNotification):
                         raise RedisConnectionError("a reply nobody asked for")
                     self.values.notice(push)
+                if not select.select([self._sock], [], [], 0)[0]:
+                    break
+                self._feed()
         except BaseException:
             self.close()
             raise
-        return self.values.get(name)
+        return None if self._parser.has_data() else self.values.get(name)  # part of a notice: read instead
 
     def call(self, data: bytes, n: int, track: Track | None) -> list[Any]:
         """Send `data` (n commands) and read their replies, then those of `track`'s read, as SharedConnection.call."""

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 
 from ..config import HybridConfig
 from ..keys import KeyLayout
@@ -94,7 +94,8 @@ class SyncHotPath(Commands):
     def close(self) -> None:
         self._drop_idle()
         if self._tracked is not None:
-            self._tracked.close()
+            with self._tracked.lock:  # a call in progress ends first (within its timeout)
+                self._tracked.close()
         self.client.close()
 
     def _drop_idle(self) -> None:
@@ -170,6 +171,9 @@ class SyncHotPath(Commands):
             raise AssertionError("unreachable")
         except RETRY:
             return None  # closed: the kept connections take this call (and retry it once themselves)
+        except ReadOnlyError:  # a demoted primary (Sentinel failover): nothing ran; the kept connections ask again
+            tracked.close()
+            return None
         finally:
             tracked.lock.release()
 
@@ -226,8 +230,9 @@ class SyncHotPath(Commands):
     def checkpoint_writes(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
                           writes: Sequence[tuple[str, bytes, bool]]) -> str:
         args = self.checkpoint_writes_args(thread_id, ns, checkpoint_id, record, writes)
-        track = (self.checkpoint_writes_track(thread_id, ns, [w[0] for w in writes]) if writes
-                 else self.checkpoint_track(thread_id, ns))
+        tracked = self._tracked
+        track = self.checkpoint_writes_track(
+            thread_id, ns, None if tracked is None else tracked.values.get(("checkpoint", thread_id, ns)))
         with self._down():
             return self.entry_id(self._eval(self._checkpoint_writes, self.thread_keys(thread_id, ns), args, track))
 
@@ -240,9 +245,10 @@ class SyncHotPath(Commands):
             if not touch and (kept := self._kept(("checkpoint", thread_id, ns))) is not None:
                 return kept  # type: ignore[no-any-return]
             touches = self.checkpoint_touch_cmds(thread_id, ns, touch)  # first, as RedisCache's
-            out = self._exchange_tracked(touches, None, self.checkpoint_track(thread_id, ns, always=True))
+            track = self.checkpoint_track(thread_id, ns, always=True, writes=bool(touches))
+            out = self._exchange_tracked(touches, None, track)
             if out is not None:
-                return self._latest_after(None, out[len(touches):])
+                return self._latest_after(out[len(touches):])
             cmds = self.checkpoint_latest_cmds(thread_id, ns, touch)
             return self.checkpoint_latest_result(exec_reply(self._exchange(multi(cmds)), len(cmds)))
 

@@ -1,11 +1,13 @@
 """Values kept by Redis key tracking (client-side caching), for the connections that carry them.
 
 A connection with `CLIENT TRACKING ON OPTIN NOLOOP` reads a value's keys under `CLIENT CACHING YES`; from then on
-Redis pushes a notice on that connection when any other connection changes one of them (its own writes are
-followed by a new tracked read, as a connection stops tracking a key it writes). Replies and notices arrive in
-the order Redis ran the commands, so a value kept where its read's replies arrive is dropped by the notice of any
-later change. Redis sends a notice along with the writer's reply: a read that drains what waits on the socket
-first sees every change acknowledged before it (unless the network delays the notice and not the reply).
+Redis pushes a notice on that connection when any other connection changes one of them. Replies and notices
+arrive in the order Redis ran the commands, so a value kept where its read's replies arrive is dropped by the
+notice of any later change. A connection's own write sends no notice but ends its tracking of the key, so every
+call that writes a value's keys drops the values read from them and reads its own value again after the write
+(Redis may serve other connections between the two: the read shows what they did). Redis sends a notice along
+with the writer's reply: a read that first takes in what waits on the socket sees every change acknowledged
+before it (unless the network delays the notice and not the reply).
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ TRACKING_ON = hiredis.pack_command(_ON)
 @dataclass(slots=True, frozen=True)
 class Track:
     """A value kept from a read that follows a call: its name, the keys it reads, the read (packed commands and
-    how many) and how its replies make the value, given the value kept until then (None if none: the value
-    then, or None to keep nothing). The read is a MULTI of plain commands, never a script: Redis 7.0 tracks
-    every key a script declares. `always`: the read is the call's purpose, sent even on a connection that
-    keeps nothing (otherwise it is only sent to keep the value)."""
+    how many; none: the call only drops values) and how its replies make the value (None: keep nothing). The
+    read is a MULTI of plain commands, never a script: Redis 7.0 tracks every key a script declares. `always`:
+    the read is the call's purpose, sent even on a connection that keeps nothing (otherwise it is only sent to
+    keep the value). `writes`: the call writes the keys first."""
 
     name: Hashable
     keys: tuple[str, ...]
     read: bytes
     read_n: int
-    parse: Callable[[Any, list[Any]], Any]
+    parse: Callable[[list[Any]], Any]
     always: bool = False
+    writes: bool = True
 
 
 def with_read(data: bytes, n: int, track: Track | None, tracking: bool) -> tuple[bytes, int, Track | None]:
@@ -45,6 +48,8 @@ def with_read(data: bytes, n: int, track: Track | None, tracking: bool) -> tuple
     if track is None:
         return data, n, None
     if tracking:
+        if not track.read_n:
+            return data, n, track
         return data + CACHING + track.read, n + 1 + track.read_n, track
     if track.always:
         return data + track.read, n + track.read_n, None
@@ -69,12 +74,17 @@ class KeptValues:
 
     def tracked(self, track: Track, got: list[Any]) -> list[Any]:
         """Keep a tracked call's value where its replies arrive; the replies without CLIENT CACHING's."""
-        at = len(got) - track.read_n - 1
-        prior = self._kept.get(track.name)
         self._forget(track.name)
+        if track.writes:
+            for key in track.keys:
+                for name in list(self._by_key.get(key, ())):
+                    self._forget(name)
+        if not track.read_n:
+            return got
+        at = len(got) - track.read_n - 1
         if got[at] in (b"OK", "OK"):
             try:
-                value = track.parse(None if prior is None else prior[1], got[at + 1:])
+                value = track.parse(got[at + 1:])
             except Exception:  # an error reply: the caller raises it; nothing is kept
                 value = None
             if value is not None:
