@@ -64,11 +64,12 @@ class HybridConfig(BaseModel):
     redis_password: SecretStr | None = None
     redis_db: int = Field(0, ge=0)
     redis_cluster: bool | None = None  # None: ask the server (INFO cluster) at start
-    # An event loop keeps the latest checkpoint of the threads it wrote or read until Redis reports a change
-    # (RESP3 key tracking). Redis sends that notice along with the writer's reply, so a read that follows an
-    # acknowledged write sees it, unless the network delays the notice (a lost packet between hosts) for that
-    # long. False: every read asks Redis.
-    redis_key_tracking: bool = True
+    # True: each event loop's connection, and one of the sync API's, keep the latest checkpoint of the threads
+    # they wrote or read until Redis reports a change (RESP3 key tracking), saving a round trip per read. Off by
+    # default: Redis may write a writer's reply before the notice to the reader in the same pass, so a read made
+    # right after another connection's acknowledged write can miss it (microseconds, longer when the server is
+    # preempted or the network delays the notice).
+    redis_key_tracking: bool = False
     namespace: str = "hybrid_memory"
 
     max_session_messages: int = Field(30, ge=1, le=10_000)

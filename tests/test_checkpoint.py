@@ -423,6 +423,20 @@ async def _astep(saver: HybridSaver, config: dict[str, Any], i: int) -> dict[str
     return stored
 
 
+def _redis_pass_over() -> None:
+    """Redis writes a command's notices in the pass that runs it, possibly after the writer's reply: once it has
+    answered a later command, they are on their sockets (what key tracking promises a read; README)."""
+    import redis as redis_sync
+
+    from conftest import REDIS_URL
+
+    client = redis_sync.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
 def _redis_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the calls the async hot path sends to Redis from now on (on any loop's shared connection)."""
     from langchain_hybrid_memory.cache.shared_connection import SharedConnection
@@ -440,7 +454,8 @@ async def test_a_loops_latest_checkpoint_is_kept_until_redis_says_another_connec
     delete), the next read shows it, even when it comes before the loop has read Redis's notice."""
     from langchain_core.messages import AIMessage
 
-    ours, theirs = HybridSaver(make_memory()), HybridSaver(make_memory())  # theirs: another process's
+    ours = HybridSaver(make_memory(redis_key_tracking=True))
+    theirs = HybridSaver(make_memory(redis_key_tracking=True))  # another process's
     config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
     for i in range(3):  # a loop's first calls go through the engine loop
         stored = await _astep(ours, config, i)
@@ -453,6 +468,7 @@ async def test_a_loops_latest_checkpoint_is_kept_until_redis_says_another_connec
     # Redis's notice waits unread on the socket when the read starts.
     theirs_stored, messages = _step(theirs, config, tup.checkpoint["channel_values"]["messages"],
                                     [AIMessage("theirs", id="theirs")])
+    _redis_pass_over()
     got = await ours.aget_tuple(config)
     assert got is not None and got.config == theirs_stored and got.pending_writes == []
     assert [m.id for m in got.checkpoint["channel_values"]["messages"]] == [m.id for m in messages]
@@ -466,6 +482,7 @@ async def test_a_loops_latest_checkpoint_is_kept_until_redis_says_another_connec
     assert got is not None and got.pending_writes == [("their-task", "x", 1)]
 
     await theirs.adelete_thread(config["configurable"]["thread_id"])
+    _redis_pass_over()
     assert await ours.aget_tuple(config) is None
 
 
@@ -475,7 +492,7 @@ async def test_without_resp3_nothing_is_kept_and_every_read_asks_redis(
     from conftest import REDIS_URL
 
     sep = "&" if "?" in REDIS_URL else "?"
-    saver = HybridSaver(make_memory(redis_url=f"{REDIS_URL}{sep}protocol=2"))
+    saver = HybridSaver(make_memory(redis_url=f"{REDIS_URL}{sep}protocol=2", redis_key_tracking=True))
     config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
     for i in range(3):
         stored = await _astep(saver, config, i)
@@ -496,7 +513,8 @@ def test_the_sync_apis_latest_checkpoint_is_kept_until_redis_says_another_connec
     from langchain_hybrid_memory.cache.shared_connection import TrackedConnection
     from langchain_hybrid_memory.cache.sync_client import SyncHotPath
 
-    ours, theirs = HybridSaver(make_memory()), HybridSaver(make_memory())
+    ours = HybridSaver(make_memory(redis_key_tracking=True))
+    theirs = HybridSaver(make_memory(redis_key_tracking=True))
     thread = f"t-{uuid.uuid4().hex[:8]}"
     config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
     messages: list[Any] = []
@@ -510,6 +528,7 @@ def test_the_sync_apis_latest_checkpoint_is_kept_until_redis_says_another_connec
     assert tup is not None and tup.config == stored and sends == []
 
     theirs_stored, messages = _step(theirs, config, messages, [AIMessage("theirs", id="theirs")])
+    _redis_pass_over()
     got = ours.get_tuple(config)
     assert got is not None and got.config == theirs_stored
     assert [m.id for m in got.checkpoint["channel_values"]["messages"]] == [m.id for m in messages]
@@ -518,9 +537,11 @@ def test_the_sync_apis_latest_checkpoint_is_kept_until_redis_says_another_connec
     assert ours.get_tuple(config) == got and sends == []
 
     theirs.put_writes(theirs_stored, [("x", 1)], "their-task")
+    _redis_pass_over()
     got = ours.get_tuple(config)
     assert got is not None and got.pending_writes == [("their-task", "x", 1)]
     theirs.delete_thread(thread)
+    _redis_pass_over()
     assert ours.get_tuple(config) is None
 
 
@@ -535,7 +556,8 @@ def test_a_notice_that_arrives_with_a_calls_replies_is_taken_in_before_the_next_
 
     from conftest import REDIS_URL
 
-    ours, theirs = HybridSaver(make_memory()), HybridSaver(make_memory())
+    ours = HybridSaver(make_memory(redis_key_tracking=True))
+    theirs = HybridSaver(make_memory(redis_key_tracking=True))
     thread = f"t-{uuid.uuid4().hex[:8]}"
     config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
     messages: list[Any] = []
@@ -557,6 +579,7 @@ def test_a_notice_that_arrives_with_a_calls_replies_is_taken_in_before_the_next_
                 t.start()
             for t in [blocker, *calls]:
                 t.join()
+            _redis_pass_over()
             got = ours.get_tuple(config)
             assert got is not None
             tasks = {task for task, _, _ in got.pending_writes}
@@ -570,7 +593,7 @@ async def test_a_write_drops_what_was_kept_from_the_keys_it_writes(
     """A connection's own write ends its tracking of the keys it writes, and Redis may run other connections'
     commands before the read that follows it: a put to one namespace of a thread drops the value kept for another
     namespace of it (they share the thread's checkpoint hash), which the next read fetches again."""
-    saver = HybridSaver(make_memory())
+    saver = HybridSaver(make_memory(redis_key_tracking=True))
     thread = f"t-{uuid.uuid4().hex[:8]}"
     parent: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
     child: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": "child"}}

@@ -239,7 +239,9 @@ def test_every_public_coroutine_is_checked(memory):
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_async_methods_never_block_the_loop(cls, make_memory, blockbuster):
     assert blockbuster is not None  # the fixture is active for this test
-    memory = make_memory(enable_auto_summarize=True, max_session_messages=4, summarize_chunk_size=2)
+    # The checkpointer with key tracking on: its kept reads and the tracking set-up run on the loop too.
+    memory = make_memory(enable_auto_summarize=True, max_session_messages=4, summarize_chunk_size=2,
+                         redis_key_tracking=cls is HybridSaver)
     table = calls(memory)[cls]
     for call in table.values():
         async def twice(call: Call = call) -> None:

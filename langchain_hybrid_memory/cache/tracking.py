@@ -5,9 +5,11 @@ Redis pushes a notice on that connection when any other connection changes one o
 arrive in the order Redis ran the commands, so a value kept where its read's replies arrive is dropped by the
 notice of any later change. A connection's own write sends no notice but ends its tracking of the key, so every
 call that writes a value's keys drops the values read from them and reads its own value again after the write
-(Redis may serve other connections between the two: the read shows what they did). Redis sends a notice along
-with the writer's reply: a read that first takes in what waits on the socket sees every change acknowledged
-before it (unless the network delays the notice and not the reply).
+(Redis may serve other connections between the two: the read shows what they did). Redis writes a notice in
+the pass of its event loop that ran the change, but may write the writer's reply first: a read that first takes
+in what waits on the socket sees every change whose pass is over, and may miss one acknowledged an instant
+before it (longer if Redis is preempted between the two writes, or the network delays the notice). Hence
+HybridConfig.redis_key_tracking is off by default.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ pending writes, and the channel blobs its values are built from. PostgreSQL: eve
 and write, committed in batches by the same write-behind outbox as messages (a put is acknowledged once the
 Redis script has run; with `async_writes=False` once PostgreSQL has committed). Redis down: straight to
 PostgreSQL. A read of a thread's latest checkpoint is one Redis round trip (two in a process that has not
-seen the thread's values), or none on an event loop whose connection last wrote or read it, until Redis reports
-a change (key tracking, see SharedConnection). Anything else (history, an older checkpoint, a thread Redis does
-not hold) first commits the thread's waiting records, then reads PostgreSQL, so every acknowledged write is seen.
+seen the thread's values); with `redis_key_tracking`, none on a connection that last wrote or read it (an event
+loop's, or the sync API's tracked one) until Redis reports a change (see tracking.py). Anything else (history, an
+older checkpoint, a thread Redis does not hold) first commits the thread's waiting records, then reads
+PostgreSQL, so every acknowledged write is seen.
 
 A list channel (an agent's messages) is stored as the items appended since its previous version plus a
 reference to that version, so a step writes what it added, not the thread's whole history again; a list that
