@@ -64,12 +64,11 @@ class HybridConfig(BaseModel):
     redis_password: SecretStr | None = None
     redis_db: int = Field(0, ge=0)
     redis_cluster: bool | None = None  # None: ask the server (INFO cluster) at start
-    # True: each event loop's connection, and one of the sync API's, keep the latest checkpoint of the threads
-    # they wrote or read until Redis reports a change (RESP3 key tracking), saving a round trip per read. Off by
-    # default: Redis may write a writer's reply before the notice to the reader in the same pass, so a read made
-    # right after another connection's acknowledged write can miss it (microseconds, longer when the server is
-    # preempted or the network delays the notice).
-    redis_key_tracking: bool = False
+    # Each event loop's connection keeps the latest checkpoint of the threads it wrote or read, under a lease on
+    # the thread (RESP3 key tracking; maxmemory-policy noeviction), so a read needs no round trip; another
+    # process's write to such a thread first waits until this process lets the lease go (at once, or after
+    # `redis_timeout` if it cannot answer). False: every read asks Redis, and no write waits.
+    redis_key_tracking: bool = True
     namespace: str = "hybrid_memory"
 
     max_session_messages: int = Field(30, ge=1, le=10_000)

@@ -88,6 +88,7 @@ class Core:
         # Acknowledge writes only once PostgreSQL has them: asked for (async_writes=False), or forced by an
         # eviction policy that may drop the outbox (see check_eviction_policy).
         self.write_through = not config.async_writes
+        self.local_reads = False  # keep checkpoint values under leases (cache/tracking.py): set at start
         self.started = False
         self.closed = False
         self._start_lock: asyncio.Lock | None = None
@@ -161,6 +162,9 @@ class Core:
         if self.cache is None or self.wb is None or self.config.mode is not Mode.HYBRID:
             return
         policy = await self.cache.eviction_policy()
+        # Values are kept under leases only where Redis never evicts one (tracking.py).
+        self.local_reads = self.config.redis_key_tracking and policy == "noeviction" and not self.cluster
+        self.cache.local_reads = self.local_reads
         forced = policy.startswith("allkeys")
         if forced and not self.write_through:
             log.warning("hybrid-memory: Redis maxmemory-policy is %s: it may evict outbox entries before they "
@@ -214,6 +218,7 @@ class Core:
                 self.loops_seen.add(loop)
                 return None
             cache = self.loop_caches[loop] = RedisCache(self.config, self.keys, self.cluster, self.touches)
+            cache.local_reads = self.local_reads
             cache.close_with_loop()
         return cache
 

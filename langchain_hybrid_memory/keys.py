@@ -52,6 +52,7 @@ class ThreadKeys:
     outbox: str
     entries: str
     writes_prefix: str
+    lease: str  # which process may answer the thread's reads from what it keeps (cache/tracking.py)
 
     def writes(self, checkpoint_ns: str) -> str:
         return self.writes_prefix + quote(checkpoint_ns, safe="")
@@ -85,7 +86,8 @@ class KeyLayout:
                 self._threads.clear()
             n = self.bucket(thread_id)
             base = f"{self.namespace}:{{{n}}}:t:{quote(thread_id, safe='')}"
-            keys = self._threads[thread_id] = ThreadKeys(f"{base}:c", self.outbox(n), f"{base}:o", f"{base}:w:")
+            keys = self._threads[thread_id] = ThreadKeys(f"{base}:c", self.outbox(n), f"{base}:o", f"{base}:w:",
+                                                         f"{base}:l")
         return keys
 
     def outbox(self, bucket: int) -> str:

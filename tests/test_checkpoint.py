@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -423,20 +425,6 @@ async def _astep(saver: HybridSaver, config: dict[str, Any], i: int) -> dict[str
     return stored
 
 
-def _redis_pass_over() -> None:
-    """Redis writes a command's notices in the pass that runs it, possibly after the writer's reply: once it has
-    answered a later command, they are on their sockets (what key tracking promises a read; README)."""
-    import redis as redis_sync
-
-    from conftest import REDIS_URL
-
-    client = redis_sync.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    finally:
-        client.close()
-
-
 def _redis_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the calls the async hot path sends to Redis from now on (on any loop's shared connection)."""
     from langchain_hybrid_memory.cache.shared_connection import SharedConnection
@@ -447,15 +435,16 @@ def _redis_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-async def test_a_loops_latest_checkpoint_is_kept_until_redis_says_another_connection_changed_it(
+async def test_a_loops_latest_checkpoint_is_kept_until_another_connection_of_the_process_changes_it(
         make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
     """After a step on a loop, reading the thread's latest checkpoint there again needs no Redis round trip (the
-    connection tracks the thread's keys); once another process writes the thread (a put, pending writes, a
-    delete), the next read shows it, even when it comes before the loop has read Redis's notice."""
+    connection tracks the thread's keys, under the process's lease); once another memory of this process writes
+    the thread (a put, pending writes, a delete; the sync API or another loop), the next read shows it, at once:
+    before Redis's notice has reached the loop, and with no wait for the lease (the process holds it)."""
     from langchain_core.messages import AIMessage
 
-    ours = HybridSaver(make_memory(redis_key_tracking=True))
-    theirs = HybridSaver(make_memory(redis_key_tracking=True))  # another process's
+    ours = HybridSaver(make_memory())
+    theirs = HybridSaver(make_memory())
     config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
     for i in range(3):  # a loop's first calls go through the engine loop
         stored = await _astep(ours, config, i)
@@ -468,7 +457,6 @@ async def test_a_loops_latest_checkpoint_is_kept_until_redis_says_another_connec
     # Redis's notice waits unread on the socket when the read starts.
     theirs_stored, messages = _step(theirs, config, tup.checkpoint["channel_values"]["messages"],
                                     [AIMessage("theirs", id="theirs")])
-    _redis_pass_over()
     got = await ours.aget_tuple(config)
     assert got is not None and got.config == theirs_stored and got.pending_writes == []
     assert [m.id for m in got.checkpoint["channel_values"]["messages"]] == [m.id for m in messages]
@@ -482,7 +470,6 @@ async def test_a_loops_latest_checkpoint_is_kept_until_redis_says_another_connec
     assert got is not None and got.pending_writes == [("their-task", "x", 1)]
 
     await theirs.adelete_thread(config["configurable"]["thread_id"])
-    _redis_pass_over()
     assert await ours.aget_tuple(config) is None
 
 
@@ -492,7 +479,7 @@ async def test_without_resp3_nothing_is_kept_and_every_read_asks_redis(
     from conftest import REDIS_URL
 
     sep = "&" if "?" in REDIS_URL else "?"
-    saver = HybridSaver(make_memory(redis_url=f"{REDIS_URL}{sep}protocol=2", redis_key_tracking=True))
+    saver = HybridSaver(make_memory(redis_url=f"{REDIS_URL}{sep}protocol=2"))
     config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
     for i in range(3):
         stored = await _astep(saver, config, i)
@@ -503,97 +490,12 @@ async def test_without_resp3_nothing_is_kept_and_every_read_asks_redis(
     assert tup is not None and tup.config == stored and len(calls) == 1
 
 
-def test_the_sync_apis_latest_checkpoint_is_kept_until_redis_says_another_connection_changed_it(
-        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sync API keeps values on one tracked connection (the first caller to find it free uses it): reading
-    a thread it just stepped sends nothing; another process's put, pending writes or delete shows in the next
-    read, whose first act is to read the notices waiting on the socket."""
-    from langchain_core.messages import AIMessage, HumanMessage
-
-    from langchain_hybrid_memory.cache.shared_connection import TrackedConnection
-    from langchain_hybrid_memory.cache.sync_client import SyncHotPath
-
-    ours = HybridSaver(make_memory(redis_key_tracking=True))
-    theirs = HybridSaver(make_memory(redis_key_tracking=True))
-    thread = f"t-{uuid.uuid4().hex[:8]}"
-    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
-    messages: list[Any] = []
-    for i in range(3):
-        stored, messages = _step(ours, config, messages, [HumanMessage(f"m{i}", id=f"m{i}")])
-    sends: list[int] = []
-    for cls, method in ((TrackedConnection, "call"), (SyncHotPath, "_exchange_once")):
-        original = getattr(cls, method)
-        monkeypatch.setattr(cls, method, lambda self, *a, _f=original: sends.append(1) or _f(self, *a))
-    tup = ours.get_tuple(config)
-    assert tup is not None and tup.config == stored and sends == []
-
-    theirs_stored, messages = _step(theirs, config, messages, [AIMessage("theirs", id="theirs")])
-    _redis_pass_over()
-    got = ours.get_tuple(config)
-    assert got is not None and got.config == theirs_stored
-    assert [m.id for m in got.checkpoint["channel_values"]["messages"]] == [m.id for m in messages]
-    assert sends != []
-    sends.clear()
-    assert ours.get_tuple(config) == got and sends == []
-
-    theirs.put_writes(theirs_stored, [("x", 1)], "their-task")
-    _redis_pass_over()
-    got = ours.get_tuple(config)
-    assert got is not None and got.pending_writes == [("their-task", "x", 1)]
-    theirs.delete_thread(thread)
-    _redis_pass_over()
-    assert ours.get_tuple(config) is None
-
-
-def test_a_notice_that_arrives_with_a_calls_replies_is_taken_in_before_the_next_read(
-        make_memory: Callable[..., HybridMemory]) -> None:
-    """Redis runs our put_writes and another process's in one pass (both queued while a script holds the server),
-    so the notice of theirs may reach our tracked connection in the same read as our call's replies: the next read
-    of the thread must show both writes, never the value our call kept."""
-    import threading
-
-    import redis as redis_sync
-
-    from conftest import REDIS_URL
-
-    ours = HybridSaver(make_memory(redis_key_tracking=True))
-    theirs = HybridSaver(make_memory(redis_key_tracking=True))
-    thread = f"t-{uuid.uuid4().hex[:8]}"
-    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
-    messages: list[Any] = []
-    stored: dict[str, Any] = {}
-    for _ in range(3):
-        stored, messages = _step(ours, config, messages, [])
-    assert theirs.get_tuple(config) is not None  # warm: its next calls go straight to Redis
-    hold = redis_sync.Redis.from_url(REDIS_URL)
-    spin = "local t = redis.call('TIME'); local s = t[1] * 1e6 + t[2]; " \
-           "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > 30000"
-    try:
-        for attempt in range(15):
-            blocker = threading.Thread(target=hold.eval, args=(spin, 0))
-            blocker.start()
-            time.sleep(0.005)  # the script runs: what follows waits for it, then runs in one pass
-            calls = [threading.Thread(target=ours.put_writes, args=(stored, [("x", attempt)], f"ours-{attempt}")),
-                     threading.Thread(target=theirs.put_writes, args=(stored, [("x", attempt)], f"theirs-{attempt}"))]
-            for t in calls:
-                t.start()
-            for t in [blocker, *calls]:
-                t.join()
-            _redis_pass_over()
-            got = ours.get_tuple(config)
-            assert got is not None
-            tasks = {task for task, _, _ in got.pending_writes}
-            assert {f"ours-{attempt}", f"theirs-{attempt}"} <= tasks, (attempt, sorted(tasks))
-    finally:
-        hold.close()
-
-
 async def test_a_write_drops_what_was_kept_from_the_keys_it_writes(
         make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
     """A connection's own write ends its tracking of the keys it writes, and Redis may run other connections'
     commands before the read that follows it: a put to one namespace of a thread drops the value kept for another
     namespace of it (they share the thread's checkpoint hash), which the next read fetches again."""
-    saver = HybridSaver(make_memory(redis_key_tracking=True))
+    saver = HybridSaver(make_memory())
     thread = f"t-{uuid.uuid4().hex[:8]}"
     parent: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
     child: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": "child"}}
@@ -611,3 +513,156 @@ async def test_a_write_drops_what_was_kept_from_the_keys_it_writes(
     assert got is not None and len(calls) == 1  # the other namespace: dropped, fetched again
     calls.clear()
     assert await saver.aget_tuple(parent) == got and calls == []
+
+
+_HOLDER = """
+import asyncio, json, sys
+from langchain_hybrid_memory import HybridConfig, HybridMemory
+from langchain_hybrid_memory.checkpoint import HybridSaver
+
+async def main():
+    memory = HybridMemory(HybridConfig(database_url={pg!r}, redis_url={redis!r}, namespace={ns!r},
+                                       redis_timeout={lease}))
+    saver = HybridSaver(memory)
+    loop = asyncio.get_running_loop()
+    commands = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
+    while line := await commands.readline():  # a thread id: its latest checkpoint and its pending writes' tasks
+        config = {{"configurable": {{"thread_id": line.decode().strip(), "checkpoint_ns": ""}}}}
+        tup = await saver.aget_tuple(config)
+        print(json.dumps([tup.config["configurable"]["checkpoint_id"], sorted(t for t, _, _ in tup.pending_writes)]),
+              flush=True)
+    await memory.aclose()
+
+asyncio.run(main())
+"""
+
+
+class _Holder:
+    """Another process that reads threads on its event loop (so it keeps them, under their leases) when told
+    to, and answers with what it read."""
+
+    def __init__(self, namespace: str, lease: float) -> None:
+        from conftest import PG_URL, REDIS_URL
+
+        self.script = _HOLDER.format(pg=PG_URL, redis=REDIS_URL, ns=namespace, lease=lease)
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> _Holder:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", self.script, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        return self
+
+    async def read(self, thread: str) -> tuple[str, list[str]]:
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(thread.encode() + b"\n")
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        assert line, "the holder process ended"
+        checkpoint_id, tasks = json.loads(line)
+        return checkpoint_id, tasks
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+
+
+async def _lease_of(memory: HybridMemory, thread: str) -> tuple[bytes | None, int]:
+    import redis.asyncio as redis_async
+
+    from conftest import REDIS_URL
+
+    client = redis_async.Redis.from_url(REDIS_URL)
+    try:
+        key = memory._core.keys.thread(thread).lease
+        return await client.get(key), await client.pttl(key)
+    finally:
+        await client.aclose()
+
+
+async def test_another_processs_write_waits_until_the_holder_of_the_lease_lets_it_go(
+        make_memory: Callable[..., HybridMemory], namespace: str) -> None:
+    """A process that keeps a thread holds its lease; another process's pending writes are acknowledged only
+    after the holder, told by Redis, has dropped what it kept and let the lease go (long before it would have
+    expired), and its next read shows them. Then the holder reads the thread from Redis without taking its lease
+    (two processes write it), so the next write waits for nothing. Thread after thread."""
+    ours = HybridSaver(make_memory(redis_key_tracking=False))  # a writer that never holds a lease itself
+    async with _Holder(namespace, lease=30.0) as holder:
+        assert holder.proc is not None
+        for _ in range(6):
+            thread = f"t-{uuid.uuid4().hex[:8]}"
+            config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+            for i in range(3):
+                stored = await _astep(ours, config, i)
+            assert (await holder.read(thread))[0] == stored["configurable"]["checkpoint_id"]
+            assert (await holder.read(thread))[0] == stored["configurable"]["checkpoint_id"]  # kept now
+            lease, _ = await _lease_of(ours.memory, thread)
+            assert lease is not None and lease.startswith(f"{holder.proc.pid}:".encode()), lease
+            await ours.aput_writes(stored, [("x", 1)], "first")
+            assert (await _lease_of(ours.memory, thread))[0] is None  # let go, not expired (30 s)
+            assert "first" in (await holder.read(thread))[1]
+            assert (await _lease_of(ours.memory, thread))[0] is None  # contended: not taken again
+            await ours.aput_writes(stored, [("x", 2)], "second")
+            assert "second" in (await holder.read(thread))[1]
+    assert ours.memory.get_cache_stats().redis_up
+
+
+async def test_a_write_waits_for_a_stopped_holders_lease_to_expire_and_the_holder_then_sees_it(
+        make_memory: Callable[..., HybridMemory], namespace: str) -> None:
+    """A holder that cannot answer (stopped) delays another process's write until its lease expires, never
+    less; the write then goes to Redis as usual, and the holder, resumed, reads it (its kept value outlived)."""
+    import signal
+
+    import redis.asyncio as redis_async
+
+    from conftest import REDIS_URL
+
+    ours = HybridSaver(make_memory(redis_timeout=2.0, redis_key_tracking=False))  # waits up to twice that
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    for i in range(3):
+        stored = await _astep(ours, config, i)
+    async with _Holder(namespace, lease=1.0) as holder:
+        await holder.read(thread)
+        await holder.read(thread)
+        assert holder.proc is not None
+        holder.proc.send_signal(signal.SIGSTOP)
+        try:
+            lease, left = await _lease_of(ours.memory, thread)
+            assert lease is not None and lease.startswith(f"{holder.proc.pid}:".encode()) and left > 0
+            started = time.monotonic()
+            await ours.aput_writes(stored, [("x", 1)], "ours")
+            assert time.monotonic() - started >= left / 1000 - 0.05
+        finally:
+            holder.proc.send_signal(signal.SIGCONT)
+        assert "ours" in (await holder.read(thread))[1]
+    client = redis_async.Redis.from_url(REDIS_URL)
+    try:  # through Redis, not around it
+        names = await client.hkeys(ours.memory._core.keys.thread(thread).writes(""))
+        assert any(n.startswith(f"{stored['configurable']['checkpoint_id']}\x1fours".encode()) for n in names)
+    finally:
+        await client.aclose()
+
+
+async def test_nothing_is_kept_where_redis_may_evict_a_lease(make_memory: Callable[..., HybridMemory],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under an eviction policy Redis could drop a lease before it expires: then every read asks Redis."""
+    import redis.asyncio as redis_async
+
+    from conftest import REDIS_URL
+
+    client = redis_async.Redis.from_url(REDIS_URL)
+    policy = (await client.config_get("maxmemory-policy"))["maxmemory-policy"]
+    try:
+        await client.config_set("maxmemory-policy", "volatile-lru")
+        saver = HybridSaver(make_memory())
+        config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
+        for i in range(3):
+            await _astep(saver, config, i)
+    finally:
+        await client.config_set("maxmemory-policy", policy)
+        await client.aclose()
+    calls = _redis_calls(monkeypatch)
+    for n in (1, 2, 3):
+        assert await saver.aget_tuple(config) is not None and len(calls) == n

@@ -3,8 +3,8 @@
 - `scripts.py` and `lua/`: the Lua scripts, one file per operation, KEYS and common ARGV named by a prelude.
 - `protocol.py`: commands and reply parsing without I/O (`Commands`), and the values they carry.
 - `connections.py`: client setup (single server, Cluster, Sentinel), shared with the CLI.
-- `shared_connection.py`: one pipelined connection per event loop for the async hot path, and the sync API's
-  tracked connection; `tracking.py`: the values they keep by Redis key tracking.
+- `shared_connection.py`: one pipelined connection per event loop for the async hot path; `tracking.py`: the
+  checkpoint values it keeps by Redis key tracking, under each thread's lease.
 - `sync_client.py` / `async_client.py`: the clients (`SyncHotPath`, `RedisCache`).
 
 Connection failures surface as `CacheDown`; the engine's failover (`health.py`) decides what happens next.

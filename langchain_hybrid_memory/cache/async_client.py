@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ from .protocol import (
 )
 from .scripts import (
     APPEND,
+    CHECKPOINT_DROP,
     CHECKPOINT_LATEST,
     CHECKPOINT_OUTBOX,
     CHECKPOINT_PUT,
@@ -41,7 +43,7 @@ from .scripts import (
     SET_SUMMARY,
 )
 from .shared_connection import SharedConnection
-from .tracking import Track
+from .tracking import Track, changed, leasing, version
 
 
 @dataclass(slots=True)
@@ -79,6 +81,8 @@ class RedisCache(Commands):
         self._checkpoint_writes = self.client.register_script(CHECKPOINT_WRITES)
         self._checkpoint_outbox = self.client.register_script(CHECKPOINT_OUTBOX)
         self._checkpoint_latest = self.client.register_script(CHECKPOINT_LATEST)
+        self._checkpoint_drop = self.client.register_script(CHECKPOINT_DROP)
+        self.local_reads = False  # keep values under leases (tracking.py): set by Core once the server allows it
         self.closed = False
         self._lifetime: Callable[[], None] | None = None
 
@@ -163,7 +167,7 @@ class RedisCache(Commands):
                 await pool.release(conn)
                 raise
             self._pipe = pipe
-            if self.config.redis_key_tracking:
+            if self.local_reads:
                 await pipe.enable_tracking()  # an error fails the pipe: the caller retries on a new one
             return pipe
 
@@ -331,13 +335,41 @@ class RedisCache(Commands):
         return list(await self._call(pipe.execute()))
 
     # -- checkpoint threads (HybridSaver) ------------------------------------------------------------------
+    async def _change(self, thread_id: str, script: Any, keys: list[str], args: list[Any],
+                      track: Track | None = None) -> Any:
+        """Run a checkpoint script that changes a thread's keys (tracking.py): while another process holds the
+        thread's lease the script writes nothing, and is run again once the lease is released (or has expired);
+        once it ran, no connection of this process answers the thread from a value read before."""
+        give_up = time.monotonic() + self.lease_wait
+        pause = 0.0005
+        while True:
+            before = version(thread_id)
+            out = await self._eval(script, keys, args, track)
+            left = self.leased(out)
+            if left is None:
+                self._written(thread_id, before, track)
+                return out
+            if time.monotonic() > give_up:
+                raise CacheDown("another process kept the thread's lease")
+            await asyncio.sleep(min(pause, left / 1000 + 0.001))
+            pause = min(pause * 2, 0.02)
+
+    def _written(self, thread_id: str, before: tuple[int, int], track: Track | None) -> None:
+        """A change acknowledged: values this process read before it are retired, but for what this call read
+        back after it on the pipe, if no other change came between."""
+        after = changed(thread_id, before)
+        pipe = self._pipe
+        if after is not None and track is not None and pipe is not None:
+            pipe.values.restamp(track.name, before, after)
+
     async def checkpoint_put(self, thread_id: str, ns: str, checkpoint_id: str, hot: bytes, record: bytes,
                              blobs: Sequence[tuple[str, bytes]], drop: Sequence[str]) -> str:
         """Make a checkpoint the namespace's hot latest one (unless a newer one is) and queue its record;
         returns the outbox entry id."""
         args = self.checkpoint_put_args(thread_id, ns, checkpoint_id, hot, record, blobs, drop)
         track = self.checkpoint_track(thread_id, ns)
-        return self.entry_id(await self._eval(self._checkpoint_put, self.thread_keys(thread_id, ns), args, track))
+        return self.entry_id(await self._change(thread_id, self._checkpoint_put, self.thread_keys(thread_id, ns),
+                                                args, track))
 
     async def checkpoint_writes(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
                                 writes: Sequence[tuple[str, bytes, bool]]) -> str:
@@ -345,7 +377,8 @@ class RedisCache(Commands):
         pipe = self._pipe
         track = self.checkpoint_writes_track(
             thread_id, ns, None if pipe is None else pipe.values.get(("checkpoint", thread_id, ns)))
-        return self.entry_id(await self._eval(self._checkpoint_writes, self.thread_keys(thread_id, ns), args, track))
+        return self.entry_id(await self._change(thread_id, self._checkpoint_writes,
+                                                self.thread_keys(thread_id, ns), args, track))
 
     async def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
                                 ) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
@@ -359,6 +392,9 @@ class RedisCache(Commands):
             kept = pipe.kept(("checkpoint", thread_id, ns))
             if kept is not None:
                 return kept  # type: ignore[no-any-return]
+        if not leasing(thread_id):
+            cmds = self.checkpoint_latest_cmds(thread_id, ns, touch)
+            return self.checkpoint_latest_result(exec_reply(await self._exchange(multi(cmds)), len(cmds)))
         touches = self.checkpoint_touch_cmds(thread_id, ns, touch)  # first: a slide is a write, which ends the
         # tracking of a key by the connection that makes it
         track = self.checkpoint_track(thread_id, ns, always=True, writes=bool(touches))
@@ -373,12 +409,11 @@ class RedisCache(Commands):
         return [(flat[i].decode(), flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
 
     async def checkpoint_drop(self, thread_ids: Sequence[str]) -> None:
-        """Forget the threads' hot state (cache only)."""
+        """Forget the threads' hot state (cache only), once no process answers them from what it keeps."""
         for thread_id in thread_ids:
-            k = self.keys.thread(thread_id)
-            names = await self._call(self.client.hkeys(k.checkpoints))
-            spaces = {n[2:].decode("utf-8") for n in names if n.startswith(b"i\x1f")}
-            await self._call(self.client.delete(k.checkpoints, *(k.writes(ns) for ns in spaces)))
+            names = await self._call(self.client.hkeys(self.keys.thread(thread_id).checkpoints))
+            keys, args = self.checkpoint_drop_args(thread_id, names)
+            await self._change(thread_id, self._checkpoint_drop, keys, args)
 
     async def orphans(self, older_than_s: float, count: int) -> list[Orphan]:
         """Outbox entries older than `older_than_s`: their writer died or lost its connection.

@@ -20,7 +20,7 @@ from ..config import HybridConfig
 from ..keys import KeyLayout
 from ..messages import CorruptEntry, element
 from .scripts import CONTEXT_FIELDS, READ_FIELDS
-from .tracking import Track
+from .tracking import Track, leasing, token
 
 
 class CacheDown(Exception):
@@ -115,7 +115,11 @@ class Commands:
         self._ceiling = config.cache_ceiling
         self._threshold = config.summary_threshold
         self.touches = touches or TouchLog(config.session_ttl)
-        self._tracks: dict[tuple[str, str, bool, bool, bool], Track] = {}
+        self._tracks: dict[tuple[str, str, bool, bool, bool, str], Track] = {}
+        # A lease lasts `redis_timeout`: no longer than another process takes to find Redis gone and write to
+        # PostgreSQL instead (tracking.py). A writer waits for one at most twice that, then fails over.
+        self._lease_ms = max(1, int(config.redis_timeout * 1000))
+        self.lease_wait = 2 * config.redis_timeout
 
     def head(self, session_id: str, touch: bool | None = None, fill: Refill | None = None
              ) -> tuple[list[str], list[Any]]:
@@ -216,14 +220,14 @@ class Commands:
     def thread_keys(self, thread_id: str, ns: str) -> list[str]:
         """The KEYS of the checkpoint scripts."""
         k = self.keys.thread(thread_id)
-        return [k.checkpoints, k.writes(ns), k.outbox, k.entries]
+        return [k.checkpoints, k.writes(ns), k.outbox, k.entries, k.lease]
 
     def checkpoint_put_args(self, thread_id: str, ns: str, checkpoint_id: str, hot: bytes, record: bytes,
                             blobs: Sequence[tuple[str, bytes]], drop: Sequence[str]) -> list[Any]:
         args: list[Any] = [ns, checkpoint_id, hot, self._ttl_ms, record, thread_id, len(blobs)]
         for field_, value in blobs:
             args += (field_, value)
-        args += (len(drop), *drop)
+        args += (len(drop), *drop, token())
         return args
 
     def checkpoint_writes_args(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
@@ -231,7 +235,23 @@ class Commands:
         args: list[Any] = [ns, checkpoint_id, self._ttl_ms, record, thread_id, len(writes)]
         for field_, value, replace in writes:
             args += (field_, value, "1" if replace else "0")
+        args.append(token())
         return args
+
+    def checkpoint_drop_args(self, thread_id: str, names: Sequence[bytes]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of checkpoint_drop.lua: the thread's lease, its hash and the pending writes of every
+        namespace the hash names (`names`: its fields)."""
+        k = self.keys.thread(thread_id)
+        spaces = {n[2:].decode("utf-8") for n in names if n.startswith(b"i\x1f")}
+        return [k.lease, k.checkpoints, *(k.writes(ns) for ns in sorted(spaces))], [token()]
+
+    @staticmethod
+    def leased(out: Any) -> int | None:
+        """The milliseconds another process's lease on the thread has left, if a checkpoint script wrote
+        nothing for it (tracking.py); None: the script ran."""
+        if isinstance(out, list) and len(out) == 2 and out[0] in (b"LEASED", "LEASED"):
+            return max(int(out[1]), 0)
+        return None
 
     def checkpoint_latest_cmds(self, thread_id: str, ns: str, touch: bool) -> list[tuple[Any, ...]]:
         """The commands of a namespace's latest checkpoint read, run as a MULTI: the TTL slide when due, then its
@@ -252,16 +272,23 @@ class Commands:
                          read: bool = True) -> Track:
         """A namespace's latest checkpoint as a value kept by key tracking (tracking.py), read in a MULTI after a
         call (`writes`: that writes its keys). `read=False`: the call only drops what was read from them."""
-        key = (thread_id, ns, always, writes, read)
+        me = token()
+        read = read and (always or leasing(thread_id))  # a contended thread's writes read nothing back
+        key = (thread_id, ns, always, writes, read, me)
         track = self._tracks.get(key)
         if track is None:
             if len(self._tracks) >= 10_000:  # bounded, as the key layout's
                 self._tracks.clear()
             k = self.keys.thread(thread_id)
             cmds = self._checkpoint_read_cmds(thread_id, ns) if read else []
-            track = self._tracks[key] = Track(("checkpoint", thread_id, ns), (k.checkpoints, k.writes(ns)),
-                                              pack(multi(cmds)) if read else b"", len(cmds) + 2 if read else 0,
-                                              self._latest_after, always, writes)
+            # The lease is taken first and read last: a read after a write is tracked, and shows the holder.
+            leased = [("SET", k.lease, me, "NX", "PX", self._lease_ms), *cmds,
+                      ("GET", k.lease), ("PTTL", k.lease)] if read else []
+            track = self._tracks[key] = Track(
+                ("checkpoint", thread_id, ns), thread_id, (k.checkpoints, k.writes(ns), k.lease),
+                pack(multi(leased)) if read else b"", len(leased) + 2 if read else 0,
+                pack(multi(cmds)) if read else b"", len(cmds) + 2 if read else 0,
+                self._latest_after, self._held, always, writes)
         return track
 
     def checkpoint_writes_track(self, thread_id: str, ns: str, kept: Latest | None) -> Track:
@@ -271,7 +298,21 @@ class Commands:
 
     @classmethod
     def _latest_after(cls, replies: list[Any]) -> Latest:
-        return cls.checkpoint_latest_result(exec_reply(replies, 2))
+        """A latest-checkpoint read's value from its replies (the EXEC's last): with the lease or without."""
+        out = replies[-1]
+        if not isinstance(out, list) or len(out) not in (2, 5):
+            raise RedisConnectionError("unexpected MULTI reply")
+        return cls.checkpoint_latest_result(out[1:3] if len(out) == 5 else out)
+
+    @staticmethod
+    def _held(replies: list[Any]) -> int:
+        """The milliseconds this process's lease has left, as a leased read saw it (0: not held)."""
+        out = replies[-1]
+        holder, left = out[3], out[4]
+        mine = token()
+        if holder not in (mine, mine.encode()) or not isinstance(left, int):
+            return 0
+        return max(left, 0)
 
     def checkpoint_latest_args(self, ns: str, touch: bool) -> list[Any]:
         return [ns, self._ttl_ms if touch else 0]

@@ -4,7 +4,7 @@ Every script runs on one session's keys, in the order of `keys.SessionKeys` (the
 the order is defined once), and starts its ARGV with the five values `Commands.head` builds. `common.lua`
 holds what several scripts share (the TTL slide, the outbox lookup, the refill); each other file is one
 operation, named for it. The checkpoint scripts (`checkpoint_*.lua`) run on a thread's keys instead
-(keys.ThreadKeys) and stand alone: no prelude, no shared functions.
+(keys.ThreadKeys), without the prelude; those that change them start with `checkpoint_lease.lua`.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ FILL = script("fill")
 SET_SUMMARY = script("set_summary")
 OUTBOX_OF = script("outbox_of")
 READ = script("read")
-CHECKPOINT_PUT = _load("checkpoint_put")
-CHECKPOINT_WRITES = _load("checkpoint_writes")
+CHECKPOINT_PUT = _load("checkpoint_lease") + _load("checkpoint_put")
+CHECKPOINT_WRITES = _load("checkpoint_lease") + _load("checkpoint_writes")
+CHECKPOINT_DROP = _load("checkpoint_lease") + _load("checkpoint_drop")
 CHECKPOINT_OUTBOX = _load("checkpoint_outbox")
 CHECKPOINT_LATEST = _load("checkpoint_latest")
 

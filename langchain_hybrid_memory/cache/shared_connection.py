@@ -1,15 +1,14 @@
-"""`SharedConnection`: one Redis connection that every async hot-path call of an event loop shares; and
-`TrackedConnection`, the sync API's connection for the checkpoint calls that keep values.
+"""`SharedConnection`: one Redis connection that every async hot-path call of an event loop shares.
 
-The only code that reaches into redis-py's internals (each takes a pooled connection's transport or socket over).
+The only code that reaches into redis-py's internals (it takes a pooled connection's transport over).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
-import threading
 from collections import deque
 from collections.abc import Hashable
 from typing import Any
@@ -20,7 +19,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError
-from .tracking import TRACKING_ON, KeptValues, Track, with_read
+from .tracking import TRACKING_ON, KeptValues, Track, changed, contended, now, release, version, with_read
 
 
 class SharedConnection(asyncio.Protocol):
@@ -35,8 +34,9 @@ class SharedConnection(asyncio.Protocol):
     Any error (connection lost, no reply for a whole timeout while calls wait, a protocol error) fails every
     waiting call with a connection error and retires the pipe; the cache opens a new one on the next call.
 
-    Values kept by key tracking (RESP3, `enable_tracking`; see tracking.py): `kept` answers from a value while
-    nothing unread waits on the socket (the loop reads it only between callbacks).
+    Values kept by key tracking under the thread's lease (RESP3, `enable_tracking`; see tracking.py): `kept`
+    answers from a value while nothing unread waits on the socket (the loop reads it only between callbacks);
+    a notice on a lease another process marked gets it released.
     """
 
     def __init__(self, conn: Any, timeout: float) -> None:
@@ -45,7 +45,9 @@ class SharedConnection(asyncio.Protocol):
         self.error: BaseException | None = None
         self._timeout = timeout
         self._parser = hiredis.Reader()
-        self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any], Track | None]] = deque()
+        # (future, replies expected, replies so far, track, when its read was sent, its thread's version then)
+        self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any], Track | None, float,
+                                   tuple[int, int]]] = deque()
         self._out: list[bytes] = []
         self._flush_due = False
         self._replies = 0  # replies received so far: the watchdog's measure of progress
@@ -88,7 +90,8 @@ class SharedConnection(asyncio.Protocol):
                 self._loop.call_soon(self._flush)
         else:  # nothing in flight: no batch to join, write now
             self._transport.write(data)
-        self._waiting.append((fut, n, [], track))
+        self._waiting.append((fut, n, [], track, now(), version(track.thread))
+                             if track is not None else (fut, n, [], None, 0.0, (0, 0)))
         if self._watch is None:
             self._watch = self._loop.call_later(self._timeout, self._check, self._replies)
         return fut
@@ -116,21 +119,35 @@ class SharedConnection(asyncio.Protocol):
             parser.feed(data)
             while (reply := parser.gets()) is not False:
                 if isinstance(reply, hiredis.PushNotification):
-                    self.values.notice(reply)
+                    for lease, thread in self.values.notice(reply):
+                        self._release(lease, thread)
                     continue
                 self._replies += 1
                 if not waiting:
                     raise RedisConnectionError("a reply nobody asked for")
-                fut, n, got, track = waiting[0]
+                fut, n, got, track, sent, at = waiting[0]
                 got.append(reply)
                 if len(got) == n:
                     waiting.popleft()
                     if track is not None:
-                        got = self.values.tracked(track, got)
+                        got = self.values.tracked(track, got, sent, at)
                     if not fut.done():  # a cancelled caller's replies are read and dropped
                         fut.set_result(got)
         except (hiredis.ProtocolError, RedisError) as exc:
             self.fail(exc if isinstance(exc, RedisError) else RedisConnectionError("Redis protocol error"))
+
+    def _release(self, lease: str, thread: str) -> None:
+        """Delete the mark a writer left on this process's lease (the values of its thread are dropped already);
+        if there was one, the thread is contended: not leased again for a while. A lost connection leaves the
+        lease to expire."""
+        if self.error is not None:
+            return
+
+        def done(fut: asyncio.Future[list[Any]]) -> None:
+            if not fut.cancelled() and fut.exception() is None and fut.result()[0] == 1:
+                contended(thread)
+
+        self.call(release(lease), 1).add_done_callback(done)
 
     def kept(self, name: Hashable) -> Any:
         """The value kept under `name`, if the server has not said its keys changed (None: read them)."""
@@ -161,113 +178,20 @@ class SharedConnection(asyncio.Protocol):
         self._out.clear()
         self.values.clear()
         waiting, self._waiting = self._waiting, deque()
-        for fut, _, _, _ in waiting:
+        for fut, *_ in waiting:
             if not fut.done():
                 fut.set_exception(exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc)))
         self._transport.abort()  # a later reply must never reach anyone
 
     async def close(self, pool: Any) -> None:
+        leases = list(self.values.leases.items())
+        if leases and self.error is None:  # let them go now: another process's write need not wait them out
+            for _, thread in leases:
+                changed(thread)  # first: no connection of this process answers from what it keeps of them
+            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(self.call(b"".join(release(k, mark=False) for k, _ in leases), len(leases)),
+                                       self._timeout)
         self.fail(RedisConnectionError("Redis connection closed"))
         await self.conn.disconnect(nowait=True)
         await pool.release(self.conn)
 
-
-class TrackedConnection:
-    """The sync API's connection for the checkpoint calls that keep values (key tracking, RESP3): one caller at
-    a time holds `lock` (a caller that finds it held uses the client's other connections, untracked: their
-    writes reach this connection as notices). The pool opens it; its socket is then read here, with hiredis,
-    so notices are seen wherever they fall among replies. Any error closes it; the next call opens a new one.
-    """
-
-    def __init__(self, pool: Any) -> None:
-        self.lock = threading.Lock()
-        self.values = KeptValues()
-        self._pool = pool
-        self._conn: Any = None
-        self._sock: Any = None
-        self._parser = hiredis.Reader()
-        self._pid = 0
-        self.supported = True  # False once a connection turns out not to speak RESP3 (or refuses tracking)
-
-    def kept(self, name: Hashable) -> Any:
-        """The value kept under `name` once every notice already received is taken in (None: read the keys)."""
-        if self._sock is None or self._pid != os.getpid():
-            return None
-        try:
-            while True:  # notices read along with a call's replies first, then those waiting on the socket
-                while (push := self._parser.gets()) is not False:
-                    if not isinstance(push, hiredis.PushNotification):
-                        raise RedisConnectionError("a reply nobody asked for")
-                    self.values.notice(push)
-                if not select.select([self._sock], [], [], 0)[0]:
-                    break
-                self._feed()
-        except BaseException:
-            self.close()
-            raise
-        return None if self._parser.has_data() else self.values.get(name)  # part of a notice: read instead
-
-    def call(self, data: bytes, n: int, track: Track | None) -> list[Any]:
-        """Send `data` (n commands) and read their replies, then those of `track`'s read, as SharedConnection.call."""
-        try:
-            sock = self._socket()
-            data, n, track = with_read(data, n, track, True)
-            sock.sendall(data)
-            got: list[Any] = []
-            while len(got) < n:
-                reply = self._parser.gets()
-                if reply is False:
-                    self._feed()
-                elif isinstance(reply, hiredis.PushNotification):
-                    self.values.notice(reply)
-                else:
-                    got.append(reply)
-        except BaseException:
-            self.close()
-            raise
-        return got if track is None else self.values.tracked(track, got)
-
-    def _feed(self) -> None:
-        data = self._sock.recv(65536)
-        if not data:
-            raise RedisConnectionError("Redis closed the connection")
-        self._parser.feed(data)
-
-    def _socket(self) -> Any:
-        if self._sock is not None and self._pid == os.getpid():
-            return self._sock
-        self._conn = self._sock = None  # a forked child must not talk on its parent's socket
-        self.values.clear()
-        conn = self._pool.get_connection()
-        try:
-            conn.connect()
-            sock = getattr(conn, "_sock", None)
-            if str(getattr(conn, "protocol", 2)) != "3" or sock is None:
-                raise _Unsupported
-            self._conn, self._sock, self._pid = conn, sock, os.getpid()
-            self._parser = hiredis.Reader()
-            sock.sendall(TRACKING_ON)
-            while (reply := self._parser.gets()) is False:
-                self._feed()
-            if reply not in (b"OK", "OK"):
-                raise _Unsupported
-        except _Unsupported:
-            self.supported = False
-            self.close() if self._conn is conn else self._pool.release(conn)
-            raise RedisConnectionError("this connection cannot track keys") from None
-        except BaseException:
-            if self._conn is not conn:
-                self._pool.release(conn)
-            raise
-        return sock
-
-    def close(self) -> None:
-        self.values.clear()
-        conn, self._conn, self._sock = self._conn, None, None
-        if conn is not None and self._pid == os.getpid():
-            conn.disconnect()  # tracking, and a half-read reply, must never reach the pool's next user
-            self._pool.release(conn)
-
-
-class _Unsupported(Exception):
-    pass

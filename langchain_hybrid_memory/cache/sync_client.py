@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..config import HybridConfig
 from ..keys import KeyLayout
@@ -23,11 +24,9 @@ from .protocol import (
     exec_reply,
     multi,
     pack,
-    raise_errors,
 )
 from .scripts import APPEND, CHECKPOINT_LATEST, CHECKPOINT_PUT, CHECKPOINT_WRITES, READ
-from .shared_connection import TrackedConnection
-from .tracking import Track
+from .tracking import changed
 
 
 class KeptConnections:
@@ -83,8 +82,6 @@ class SyncHotPath(Commands):
         self.cluster = cluster
         self.client: Any = make_client(config, cluster, sync=True)
         self._idle = KeptConnections(kept_cap(config))
-        self._tracked = (TrackedConnection(self.client.connection_pool)
-                         if config.redis_key_tracking and not cluster else None)
         self._append = self.client.register_script(APPEND)  # Cluster: the client routes and loads scripts
         self._read = self.client.register_script(READ)
         self._checkpoint_put = self.client.register_script(CHECKPOINT_PUT)
@@ -93,9 +90,6 @@ class SyncHotPath(Commands):
 
     def close(self) -> None:
         self._drop_idle()
-        if self._tracked is not None:
-            with self._tracked.lock:  # a call in progress ends first (within its timeout)
-                self._tracked.close()
         self.client.close()
 
     def _drop_idle(self) -> None:
@@ -135,56 +129,26 @@ class SyncHotPath(Commands):
             pool.release(conn)
         return out
 
-    def _free_tracked(self) -> TrackedConnection | None:
-        """The tracked connection, locked, if it is free and can track (the caller releases its lock)."""
-        tracked = self._tracked
-        if tracked is None or not tracked.supported or not tracked.lock.acquire(blocking=False):
-            return None
-        return tracked
-
-    def _kept(self, name: Any) -> Any:
-        """The value the tracked connection keeps under `name`, if still valid (None: read it)."""
-        tracked = self._free_tracked()
-        if tracked is None:
-            return None
-        try:
-            return tracked.kept(name)
-        except RETRY:
-            return None
-        finally:
-            tracked.lock.release()
-
-    def _exchange_tracked(self, cmds: list[tuple[Any, ...]], script: str | None, track: Track) -> list[Any] | None:
-        """`_exchange` on the tracked connection, if free (None: it is busy or cannot track; use `_exchange`)."""
-        tracked = self._free_tracked()
-        if tracked is None:
-            return None
-        try:
-            data = pack(cmds)
-            for attempt in (0, 1, 2):
-                try:
-                    return raise_errors(tracked.call(data, len(cmds), track))
-                except NoScriptError:
-                    if script is None or attempt == 2:
-                        raise
-                    self.client.script_load(script)
-            raise AssertionError("unreachable")
-        except RETRY:
-            return None  # closed: the kept connections take this call (and retry it once themselves)
-        except ReadOnlyError:  # a demoted primary (Sentinel failover): nothing ran; the kept connections ask again
-            tracked.close()
-            return None
-        finally:
-            tracked.lock.release()
-
-    def _eval(self, script: Any, keys: list[str], args: list[Any], track: Track | None = None) -> Any:
+    def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA of a registered script (the Cluster client routes it and loads it itself)."""
         if self.cluster:
             return script(keys=keys, args=args)
-        cmd = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        if track is not None and (out := self._exchange_tracked([cmd], script.script, track)) is not None:
-            return out[0]
-        return self._exchange([cmd], script.script)[0]
+        return self._exchange([("EVALSHA", script.sha, len(keys), *keys, *args)], script.script)[0]
+
+    def _change(self, thread_id: str, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """RedisCache._change, blocking."""
+        give_up = time.monotonic() + self.lease_wait
+        pause = 0.0005
+        while True:
+            out = self._eval(script, keys, args)
+            left = self.leased(out)
+            if left is None:
+                changed(thread_id)
+                return out
+            if time.monotonic() > give_up:
+                raise CacheDown("another process kept the thread's lease")
+            time.sleep(min(pause, left / 1000 + 0.001))
+            pause = min(pause * 2, 0.02)
 
     @staticmethod
     @contextlib.contextmanager
@@ -219,22 +183,20 @@ class SyncHotPath(Commands):
             out = self._eval(self._append, keys, args)
         return self.append_result(out, len(ids))
 
-    # -- checkpoint threads (HybridSaver): as RedisCache's ---------------------------------------------------
+    # -- checkpoint threads (HybridSaver): as RedisCache's, without keeping values (a blocking connection
+    # reads notices only during its own calls: it could not release a lease in time) ----------------------
     def checkpoint_put(self, thread_id: str, ns: str, checkpoint_id: str, hot: bytes, record: bytes,
                        blobs: Sequence[tuple[str, bytes]], drop: Sequence[str]) -> str:
         args = self.checkpoint_put_args(thread_id, ns, checkpoint_id, hot, record, blobs, drop)
-        track = self.checkpoint_track(thread_id, ns)
         with self._down():
-            return self.entry_id(self._eval(self._checkpoint_put, self.thread_keys(thread_id, ns), args, track))
+            return self.entry_id(self._change(thread_id, self._checkpoint_put, self.thread_keys(thread_id, ns), args))
 
     def checkpoint_writes(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
                           writes: Sequence[tuple[str, bytes, bool]]) -> str:
         args = self.checkpoint_writes_args(thread_id, ns, checkpoint_id, record, writes)
-        tracked = self._tracked
-        track = self.checkpoint_writes_track(
-            thread_id, ns, None if tracked is None else tracked.values.get(("checkpoint", thread_id, ns)))
         with self._down():
-            return self.entry_id(self._eval(self._checkpoint_writes, self.thread_keys(thread_id, ns), args, track))
+            return self.entry_id(self._change(thread_id, self._checkpoint_writes, self.thread_keys(thread_id, ns),
+                                              args))
 
     def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
                           ) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
@@ -242,13 +204,6 @@ class SyncHotPath(Commands):
             if self.cluster:
                 return self.checkpoint_latest_result(self._eval(
                     self._checkpoint_latest, self.thread_keys(thread_id, ns), self.checkpoint_latest_args(ns, touch)))
-            if not touch and (kept := self._kept(("checkpoint", thread_id, ns))) is not None:
-                return kept  # type: ignore[no-any-return]
-            touches = self.checkpoint_touch_cmds(thread_id, ns, touch)  # first, as RedisCache's
-            track = self.checkpoint_track(thread_id, ns, always=True, writes=bool(touches))
-            out = self._exchange_tracked(touches, None, track)
-            if out is not None:
-                return self._latest_after(out[len(touches):])
             cmds = self.checkpoint_latest_cmds(thread_id, ns, touch)
             return self.checkpoint_latest_result(exec_reply(self._exchange(multi(cmds)), len(cmds)))
 

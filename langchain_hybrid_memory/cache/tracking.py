@@ -1,19 +1,42 @@
-"""Values kept by Redis key tracking (client-side caching), for the connections that carry them.
+"""Values an event loop's connection keeps by Redis key tracking (client-side caching), under a lease.
 
 A connection with `CLIENT TRACKING ON OPTIN NOLOOP` reads a value's keys under `CLIENT CACHING YES`; from then on
-Redis pushes a notice on that connection when any other connection changes one of them. Replies and notices
-arrive in the order Redis ran the commands, so a value kept where its read's replies arrive is dropped by the
-notice of any later change. A connection's own write sends no notice but ends its tracking of the key, so every
-call that writes a value's keys drops the values read from them and reads its own value again after the write
-(Redis may serve other connections between the two: the read shows what they did). Redis writes a notice in
-the pass of its event loop that ran the change, but may write the writer's reply first: a read that first takes
-in what waits on the socket sees every change whose pass is over, and may miss one acknowledged an instant
-before it (longer if Redis is preempted between the two writes, or the network delays the notice). Hence
-HybridConfig.redis_key_tracking is off by default.
+Redis pushes a notice on that connection when another connection changes one of them. A notice alone is not
+enough: Redis may write the writer's reply before the notice (same pass of its event loop), and a network may
+delay the notice, so a read answered from a kept value could miss a write acknowledged an instant before.
+
+Hence the lease. The read that keeps a value also takes the thread's lease (`SET NX PX`, the key named by
+keys.ThreadKeys.lease) for this process and reads who holds it and for how long; the value is kept only while
+this process holds it, and answered only until its expiry as measured from when the read was sent (so before
+Redis expires it). A checkpoint script of any other process that finds the lease held marks it ('!' + holder,
+a change: the holder gets a notice) and writes nothing; its caller retries until the lease is gone. The holder,
+on that notice, stops answering from every value any connection of this process keeps of the thread (`changed`)
+and only then deletes the mark. So a write is acknowledged only once no process answers that thread from a
+value read before it; a holder that died or stopped delays it until the lease expires (`redis_timeout` at most,
+no longer than another process takes to find Redis gone and write to PostgreSQL instead). A lease is never
+renewed (a renewal is a change, which would end the holder's own tracking of it): an active thread's is taken
+again by the first read after it expired. A process whose lease was taken does not take it again for a while
+(`leasing`): a thread two processes write in turn is read from Redis, not handed back and forth.
+
+This process's own writes (any connection) need no lease: each calls `changed` once Redis acknowledged it, so no
+connection answers from a value read before it (a read on another connection may run before the write and reach
+its caller after). A connection's own write sends it no notice but ends its tracking of the key: every call that
+writes a value's keys drops the values read from them and reads its own value again after the write.
+
+What this assumes (README, Guarantees): Redis never drops a lease before it expires, so values are kept only
+under maxmemory-policy noeviction (`Core.check_eviction_policy`; a FLUSHALL or a hand-made DEL is not covered),
+its clock does not jump forward, and a restarted Redis takes longer to come back than the connection's end takes
+to reach this process. Only RESP3 connections of a single server or Sentinel keep values; a blocking connection
+(the sync API) reads notices only during its own calls, so it keeps none.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -25,21 +48,113 @@ _CACHING_YES: tuple[Any, ...] = ("CLIENT", "CACHING", "YES")
 CACHING = hiredis.pack_command(_CACHING_YES)
 _ON: tuple[Any, ...] = ("CLIENT", "TRACKING", "ON", "OPTIN", "NOLOOP")
 TRACKING_ON = hiredis.pack_command(_ON)
+# Deletes the lease mark a writer left for this process (its token is ARGV[1]), and with ARGV[2] = '1' the
+# lease itself; anything else stays.
+_RELEASE = ("local v = redis.call('GET', KEYS[1]) if v == '!' .. ARGV[1] or (ARGV[2] == '1' and v == ARGV[1]) "
+            "then return redis.call('DEL', KEYS[1]) end return 0")
+
+_token: tuple[int, str] = (0, "")
+
+
+def token() -> str:
+    """This process's lease token (a forked child gets its own)."""
+    global _token
+    pid = os.getpid()
+    if _token[0] != pid:
+        _token = (pid, f"{pid}:{secrets.token_hex(8)}")
+    return _token[1]
+
+
+def release(lease_key: str, *, mark: bool = True) -> bytes:
+    """The packed command that deletes the mark a writer left on this process's lease (`mark=False`: or the
+    lease itself, once `changed` retired what this process kept of the thread)."""
+    cmd: tuple[Any, ...] = ("EVAL", _RELEASE, 1, lease_key, token(), "0" if mark else "1")
+    return bytes(hiredis.pack_command(cmd))
+
+
+def now() -> float:
+    """The clock a lease is measured by here: one that counts while the host is suspended, where there is one (a
+    monotonic clock that stops then would stretch a lease Redis has already let expire)."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+
+
+_BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+# Threads whose lease another process took from this one lately, and until when this process does not take it
+# again: a thread two processes write in turn is read from Redis, not handed back and forth.
+_contended: dict[str, float] = {}
+
+
+_CONTENTION = 2.0  # seconds
+
+
+def contended(thread_id: str) -> None:
+    if len(_contended) >= 10_000:
+        _contended.clear()
+    _contended[thread_id] = now() + _CONTENTION
+
+
+def leasing(thread_id: str) -> bool:
+    """Whether this process takes `thread_id`'s lease on a read (not while it is contended)."""
+    until = _contended.get(thread_id)
+    if until is None:
+        return True
+    if now() < until:
+        return False
+    _contended.pop(thread_id, None)
+    return True
+
+
+# What this process wrote, by thread: a value kept from a read sent before a write was acknowledged is never
+# answered after it (a read on another connection may run before the write, and reach its caller after). Values
+# come from one counter, so no two writes leave a thread's version as it was.
+_counter = itertools.count(1)
+_changes: dict[str, int] = {}
+_epoch = [0]
+_lock = threading.Lock()
+
+
+def version(thread_id: str) -> tuple[int, int]:
+    return _epoch[0], _changes.get(thread_id, 0)
+
+
+def changed(thread_id: str, before: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """A write to `thread_id` is acknowledged (or its values are no longer this process's to answer): values
+    read before now are retired. `before`: the thread's version when the write was sent; if no other write came
+    since, returns the new version, which the writer's own read after the write may be kept at."""
+    with _lock:
+        quiet = before is not None and version(thread_id) == before
+        if len(_changes) >= 100_000:  # bounded; the new epoch retires every value kept so far
+            _changes.clear()
+            _epoch[0] = next(_counter)
+        _changes[thread_id] = next(_counter)
+        return version(thread_id) if quiet else None
+
+
+def changed_all() -> None:
+    with _lock:
+        _epoch[0] = next(_counter)
 
 
 @dataclass(slots=True, frozen=True)
 class Track:
-    """A value kept from a read that follows a call: its name, the keys it reads, the read (packed commands and
-    how many; none: the call only drops values) and how its replies make the value (None: keep nothing). The
-    read is a MULTI of plain commands, never a script: Redis 7.0 tracks every key a script declares. `always`:
-    the read is the call's purpose, sent even on a connection that keeps nothing (otherwise it is only sent to
-    keep the value). `writes`: the call writes the keys first."""
+    """A value kept from a read that follows a call: its name, its thread, the keys it reads (the lease last),
+    the read for a tracking connection (packed commands and how many: taking the lease first, reading it
+    last; none: the call only drops values), the read for any other connection (`plain`: no lease), and how the
+    replies make the value (`parse`) and tell the lease's remaining milliseconds if this process holds it
+    (`held`). The read is a MULTI of plain commands, never a script: Redis 7.0 tracks every key a script reads.
+    `always`: the read is the call's purpose, sent even on a connection that keeps nothing (otherwise it is
+    only sent to keep the value). `writes`: the call writes the keys first."""
 
     name: Hashable
+    thread: str
     keys: tuple[str, ...]
     read: bytes
     read_n: int
+    plain: bytes
+    plain_n: int
     parse: Callable[[list[Any]], Any]
+    held: Callable[[list[Any]], int]
     always: bool = False
     writes: bool = True
 
@@ -54,28 +169,43 @@ def with_read(data: bytes, n: int, track: Track | None, tracking: bool) -> tuple
             return data, n, track
         return data + CACHING + track.read, n + 1 + track.read_n, track
     if track.always:
-        return data + track.read, n + track.read_n, None
+        return data + track.plain, n + track.plain_n, None
     return data, n, None
 
 
 class KeptValues:
-    """The values one tracking connection keeps, by name, and the keys each was read from."""
+    """The values one tracking connection keeps, by name, with the keys each was read from, the time until
+    which it may be answered (its lease's expiry, measured from when its read was sent) and the thread's
+    version then (`version`)."""
 
     def __init__(self, limit: int = 2048) -> None:
         self._limit = limit  # values kept at most (the oldest go first)
-        self._kept: OrderedDict[Hashable, tuple[tuple[str, ...], Any]] = OrderedDict()
+        self._kept: OrderedDict[Hashable, tuple[tuple[str, ...], Any, float, str, tuple[int, int]]] = OrderedDict()
         self._by_key: dict[str, set[Hashable]] = {}
+        self.leases: dict[str, str] = {}  # lease key -> thread, for the leases values were kept under
 
     def get(self, name: Hashable) -> Any:
         entry = self._kept.get(name)
-        return None if entry is None else entry[1]
+        if entry is None:
+            return None
+        if now() >= entry[2] or version(entry[3]) != entry[4]:
+            self._forget(name)
+            return None
+        return entry[1]
 
     def clear(self) -> None:
         self._kept.clear()
         self._by_key.clear()
 
-    def tracked(self, track: Track, got: list[Any]) -> list[Any]:
-        """Keep a tracked call's value where its replies arrive; the replies without CLIENT CACHING's."""
+    def restamp(self, name: Hashable, before: tuple[int, int], after: tuple[int, int]) -> None:
+        """The value under `name` was read after a write this process made (`changed`): keep it at `after`."""
+        entry = self._kept.get(name)
+        if entry is not None and entry[4] == before:
+            self._kept[name] = (*entry[:4], after)
+
+    def tracked(self, track: Track, got: list[Any], sent: float, at: tuple[int, int]) -> list[Any]:
+        """Keep a tracked call's value where its replies arrive (`sent`: when its read was sent, `at`: the
+        thread's version then); the replies without CLIENT CACHING's."""
         self._forget(track.name)
         if track.writes:
             for key in track.keys:
@@ -83,31 +213,48 @@ class KeptValues:
                     self._forget(name)
         if not track.read_n:
             return got
-        at = len(got) - track.read_n - 1
-        if got[at] in (b"OK", "OK"):
+        at_reply = len(got) - track.read_n - 1
+        replies = got[at_reply + 1:]
+        if got[at_reply] in (b"OK", "OK"):
             try:
-                value = track.parse(got[at + 1:])
+                value, left = track.parse(replies), track.held(replies)
             except Exception:  # an error reply: the caller raises it; nothing is kept
-                value = None
-            if value is not None:
-                self._kept[track.name] = (track.keys, value)
+                value, left = None, 0
+            if value is not None and left > 0 and version(track.thread) == at:
+                # Answered until a little before the lease expires, as measured from when the read was sent.
+                until = sent + left / 1000 * 0.99 - 0.002
+                self._kept[track.name] = (track.keys, value, until, track.thread, at)
                 for key in track.keys:
                     self._by_key.setdefault(key, set()).add(track.name)
+                if len(self.leases) >= 4 * self._limit:  # bounded: a lease not named here just expires
+                    self.leases.clear()
+                self.leases[track.keys[-1]] = track.thread
                 if len(self._kept) > self._limit:
                     self._forget(next(iter(self._kept)))
-        return got[:at] + got[at + 1:]
+        return got[:at_reply] + replies
 
-    def notice(self, push: list[Any]) -> None:
-        """A push from the server: an invalidation drops the values read from those keys (all of them: a flush)."""
+    def notice(self, push: list[Any]) -> list[tuple[str, str]]:
+        """A push from the server: an invalidation drops the values read from those keys (all of them: a flush).
+        Returns the leases it names that values were kept under, with their threads: each may carry a writer's
+        mark, and this process no longer answers from what it keeps of their threads."""
         if not push or push[0] not in (b"invalidate", "invalidate"):
-            return
+            return []
         keys = push[1] if len(push) > 1 else None
         if keys is None:
             self.clear()
-            return
-        for key in keys:
-            for name in list(self._by_key.get(key.decode() if isinstance(key, bytes) else key, ())):
+            changed_all()
+            leases, self.leases = list(self.leases.items()), {}
+            return leases
+        out = []
+        for raw in keys:
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            thread = self.leases.pop(key, None)
+            if thread is not None:
+                changed(thread)
+                out.append((key, thread))
+            for name in list(self._by_key.get(key, ())):
                 self._forget(name)
+        return out
 
     def _forget(self, name: Hashable) -> None:
         entry = self._kept.pop(name, None)

@@ -5,8 +5,8 @@ pending writes, and the channel blobs its values are built from. PostgreSQL: eve
 and write, committed in batches by the same write-behind outbox as messages (a put is acknowledged once the
 Redis script has run; with `async_writes=False` once PostgreSQL has committed). Redis down: straight to
 PostgreSQL. A read of a thread's latest checkpoint is one Redis round trip (two in a process that has not
-seen the thread's values); with `redis_key_tracking`, none on a connection that last wrote or read it (an event
-loop's, or the sync API's tracked one) until Redis reports a change (see tracking.py). Anything else (history, an
+seen the thread's values), or none on an event loop that wrote or read it last, while this process holds the
+thread's lease (cache/tracking.py: another process's write waits for it). Anything else (history, an
 older checkpoint, a thread Redis does not hold) first commits the thread's waiting records, then reads
 PostgreSQL, so every acknowledged write is seen.
 
@@ -42,6 +42,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from ..cache import CacheDown
+from ..cache.tracking import changed
 from ..errors import BacklogFullError, InvalidInputError, StorageUnavailableError
 from ..messages import has_forbidden_chars
 from ..outbox import OutboxEntry
@@ -635,6 +636,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         store = await self._store()
         with core.health.store_step():
             await commit_records(store.store, [record])
+        changed(thread_id)  # no connection of this process answers the thread from what it read before
         core.health.dirty_threads.add(thread_id)
 
     def _direct(self, sync: bool) -> Any:

@@ -1,8 +1,11 @@
 -- A task's pending writes (HybridSaver), beside the outbox entry. KEYS as checkpoint_put.lua. ARGV: 1 namespace,
--- 2 checkpoint id, 3 TTL (ms), 4 the outbox record, 5 thread id, 6 n, then n (field, value, '1' to replace).
+-- 2 checkpoint id, 3 TTL (ms), 4 the outbox record, 5 thread id, 6 n, then n (field, value, '1' to replace),
+-- then this process's token.
 -- Kept hot for the namespace's latest checkpoint or a newer one (its put may still be on its way). A regular
 -- write keeps what was written first (a retried task must not change it); a special one (error, interrupt)
 -- is replaced, as in PostgreSQL.
+local wait = lease(KEYS[5], ARGV[#ARGV])
+if wait then return {'LEASED', wait} end
 local cur = redis.call('HGET', KEYS[1], 'i\31' .. ARGV[1])
 if not cur or ARGV[2] >= cur then
   for k = 0, tonumber(ARGV[6]) - 1 do
