@@ -164,7 +164,8 @@ class Core:
         policy = await self.cache.eviction_policy()
         # Values are kept under leases only where Redis never evicts one (tracking.py).
         self.local_reads = self.config.redis_key_tracking and policy == "noeviction" and not self.cluster
-        self.cache.local_reads = self.local_reads
+        for cache in (self.cache, *self.loop_caches.values()):
+            cache.local_reads = self.local_reads  # off: what a connection keeps is no longer answered
         forced = policy.startswith("allkeys")
         if forced and not self.write_through:
             log.warning("hybrid-memory: Redis maxmemory-policy is %s: it may evict outbox entries before they "

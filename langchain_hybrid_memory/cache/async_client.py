@@ -388,7 +388,7 @@ class RedisCache(Commands):
             return self.checkpoint_latest_result(await self._eval(
                 self._checkpoint_latest, self.thread_keys(thread_id, ns), self.checkpoint_latest_args(ns, touch)))
         pipe = self._pipe
-        if not touch and pipe is not None and pipe.pid == os.getpid():
+        if not touch and self.local_reads and pipe is not None and pipe.pid == os.getpid():
             kept = pipe.kept(("checkpoint", thread_id, ns))
             if kept is not None:
                 return kept  # type: ignore[no-any-return]
