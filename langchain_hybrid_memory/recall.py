@@ -511,15 +511,16 @@ class Recall:
             except BaseException:
                 await _discard(words)
                 raise
-            lexical = list(await words) if words is not None else []
+            lexical = [(r[0], r[1]) for r in await words] if words is not None else []
+            if scope is not None and scope.partial:
+                # The index is approximate (a vector it cannot reach is never among its nearest): full-text's
+                # candidates are scored exactly too, so one it missed ranks as when the whole scope is scored.
+                await self._complete(scope, lexical)
             scores: dict[tuple[str, int], float] = {}
-            for ranking, weight in (([(r[0], r[1]) for r in lexical], 1.0),
-                                    (self._vector_ranking(scope, q, n), _VECTOR_WEIGHT)):
+            for ranking, weight in ((lexical, 1.0), (self._vector_ranking(scope, q, n), _VECTOR_WEIGHT)):
                 for rank, key in enumerate(ranking):
                     scores[key] = scores.get(key, 0.0) + weight / (_RRF_K + rank + 1)
             order = sorted(scores, key=lambda key: (-scores[key], -key[1]))
-            if scope is not None and scope.partial:
-                await self._complete(scope, order[:_SUPERSEDE_WITHIN])
             best = self._supersede(order, scope)[:k]
             return await self._hits(best, scores)
 
@@ -596,7 +597,7 @@ class Recall:
             total -= self._scopes.pop(oldest).nbytes
 
     async def _complete(self, scope: _Scope, keys: list[tuple[str, int]]) -> None:
-        """Add to a partial scope the vectors of `keys` it lacks (the best hits, found by full-text search)."""
+        """Add to a partial scope the vectors of `keys` it lacks (full-text search's candidates)."""
         missing = [key for key in keys if key not in scope.rows]
         if missing and scope.chunks and self._model_id is not None:
             rows = await self.core.need_store()._run("fetch", _KEY_VECTORS, [k[0] for k in missing],

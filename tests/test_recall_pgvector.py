@@ -120,7 +120,7 @@ def _wait_for_scans(url: str, ns: str, at_least: int = 1, timeout: float = 15.0)
     return n
 
 
-def test_the_user_scope_uses_the_hnsw_index_and_finds_what_exact_scoring_finds(
+def test_the_user_scope_uses_the_hnsw_index_and_scores_its_candidates_exactly(
         pgvector_pg: Any, pgv_memory: Callable[..., HybridMemory], embedder: OfflineEmbedder) -> None:
     url = pgvector_pg.url()
     memory = pgv_memory(embedder=embedder)
@@ -141,18 +141,56 @@ def test_the_user_scope_uses_the_hnsw_index_and_finds_what_exact_scoring_finds(
     plan = asyncio.run(_plan(url, ns, PgVector("public", model_id, 256).nearest_sql[LIMITS[0]], q, "alice"))
     assert f"Index Scan using message_vectors_hnsw_{model_id}_256" in plan, plan
 
+    # The index is approximate: a vector out of its graph's reach (by the order the build met the rows in) is
+    # not among its candidates. What holds: each hit scored as exact scoring scores it, and nearly all of exact
+    # scoring's best found (a miss fused still finds through full-text is the next test's).
     before = _index_scans(url, ns)
+    found = wanted = 0
     for user in ("alice", "bob"):
         sessions = sorted(data[user])
         for query in QUERIES:
             for method in ("vector", "fused"):
                 wide = memory.search(query, user_id=user, k=5, method=method)
-                exact = memory.search(query, session_id=sessions, user_id=user, k=5, method=method)
-                assert _ids(wide) == _ids(exact), (user, query, method)
-                assert [h.score for h in wide] == pytest.approx([h.score for h in exact])
-    assert _ids(memory.search(QUERIES[0], user_id="alice", k=1, method="vector")) == ["fact-flight"]
+                exact = memory.search(query, session_id=sessions, user_id=user, k=20, method=method)
+                by_id = {h.message.id: h.score for h in exact}
+                assert len(wide) == 5 and all(h.message.id in by_id for h in wide), (user, query, method)
+                assert [h.score for h in wide] == pytest.approx([by_id[h.message.id] for h in wide])
+                found += len(set(_ids(wide)) & set(_ids(exact)[:5]))
+                wanted += 5
+    assert found >= 0.9 * wanted, (found, wanted)
     memory.close()
     assert _wait_for_scans(url, ns, before + 2 * len(QUERIES) * 2) >= before + 2 * len(QUERIES) * 2  # each one
+
+
+def test_a_vector_the_index_misses_is_scored_exactly_when_full_text_finds_it(
+        pgvector_pg: Any, pgv_memory: Callable[..., HybridMemory], embedder: OfflineEmbedder) -> None:
+    """HNSW is approximate: a vector can be out of the graph's reach, by the order the build met the rows in (CI
+    once missed a planted fact, an outlier among the chatter, that exact scoring ranked first). The fused search
+    scores full-text's candidates exactly too, so such a vector ranks as when the whole scope is scored. The miss
+    is made certain here: the fact's copy in `vec` (what the index holds) points away from the query; its stored
+    vector, the source of scores, is unchanged."""
+    url = pgvector_pg.url()
+    memory = pgv_memory(embedder=embedder)
+    data = _data()
+    _load(memory, data)
+    ns = memory.config.namespace
+    sessions = sorted(data["alice"])
+    query = QUERIES[2]  # "where is the spare key?": full-text finds the fact by two of its words
+    (fact,) = memory.search(query, session_id=sessions[0], user_id="alice", k=1, method="vector")
+    assert fact.message.id == "fact-key"
+    away = [-x for x in embedder.embed([query])[0]]  # the farthest from the query there is
+    pg_fetch(f'UPDATE "{ns}".message_vectors SET vec = $1::float4[]::public.vector WHERE session_id = $2'
+             " AND seq = $3", away, fact.session_id, fact.seq, url=url)
+
+    # The index's candidates alone miss it (the vector method has no other way to it).
+    assert "fact-key" not in _ids(memory.search(query, user_id="alice", k=50, method="vector"))
+    for method in ("fused", "auto"):
+        wide = memory.search(query, user_id="alice", k=5, method=method)
+        exact = memory.search(query, session_id=sessions, user_id="alice", k=5, method=method)
+        assert _ids(wide) == _ids(exact) and _ids(wide)[0] == "fact-key", method
+        assert [h.score for h in wide] == pytest.approx([h.score for h in exact])
+    memory.close()
+    assert _wait_for_scans(url, ns) >= 1
 
 
 def test_user_wide_searches_never_cross_users(pgv_memory: Callable[..., HybridMemory],
