@@ -542,10 +542,10 @@ class _Holder:
     """Another process that reads threads on its event loop (so it keeps them, under their leases) when told
     to, and answers with what it read."""
 
-    def __init__(self, namespace: str, lease: float) -> None:
+    def __init__(self, namespace: str, lease: float, redis_url: str | None = None) -> None:
         from conftest import PG_URL, REDIS_URL
 
-        self.script = _HOLDER.format(pg=PG_URL, redis=REDIS_URL, ns=namespace, lease=lease)
+        self.script = _HOLDER.format(pg=PG_URL, redis=redis_url or REDIS_URL, ns=namespace, lease=lease)
         self.proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> _Holder:
@@ -581,49 +581,104 @@ async def _lease_of(memory: HybridMemory, thread: str) -> tuple[bytes | None, in
         await client.aclose()
 
 
+def _redis_proxy() -> Any:
+    """A TCP proxy in front of the shared Redis (its `hang(up=False)` holds Redis's answers and notices)."""
+    from urllib.parse import urlsplit
+
+    from conftest import REDIS_URL
+    from hybrid_memory_testing.tcp_proxy import TcpProxy
+
+    url = urlsplit(REDIS_URL)
+    proxy = TcpProxy(url.port or 6379, url.hostname or "127.0.0.1").start()
+    proxy.url = url._replace(netloc=f"{url.netloc.rsplit('@', 1)[0] + '@' if '@' in url.netloc else ''}"
+                                    f"127.0.0.1:{proxy.port}").geturl()
+    return proxy
+
+
 async def test_another_processs_write_waits_until_the_holder_of_the_lease_lets_it_go(
         make_memory: Callable[..., HybridMemory], namespace: str) -> None:
     """A process that keeps a thread holds its lease; another process's pending writes are acknowledged only
-    after the holder, told by Redis, has dropped what it kept and let the lease go (long before it would have
-    expired), and its next read shows them. Then the holder reads the thread from Redis without taking its lease
-    (two processes write it), so the next write waits for nothing. Thread after thread."""
+    after Redis has told the holder and the holder has dropped what it kept and let the lease go (long before it
+    would have expired). The holder's notices are held back here (a slow network): until they get through, the
+    write waits, and the holder, answering from what it keeps, shows the thread without it, which is right, the
+    write not being acknowledged; then the write is, and the holder's next read shows it. Then the holder reads
+    the thread from Redis without taking its lease (two processes write it): the next write waits for nothing."""
+    proxy = _redis_proxy()
     ours = HybridSaver(make_memory(redis_key_tracking=False))  # a writer that never holds a lease itself
-    async with _Holder(namespace, lease=30.0) as holder:
-        assert holder.proc is not None
-        for _ in range(6):
-            thread = f"t-{uuid.uuid4().hex[:8]}"
-            config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
-            for i in range(3):
-                stored = await _astep(ours, config, i)
-            assert (await holder.read(thread))[0] == stored["configurable"]["checkpoint_id"]
-            assert (await holder.read(thread))[0] == stored["configurable"]["checkpoint_id"]  # kept now
-            lease, _ = await _lease_of(ours.memory, thread)
-            assert lease is not None and lease.startswith(f"{holder.proc.pid}:".encode()), lease
-            await ours.aput_writes(stored, [("x", 1)], "first")
-            assert (await _lease_of(ours.memory, thread))[0] is None  # let go, not expired (30 s)
-            assert "first" in (await holder.read(thread))[1]
-            assert (await _lease_of(ours.memory, thread))[0] is None  # contended: not taken again
-            await ours.aput_writes(stored, [("x", 2)], "second")
-            assert "second" in (await holder.read(thread))[1]
-    assert ours.memory.get_cache_stats().redis_up
+    try:
+        async with _Holder(namespace, lease=30.0, redis_url=proxy.url) as holder:
+            assert holder.proc is not None
+            for _ in range(3):
+                thread = f"t-{uuid.uuid4().hex[:8]}"
+                config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+                for i in range(3):
+                    stored = await _astep(ours, config, i)
+                for _ in range(3):  # the engine loop's read, then the holder's loop's own: kept there now
+                    assert (await holder.read(thread))[0] == stored["configurable"]["checkpoint_id"]
+                lease, _ = await _lease_of(ours.memory, thread)
+                assert lease is not None and lease.startswith(f"{holder.proc.pid}:".encode()), lease
+                proxy.hang(up=False)
+                try:
+                    write = asyncio.ensure_future(ours.aput_writes(stored, [("x", 1)], "first"))
+                    await asyncio.sleep(0.3)
+                    assert not write.done()  # waits for the holder
+                    assert "first" not in (await holder.read(thread))[1]  # kept, and not acknowledged yet
+                finally:
+                    await asyncio.to_thread(proxy.resume)
+                await write
+                assert (await _lease_of(ours.memory, thread))[0] is None  # let go, not expired (30 s)
+                assert "first" in (await holder.read(thread))[1]
+                assert (await _lease_of(ours.memory, thread))[0] is None  # contended: not taken again
+                await ours.aput_writes(stored, [("x", 2)], "second")
+                assert "second" in (await holder.read(thread))[1]
+        assert ours.memory.get_cache_stats().redis_up
+    finally:
+        proxy.close()
+
+
+async def test_a_write_by_another_memory_of_the_process_retires_what_a_loop_kept_at_once(
+        make_memory: Callable[..., HybridMemory]) -> None:
+    """The process holds the lease, so its own writes do not wait for it: once one is acknowledged, no loop of
+    the process answers from a value read before it, even while Redis's notice is still on its way."""
+    proxy = _redis_proxy()
+    try:
+        ours = HybridSaver(make_memory(redis_url=proxy.url))
+        theirs = HybridSaver(make_memory())
+        thread = f"t-{uuid.uuid4().hex[:8]}"
+        config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+        for i in range(3):
+            stored = await _astep(ours, config, i)
+        assert (await ours.aget_tuple(config)) is not None
+        proxy.hang(up=False)  # Redis's answers and notices to `ours` are held
+        try:
+            await theirs.aput_writes(stored, [("x", 1)], "theirs")  # acknowledged, no wait
+            read = asyncio.ensure_future(ours.aget_tuple(config))
+            await asyncio.sleep(0.1)
+        finally:
+            await asyncio.to_thread(proxy.resume)
+        got = await read
+        assert got is not None and "theirs" in [task for task, _, _ in got.pending_writes]
+    finally:
+        proxy.close()
 
 
 async def test_a_write_waits_for_a_stopped_holders_lease_to_expire_and_the_holder_then_sees_it(
         make_memory: Callable[..., HybridMemory], namespace: str) -> None:
     """A holder that cannot answer (stopped) delays another process's write until its lease expires, never
-    less; the write then goes to Redis as usual, and the holder, resumed, reads it (its kept value outlived)."""
+    less, however short the writer's own `redis_timeout`; the write then goes to Redis as usual (not around it),
+    and the holder, resumed, reads it."""
     import signal
 
     import redis.asyncio as redis_async
 
     from conftest import REDIS_URL
 
-    ours = HybridSaver(make_memory(redis_timeout=2.0, redis_key_tracking=False))  # waits up to twice that
+    ours = HybridSaver(make_memory(redis_timeout=0.5, redis_key_tracking=False))
     thread = f"t-{uuid.uuid4().hex[:8]}"
     config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
     for i in range(3):
         stored = await _astep(ours, config, i)
-    async with _Holder(namespace, lease=1.0) as holder:
+    async with _Holder(namespace, lease=3.0) as holder:
         await holder.read(thread)
         await holder.read(thread)
         assert holder.proc is not None
@@ -637,6 +692,7 @@ async def test_a_write_waits_for_a_stopped_holders_lease_to_expire_and_the_holde
         finally:
             holder.proc.send_signal(signal.SIGCONT)
         assert "ours" in (await holder.read(thread))[1]
+    assert ours.memory.get_cache_stats().redis_up
     client = redis_async.Redis.from_url(REDIS_URL)
     try:  # through Redis, not around it
         names = await client.hkeys(ours.memory._core.keys.thread(thread).writes(""))
@@ -646,23 +702,20 @@ async def test_a_write_waits_for_a_stopped_holders_lease_to_expire_and_the_holde
 
 
 async def test_nothing_is_kept_where_redis_may_evict_a_lease(make_memory: Callable[..., HybridMemory],
+                                                             private_redis: Any,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Under an eviction policy Redis could drop a lease before it expires: then every read asks Redis."""
     import redis.asyncio as redis_async
 
-    from conftest import REDIS_URL
-
-    client = redis_async.Redis.from_url(REDIS_URL)
-    policy = (await client.config_get("maxmemory-policy"))["maxmemory-policy"]
+    client = redis_async.Redis.from_url(private_redis.url)
     try:
         await client.config_set("maxmemory-policy", "volatile-lru")
-        saver = HybridSaver(make_memory())
-        config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
-        for i in range(3):
-            await _astep(saver, config, i)
     finally:
-        await client.config_set("maxmemory-policy", policy)
         await client.aclose()
+    saver = HybridSaver(make_memory(redis_url=private_redis.url))
+    config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
+    for i in range(3):
+        await _astep(saver, config, i)
     calls = _redis_calls(monkeypatch)
     for n in (1, 2, 3):
         assert await saver.aget_tuple(config) is not None and len(calls) == n

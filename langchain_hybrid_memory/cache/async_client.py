@@ -15,9 +15,11 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseE
 
 from .._loop import close_with_loop
 from ..config import HybridConfig
+from ..errors import StorageUnavailableError
 from ..keys import KeyLayout
 from .connections import make_client
 from .protocol import (
+    LEASE_PATIENCE,
     AppendResult,
     CachedContext,
     CacheDown,
@@ -340,7 +342,8 @@ class RedisCache(Commands):
         """Run a checkpoint script that changes a thread's keys (tracking.py): while another process holds the
         thread's lease the script writes nothing, and is run again once the lease is released (or has expired);
         once it ran, no connection of this process answers the thread from a value read before."""
-        give_up = time.monotonic() + self.lease_wait
+        started = time.monotonic()
+        until = 0.0
         pause = 0.0005
         while True:
             before = version(thread_id)
@@ -349,8 +352,11 @@ class RedisCache(Commands):
             if left is None:
                 self._written(thread_id, before, track)
                 return out
-            if time.monotonic() > give_up:
-                raise CacheDown("another process kept the thread's lease")
+            clock = time.monotonic()
+            until = max(until, clock + left / 1000)  # the lease expires by then, whoever holds it
+            if clock > min(until + 1.0, started + LEASE_PATIENCE):
+                raise StorageUnavailableError(
+                    f"another process has held this thread's lease for {clock - started:.1f} s; nothing was written")
             await asyncio.sleep(min(pause, left / 1000 + 0.001))
             pause = min(pause * 2, 0.02)
 

@@ -117,9 +117,8 @@ class Commands:
         self.touches = touches or TouchLog(config.session_ttl)
         self._tracks: dict[tuple[str, str, bool, bool, bool, str], Track] = {}
         # A lease lasts `redis_timeout`: no longer than another process takes to find Redis gone and write to
-        # PostgreSQL instead (tracking.py). A writer waits for one at most twice that, then fails over.
+        # PostgreSQL instead (tracking.py).
         self._lease_ms = max(1, int(config.redis_timeout * 1000))
-        self.lease_wait = 2 * config.redis_timeout
 
     def head(self, session_id: str, touch: bool | None = None, fill: Refill | None = None
              ) -> tuple[list[str], list[Any]]:
@@ -333,6 +332,10 @@ class Commands:
 
 
 Latest = tuple[bytes | None, bytes | None, dict[bytes, bytes]]  # a namespace's latest checkpoint, as read
+# A writer waits for another process's lease until it expires (a second more), and never longer than this in
+# all: a lease taken again and again by processes that never let it go is an error, not Redis down (failing
+# over would write around Redis, whose hot state other processes go on reading).
+LEASE_PATIENCE = 30.0
 _READ_BACK = 32  # pending writes a task's writes read back with, at most
 
 # Connection errors worth one retry on a fresh connection (a pooled one may predate a Redis restart), as the

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError
-from .tracking import TRACKING_ON, KeptValues, Track, changed, contended, now, release, version, with_read
+from .tracking import TRACKING_ON, KeptValues, Track, changed, contended, mark, now, release, version, with_read
 
 
 class SharedConnection(asyncio.Protocol):
@@ -186,10 +186,13 @@ class SharedConnection(asyncio.Protocol):
     async def close(self, pool: Any) -> None:
         leases = list(self.values.leases.items())
         if leases and self.error is None:  # let them go now: another process's write need not wait them out
-            for _, thread in leases:
-                changed(thread)  # first: no connection of this process answers from what it keeps of them
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.call(b"".join(release(k, mark=False) for k, _ in leases), len(leases)),
+                # Marked first (from then on no read keeps a value under them), then no connection of this
+                # process answers from what it kept of their threads, then deleted.
+                await asyncio.wait_for(self.call(b"".join(mark(k) for k, _ in leases), len(leases)), self._timeout)
+                for _, thread in leases:
+                    changed(thread)
+                await asyncio.wait_for(self.call(b"".join(release(k) for k, _ in leases), len(leases)),
                                        self._timeout)
         self.fail(RedisConnectionError("Redis connection closed"))
         await self.conn.disconnect(nowait=True)

@@ -11,9 +11,11 @@ from typing import Any
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..config import HybridConfig
+from ..errors import StorageUnavailableError
 from ..keys import KeyLayout
 from .connections import make_client
 from .protocol import (
+    LEASE_PATIENCE,
     RETRY,
     AppendResult,
     CachedContext,
@@ -137,7 +139,8 @@ class SyncHotPath(Commands):
 
     def _change(self, thread_id: str, script: Any, keys: list[str], args: list[Any]) -> Any:
         """RedisCache._change, blocking."""
-        give_up = time.monotonic() + self.lease_wait
+        started = time.monotonic()
+        until = 0.0
         pause = 0.0005
         while True:
             out = self._eval(script, keys, args)
@@ -145,8 +148,11 @@ class SyncHotPath(Commands):
             if left is None:
                 changed(thread_id)
                 return out
-            if time.monotonic() > give_up:
-                raise CacheDown("another process kept the thread's lease")
+            clock = time.monotonic()
+            until = max(until, clock + left / 1000)  # the lease expires by then, whoever holds it
+            if clock > min(until + 1.0, started + LEASE_PATIENCE):
+                raise StorageUnavailableError(
+                    f"another process has held this thread's lease for {clock - started:.1f} s; nothing was written")
             time.sleep(min(pause, left / 1000 + 0.001))
             pause = min(pause * 2, 0.02)
 

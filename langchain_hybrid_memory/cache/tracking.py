@@ -24,9 +24,11 @@ its caller after). A connection's own write sends it no notice but ends its trac
 writes a value's keys drops the values read from them and reads its own value again after the write.
 
 What this assumes (README, Guarantees): Redis never drops a lease before it expires, so values are kept only
-under maxmemory-policy noeviction (`Core.check_eviction_policy`; a FLUSHALL or a hand-made DEL is not covered),
-its clock does not jump forward, and a restarted Redis takes longer to come back than the connection's end takes
-to reach this process. Only RESP3 connections of a single server or Sentinel keep values; a blocking connection
+under maxmemory-policy noeviction (`Core.check_eviction_policy`; a FLUSHALL, a hand-made DEL, a Sentinel failover
+that loses the last writes are not covered), its clock does not jump forward, a restarted Redis takes longer to
+come back than the connection's end takes to reach this process, and every writer checks leases. To let a lease
+go of its own accord (closing), a connection marks it as a writer would, then calls `changed`, then deletes it.
+Only RESP3 connections of a single server or Sentinel keep values; a blocking connection
 (the sync API) reads notices only during its own calls, so it keeps none.
 """
 
@@ -48,27 +50,33 @@ _CACHING_YES: tuple[Any, ...] = ("CLIENT", "CACHING", "YES")
 CACHING = hiredis.pack_command(_CACHING_YES)
 _ON: tuple[Any, ...] = ("CLIENT", "TRACKING", "ON", "OPTIN", "NOLOOP")
 TRACKING_ON = hiredis.pack_command(_ON)
-# Deletes the lease mark a writer left for this process (its token is ARGV[1]), and with ARGV[2] = '1' the
-# lease itself; anything else stays.
-_RELEASE = ("local v = redis.call('GET', KEYS[1]) if v == '!' .. ARGV[1] or (ARGV[2] == '1' and v == ARGV[1]) "
-            "then return redis.call('DEL', KEYS[1]) end return 0")
+# Deletes the mark left on this process's lease (its token is ARGV[1]); anything else stays.
+_RELEASE = "if redis.call('GET', KEYS[1]) == '!' .. ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# Marks this process's own lease, as another process's writer would: from then on no read keeps a value under it.
+_MARK = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], '!' .. ARGV[1], 'KEEPTTL') end "
+         "return 0")
 
-_token: tuple[int, str] = (0, "")
+def _new_token() -> str:
+    return f"{os.getpid()}:{secrets.token_hex(8)}"
+
+
+_token = _new_token()
 
 
 def token() -> str:
     """This process's lease token (a forked child gets its own)."""
-    global _token
-    pid = os.getpid()
-    if _token[0] != pid:
-        _token = (pid, f"{pid}:{secrets.token_hex(8)}")
-    return _token[1]
+    return _token
 
 
-def release(lease_key: str, *, mark: bool = True) -> bytes:
-    """The packed command that deletes the mark a writer left on this process's lease (`mark=False`: or the
-    lease itself, once `changed` retired what this process kept of the thread)."""
-    cmd: tuple[Any, ...] = ("EVAL", _RELEASE, 1, lease_key, token(), "0" if mark else "1")
+def release(lease_key: str) -> bytes:
+    """The packed command that deletes the mark left on this process's lease."""
+    cmd: tuple[Any, ...] = ("EVAL", _RELEASE, 1, lease_key, token())
+    return bytes(hiredis.pack_command(cmd))
+
+
+def mark(lease_key: str) -> bytes:
+    """The packed command that marks this process's own lease (to let it go: mark, `changed`, `release`)."""
+    cmd: tuple[Any, ...] = ("EVAL", _MARK, 1, lease_key, token())
     return bytes(hiredis.pack_command(cmd))
 
 
@@ -134,6 +142,15 @@ def changed(thread_id: str, before: tuple[int, int] | None = None) -> tuple[int,
 def changed_all() -> None:
     with _lock:
         _epoch[0] = next(_counter)
+
+
+def _forked() -> None:
+    global _token, _lock
+    _token = _new_token()  # a child holds none of its parent's leases
+    _lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 @dataclass(slots=True, frozen=True)
@@ -220,15 +237,16 @@ class KeptValues:
                 value, left = track.parse(replies), track.held(replies)
             except Exception:  # an error reply: the caller raises it; nothing is kept
                 value, left = None, 0
+            if left > 0:  # held, kept or not: a writer's mark on it must get it released
+                if len(self.leases) >= 4 * self._limit:  # bounded: a lease not named here just expires
+                    self.leases.clear()
+                self.leases[track.keys[-1]] = track.thread
             if value is not None and left > 0 and version(track.thread) == at:
                 # Answered until a little before the lease expires, as measured from when the read was sent.
                 until = sent + left / 1000 * 0.99 - 0.002
                 self._kept[track.name] = (track.keys, value, until, track.thread, at)
                 for key in track.keys:
                     self._by_key.setdefault(key, set()).add(track.name)
-                if len(self.leases) >= 4 * self._limit:  # bounded: a lease not named here just expires
-                    self.leases.clear()
-                self.leases[track.keys[-1]] = track.thread
                 if len(self._kept) > self._limit:
                     self._forget(next(iter(self._kept)))
         return got[:at_reply] + replies
