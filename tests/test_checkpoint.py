@@ -719,3 +719,50 @@ async def test_nothing_is_kept_where_redis_may_evict_a_lease(make_memory: Callab
     calls = _redis_calls(monkeypatch)
     for n in (1, 2, 3):
         assert await saver.aget_tuple(config) is not None and len(calls) == n
+
+
+async def test_what_a_loop_answers_after_its_own_writes_is_what_redis_holds(
+        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop that keeps a thread changes what it keeps as its own puts and writes change Redis (their scripts
+    say what they did), reading nothing back: after each, its answer, given with no round trip, is the one a
+    process reading Redis gets. Covered: a step; a special write (an error) replaced; a regular write retried
+    with another value (the first stays); an older checkpoint put late (the latest stays); writes for a
+    checkpoint not put yet (not pending for the latest)."""
+    from langgraph.checkpoint.base import WRITES_IDX_MAP, create_checkpoint
+
+    ERROR = next(channel for channel in WRITES_IDX_MAP if "error" in channel)  # a write replaced, not kept
+
+    ours = HybridSaver(make_memory())
+    fresh = HybridSaver(make_memory(redis_key_tracking=False))
+    config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
+    for i in range(3):
+        stored = await _astep(ours, config, i)
+    older = (await ours.aget_tuple(config))
+    assert older is not None
+    stored = await _astep(ours, config, 3)
+    calls = _redis_calls(monkeypatch)
+
+    async def same() -> None:
+        calls.clear()
+        mine = await ours.aget_tuple(config)
+        assert calls == []  # answered from what the loop keeps
+        theirs = await fresh.aget_tuple(config)
+        assert mine is not None and theirs is not None
+        assert (mine.config, mine.checkpoint, mine.metadata, mine.pending_writes) == (
+            theirs.config, theirs.checkpoint, theirs.metadata, theirs.pending_writes)
+
+    await same()
+    await ours.aput_writes(stored, [(ERROR, "first failure")], "task-e")
+    await ours.aput_writes(stored, [(ERROR, "second failure")], "task-e")  # replaced
+    await same()
+    await ours.aput_writes(stored, [("x", "first")], "task-r")
+    await ours.aput_writes(stored, [("x", "retried")], "task-r")  # the first stays
+    await same()
+    await ours.aput(older.parent_config or config, older.checkpoint, older.metadata, {})  # older: not the latest
+    await same()
+    ahead = create_checkpoint(older.checkpoint, None, 9)  # a newer id, its put still on its way
+    await ours.aput_writes({"configurable": {**stored["configurable"], "checkpoint_id": ahead["id"]}},
+                           [("x", "ahead")], "task-a")
+    await same()
+    await _astep(ours, config, 5)
+    await same()
