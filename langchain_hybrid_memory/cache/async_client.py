@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,16 +14,15 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseE
 
 from .._loop import close_with_loop
 from ..config import HybridConfig
-from ..errors import StorageUnavailableError
 from ..keys import KeyLayout
 from .connections import make_client
 from .protocol import (
-    LEASE_PATIENCE,
     AppendResult,
     CachedContext,
     CacheDown,
     Commands,
     Latest,
+    LeaseWait,
     Miss,
     Refill,
     TouchLog,
@@ -346,9 +344,7 @@ class RedisCache(Commands):
         """Run a checkpoint script that changes a thread's keys (tracking.py): while another process holds the
         thread's lease the script writes nothing, and is run again once the lease is released (or has expired);
         once it ran, no connection of this process answers the thread from a value read before."""
-        started = time.monotonic()
-        until = 0.0
-        pause = 0.0005
+        wait = LeaseWait()
         while True:
             before = version(thread_id)
             out = await self._eval(script, keys, args, track)
@@ -356,13 +352,7 @@ class RedisCache(Commands):
             if left is None:
                 self._written(thread_id, before, track, mirror, out)
                 return out
-            clock = time.monotonic()
-            until = max(until, clock + left / 1000)  # the lease expires by then, whoever holds it
-            if clock > min(until + 1.0, started + LEASE_PATIENCE):
-                raise StorageUnavailableError(
-                    f"another process has held this thread's lease for {clock - started:.1f} s; nothing was written")
-            await asyncio.sleep(min(pause, left / 1000 + 0.001))
-            pause = min(pause * 2, 0.02)
+            await asyncio.sleep(wait.next(left))
 
     def _written(self, thread_id: str, before: tuple[int, int], track: Track | None, mirror: Mirror | None,
                  out: Any) -> None:

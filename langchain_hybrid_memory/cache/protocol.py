@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import HybridConfig
+from ..errors import StorageUnavailableError
 from ..keys import KeyLayout
 from ..messages import CorruptEntry, element
 from .scripts import CONTEXT_FIELDS, READ_FIELDS
@@ -367,6 +368,26 @@ Latest = tuple[bytes | None, bytes | None, dict[bytes, bytes]]  # a namespace's 
 # all: a lease taken again and again by processes that never let it go is an error, not Redis down (failing
 # over would write around Redis, whose hot state other processes go on reading).
 LEASE_PATIENCE = 30.0
+
+
+class LeaseWait:
+    """A writer's wait for another process's lease on a thread (cache/tracking.py), between runs of its script."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._until = 0.0  # when the leases seen so far expire, whoever holds them
+        self._pause = 0.0005
+
+    def next(self, left_ms: int) -> float:
+        """Seconds to wait before running the script again, the lease having `left_ms` to go; raises
+        StorageUnavailableError (nothing was written) once waiting is pointless."""
+        clock = time.monotonic()
+        self._until = max(self._until, clock + left_ms / 1000)
+        if clock > min(self._until + 1.0, self._started + LEASE_PATIENCE):
+            raise StorageUnavailableError(f"another process has held this thread's lease for "
+                                          f"{clock - self._started:.1f} s; nothing was written")
+        pause, self._pause = self._pause, min(self._pause * 2, 0.02)
+        return min(pause, left_ms / 1000 + 0.001)
 _READ_BACK = 32  # pending writes a task's writes read back with, at most
 
 # Connection errors worth one retry on a fresh connection (a pooled one may predate a Redis restart), as the

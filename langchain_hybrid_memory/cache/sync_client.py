@@ -11,16 +11,15 @@ from typing import Any
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..config import HybridConfig
-from ..errors import StorageUnavailableError
 from ..keys import KeyLayout
 from .connections import make_client
 from .protocol import (
-    LEASE_PATIENCE,
     RETRY,
     AppendResult,
     CachedContext,
     CacheDown,
     Commands,
+    LeaseWait,
     Miss,
     TouchLog,
     exec_reply,
@@ -139,22 +138,14 @@ class SyncHotPath(Commands):
 
     def _change(self, thread_id: str, script: Any, keys: list[str], args: list[Any]) -> Any:
         """RedisCache._change, blocking."""
-        started = time.monotonic()
-        until = 0.0
-        pause = 0.0005
+        wait = LeaseWait()
         while True:
             out = self._eval(script, keys, args)
             left = self.leased(out)
             if left is None:
                 changed(thread_id)
                 return out
-            clock = time.monotonic()
-            until = max(until, clock + left / 1000)  # the lease expires by then, whoever holds it
-            if clock > min(until + 1.0, started + LEASE_PATIENCE):
-                raise StorageUnavailableError(
-                    f"another process has held this thread's lease for {clock - started:.1f} s; nothing was written")
-            time.sleep(min(pause, left / 1000 + 0.001))
-            pause = min(pause * 2, 0.02)
+            time.sleep(wait.next(left))
 
     @staticmethod
     @contextlib.contextmanager
