@@ -721,48 +721,47 @@ async def test_nothing_is_kept_where_redis_may_evict_a_lease(make_memory: Callab
         assert await saver.aget_tuple(config) is not None and len(calls) == n
 
 
-async def test_what_a_loop_answers_after_its_own_writes_is_what_redis_holds(
-        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A loop that keeps a thread changes what it keeps as its own puts and writes change Redis (their scripts
-    say what they did), reading nothing back: after each, its answer, given with no round trip, is the one a
-    process reading Redis gets. Covered: a step; a special write (an error) replaced; a regular write retried
-    with another value (the first stays); an older checkpoint put late (the latest stays); writes for a
-    checkpoint not put yet (not pending for the latest)."""
-    from langgraph.checkpoint.base import WRITES_IDX_MAP, create_checkpoint
+async def test_a_write_cancelled_after_redis_ran_it_retires_what_the_process_kept(
+        make_memory: Callable[..., HybridMemory]) -> None:
+    """A put_writes cancelled while its reply is on its way (Redis ran it; another process may already read it)
+    leaves no loop of the process answering from a value read before it, even while Redis's notice to that
+    loop is still on its way."""
+    import redis.asyncio as redis_async
 
-    ERROR = next(channel for channel in WRITES_IDX_MAP if "error" in channel)  # a write replaced, not kept
+    from conftest import REDIS_URL
 
-    ours = HybridSaver(make_memory())
-    fresh = HybridSaver(make_memory(redis_key_tracking=False))
-    config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
-    for i in range(3):
-        stored = await _astep(ours, config, i)
-    older = (await ours.aget_tuple(config))
-    assert older is not None
-    stored = await _astep(ours, config, 3)
-    calls = _redis_calls(monkeypatch)
-
-    async def same() -> None:
-        calls.clear()
-        mine = await ours.aget_tuple(config)
-        assert calls == []  # answered from what the loop keeps
-        theirs = await fresh.aget_tuple(config)
-        assert mine is not None and theirs is not None
-        assert (mine.config, mine.checkpoint, mine.metadata, mine.pending_writes) == (
-            theirs.config, theirs.checkpoint, theirs.metadata, theirs.pending_writes)
-
-    await same()
-    await ours.aput_writes(stored, [(ERROR, "first failure")], "task-e")
-    await ours.aput_writes(stored, [(ERROR, "second failure")], "task-e")  # replaced
-    await same()
-    await ours.aput_writes(stored, [("x", "first")], "task-r")
-    await ours.aput_writes(stored, [("x", "retried")], "task-r")  # the first stays
-    await same()
-    await ours.aput(older.parent_config or config, older.checkpoint, older.metadata, {})  # older: not the latest
-    await same()
-    ahead = create_checkpoint(older.checkpoint, None, 9)  # a newer id, its put still on its way
-    await ours.aput_writes({"configurable": {**stored["configurable"], "checkpoint_id": ahead["id"]}},
-                           [("x", "ahead")], "task-a")
-    await same()
-    await _astep(ours, config, 5)
-    await same()
+    reader_proxy, writer_proxy = _redis_proxy(), _redis_proxy()
+    client = redis_async.Redis.from_url(REDIS_URL)
+    try:
+        ours = HybridSaver(make_memory(redis_url=reader_proxy.url, redis_timeout=30.0))  # a lease that outlasts
+        writer = HybridSaver(make_memory(redis_url=writer_proxy.url))
+        thread = f"t-{uuid.uuid4().hex[:8]}"
+        config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+        for i in range(3):
+            stored = await _astep(ours, config, i)
+        for _ in range(2):  # the writer's loop has its own connection (its first call goes by the engine loop)
+            assert await writer.aget_tuple(config) is not None
+        assert await ours.aget_tuple(config) is not None
+        writes_key = ours.memory._core.keys.thread(thread).writes("")
+        reader_proxy.hang(up=False)  # Redis's notices to `ours` are held
+        writer_proxy.hang(up=False)  # and the writer's replies
+        try:
+            write = asyncio.ensure_future(writer.aput_writes(stored, [("x", 1)], "cancelled"))
+            for _ in range(200):
+                if any(b"cancelled" in name for name in await client.hkeys(writes_key)):
+                    break  # Redis ran it
+                await asyncio.sleep(0.01)
+            write.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await write
+            read = asyncio.ensure_future(ours.aget_tuple(config))
+            await asyncio.sleep(0.1)
+        finally:
+            await asyncio.to_thread(reader_proxy.resume)
+            await asyncio.to_thread(writer_proxy.resume)
+        got = await read
+        assert got is not None and "cancelled" in [task for task, _, _ in got.pending_writes]
+    finally:
+        await client.aclose()
+        reader_proxy.close()
+        writer_proxy.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Coroutine, Hashable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,6 @@ from .protocol import (
     CachedContext,
     CacheDown,
     Commands,
-    Latest,
     LeaseWait,
     Miss,
     Refill,
@@ -45,9 +44,6 @@ from .scripts import (
 )
 from .shared_connection import SharedConnection
 from .tracking import Track, changed, leasing, version
-
-# The value a call changes without reading it back, and how (Commands.put_mirror, writes_mirror).
-Mirror = tuple[Hashable, Callable[[Latest, Any], Latest]]
 
 
 @dataclass(slots=True)
@@ -340,63 +336,49 @@ class RedisCache(Commands):
 
     # -- checkpoint threads (HybridSaver) ------------------------------------------------------------------
     async def _change(self, thread_id: str, script: Any, keys: list[str], args: list[Any],
-                      track: Track | None = None, mirror: Mirror | None = None) -> Any:
+                      track: Track | None = None) -> Any:
         """Run a checkpoint script that changes a thread's keys (tracking.py): while another process holds the
         thread's lease the script writes nothing, and is run again once the lease is released (or has expired);
         once it ran, no connection of this process answers the thread from a value read before."""
         wait = LeaseWait()
         while True:
             before = version(thread_id)
-            out = await self._eval(script, keys, args, track)
+            try:
+                out = await self._eval(script, keys, args, track)
+            except BaseException:  # cancelled or failed, maybe after Redis ran it: kept values go, to be safe
+                changed(thread_id)
+                raise
             left = self.leased(out)
             if left is None:
-                self._written(thread_id, before, track, mirror, out)
+                self._written(thread_id, before, track)
                 return out
             await asyncio.sleep(wait.next(left))
 
-    def _written(self, thread_id: str, before: tuple[int, int], track: Track | None, mirror: Mirror | None,
-                 out: Any) -> None:
+    def _written(self, thread_id: str, before: tuple[int, int], track: Track | None) -> None:
         """A change acknowledged: values this process read before it are retired, but for what this call read
-        back after it on the pipe, or (`mirror`: it read nothing back) the value it changed, as its script's
-        reply says, if no other change came between."""
+        back after it on the pipe, if no other change came between."""
         after = changed(thread_id, before)
         pipe = self._pipe
-        if pipe is None:
-            return
-        if mirror is not None:
-            pipe.values.mirror(mirror[0], before, after, lambda value: mirror[1](value, out))
-        elif after is not None and track is not None:
+        if after is not None and track is not None and pipe is not None:
             pipe.values.restamp(track.name, before, after)
-
-    def _kept_latest(self, thread_id: str, ns: str) -> Latest | None:
-        """The value the pipe keeps of a namespace's latest checkpoint, while it may answer from it."""
-        pipe = self._pipe
-        if not self.local_reads or pipe is None or not pipe.tracking or pipe.pid != os.getpid():
-            return None
-        value: Latest | None = pipe.values.get(("checkpoint", thread_id, ns))
-        return value
 
     async def checkpoint_put(self, thread_id: str, ns: str, checkpoint_id: str, hot: bytes, record: bytes,
                              blobs: Sequence[tuple[str, bytes]], drop: Sequence[str]) -> str:
         """Make a checkpoint the namespace's hot latest one (unless a newer one is) and queue its record;
         returns the outbox entry id."""
         args = self.checkpoint_put_args(thread_id, ns, checkpoint_id, hot, record, blobs, drop)
-        keys = self.thread_keys(thread_id, ns)
-        if self._kept_latest(thread_id, ns) is not None:  # changed here as its script does: no read back
-            mirror = (("checkpoint", thread_id, ns), self.put_mirror(checkpoint_id, hot))
-            return self.entry_id(await self._change(thread_id, self._checkpoint_put, keys, args, mirror=mirror))
         track = self.checkpoint_track(thread_id, ns)
-        return self.entry_id(await self._change(thread_id, self._checkpoint_put, keys, args, track))
+        return self.entry_id(await self._change(thread_id, self._checkpoint_put, self.thread_keys(thread_id, ns),
+                                                args, track))
 
     async def checkpoint_writes(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
                                 writes: Sequence[tuple[str, bytes, bool]]) -> str:
         args = self.checkpoint_writes_args(thread_id, ns, checkpoint_id, record, writes)
-        keys = self.thread_keys(thread_id, ns)
-        if self._kept_latest(thread_id, ns) is not None:
-            mirror = (("checkpoint", thread_id, ns), self.writes_mirror(writes))
-            return self.entry_id(await self._change(thread_id, self._checkpoint_writes, keys, args, mirror=mirror))
-        return self.entry_id(await self._change(thread_id, self._checkpoint_writes, keys, args,
-                                                self.checkpoint_track(thread_id, ns)))
+        pipe = self._pipe
+        track = self.checkpoint_writes_track(
+            thread_id, ns, None if pipe is None else pipe.values.get(("checkpoint", thread_id, ns)))
+        return self.entry_id(await self._change(thread_id, self._checkpoint_writes,
+                                                self.thread_keys(thread_id, ns), args, track))
 
     async def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
                                 ) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:

@@ -7,7 +7,7 @@ exchange differs (`sync_client.py` blocks on a kept connection, `async_client.py
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -328,39 +328,8 @@ class Commands:
 
     @staticmethod
     def entry_id(out: Any) -> str:
-        """The outbox entry id a checkpoint script returns (first, with whether the value was kept hot)."""
-        if isinstance(out, list):
-            out = out[0]
+        """An outbox entry id as a script returns it."""
         return out.decode() if isinstance(out, bytes) else str(out)
-
-    @staticmethod
-    def put_mirror(checkpoint_id: str, hot: bytes) -> Callable[[Latest, Any], Latest]:
-        """What a put did to a namespace's latest checkpoint, from its script's reply (see `RedisCache._written`):
-        made the latest, it replaces it, with the pending writes already written for it (those of older ones
-        are gone; those of newer ones are never read)."""
-        cid = checkpoint_id.encode()
-
-        def apply(value: Latest, out: Any) -> Latest:
-            if out[1] != 1:
-                return value  # an older checkpoint: the latest stays
-            prefix = cid + b"\x1f"
-            return cid, hot, {f: v for f, v in value[2].items() if f.startswith(prefix)}
-        return apply
-
-    @staticmethod
-    def writes_mirror(writes: Sequence[tuple[str, bytes, bool]]) -> Callable[[Latest, Any], Latest]:
-        """What a task's writes did to a namespace's pending writes, as checkpoint_writes.lua does them."""
-        def apply(value: Latest, out: Any) -> Latest:
-            if out[1] != 1:
-                return value
-            pending = dict(value[2])
-            for name, data, replace in writes:
-                if replace:
-                    pending[name.encode()] = data
-                else:
-                    pending.setdefault(name.encode(), data)
-            return value[0], value[1], pending
-        return apply
 
 
 Latest = tuple[bytes | None, bytes | None, dict[bytes, bytes]]  # a namespace's latest checkpoint, as read

@@ -140,7 +140,11 @@ class SyncHotPath(Commands):
         """RedisCache._change, blocking."""
         wait = LeaseWait()
         while True:
-            out = self._eval(script, keys, args)
+            try:
+                out = self._eval(script, keys, args)
+            except BaseException:  # failed, maybe after Redis ran it: no loop answers from a value read before
+                changed(thread_id)
+                raise
             left = self.leased(out)
             if left is None:
                 changed(thread_id)

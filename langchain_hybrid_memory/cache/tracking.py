@@ -214,19 +214,6 @@ class KeptValues:
         self._kept.clear()
         self._by_key.clear()
 
-    def mirror(self, name: Hashable, before: tuple[int, int], after: tuple[int, int] | None,
-               apply: Callable[[Any], Any]) -> None:
-        """This connection's own write changed the value under `name` as `apply` says (it read nothing back):
-        keep the new value at `after` if the old one was still good at `before` (the lease then kept every
-        other process out, and no other write of this process came between), else drop it."""
-        entry = self._kept.get(name)
-        if entry is None:
-            return
-        if after is None or entry[4] != before or now() >= entry[2]:
-            self._forget(name)
-            return
-        self._kept[name] = (entry[0], apply(entry[1]), entry[2], entry[3], after)
-
     def restamp(self, name: Hashable, before: tuple[int, int], after: tuple[int, int]) -> None:
         """The value under `name` was read after a write this process made (`changed`): keep it at `after`."""
         entry = self._kept.get(name)

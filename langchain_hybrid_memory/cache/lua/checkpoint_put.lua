@@ -2,8 +2,7 @@
 -- KEYS: 1 the thread's checkpoint hash, 2 this namespace's writes hash, 3 the bucket's outbox, 4 the thread's
 -- entry set, 5 its lease (keys.py ThreadKeys). ARGV: 1 namespace, 2 checkpoint id, 3 the hot record, 4 TTL
 -- (ms), 5 the outbox record, 6 thread id, 7 n blobs, then n (field, value), then m, then m blob fields to delete
--- (a delta chain replaced by a whole value), then this process's token. Returns {outbox entry id, 1 if the
--- checkpoint is now the namespace's latest}.
+-- (a delta chain replaced by a whole value), then this process's token.
 -- The hash keeps, per namespace, only the newest checkpoint ('i' its id, 'c' its record): ids sort in time
 -- order, so an older checkpoint put late (a replay, a copy) never replaces a newer one. Pending writes are
 -- named '<checkpoint id> US <task id> US <idx>'; a new latest checkpoint drops those of older ones, and only
@@ -13,9 +12,7 @@ if wait then return {'LEASED', wait} end
 local ns = ARGV[1]
 local id = ARGV[2]
 local cur = redis.call('HGET', KEYS[1], 'i\31' .. ns)
-local latest = 0
 if not cur or id >= cur then
-  latest = 1
   if cur ~= id then
     local old = {}
     for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
@@ -34,4 +31,4 @@ for k = 0, tonumber(ARGV[7]) - 1 do redis.call('HSETNX', KEYS[1], ARGV[8 + 2 * k
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 local xid = redis.call('XADD', KEYS[3], '*', 'k', 'c', 't', ARGV[6], 'r', ARGV[5])
 redis.call('SADD', KEYS[4], xid)
-return {xid, latest}
+return xid

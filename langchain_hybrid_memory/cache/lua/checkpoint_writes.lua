@@ -1,15 +1,13 @@
 -- A task's pending writes (HybridSaver), beside the outbox entry. KEYS as checkpoint_put.lua. ARGV: 1 namespace,
 -- 2 checkpoint id, 3 TTL (ms), 4 the outbox record, 5 thread id, 6 n, then n (field, value, '1' to replace),
--- then this process's token. Returns {outbox entry id, 1 if the writes were kept hot}.
+-- then this process's token.
 -- Kept hot for the namespace's latest checkpoint or a newer one (its put may still be on its way). A regular
 -- write keeps what was written first (a retried task must not change it); a special one (error, interrupt)
 -- is replaced, as in PostgreSQL.
 local wait = lease(KEYS[5], ARGV[#ARGV])
 if wait then return {'LEASED', wait} end
 local cur = redis.call('HGET', KEYS[1], 'i\31' .. ARGV[1])
-local kept = 0
 if not cur or ARGV[2] >= cur then
-  kept = 1
   for k = 0, tonumber(ARGV[6]) - 1 do
     local f, v = ARGV[7 + 3 * k], ARGV[8 + 3 * k]
     if ARGV[9 + 3 * k] == '1' then redis.call('HSET', KEYS[2], f, v) else redis.call('HSETNX', KEYS[2], f, v) end
@@ -19,4 +17,4 @@ if not cur or ARGV[2] >= cur then
 end
 local xid = redis.call('XADD', KEYS[3], '*', 'k', 'w', 't', ARGV[5], 'r', ARGV[4])
 redis.call('SADD', KEYS[4], xid)
-return {xid, kept}
+return xid
