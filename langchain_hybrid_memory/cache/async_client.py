@@ -383,7 +383,8 @@ class RedisCache(Commands):
     async def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
                                 ) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
         """(latest checkpoint id, its hot record, its pending writes by field) of a namespace: from the pipe's
-        kept value while Redis has not said it changed (and no TTL slide is due), else read (and kept)."""
+        kept value while this process holds the thread's lease and nothing changed it (and no TTL slide is due),
+        else read (and kept, the lease taken, unless another process took it lately)."""
         if self.cluster:
             return self.checkpoint_latest_result(await self._eval(
                 self._checkpoint_latest, self.thread_keys(thread_id, ns), self.checkpoint_latest_args(ns, touch)))

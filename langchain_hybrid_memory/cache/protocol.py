@@ -357,6 +357,8 @@ class LeaseWait:
                                           f"{clock - self._started:.1f} s; nothing was written")
         pause, self._pause = self._pause, min(self._pause * 2, 0.02)
         return min(pause, left_ms / 1000 + 0.001)
+
+
 _READ_BACK = 32  # pending writes a task's writes read back with, at most
 
 # Connection errors worth one retry on a fresh connection (a pooled one may predate a Redis restart), as the

@@ -56,6 +56,7 @@ _RELEASE = "if redis.call('GET', KEYS[1]) == '!' .. ARGV[1] then return redis.ca
 _MARK = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], '!' .. ARGV[1], 'KEEPTTL') end "
          "return 0")
 
+
 def _new_token() -> str:
     return f"{os.getpid()}:{secrets.token_hex(8)}"
 
@@ -68,16 +69,22 @@ def token() -> str:
     return _token
 
 
+def _on_lease(script: str, lease_key: str) -> bytes:
+    cmd: tuple[Any, ...] = ("EVAL", script, 1, lease_key, token())
+    return bytes(hiredis.pack_command(cmd))
+
+
 def release(lease_key: str) -> bytes:
     """The packed command that deletes the mark left on this process's lease."""
-    cmd: tuple[Any, ...] = ("EVAL", _RELEASE, 1, lease_key, token())
-    return bytes(hiredis.pack_command(cmd))
+    return _on_lease(_RELEASE, lease_key)
 
 
 def mark(lease_key: str) -> bytes:
     """The packed command that marks this process's own lease (to let it go: mark, `changed`, `release`)."""
-    cmd: tuple[Any, ...] = ("EVAL", _MARK, 1, lease_key, token())
-    return bytes(hiredis.pack_command(cmd))
+    return _on_lease(_MARK, lease_key)
+
+
+_BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
 
 
 def now() -> float:
@@ -86,13 +93,9 @@ def now() -> float:
     return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
 
 
-_BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
-
 # Threads whose lease another process took from this one lately, and until when this process does not take it
 # again: a thread two processes write in turn is read from Redis, not handed back and forth.
 _contended: dict[str, float] = {}
-
-
 _CONTENTION = 2.0  # seconds
 
 
