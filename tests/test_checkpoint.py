@@ -426,12 +426,20 @@ async def _astep(saver: HybridSaver, config: dict[str, Any], i: int) -> dict[str
 
 
 def _redis_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the calls the async hot path sends to Redis from now on (on any loop's shared connection)."""
+    """Counts the calls the async hot path sends to Redis from now on on the running loop's shared connections
+    (not the engine loop's, where the write-behind flusher acknowledges entries meanwhile)."""
     from langchain_hybrid_memory.cache.shared_connection import SharedConnection
 
     calls: list[int] = []
     call = SharedConnection.call
-    monkeypatch.setattr(SharedConnection, "call", lambda self, *a: calls.append(1) or call(self, *a))
+    loop = asyncio.get_running_loop()
+
+    def counted(self: SharedConnection, *args: Any) -> Any:
+        if self._loop is loop:
+            calls.append(1)
+        return call(self, *args)
+
+    monkeypatch.setattr(SharedConnection, "call", counted)
     return calls
 
 
@@ -765,3 +773,115 @@ async def test_a_write_cancelled_after_redis_ran_it_retires_what_the_process_kep
         await client.aclose()
         reader_proxy.close()
         writer_proxy.close()
+
+
+async def test_a_loops_own_writes_change_what_it_keeps_as_they_changed_redis(
+        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop's own put or pending writes read nothing back: what the loop keeps of the namespace becomes what
+    the script made of the thread in Redis (a newer checkpoint and the pending writes it drops; an older one put
+    late, which changes nothing; a retried task's write, which keeps the first; an error, which replaces it;
+    writes for a checkpoint not put yet, or for an older one). After each, what the loop keeps is what Redis
+    holds (the latest id, its record and every pending write, those a read leaves out included), and the next
+    read asks Redis nothing and shows what a reader that keeps nothing reads there."""
+    import redis.asyncio as redis_async
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.base import ERROR, create_checkpoint
+
+    from conftest import REDIS_URL
+
+    ours = HybridSaver(make_memory(redis_timeout=30.0))  # a lease that outlasts the test
+    plain = HybridSaver(make_memory(redis_key_tracking=False))
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    for i in range(3):
+        await _astep(ours, config, i)
+    tup = await ours.aget_tuple(config)
+    assert tup is not None
+    calls = _redis_calls(monkeypatch)
+
+    def at(checkpoint: dict[str, Any]) -> dict[str, Any]:
+        return {"configurable": {**config["configurable"], "checkpoint_id": checkpoint["id"]}}
+
+    def checkpoint(step: int, parent: dict[str, Any]) -> dict[str, Any]:
+        c = create_checkpoint(parent, None, step)
+        version = ours.get_next_version(parent["channel_versions"]["messages"], None)
+        c["channel_values"] = {"messages": [*parent["channel_values"]["messages"],
+                                            HumanMessage(f"s{step}", id=f"s{step}")]}
+        c["channel_versions"] = {"messages": version}
+        return c
+
+    older = checkpoint(10, tup.checkpoint)
+    newer = checkpoint(11, tup.checkpoint)
+    newest = checkpoint(12, newer)
+    assert older["id"] < newer["id"] < newest["id"]
+    base = tup.config
+    steps: list[Callable[[], Any]] = [
+        lambda: ours.aput_writes(base, [("x", 1)], "task-a"),
+        lambda: ours.aput_writes(base, [("x", 2)], "task-a"),  # retried: the first value stays
+        lambda: ours.aput_writes(base, [(ERROR, "boom")], "task-b"),
+        lambda: ours.aput_writes(base, [(ERROR, "again")], "task-b"),  # an error replaces
+        lambda: ours.aput_writes(base, [(ERROR, "e1"), (ERROR, "e2")], "task-d"),  # one field twice: the last
+        lambda: ours.aput_writes(at(newest), [("y", 3)], "early"),  # before its checkpoint
+        lambda: ours.aput(base, newer, {"step": 11}, newer["channel_versions"]),  # drops task-a's, keeps early
+        lambda: ours.aput_writes(at(newer), [("z", 4)], "task-c"),
+        lambda: ours.aput(base, older, {"step": 10}, older["channel_versions"]),  # late: nothing changes
+        lambda: ours.aput_writes(at(older), [("w", 5)], "stale"),  # an older checkpoint's: not kept hot
+        lambda: ours.aput(at(newer), newest, {"step": 12}, newest["channel_versions"]),
+    ]
+    client = redis_async.Redis.from_url(REDIS_URL)
+    keys = ours.memory._core.keys.thread(thread)
+    try:
+        for step in steps:
+            await step()
+            calls.clear()
+            pipe = ours.memory._core.loop_cache()._pipe  # type: ignore[union-attr]
+            kept = pipe.values.get(("checkpoint", thread, "")) if pipe is not None else None
+            assert kept is not None
+            latest, record = await client.hmget(keys.checkpoints, "i\x1f", "c\x1f")
+            assert kept[0] == (latest, record, await client.hgetall(keys.writes("")))
+            got = await ours.aget_tuple(config)
+            assert calls == []  # kept, as the write made it
+            assert got == await plain.aget_tuple(config)
+    finally:
+        await client.aclose()
+    assert got is not None and got.config == at(newest)
+    assert got.pending_writes == [("early", "y", 3)]
+
+
+async def test_a_write_changes_what_a_loop_kept_only_when_it_was_the_only_change_since(
+        make_memory: Callable[..., HybridMemory]) -> None:
+    """Another connection of the process puts a newer checkpoint first, its reply not read yet (so it is not
+    acknowledged, and nothing in the process has heard of it); then a loop that keeps the thread puts an older
+    one, which Redis leaves behind the newer. The loop's next read must show the thread as Redis has it, not as
+    its own put would have made what it kept: the script's change count says another change came between."""
+    import redis.asyncio as redis_async
+    from langgraph.checkpoint.base import create_checkpoint
+
+    from langchain_hybrid_memory.cache.scripts import CHECKPOINT_PUT
+
+    from conftest import REDIS_URL
+
+    client = redis_async.Redis.from_url(REDIS_URL)
+    try:
+        ours = HybridSaver(make_memory(redis_timeout=30.0))  # a lease that outlasts the test
+        thread = f"t-{uuid.uuid4().hex[:8]}"
+        config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+        for i in range(3):  # the last call, a write, ends the loop's tracking of the thread's keys: no notice
+            await _astep(ours, config, i)
+        tup = await ours.aget_tuple(config)
+        assert tup is not None
+        older, newer = create_checkpoint(tup.checkpoint, None, 3), create_checkpoint(tup.checkpoint, None, 4)
+        assert older["id"] < newer["id"]
+        # The newer put, as the saver would send it, on a connection whose reply nobody in the process reads.
+        _, (thread_id, ns, *args) = ours._put_call(ours._prepare_put(tup.config, newer, {"step": 4}, {}))
+        cache = ours.memory._core.cache
+        assert cache is not None
+        keys = cache.thread_keys(thread_id, ns)
+        await client.eval(CHECKPOINT_PUT, len(keys), *keys, *cache.checkpoint_put_args(thread_id, ns, *args))
+        pipe = ours.memory._core.loop_cache()._pipe  # type: ignore[union-attr]
+        assert pipe is not None and pipe.values.get(("checkpoint", thread, "")) is not None  # still kept
+        await ours.aput(tup.config, older, {"step": 3}, {})
+        got = await ours.aget_tuple(config)
+        assert got is not None and got.checkpoint["id"] == newer["id"]
+    finally:
+        await client.aclose()

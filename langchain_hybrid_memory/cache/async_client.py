@@ -43,7 +43,7 @@ from .scripts import (
     SET_SUMMARY,
 )
 from .shared_connection import SharedConnection
-from .tracking import Track, changed, leasing, version
+from .tracking import Mirror, Track, changed, leasing, version
 
 
 @dataclass(slots=True)
@@ -120,10 +120,10 @@ class RedisCache(Commands):
             raise CacheDown(type(exc).__name__) from None
 
     async def _exchange(self, cmds: list[tuple[Any, ...]], script: str | None = None,
-                        track: Track | None = None) -> list[Any]:
+                        track: Track | None = None, mirror: Mirror | None = None) -> list[Any]:
         """Send `cmds` on the pipe, return one reply each (single server or Sentinel). `script` as in
-        SyncHotPath._exchange; `track` as in SharedConnection.call; a lost connection is retried once on a new
-        one (it may predate a restart)."""
+        SyncHotPath._exchange; `track` and `mirror` as in SharedConnection.call; a lost connection is retried
+        once on a new one (it may predate a restart)."""
         data = pack(cmds)
         for attempt in (0, 1, 2):
             try:
@@ -131,7 +131,7 @@ class RedisCache(Commands):
                 if pipe is None or pipe.error is not None or pipe.pid != os.getpid():
                     pipe = await self._new_pipe()
                 try:
-                    return raise_errors(await pipe.call(data, len(cmds), track))
+                    return raise_errors(await pipe.call(data, len(cmds), track, mirror))
                 except ReadOnlyError:
                     # Talking to a demoted primary (a Sentinel failover that kept connections open): a new
                     # connection asks the sentinels again, as redis-py's Sentinel connections do.
@@ -176,10 +176,12 @@ class RedisCache(Commands):
         if pipe is not None and pipe.pid == os.getpid():
             await pipe.close(self.client.connection_pool)
 
-    async def _eval(self, script: Any, keys: list[str], args: list[Any], track: Track | None = None) -> Any:
+    async def _eval(self, script: Any, keys: list[str], args: list[Any], track: Track | None = None,
+                    mirror: Mirror | None = None) -> Any:
         if self.cluster:
             return await self._call(script(keys=keys, args=args))
-        return (await self._exchange([("EVALSHA", script.sha, len(keys), *keys, *args)], script.script, track))[0]
+        cmd = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        return (await self._exchange([cmd], script.script, track, mirror))[0]
 
     async def _window(self, session_id: str, limit: int) -> list[Any]:
         if self.cluster:
@@ -336,7 +338,7 @@ class RedisCache(Commands):
 
     # -- checkpoint threads (HybridSaver) ------------------------------------------------------------------
     async def _change(self, thread_id: str, script: Any, keys: list[str], args: list[Any],
-                      track: Track | None = None) -> Any:
+                      track: Track | None = None, mirror: Mirror | None = None) -> Any:
         """Run a checkpoint script that changes a thread's keys (tracking.py): while another process holds the
         thread's lease the script writes nothing, and is run again once the lease is released (or has expired);
         once it ran, no connection of this process answers the thread from a value read before."""
@@ -344,7 +346,7 @@ class RedisCache(Commands):
         while True:
             before = version(thread_id)
             try:
-                out = await self._eval(script, keys, args, track)
+                out = await self._eval(script, keys, args, track, mirror)
             except BaseException:  # cancelled or failed, maybe after Redis ran it: kept values go, to be safe
                 changed(thread_id)
                 raise
@@ -356,7 +358,7 @@ class RedisCache(Commands):
 
     def _written(self, thread_id: str, before: tuple[int, int], track: Track | None) -> None:
         """A change acknowledged: values this process read before it are retired, but for what this call read
-        back after it on the pipe, if no other change came between."""
+        back after it on the pipe (or made of what it kept), if no other change came between."""
         after = changed(thread_id, before)
         pipe = self._pipe
         if after is not None and track is not None and pipe is not None:
@@ -367,18 +369,27 @@ class RedisCache(Commands):
         """Make a checkpoint the namespace's hot latest one (unless a newer one is) and queue its record;
         returns the outbox entry id."""
         args = self.checkpoint_put_args(thread_id, ns, checkpoint_id, hot, record, blobs, drop)
-        track = self.checkpoint_track(thread_id, ns)
+        mirror = self.put_mirror(checkpoint_id, hot) if self._mirrors(thread_id, ns) else None
+        track = self.checkpoint_track(thread_id, ns, read=mirror is None)
         return self.entry_id(await self._change(thread_id, self._checkpoint_put, self.thread_keys(thread_id, ns),
-                                                args, track))
+                                                args, track, mirror))
 
     async def checkpoint_writes(self, thread_id: str, ns: str, checkpoint_id: str, record: bytes,
                                 writes: Sequence[tuple[str, bytes, bool]]) -> str:
+        """A task's writes; returns the outbox entry id. Nothing is read back: what this loop keeps of the
+        namespace becomes what the writes made of it, if they were the only change, else it is dropped."""
         args = self.checkpoint_writes_args(thread_id, ns, checkpoint_id, record, writes)
+        mirror = self.writes_mirror(writes) if self._mirrors(thread_id, ns) else None
+        track = self.checkpoint_track(thread_id, ns, read=False)
+        return self.entry_id(await self._change(thread_id, self._checkpoint_writes, self.thread_keys(thread_id, ns),
+                                                args, track, mirror))
+
+    def _mirrors(self, thread_id: str, ns: str) -> bool:
+        """Whether a write to the namespace can change what this loop keeps of it instead of reading it back:
+        a value is kept, with the thread's change count."""
         pipe = self._pipe
-        track = self.checkpoint_writes_track(
-            thread_id, ns, None if pipe is None else pipe.values.get(("checkpoint", thread_id, ns)))
-        return self.entry_id(await self._change(thread_id, self._checkpoint_writes,
-                                                self.thread_keys(thread_id, ns), args, track))
+        kept = None if pipe is None else pipe.values.get(("checkpoint", thread_id, ns))
+        return kept is not None and kept[1] is not None
 
     async def checkpoint_latest(self, thread_id: str, ns: str, touch: bool
                                 ) -> tuple[bytes | None, bytes | None, dict[bytes, bytes]]:
@@ -392,7 +403,7 @@ class RedisCache(Commands):
         if not touch and self.local_reads and pipe is not None and pipe.pid == os.getpid():
             kept = pipe.kept(("checkpoint", thread_id, ns))
             if kept is not None:
-                return kept  # type: ignore[no-any-return]
+                return kept[0]  # type: ignore[no-any-return]
         if not leasing(thread_id):
             cmds = self.checkpoint_latest_cmds(thread_id, ns, touch)
             return self.checkpoint_latest_result(exec_reply(await self._exchange(multi(cmds)), len(cmds)))

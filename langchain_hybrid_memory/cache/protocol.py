@@ -21,7 +21,7 @@ from ..errors import StorageUnavailableError
 from ..keys import KeyLayout
 from ..messages import CorruptEntry, element
 from .scripts import CONTEXT_FIELDS, READ_FIELDS
-from .tracking import Track, leasing, token
+from .tracking import Mirror, Track, leasing, token
 
 
 class CacheDown(Exception):
@@ -266,7 +266,7 @@ class Commands:
 
     def _checkpoint_read_cmds(self, thread_id: str, ns: str) -> list[tuple[Any, ...]]:
         k = self.keys.thread(thread_id)
-        return [("HMGET", k.checkpoints, "i\x1f" + ns, "c\x1f" + ns), ("HGETALL", k.writes(ns))]
+        return [("HMGET", k.checkpoints, "i\x1f" + ns, "c\x1f" + ns, "n"), ("HGETALL", k.writes(ns))]
 
     def checkpoint_track(self, thread_id: str, ns: str, *, always: bool = False, writes: bool = True,
                          read: bool = True) -> Track:
@@ -288,13 +288,8 @@ class Commands:
                 ("checkpoint", thread_id, ns), thread_id, (k.checkpoints, k.writes(ns), k.lease),
                 pack(multi(leased)) if read else b"", len(leased) + 2 if read else 0,
                 pack(multi(cmds)) if read else b"", len(cmds) + 2 if read else 0,
-                self._latest_after, self._held, always, writes)
+                self._kept_after, self._held, always, writes)
         return track
-
-    def checkpoint_writes_track(self, thread_id: str, ns: str, kept: Latest | None) -> Track:
-        """`checkpoint_track` after a task's writes: read back while the namespace's pending writes are few (a
-        step of many tasks would read them all back each time); otherwise only dropped, for the next read."""
-        return self.checkpoint_track(thread_id, ns, read=kept is not None and len(kept[2]) <= _READ_BACK)
 
     @classmethod
     def _latest_after(cls, replies: list[Any]) -> Latest:
@@ -303,6 +298,48 @@ class Commands:
         if not isinstance(out, list) or len(out) not in (2, 5):
             raise RedisConnectionError("unexpected MULTI reply")
         return cls.checkpoint_latest_result(out[1:3] if len(out) == 5 else out)
+
+    @classmethod
+    def _kept_after(cls, replies: list[Any]) -> KeptLatest:
+        """`_latest_after` as a value to keep: with the thread's change count it was read at."""
+        latest = cls._latest_after(replies)
+        out = replies[-1]
+        fields = out[1] if len(out) == 5 else out[0]
+        count = fields[2] if len(fields) > 2 else None
+        return latest, (int(count) if count is not None else None)
+
+    @staticmethod
+    def put_mirror(checkpoint_id: str, hot: bytes) -> Mirror:
+        """What checkpoint_put.lua did to a kept latest checkpoint, from its reply (tracking.py, `Mirror`)."""
+
+        def mirror(kept: KeptLatest, out: Any) -> KeptLatest | None:
+            (latest, record, writes), count = kept
+            if not _one_more(count, out):
+                return None
+            if out[2] != 1:  # an older checkpoint, put late: the latest stays
+                return (latest, record, writes), count + 1  # type: ignore[operator]
+            gone = set(out[3:])
+            return (checkpoint_id.encode(), hot, {f: v for f, v in writes.items() if f not in gone}), count + 1  # type: ignore[operator]
+
+        return mirror
+
+    @staticmethod
+    def writes_mirror(writes: Sequence[tuple[str, bytes, bool]]) -> Mirror:
+        """What checkpoint_writes.lua did to a kept latest checkpoint, from its reply (tracking.py, `Mirror`)."""
+
+        def mirror(kept: KeptLatest, out: Any) -> KeptLatest | None:
+            (latest, record, pending), count = kept
+            if not _one_more(count, out):
+                return None
+            if out[2] == 1:  # as the script: a special write replaces, a regular one keeps what came first
+                pending = dict(pending)
+                for field_, value, replace in writes:
+                    name = field_.encode()
+                    if replace or name not in pending:
+                        pending[name] = value
+            return (latest, record, pending), count + 1  # type: ignore[operator]
+
+        return mirror
 
     @staticmethod
     def _held(replies: list[Any]) -> int:
@@ -321,18 +358,26 @@ class Commands:
     def checkpoint_latest_result(out: list[Any]) -> Latest:
         """(latest checkpoint id, its hot record, its pending writes by field) from the MULTI's or the script's
         reply."""
-        (latest, hot), flat = raise_errors(out)[-2:]
+        (latest, hot, *_), flat = raise_errors(out)[-2:]
         if isinstance(flat, dict):  # RESP3
             return latest, hot, flat
         return latest, hot, dict(zip(flat[::2], flat[1::2], strict=True))
 
     @staticmethod
     def entry_id(out: Any) -> str:
-        """An outbox entry id as a script returns it."""
+        """An outbox entry id as a script returns it (first, in a checkpoint script's reply)."""
+        if isinstance(out, list):
+            out = out[0]
         return out.decode() if isinstance(out, bytes) else str(out)
 
 
 Latest = tuple[bytes | None, bytes | None, dict[bytes, bytes]]  # a namespace's latest checkpoint, as read
+KeptLatest = tuple[Latest, int | None]  # and the thread's change count it was read at (None: no count yet)
+
+
+def _one_more(count: int | None, out: Any) -> bool:
+    """Whether a checkpoint script's reply says it made the only change to the thread since `count` was read."""
+    return count is not None and isinstance(out, list) and len(out) >= 3 and out[1] == count + 1
 # A writer waits for another process's lease until it expires (a second more), and never longer than this in
 # all: a lease taken again and again by processes that never let it go is an error, not Redis down (failing
 # over would write around Redis, whose hot state other processes go on reading).
@@ -358,8 +403,6 @@ class LeaseWait:
         pause, self._pause = self._pause, min(self._pause * 2, 0.02)
         return min(pause, left_ms / 1000 + 0.001)
 
-
-_READ_BACK = 32  # pending writes a task's writes read back with, at most
 
 # Connection errors worth one retry on a fresh connection (a pooled one may predate a Redis restart), as the
 # clients' own Retry(NoBackoff(), 1) does for single commands.

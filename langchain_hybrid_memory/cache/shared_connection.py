@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import ConfigurationError
-from .tracking import TRACKING_ON, KeptValues, Track, changed, contended, mark, now, release, version, with_read
+from .tracking import TRACKING_ON, KeptValues, Mirror, Track, changed, contended, mark, now, release, version, with_read
 
 
 class SharedConnection(asyncio.Protocol):
@@ -45,9 +45,10 @@ class SharedConnection(asyncio.Protocol):
         self.error: BaseException | None = None
         self._timeout = timeout
         self._parser = hiredis.Reader()
-        # (future, replies expected, replies so far, track, when its read was sent, its thread's version then)
+        # (future, replies expected, replies so far, track, when its read was sent, its thread's version then,
+        # mirror)
         self._waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any], Track | None, float,
-                                   tuple[int, int]]] = deque()
+                                   tuple[int, int], Mirror | None]] = deque()
         self._out: list[bytes] = []
         self._flush_due = False
         self._replies = 0  # replies received so far: the watchdog's measure of progress
@@ -76,9 +77,10 @@ class SharedConnection(asyncio.Protocol):
         if getattr(reader, "_buffer", b"") or writer.transport.is_closing():
             raise RedisConnectionError("a new Redis connection was not clean")
 
-    def call(self, data: bytes, n: int, track: Track | None = None) -> asyncio.Future[list[Any]]:
+    def call(self, data: bytes, n: int, track: Track | None = None,
+             mirror: Mirror | None = None) -> asyncio.Future[list[Any]]:
         """Send `data` (n commands); the future gets their n replies (error replies as values), then those of
-        `track`'s read if it was sent."""
+        `track`'s read if it was sent. `mirror`: see KeptValues.tracked."""
         if self.error is not None:
             raise RedisConnectionError("Redis connection lost")
         data, n, track = with_read(data, n, track, self.tracking)
@@ -90,8 +92,8 @@ class SharedConnection(asyncio.Protocol):
                 self._loop.call_soon(self._flush)
         else:  # nothing in flight: no batch to join, write now
             self._transport.write(data)
-        self._waiting.append((fut, n, [], track, now(), version(track.thread))
-                             if track is not None else (fut, n, [], None, 0.0, (0, 0)))
+        self._waiting.append((fut, n, [], track, now(), version(track.thread), mirror)
+                             if track is not None else (fut, n, [], None, 0.0, (0, 0), None))
         if self._watch is None:
             self._watch = self._loop.call_later(self._timeout, self._check, self._replies)
         return fut
@@ -125,12 +127,12 @@ class SharedConnection(asyncio.Protocol):
                 self._replies += 1
                 if not waiting:
                     raise RedisConnectionError("a reply nobody asked for")
-                fut, n, got, track, sent, at = waiting[0]
+                fut, n, got, track, sent, at, mirror = waiting[0]
                 got.append(reply)
                 if len(got) == n:
                     waiting.popleft()
                     if track is not None:
-                        got = self.values.tracked(track, got, sent, at)
+                        got = self.values.tracked(track, got, sent, at, mirror)
                     if not fut.done():  # a cancelled caller's replies are read and dropped
                         fut.set_result(got)
         except (hiredis.ProtocolError, RedisError) as exc:

@@ -21,7 +21,11 @@ again by the first read after it expired. A process whose lease was taken does n
 This process's own writes (any connection) need no lease: each calls `changed` once Redis acknowledged it, so no
 connection answers from a value read before it (a read on another connection may run before the write and reach
 its caller after). A connection's own write sends it no notice but ends its tracking of the key: every call that
-writes a value's keys drops the values read from them and reads its own value again after the write.
+writes a value's keys drops the values read from them, but for the value of the namespace it writes, which it
+either reads again after the write or, if it keeps one, changes as the write changed Redis (`Mirror`): every
+script that changes a thread counts its changes and returns the count, read with the value, so a connection
+knows whether its write was the only change since (otherwise the value is dropped). The keys are no longer
+tracked then; the lease, still tracked, and `changed` stand for the notices until the value expires.
 
 What this assumes (README, Guarantees): Redis never drops a lease before it expires, so values are kept only
 under maxmemory-policy noeviction (`Core.check_eviction_policy`; a FLUSHALL, a hand-made DEL, a Sentinel failover
@@ -179,6 +183,11 @@ class Track:
     writes: bool = True
 
 
+# A write's effect on the value kept of its keys, from the write's reply: the value after it, or None when the
+# reply does not show it was the only change to them since the value was read (the value is then dropped).
+Mirror = Callable[[Any, Any], Any]
+
+
 def with_read(data: bytes, n: int, track: Track | None, tracking: bool) -> tuple[bytes, int, Track | None]:
     """A call's bytes and reply count with `track`'s read appended as the connection takes it, and the track
     still to apply to the replies (None: nothing to keep)."""
@@ -223,14 +232,23 @@ class KeptValues:
         if entry is not None and entry[4] == before:
             self._kept[name] = (*entry[:4], after)
 
-    def tracked(self, track: Track, got: list[Any], sent: float, at: tuple[int, int]) -> list[Any]:
+    def tracked(self, track: Track, got: list[Any], sent: float, at: tuple[int, int],
+                mirror: Mirror | None = None) -> list[Any]:
         """Keep a tracked call's value where its replies arrive (`sent`: when its read was sent, `at`: the
-        thread's version then); the replies without CLIENT CACHING's."""
+        thread's version then); the replies without CLIENT CACHING's. `mirror`: the call read nothing back, and
+        the value it finds kept becomes what its write made of it, if the reply shows no other change came
+        between (a connection's own write ends its tracking of the keys: the thread's lease, still tracked, and
+        `changed` stand for it until the value expires)."""
+        entry = self._kept.get(track.name) if mirror is not None else None
         self._forget(track.name)
         if track.writes:
             for key in track.keys:
                 for name in list(self._by_key.get(key, ())):
                     self._forget(name)
+        if entry is not None and entry[4] == at and version(track.thread) == at and now() < entry[2]:
+            value = mirror(entry[1], got[0])  # type: ignore[misc]
+            if value is not None:
+                self._keep(track.name, entry[0], value, entry[2], track.thread, at)
         if not track.read_n:
             return got
         at_reply = len(got) - track.read_n - 1
@@ -246,13 +264,16 @@ class KeptValues:
                 self.leases[track.keys[-1]] = track.thread
             if value is not None and left > 0 and version(track.thread) == at:
                 # Answered until a little before the lease expires, as measured from when the read was sent.
-                until = sent + left / 1000 * 0.99 - 0.002
-                self._kept[track.name] = (track.keys, value, until, track.thread, at)
-                for key in track.keys:
-                    self._by_key.setdefault(key, set()).add(track.name)
-                if len(self._kept) > self._limit:
-                    self._forget(next(iter(self._kept)))
+                self._keep(track.name, track.keys, value, sent + left / 1000 * 0.99 - 0.002, track.thread, at)
         return got[:at_reply] + replies
+
+    def _keep(self, name: Hashable, keys: tuple[str, ...], value: Any, until: float, thread: str,
+              at: tuple[int, int]) -> None:
+        self._kept[name] = (keys, value, until, thread, at)
+        for key in keys:
+            self._by_key.setdefault(key, set()).add(name)
+        if len(self._kept) > self._limit:
+            self._forget(next(iter(self._kept)))
 
     def notice(self, push: list[Any]) -> list[tuple[str, str]]:
         """A push from the server: an invalidation drops the values read from those keys (all of them: a flush).

@@ -9,3 +9,17 @@ local function lease(key, token)
   if string.byte(holder) ~= 33 then redis.call('SET', key, '!' .. holder, 'KEEPTTL') end
   return redis.call('PTTL', key)
 end
+
+-- The thread's change count ('n' in its hash), one more for each script that changes the thread, which returns
+-- it: a process that read the count with a value knows from it whether its own change was the only one since,
+-- and so what the value has become. A new hash counts on from Redis's clock (microseconds): a thread deleted
+-- and written again does not repeat a count.
+local function count(key)
+  local n = redis.call('HINCRBY', key, 'n', 1)
+  if n == 1 then
+    local t = redis.call('TIME')
+    n = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('HSET', key, 'n', string.format('%.0f', n))  -- '%d' is a C long: 32 bits on some builds
+  end
+  return n
+end

@@ -7,14 +7,19 @@
 -- order, so an older checkpoint put late (a replay, a copy) never replaces a newer one. Pending writes are
 -- named '<checkpoint id> US <task id> US <idx>'; a new latest checkpoint drops those of older ones, and only
 -- those (LangGraph sends a step's put and writes concurrently: a later checkpoint's writes may come first).
+-- Returns {outbox entry id, the thread's change count, 1 if the checkpoint became the latest, then the pending
+-- writes' fields it deleted} (what a process that keeps the namespace's latest checkpoint changes in it).
 local wait = lease(KEYS[5], ARGV[#ARGV])
 if wait then return {'LEASED', wait} end
 local ns = ARGV[1]
 local id = ARGV[2]
+local n = count(KEYS[1])
 local cur = redis.call('HGET', KEYS[1], 'i\31' .. ns)
+local latest = 0
+local old = {}
 if not cur or id >= cur then
+  latest = 1
   if cur ~= id then
-    local old = {}
     for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
       if string.match(f, '^[^\31]*') < id then old[#old + 1] = f end
     end
@@ -29,6 +34,7 @@ end
 -- version, once stored, keeps its first value (as in PostgreSQL).
 for k = 0, tonumber(ARGV[7]) - 1 do redis.call('HSETNX', KEYS[1], ARGV[8 + 2 * k], ARGV[9 + 2 * k]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])  -- the namespace's pending writes live as long as its checkpoint
 local xid = redis.call('XADD', KEYS[3], '*', 'k', 'c', 't', ARGV[6], 'r', ARGV[5])
 redis.call('SADD', KEYS[4], xid)
-return xid
+return {xid, n, latest, unpack(old)}
