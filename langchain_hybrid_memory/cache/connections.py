@@ -69,9 +69,13 @@ def make_client(config: HybridConfig, cluster: bool, *, sync: bool) -> Any:
 
 
 def _cluster_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Pool options that RedisCluster accepts (it keeps one pool per node and has its own retry logic)."""
+    """Pool options that RedisCluster accepts (it keeps one pool per node).
+
+    The retry is ours too: the client's default (ten tries with backoff) rides out a master's failover by
+    stalling each call on its slots for seconds, where the engine should fail over to PostgreSQL within the
+    timeout; one quick retry still follows a topology change that is already done."""
     out = {k: v for k, v in kwargs.items()
-           if k in ("socket_timeout", "socket_connect_timeout", "password", "driver_info", "lib_version")}
+           if k in ("socket_timeout", "socket_connect_timeout", "password", "driver_info", "lib_version", "retry")}
     out["max_connections"] = kwargs["max_connections"]
     return out
 
