@@ -98,6 +98,7 @@ class Eraser:
             if kept:
                 assert core.cache is not None
                 fill = Refill(max(m.seq or 0 for m in kept), uid, [(m.seq or 0, m.id, encode(m)) for m in kept])
+                fill.gen = (await core.cache.gens([sid]))[0]  # the drop's, just made
                 await core.cache.fill(sid, fill)
             return 0
         # Commit this process's queued writes first, so the row exists before it is deleted.

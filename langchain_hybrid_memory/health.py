@@ -4,7 +4,9 @@ written around Redis meanwhile, and the translation of their errors.
 A Redis error or timeout marks Redis down for the whole process; calls then go to PostgreSQL, and a probe
 pings Redis every `health_check_interval`. Sessions written to PostgreSQL during the outage are remembered
 (here, and in PostgreSQL's `cache_dirty` for other processes) and their cached windows dropped before the
-cache serves anything again, so a network cut that kept Redis's data never serves a stale window.
+cache serves anything again, so a network cut that kept Redis's data never serves a stale window. A drop
+gives the session a new generation (keys.py): a window any process loaded from PostgreSQL before it (a slow
+fill, or one a cut network delivers late) is refused, since it may lack the write that caused the drop.
 
 A call site says what a step may do with one line:
 

@@ -12,6 +12,9 @@ inject `{`, `}` or `:` into the layout.
     {ns}:{n}:s:<quoted id>:i   ZSET   recent message ids -> seq, for idempotent retries
     {ns}:{n}:s:<quoted id>:o   SET    ids of the session's entries in the outbox (no TTL: lives as long as
                                       they do), so a refill reads them without scanning the bucket's stream
+    {ns}:{n}:s:<quoted id>:g   STRING the window's generation: a new random token at each drop; a window
+                                      loaded from PostgreSQL is cached only under the generation read before
+                                      its query (a drop since may follow a write the load missed)
     {ns}:{n}:outbox            STREAM acknowledged writes not yet committed to PostgreSQL
     {ns}:{n}:active            ZSET   session id -> last access (ms), for stats without KEYS
     {ns}:{u<n>}:u:<quoted uid> SET    session ids of a user (cache index for invalidate_user)
@@ -40,10 +43,11 @@ class SessionKeys:
     outbox: str
     active: str
     entries: str  # names of the session's entries in the outbox
+    gen: str  # the window's generation (see the layout above)
 
     @property
-    def all(self) -> tuple[str, str, str, str, str, str]:
-        return (self.window, self.meta, self.ids, self.outbox, self.active, self.entries)
+    def all(self) -> tuple[str, str, str, str, str, str, str]:
+        return (self.window, self.meta, self.ids, self.outbox, self.active, self.entries, self.gen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +80,7 @@ class KeyLayout:
             n = self.bucket(session_id)
             base = f"{self.namespace}:{{{n}}}:s:{quote(session_id, safe='')}"
             keys = self._cache[session_id] = SessionKeys(f"{base}:w", f"{base}:m", f"{base}:i", self.outbox(n),
-                                                         self.active(n), f"{base}:o")
+                                                         self.active(n), f"{base}:o", f"{base}:g")
         return keys
 
     def thread(self, thread_id: str) -> ThreadKeys:

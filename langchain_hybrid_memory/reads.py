@@ -141,7 +141,7 @@ class ReadPath:
         if fill is None:
             return None
         out = decode_rows(fill.rows[-limit:])
-        self.refill.cache_later(sid, fill, miss.partial_seq)
+        self.refill.cache_later(sid, fill, miss)
         self.core.stats.reads += 1
         self.core.stats.read_lat.append(time.perf_counter() - t0)
         return out
@@ -151,7 +151,7 @@ class ReadPath:
         if fill is None:
             return None
         ctx = self.fill_context(fill)
-        self.refill.cache_later(sid, fill, miss.partial_seq)
+        self.refill.cache_later(sid, fill, miss)
         if ctx is not None:
             self.core.stats.reads += 1
             self.core.stats.read_lat.append(time.perf_counter() - t0)
@@ -232,7 +232,7 @@ class ReadPath:
         core.stats.misses += 1
         fill = await self.refill.load(sid, for_write=False, outbox=miss.waiting)
         core.check_owner(fill.owner, uid)
-        self.refill.cache_later(sid, fill, miss.partial_seq)
+        self.refill.cache_later(sid, fill, miss)
         return fill
 
     async def drop_corrupt(self, sid: str) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
-from .cache import CacheDown, Refill
+from .cache import CacheDown, Miss, Refill
 from .core import PendingFill
 from .messages import split_element
 from .store import Row, StoreDown, Window
@@ -110,18 +110,20 @@ class Refiller:
             fill.owner = owner
         return fill
 
-    def cache_later(self, sid: str, fill: Refill, expect_seq: int | None) -> None:
-        """Cache a window loaded for a read without making the reader wait (from any thread; the FILL goes from
-        the engine loop once the reader has its answer). FILL loads it only if nobody cached the session
-        meanwhile, merging the outbox as it is then, so the window is exact whenever it lands. While it is
-        pending (`Core.fills`, registered before the reader has its answer), reads of the session wait for it
-        instead of refilling again, and a drop of the session waits for it, so it never lands after one;
-        either starts it if it has not started yet. One at a time per session: a second reader's window would
-        be no newer once merged."""
+    def cache_later(self, sid: str, fill: Refill, miss: Miss) -> None:
+        """Cache a window loaded for a read after `miss` without making the reader wait (from any thread; the
+        FILL goes from the engine loop once the reader has its answer). FILL loads it only if nobody cached the
+        session meanwhile, merging the outbox as it is then, and only if no drop came since the miss (the
+        session's generation: another process may have written around Redis, then dropped the window), so the
+        window is exact whenever it lands. While it is pending (`Core.fills`, registered before the reader has
+        its answer), reads of the session wait for it instead of refilling again, and a drop of the session in
+        this process waits for it, so it is not wasted; either starts it if it has not started yet. One at a
+        time per session: a second reader's window would be no newer once merged."""
         core = self.core
         if core.store is None or sid in core.fills or not core.health.redis_up:
             return
-        job = PendingFill(lambda: self._start_fill(sid, fill, expect_seq, job))
+        fill.gen = miss.gen
+        job = PendingFill(lambda: self._start_fill(sid, fill, miss.partial_seq, job))
         core.fills[sid] = job
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -241,13 +243,14 @@ class Refiller:
     async def _batch(self, part: list[str]) -> dict[str, Refill] | None:
         """The windows of `part` to cache (sessions PostgreSQL knows), merged with the writes still waiting: this
         process's, and the outbox entries of the sessions whose entry set exists, both looked up before the
-        query (as in `load`); None if Redis failed."""
+        query (as in `load`), as are the generations the windows are cached under; None if Redis failed."""
         core = self.core
         assert core.cache is not None
         waiting = {sid: core.queued_rows(sid) for sid in part}
         owners: dict[str, str | None] = {}
         step = core.health.redis_step()
         with step:
+            gens = dict(zip(part, await core.cache.gens(part), strict=True))
             for sid in await core.cache.with_entries(part):
                 waiting[sid], owners[sid] = await self.with_outbox(sid, waiting[sid], core.cache)
         if step.failed:
@@ -258,6 +261,7 @@ class Refiller:
         for sid, w in windows.items():
             if w.exists:
                 fill = fills[sid] = self.window_fill(w, waiting[sid], sizes[sid])
+                fill.gen = gens[sid]
                 if fill.owner is None:
                     fill.owner = owners.get(sid)
         return fills

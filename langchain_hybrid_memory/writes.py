@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
 
-from .cache import AppendResult, OwnershipConflict
+from .cache import AppendResult, Miss, OwnershipConflict
 from .config import Mode
 from .core import CORRUPT, UNKNOWN
 from .errors import BacklogFullError, SessionOwnershipError, StorageUnavailableError
@@ -105,7 +105,7 @@ class WritePath:
         hybrid = core.config.mode is Mode.HYBRID
         wb = core.wb
         ids = [m.id for m in items]
-        res: AppendResult | None = None
+        res: AppendResult | Miss | None = None
         try:
             if first is UNKNOWN:
                 self.check_room(len(items))
@@ -118,12 +118,19 @@ class WritePath:
                 res = await cache.append(sid, uid, ids, payloads, persist=hybrid)
             elif first is not UNKNOWN:
                 res = first
-            if res is None:  # not cached: the script caches the refill and appends in one step
+            for _ in range(3):
+                if not isinstance(res, Miss):
+                    break
+                # Not cached: the script caches the refill and appends in one step, unless the window was
+                # dropped since the miss (then loaded again)
                 fill = await self.refill.load(sid, for_write=True)
+                fill.gen = res.gen
                 res = await cache.append(sid, uid, ids, payloads, persist=hybrid, init=fill)
         except OwnershipConflict:
             raise SessionOwnershipError("this session belongs to another user") from None
-        assert res is not None
+        if not isinstance(res, AppendResult):  # dropped again and again meanwhile: PostgreSQL takes it
+            await self.add_direct(sid, uid, items, payloads)
+            return
         if res.bound and uid is not None:
             await cache.index_user(uid, sid)
         entry = self.appended(sid, uid, items, payloads, res)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from langchain_hybrid_memory import (
     BacklogFullError,
@@ -24,6 +25,7 @@ from langchain_hybrid_memory import (
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
 from hybrid_memory_testing.servers import wait_port
+from hybrid_memory_testing.tcp_proxy import TcpProxy
 
 FAST = {"redis_timeout": 0.3, "health_check_interval": 0.2, "pg_timeout": 2.0, "connect_timeout": 1.0}
 
@@ -224,3 +226,57 @@ def test_postgres_unreachable_at_start_is_a_typed_error(namespace):
     with pytest.raises(StorageUnavailableError, match="unreachable"):
         memory.add_messages("s", [Message("human", "x")])
     memory.close()
+
+
+@pytest.mark.parametrize("first", ["read", "aread", "write"])
+def test_a_window_loaded_before_a_write_around_redis_is_not_cached_after_its_drop(private_redis, namespace, first):
+    """Another process's write that went around Redis (its link cut) is followed by a drop of the session's
+    window once its Redis answers again; a window this process loaded from PostgreSQL before that write, and
+    cached only after the drop (a slow fill, or one a cut network delivers late), must not be cached: it lacks
+    the write, and the session's next appends would extend it with a hole."""
+    proxy = TcpProxy(private_redis.port).start()
+    settings = {"database_url": PG_URL, "namespace": namespace, **FAST}
+    cut = HybridMemory(HybridConfig(redis_url=f"redis://127.0.0.1:{proxy.port}/0", **settings))
+    reader = HybridMemory(HybridConfig(redis_url=private_redis.url, **settings))
+    try:
+        cut.add_messages("s", [Message("human", f"m{i}") for i in range(4)])
+        cut.flush()
+        keys = cut._core.keys.session("s")
+        raw = redis.Redis.from_url(private_redis.url)
+        raw.delete(keys.window, keys.meta, keys.ids)  # not cached: the reader's first call loads it
+        raw.close()
+        refill = reader._refill
+        load = refill.from_store
+        done = threading.Event()
+
+        async def then_written_around(*args, **kwargs):  # the reader's PostgreSQL query has returned
+            fill = await load(*args, **kwargs)
+            if not done.is_set():
+                done.set()
+                proxy.hang()
+                cut.add_messages("s", [Message("human", "m4")])  # times out, then PostgreSQL
+                cut.add_messages("s", [Message("human", "m5")])
+                assert cut.get_cache_stats().fallback_writes == 2
+                proxy.resume()
+                _wait(lambda: cut.redis_available)  # its probe dropped the session's window
+            return fill
+
+        refill.from_store = then_written_around  # type: ignore[method-assign]
+        if first == "read":
+            assert _contents(reader.get_recent_messages("s")) == [f"m{i}" for i in range(4)]  # began before
+        elif first == "aread":
+            got = asyncio.run(reader.aget_recent_messages("s"))
+            assert _contents(got) == [f"m{i}" for i in range(4)]
+        else:
+            reader.add_messages("s", [Message("human", "m6")])
+        assert done.is_set()
+        if first != "write":
+            reader.add_messages("s", [Message("human", "m6")])
+        expected = [f"m{i}" for i in range(7)]
+        assert _contents(reader.get_recent_messages("s")) == expected
+        assert _contents(cut.get_recent_messages("s")) == expected
+        assert _contents(reader.get_messages("s")) == expected
+    finally:
+        reader.close()
+        cut.close()
+        proxy.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,8 +218,8 @@ class RedisCache(Commands):
         return bool(await self._eval(self._set_summary, keys, [*args, upto_seq, text, covered]))
 
     async def append(self, session_id: str, user_id: str | None, ids: Sequence[str],
-                     payloads: Sequence[str], *, persist: bool, init: Refill | None = None) -> AppendResult | None:
-        """Append atomically; None means "not cached: load a Refill from the store and call again"."""
+                     payloads: Sequence[str], *, persist: bool, init: Refill | None = None) -> AppendResult | Miss:
+        """Append atomically; a Miss means "not cached: load a Refill from the store and call again with it"."""
         keys, args = self.append_args(session_id, user_id, ids, payloads, persist, init)
         return self.append_result(await self._eval(self._append, keys, args), len(ids))
 
@@ -263,6 +264,10 @@ class RedisCache(Commands):
         calls = [self._eval(self._fill, *self._fill_args(sid, fill, None)) for sid, fill in fills.items()]
         return sum(1 for x in await asyncio.gather(*calls) if x[0])
 
+    async def gens(self, session_ids: Sequence[str]) -> list[bytes]:
+        """The sessions' generations (`Refill.gen`), in one exchange."""
+        return [g or b"" for g in await self._many([("GET", self.keys.session(sid).gen) for sid in session_ids])]
+
     async def with_entries(self, session_ids: Sequence[str]) -> list[str]:
         """Those of the sessions whose outbox entry set exists (some of their writes may wait), in one exchange."""
         found = await self._many([("EXISTS", self.keys.session(sid).entries) for sid in session_ids])
@@ -281,13 +286,16 @@ class RedisCache(Commands):
         return [v.decode("utf-8") if v else None for v in await self._call(pipe.execute())]
 
     async def drop(self, session_ids: Sequence[str]) -> None:
-        """Forget the cached windows (cache only; PostgreSQL is untouched)."""
+        """Forget the cached windows (cache only; PostgreSQL is untouched), under a new generation: a window
+        loaded before this is not cached after it."""
         if not session_ids:
             return
+        gen = secrets.token_hex(8)
         pipe = self.client.pipeline(transaction=False)
         for sid in session_ids:
             k = self.keys.session(sid)
             pipe.delete(k.window, k.meta, k.ids)
+            pipe.set(k.gen, gen, px=self._ttl_ms)
             pipe.zrem(k.active, sid)
         await self._call(pipe.execute())
 

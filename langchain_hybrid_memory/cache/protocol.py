@@ -46,6 +46,9 @@ class Refill:
     sum_text: str = ""
     unsummarized: int = 0  # messages stored after the summary
     floor: int = 0  # a tombstone: outbox entries at or below it were deleted
+    # The session's generation read before the store was queried (keys.py; b"" for none); None: not known,
+    # and the window is not cached
+    gen: bytes | None = None
 
     def pairs(self) -> list[tuple[str, bytes]]:
         """(message id, element, see messages.element) oldest first: what the scripts cache. Built only when a
@@ -64,12 +67,14 @@ class CachedContext:
 
 @dataclass(slots=True, frozen=True)
 class Miss:
-    """A read that found no complete window. `partial_seq`: the last seq of a partial window (a refill replaces
-    it only if still that); `waiting`: whether the session's outbox entry set exists (some of its writes may
-    wait for PostgreSQL), as Redis saw it when the read ran, before any PostgreSQL query that follows."""
+    """A read or append that found no complete window. `partial_seq`: the last seq of a partial window (a
+    refill replaces it only if still that); `waiting`: whether the session's outbox entry set exists (some of
+    its writes may wait for PostgreSQL), and `gen` the session's generation (`Refill.gen`), as Redis saw them
+    when the call ran, before any PostgreSQL query that follows."""
 
     partial_seq: int | None = None
     waiting: bool = True
+    gen: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -134,10 +139,12 @@ class Commands:
     def read_cmds(self, session_id: str, limit: int) -> list[tuple[Any, ...]]:
         """The commands of one read, run as a MULTI: meta fields, length, elements (limit 0: all, with the
         summary fields), whether the session has outbox entries (a miss then knows, before it queries
-        PostgreSQL, whether it must look them up), then the TTL slide when due."""
+        PostgreSQL, whether it must look them up) and its generation (what the window it loads is cached
+        under), then the TTL slide when due."""
         k = self.keys.session(session_id)
         cmds: list[tuple[Any, ...]] = [("HMGET", k.meta, *(CONTEXT_FIELDS if limit == 0 else READ_FIELDS)),
-                                       ("LLEN", k.window), ("LRANGE", k.window, -limit, -1), ("EXISTS", k.entries)]
+                                       ("LLEN", k.window), ("LRANGE", k.window, -limit, -1), ("EXISTS", k.entries),
+                                       ("GET", k.gen)]
         if self.touches.due(session_id):
             ttl = self._ttl_ms
             cmds += [("PEXPIRE", k.window, ttl), ("PEXPIRE", k.meta, ttl), ("PEXPIRE", k.ids, ttl),
@@ -156,10 +163,10 @@ class Commands:
             raise CorruptEntry("corrupt cache entry (wrong key type)")
         meta, length = out[0], out[1]
         if meta[0] is None:
-            return Miss(None, out[3] != 0)
+            return Miss(None, out[3] != 0, out[4] or b"")
         try:
             if meta[1] is not None:
-                return Miss(int(meta[0]), out[3] != 0)
+                return Miss(int(meta[0]), out[3] != 0, out[4] or b"")
             if meta[3] is None or int(meta[3]) != length:
                 # Redis evicted part of the session (any policy but noeviction): never serve it short
                 raise CorruptEntry("damaged cache entry (window length)")
@@ -188,8 +195,10 @@ class Commands:
 
     @staticmethod
     def fill_args(fill: Refill) -> list[Any]:
+        # An unknown generation is sent as one no key holds (tokens are hex): the script refuses the window.
         args: list[Any] = [fill.base_seq, fill.owner or "", 1 if fill.partial else 0, fill.sum_upto,
-                           fill.sum_text, fill.unsummarized, fill.floor, len(fill.rows)]
+                           fill.sum_text, fill.unsummarized, fill.floor, "-" if fill.gen is None else fill.gen,
+                           len(fill.rows)]
         for msg_id, el in fill.pairs():
             args += (msg_id, el)
         return args
@@ -207,10 +216,10 @@ class Commands:
         return keys, args
 
     @staticmethod
-    def append_result(out: Any, n: int) -> AppendResult | None:
+    def append_result(out: Any, n: int) -> AppendResult | Miss:
         status = out[0]
         if status == -1:
-            return None
+            return Miss(gen=out[1])
         if status == -2:
             raise OwnershipConflict(out[1].decode("utf-8"))
         return AppendResult(bound=status == 2, entry_id=out[1].decode() if out[1] else "", due=out[2] == 1,

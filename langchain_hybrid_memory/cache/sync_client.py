@@ -178,7 +178,7 @@ class SyncHotPath(Commands):
         return self.context_result(self._window(session_id, 0))
 
     def append(self, session_id: str, user_id: str | None, ids: Sequence[str], payloads: Sequence[str], *,
-               persist: bool) -> AppendResult | None:
+               persist: bool) -> AppendResult | Miss:
         keys, args = self.append_args(session_id, user_id, ids, payloads, persist, None)
         with self._down():
             out = self._eval(self._append, keys, args)

@@ -1,6 +1,7 @@
 -- ARGV: 6 idempotency_keep, 7 persist (1/0), 8 user_id ('' = none), 9 has_init (1/0), 10 ceiling (elements
 --       kept at most while summarization lags), [fill block if has_init], then n, then n pairs (id, payload).
--- Returns {-1} when the window is not cached and no init data was given, {-2, owner} on an ownership
+-- Returns {-1, gen} when the window is not cached and no init data was given (or stale init data: see
+-- `stale`), gen being the generation a load from the store then brings, {-2, owner} on an ownership
 -- conflict, else {1 or 2 (2: the user was bound now), outbox entry id or '', summary due (1/0),
 -- seq_1..seq_n, new_1..new_n}.
 local function name_entry(xid)
@@ -25,13 +26,13 @@ if meta[1] then
   end
 end
 if not zc then
-  if ARGV[9] ~= '1' then return {-1} end
+  if ARGV[9] ~= '1' or stale(11) then return {-1, redis.call('GET', K_GEN) or ''} end
   i = fill(11)
   meta = redis.call('HMGET', K_META, 'seq', 'uid', 'n', 'unsum')
   zc = redis.call('ZCARD', K_IDS)
   fresh = true
 elseif ARGV[9] == '1' then
-  i = 11 + 8 + 2 * tonumber(ARGV[18])
+  i = 11 + 9 + 2 * tonumber(ARGV[19])
 end
 local status = 1
 local owner = meta[2]
@@ -83,7 +84,7 @@ if added > 0 then
   local len = redis.call('RPUSH', K_WINDOW, unpack(push))
   if len ~= tonumber(meta[3] or -1) + added then
     redis.call('DEL', K_WINDOW, K_META, K_IDS)
-    return {-1}
+    return {-1, redis.call('GET', K_GEN) or ''}
   end
   if len == added then fresh = true end
   if len > cap then

@@ -1,5 +1,5 @@
 -- Shared by every script. scripts.py puts a prelude before it that names the KEYS (K_WINDOW, K_META, K_IDS,
--- K_OUTBOX, K_ACTIVE, K_ENTRIES: keys.py's SessionKeys, in its order) and the first five ARGV: A_SESSION (the
+-- K_OUTBOX, K_ACTIVE, K_ENTRIES, K_GEN: keys.py's SessionKeys, in its order) and the first five ARGV: A_SESSION (the
 -- session id), A_TTL_MS, A_CAPACITY (elements kept), A_THRESHOLD (summary due at this many unsummarized
 -- messages; 0 = auto-summarize off), A_TOUCH ('1': slide the TTLs now; the client asks at most every ttl/10
 -- per session, see `TouchLog`).
@@ -11,7 +11,9 @@
 --
 -- `fill(b)` loads a window from the store; ARGV[6] of a script that fills is idempotency_keep (ids remembered).
 -- Its ARGV block starts at index b: base_seq, owner, partial (1/0),
--- sum_upto, sum_text, unsum, floor (a tombstone's seq), n, then n pairs (message id, element). It merges in
+-- sum_upto, sum_text, unsum, floor (a tombstone's seq), gen, n, then n pairs (message id, element). gen is the
+-- session's generation (K_GEN, '' for none) read before the store was queried: `stale(b)` says whether a drop
+-- came since, and a stale window is never cached (the drop may follow a write the query did not see). It merges in
 -- the session's entries still in the bucket's outbox (acknowledged by some process, maybe not yet in
 -- PostgreSQL), so a reload never loses a recent write; the entry set (K_ENTRIES) names them, so this costs a lookup per
 -- entry of this session, not a scan of the bucket's whole backlog.
@@ -47,8 +49,11 @@ local function outbox_entries()
   end
   return out
 end
+local function stale(b)
+  return (redis.call('GET', K_GEN) or '') ~= ARGV[b + 7]
+end
 local function fill(b)
-  local n = tonumber(ARGV[b + 7])
+  local n = tonumber(ARGV[b + 8])
   local byseq, order = {}, {}
   local base = tonumber(ARGV[b])
   local sum_upto = tonumber(ARGV[b + 3])
@@ -56,7 +61,7 @@ local function fill(b)
   local floor = tonumber(ARGV[b + 6])
   local ids = {}
   for k = 0, n - 1 do
-    local id, el = ARGV[b + 8 + 2 * k], ARGV[b + 9 + 2 * k]
+    local id, el = ARGV[b + 9 + 2 * k], ARGV[b + 10 + 2 * k]
     local s = seq_of(el)
     byseq[s] = {id, el}
     ids[id] = true
@@ -102,5 +107,5 @@ local function fill(b)
              'sum_upto', ARGV[b + 3], 'sum_text', ARGV[b + 4], 'n', #push)
   if ARGV[b + 1] ~= '' then redis.call('HSET', K_META, 'uid', ARGV[b + 1]) end
   if ARGV[b + 2] == '1' then redis.call('HSET', K_META, 'partial', '1') else redis.call('HDEL', K_META, 'partial') end
-  return b + 8 + 2 * n, #order - n  -- the next ARGV index, and how many outbox entries were merged in
+  return b + 9 + 2 * n, #order - n  -- the next ARGV index, and how many outbox entries were merged in
 end

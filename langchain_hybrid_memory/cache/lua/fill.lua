@@ -1,10 +1,12 @@
 -- ARGV: 6 idempotency_keep, 7 expected seq ('' = load only if not cached; else replace a partial window whose
--- last seq is still this one), then the fill block. Returns {1 if loaded or 0 if somebody wrote meanwhile
--- (their data is newer and is kept), owner, then the cached elements, or none when they are exactly the fill's
--- (loaded, nothing merged from the outbox): the caller has them, and a window back through Lua is a third of
--- the script's cost}.
+-- last seq is still this one), then the fill block. Returns {1 if loaded or 0 if not (somebody wrote meanwhile:
+-- their data is newer and is kept; or the fill is stale), owner, then the cached elements, or none when they are
+-- exactly the fill's (loaded, nothing merged from the outbox): the caller has them, and a window back through Lua
+-- is a third of the script's cost}.
 local loaded, merged = 1, 0
-if redis.call('EXISTS', K_META) == 1 then
+if stale(8) then
+  loaded = 0
+elseif redis.call('EXISTS', K_META) == 1 then
   local partial = redis.call('HGET', K_META, 'partial') == '1'
   if ARGV[7] == '' or not partial or redis.call('HGET', K_META, 'seq') ~= ARGV[7] then loaded = 0 end
 end
