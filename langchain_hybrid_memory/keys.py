@@ -12,9 +12,10 @@ inject `{`, `}` or `:` into the layout.
     {ns}:{n}:s:<quoted id>:i   ZSET   recent message ids -> seq, for idempotent retries
     {ns}:{n}:s:<quoted id>:o   SET    ids of the session's entries in the outbox (no TTL: lives as long as
                                       they do), so a refill reads them without scanning the bucket's stream
-    {ns}:{n}:s:<quoted id>:g   STRING the window's generation: a new random token at each drop; a window
-                                      loaded from PostgreSQL is cached only under the generation read before
-                                      its query (a drop since may follow a write the load missed)
+    {ns}:{n}:g:<hash of id>    STRING the session's generation: a new random token at each drop (with the
+                                      session's TTL); a window loaded from PostgreSQL is cached only under the
+                                      generation read before its query (a drop since may follow a write the
+                                      load missed). Named by a hash: an erased session leaves no id behind
     {ns}:{n}:outbox            STREAM acknowledged writes not yet committed to PostgreSQL
     {ns}:{n}:active            ZSET   session id -> last access (ms), for stats without KEYS
     {ns}:{u<n>}:u:<quoted uid> SET    session ids of a user (cache index for invalidate_user)
@@ -30,6 +31,7 @@ bucket's outbox stream:
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -79,8 +81,10 @@ class KeyLayout:
                 self._cache.clear()
             n = self.bucket(session_id)
             base = f"{self.namespace}:{{{n}}}:s:{quote(session_id, safe='')}"
+            gen = hashlib.blake2b(session_id.encode("utf-8"), digest_size=16).hexdigest()
             keys = self._cache[session_id] = SessionKeys(f"{base}:w", f"{base}:m", f"{base}:i", self.outbox(n),
-                                                         self.active(n), f"{base}:o", f"{base}:g")
+                                                         self.active(n), f"{base}:o",
+                                                         f"{self.namespace}:{{{n}}}:g:{gen}")
         return keys
 
     def thread(self, thread_id: str) -> ThreadKeys:

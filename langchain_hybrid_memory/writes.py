@@ -129,6 +129,9 @@ class WritePath:
         except OwnershipConflict:
             raise SessionOwnershipError("this session belongs to another user") from None
         if not isinstance(res, AppendResult):  # dropped again and again meanwhile: PostgreSQL takes it
+            if core.store is None:
+                raise StorageUnavailableError("the session's cached window kept being dropped during this write; "
+                                              "nothing was written")
             await self.add_direct(sid, uid, items, payloads)
             return
         if res.bound and uid is not None:

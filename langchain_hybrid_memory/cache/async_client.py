@@ -287,15 +287,19 @@ class RedisCache(Commands):
 
     async def drop(self, session_ids: Sequence[str]) -> None:
         """Forget the cached windows (cache only; PostgreSQL is untouched), under a new generation: a window
-        loaded before this is not cached after it."""
+        loaded before this is not cached after it (while the generation lasts: the session's TTL, or less
+        under an evicting memory policy)."""
         if not session_ids:
             return
         gen = secrets.token_hex(8)
         pipe = self.client.pipeline(transaction=False)
         for sid in session_ids:
             k = self.keys.session(sid)
-            pipe.delete(k.window, k.meta, k.ids)
+            # The generation first: Redis may run other clients' commands between parts of a long pipeline,
+            # and a FILL of the old generation must not find the window gone and be accepted. Until the DEL,
+            # reads still hit the window, so none loads under the new one too early.
             pipe.set(k.gen, gen, px=self._ttl_ms)
+            pipe.delete(k.window, k.meta, k.ids)
             pipe.zrem(k.active, sid)
         await self._call(pipe.execute())
 

@@ -4,14 +4,15 @@
 -- exactly the fill's (loaded, nothing merged from the outbox): the caller has them, and a window back through Lua
 -- is a third of the script's cost}.
 local loaded, merged = 1, 0
-if stale(8) then
+local refused = stale(8)
+if refused then
   loaded = 0
 elseif redis.call('EXISTS', K_META) == 1 then
   local partial = redis.call('HGET', K_META, 'partial') == '1'
   if ARGV[7] == '' or not partial or redis.call('HGET', K_META, 'seq') ~= ARGV[7] then loaded = 0 end
 end
 if loaded == 1 then merged = select(2, fill(8)) end
-touch(tonumber(A_TTL_MS), now_us())
+if not refused then touch(tonumber(A_TTL_MS), now_us()) end  -- a refused one must not list a dropped session
 local out = {}
 if loaded == 0 or merged > 0 then out = redis.call('LRANGE', K_WINDOW, 0, -1) end
 table.insert(out, 1, redis.call('HGET', K_META, 'uid') or '')
