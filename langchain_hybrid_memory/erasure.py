@@ -94,11 +94,11 @@ class Eraser:
         if core.store is None:  # session_only: rebuild the window without them
             kept = [m for m in await self.reads.window(sid, None, core.config.max_session_messages)
                     if m.seq not in set(seqs)]
-            await core.health.drop_cached([sid])
+            gen = await core.health.drop_cached([sid])
             if kept:
                 assert core.cache is not None
                 fill = Refill(max(m.seq or 0 for m in kept), uid, [(m.seq or 0, m.id, encode(m)) for m in kept])
-                fill.gen = (await core.cache.gens([sid]))[0]  # the drop's, just made
+                fill.gen = gen
                 await core.cache.fill(sid, fill)
             return 0
         # Commit this process's queued writes first, so the row exists before it is deleted.

@@ -159,16 +159,18 @@ class Health:
             await cache.drop(dirty)
             await store.clear_dirty(dirty)
 
-    async def drop_cached(self, sids: Sequence[str]) -> None:
-        """Drop cached windows now, or (Redis down) as soon as it answers again."""
+    async def drop_cached(self, sids: Sequence[str]) -> bytes | None:
+        """Drop cached windows now, or (Redis down) as soon as it answers again; the generation they were
+        dropped under (None: not dropped yet)."""
         cache = self.core.cache
         if cache is None:
-            return
+            return None
         await self.core.settle_fills(sids)
         try:
-            await cache.drop(sids)
+            return await cache.drop(sids)
         except CacheDown:
             self.redis_failed()
             if self.core.config.mode is Mode.SESSION_ONLY:
                 raise StorageUnavailableError("Redis is unreachable") from None
             self.dirty.update(sids)
+            return None

@@ -178,8 +178,7 @@ class ReadPath:
                 try:
                     msgs = decode_window(got[1])
                 except CorruptEntry:
-                    await self.drop_corrupt(sid)
-                    got = await self.cold(sid, uid, Miss())
+                    got = await self.cold(sid, uid, await self.drop_corrupt(sid))
                 else:
                     core.stats.hits += 1
                     core.check_owner(got[0] or None, uid)
@@ -235,11 +234,12 @@ class ReadPath:
         self.refill.cache_later(sid, fill, miss)
         return fill
 
-    async def drop_corrupt(self, sid: str) -> None:
-        """A damaged cache entry is never served: forget it; the store has the truth."""
+    async def drop_corrupt(self, sid: str) -> Miss:
+        """A damaged cache entry is never served: forget it; the store has the truth. The miss that follows (a
+        window loaded now is cached under the drop's generation)."""
         log.warning("hybrid-memory: a damaged cache entry was dropped and will be reloaded")
         self.core.stats.corrupt_entries += 1
-        await self.core.health.drop_cached([sid])
+        return Miss(gen=await self.core.health.drop_cached([sid]))
 
     async def context(self, sid: str, uid: str | None, first: Any = UNKNOWN) -> Context:
         """The context view; `first` is what a hot read already learned."""
@@ -253,8 +253,7 @@ class ReadPath:
                 try:
                     ctx = self.cached_context(got, uid, t0)
                 except CorruptEntry:
-                    await self.drop_corrupt(sid)
-                    got = await self.cold(sid, uid, Miss())
+                    got = await self.cold(sid, uid, await self.drop_corrupt(sid))
                 else:
                     if ctx is not None:
                         return ctx

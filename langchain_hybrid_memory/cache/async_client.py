@@ -285,13 +285,13 @@ class RedisCache(Commands):
             pipe.hget(self.keys.session(sid).meta, "uid")
         return [v.decode("utf-8") if v else None for v in await self._call(pipe.execute())]
 
-    async def drop(self, session_ids: Sequence[str]) -> None:
+    async def drop(self, session_ids: Sequence[str]) -> bytes:
         """Forget the cached windows (cache only; PostgreSQL is untouched), under a new generation: a window
         loaded before this is not cached after it (while the generation lasts: the session's TTL, or less
-        under an evicting memory policy)."""
-        if not session_ids:
-            return
+        under an evicting memory policy). Returns that generation."""
         gen = secrets.token_hex(8)
+        if not session_ids:
+            return gen.encode()
         pipe = self.client.pipeline(transaction=False)
         for sid in session_ids:
             k = self.keys.session(sid)
@@ -302,6 +302,7 @@ class RedisCache(Commands):
             pipe.delete(k.window, k.meta, k.ids)
             pipe.zrem(k.active, sid)
         await self._call(pipe.execute())
+        return gen.encode()
 
     async def active_sessions(self) -> list[str]:
         """Sessions touched within the TTL (session_only mode has no other index)."""
