@@ -250,9 +250,11 @@ class Refiller:
         owners: dict[str, str | None] = {}
         step = core.health.redis_step()
         with step:
-            gens = dict(zip(part, await core.cache.gens(part), strict=True))
-            for sid in await core.cache.with_entries(part):
-                waiting[sid], owners[sid] = await self.with_outbox(sid, waiting[sid], core.cache)
+            # One exchange: the next batch's goes to Redis before this batch's fills (prefetch)
+            misses = dict(zip(part, await core.cache.misses(part), strict=True))
+            for sid, miss in misses.items():
+                if miss.waiting:
+                    waiting[sid], owners[sid] = await self.with_outbox(sid, waiting[sid], core.cache)
         if step.failed:
             return None
         with core.health.store_step():
@@ -261,7 +263,7 @@ class Refiller:
         for sid, w in windows.items():
             if w.exists:
                 fill = fills[sid] = self.window_fill(w, waiting[sid], sizes[sid])
-                fill.gen = gens[sid]
+                fill.gen = misses[sid].gen
                 if fill.owner is None:
                     fill.owner = owners.get(sid)
         return fills

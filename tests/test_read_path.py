@@ -100,7 +100,7 @@ def test_refill_never_overwrites_newer_writes(make_memory):
 
     async def race() -> list[str]:
         assert memory._core.cache is not None
-        gen = (await memory._core.cache.gens(["s"]))[0]  # what a reader's miss saw
+        gen = (await memory._core.cache.misses(["s"]))[0].gen  # what a reader's miss saw
         stale = await memory._refill.load("s", for_write=False)  # a reader loaded PostgreSQL's view...
         stale.gen = gen
         await memory._writes.add("s", None, [Message("human", "new")], ['{"i":"n1","r":"human","c":"new","t":1}'])

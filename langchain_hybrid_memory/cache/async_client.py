@@ -264,14 +264,15 @@ class RedisCache(Commands):
         calls = [self._eval(self._fill, *self._fill_args(sid, fill, None)) for sid, fill in fills.items()]
         return sum(1 for x in await asyncio.gather(*calls) if x[0])
 
-    async def gens(self, session_ids: Sequence[str]) -> list[bytes]:
-        """The sessions' generations (`Refill.gen`), in one exchange."""
-        return [g or b"" for g in await self._many([("GET", self.keys.session(sid).gen) for sid in session_ids])]
-
-    async def with_entries(self, session_ids: Sequence[str]) -> list[str]:
-        """Those of the sessions whose outbox entry set exists (some of their writes may wait), in one exchange."""
-        found = await self._many([("EXISTS", self.keys.session(sid).entries) for sid in session_ids])
-        return [sid for sid, n in zip(session_ids, found, strict=True) if n]
+    async def misses(self, session_ids: Sequence[str]) -> list[Miss]:
+        """What a read of each session would tell before a load (`Miss`: whether its outbox entry set exists,
+        its generation), in one exchange."""
+        cmds: list[tuple[Any, ...]] = []
+        for sid in session_ids:
+            k = self.keys.session(sid)
+            cmds += [("EXISTS", k.entries), ("GET", k.gen)]
+        out = await self._many(cmds)
+        return [Miss(None, out[i] != 0, out[i + 1] or b"") for i in range(0, len(out), 2)]
 
     async def last_seqs(self, session_ids: Sequence[str]) -> list[int]:
         pipe = self.client.pipeline(transaction=False)
