@@ -228,7 +228,7 @@ def test_postgres_unreachable_at_start_is_a_typed_error(namespace):
     memory.close()
 
 
-@pytest.mark.parametrize("first", ["read", "aread", "write"])
+@pytest.mark.parametrize("first", ["read", "aread", "write", "warmup"])
 def test_a_window_loaded_before_a_write_around_redis_is_not_cached_after_its_drop(private_redis, namespace, first):
     """Another process's write that went around Redis (its link cut) is followed by a drop of the session's
     window once its Redis answers again; a window this process loaded from PostgreSQL before that write, and
@@ -246,23 +246,27 @@ def test_a_window_loaded_before_a_write_around_redis_is_not_cached_after_its_dro
         raw.delete(keys.window, keys.meta, keys.ids)  # not cached: the reader's first call loads it
         raw.close()
         refill = reader._refill
-        load = refill.from_store
         done = threading.Event()
 
-        async def then_written_around(*args, **kwargs):  # the reader's PostgreSQL query has returned
-            fill = await load(*args, **kwargs)
-            if not done.is_set():
-                done.set()
-                proxy.hang()
-                cut.add_messages("s", [Message("human", "m4")])  # times out, then PostgreSQL
-                cut.add_messages("s", [Message("human", "m5")])
-                assert cut.get_cache_stats().fallback_writes == 2
-                proxy.resume()
-                _wait(lambda: cut.redis_available)  # its probe dropped the session's window
-            return fill
+        def then_written_around(query):
+            async def held(*args, **kwargs):  # the reader's PostgreSQL query has returned
+                got = await query(*args, **kwargs)
+                if not done.is_set():
+                    done.set()
+                    proxy.hang()
+                    cut.add_messages("s", [Message("human", "m4")])  # times out, then PostgreSQL
+                    cut.add_messages("s", [Message("human", "m5")])
+                    assert cut.get_cache_stats().fallback_writes == 2
+                    proxy.resume()
+                    _wait(lambda: cut.redis_available)  # its probe dropped the session's window
+                return got
+            return held
 
-        refill.from_store = then_written_around  # type: ignore[method-assign]
-        if first == "read":
+        refill.from_store = then_written_around(refill.from_store)  # type: ignore[method-assign]
+        refill.windows = then_written_around(refill.windows)  # type: ignore[method-assign]  # prefetch's
+        if first == "warmup":
+            assert reader.warmup(limit=10) == 0  # loaded, then refused
+        elif first == "read":
             assert _contents(reader.get_recent_messages("s")) == [f"m{i}" for i in range(4)]  # began before
         elif first == "aread":
             got = asyncio.run(reader.aget_recent_messages("s"))
