@@ -132,7 +132,7 @@ class Core:
                         f"PostgreSQL at {redact_url(cfg.database_dsn())} is unreachable ({exc})") from None
                 health = self.health
                 self.wb = WriteBehind(cfg, self.cache, self.store, self.stats, lambda: health.redis_up,
-                                      health.set_pg_up)
+                                      health.set_pg_up, health.purge_dirty if cfg.mode is Mode.HYBRID else None)
                 self.wb.start()
                 self.recall = Recall(self)
                 self.recall.start()

@@ -123,9 +123,9 @@ class Health:
                 # cut keeps data): drop them before the cache serves anything.
                 await self.drop_dirty()
                 try:
-                    await self._purge_dirty()  # other processes' (marked in PostgreSQL)
+                    await self.purge_dirty()  # other processes' (marked in PostgreSQL)
                 except StoreDown:
-                    pass  # theirs are dropped by their janitor
+                    pass  # the next janitor pass of any process drops them
                 await self.drop_dirty()  # ours written meanwhile
                 await self.core.check_eviction_policy()  # it may have changed while Redis was away
             except CacheDown:
@@ -149,15 +149,24 @@ class Health:
             self.dirty.difference_update(dirty)
             self.dirty_threads.difference_update(threads)
 
-    async def _purge_dirty(self) -> None:
+    async def purge_dirty(self) -> None:
+        """Drop the windows of the sessions any process wrote to PostgreSQL directly (`cache_dirty`): when this
+        process's Redis answers again, and on every janitor pass (their writer may never reach Redis again, and
+        a write re-sequenced by the flusher goes around the window too). The marks go first: one made again
+        meanwhile stays for the next pass, and the drop covers every write committed before it."""
         store, cache = self.core.store, self.core.cache
         if store is None or cache is None:
             return
         dirty = await store.dirty_sessions()
-        if dirty:
+        if not dirty:
+            return
+        await store.clear_dirty(dirty)
+        try:
             await self.core.settle_fills(dirty)
             await cache.drop(dirty)
-            await store.clear_dirty(dirty)
+        except BaseException:
+            await store.mark_dirty(dirty)  # not dropped: the next pass tries again
+            raise
 
     async def drop_cached(self, sids: Sequence[str]) -> bytes | None:
         """Drop cached windows now, or (Redis down) as soon as it answers again; the generation they were

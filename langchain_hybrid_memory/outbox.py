@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .cache import CacheDown, RedisCache
@@ -52,13 +52,15 @@ class _Batch:
 
 class WriteBehind:
     def __init__(self, config: HybridConfig, cache: RedisCache | None, store: PostgresStore, stats: Stats,
-                 redis_up: Callable[[], bool], on_store: Callable[[bool], None]) -> None:
+                 redis_up: Callable[[], bool], on_store: Callable[[bool], None],
+                 purge_dirty: Callable[[], Awaitable[None]] | None = None) -> None:
         self.config = config
         self.cache = cache
         self.store = store
         self.stats = stats
         self._redis_up = redis_up
         self._on_store = on_store  # tells the facade whether PostgreSQL answered
+        self._purge_dirty = purge_dirty  # the janitor's other duty: windows written around (health.py)
         self._queue: deque[OutboxEntry] = deque()
         self._by_session: dict[str, deque[Row]] = {}
         self._threads: dict[str, int] = {}  # thread id -> index of its last queued checkpoint record
@@ -407,6 +409,8 @@ class WriteBehind:
             passes += 1
             try:
                 await self.reclaim(self.config.reclaim_after)
+                if self._purge_dirty is not None and self.cache is not None and self._redis_up():
+                    await self._purge_dirty()
                 if passes % 20 == 0:  # a tombstone only has to outlive the writes in flight
                     await self.store.prune_tombstones(self.config.tombstone_ttl)
             except (CacheDown, StoreDown):

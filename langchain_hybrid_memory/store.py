@@ -865,6 +865,10 @@ class PostgresStore:
     async def clear_dirty(self, session_ids: Sequence[str]) -> None:
         await self._run("execute", "DELETE FROM cache_dirty WHERE session_id = ANY($1::text[])", list(session_ids))
 
+    async def mark_dirty(self, session_ids: Sequence[str]) -> None:
+        await self._run("execute", "INSERT INTO cache_dirty (session_id) SELECT unnest($1::text[]) "
+                        "ON CONFLICT DO NOTHING", list(session_ids))
+
     async def prune_tombstones(self, older_than_s: float) -> None:
         await self._run("execute", "WITH t AS (DELETE FROM thread_tombstones"
                         " WHERE deleted_at < now() - make_interval(secs => $1))"

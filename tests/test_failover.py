@@ -284,3 +284,30 @@ def test_a_window_loaded_before_a_write_around_redis_is_not_cached_after_its_dro
         reader.close()
         cut.close()
         proxy.close()
+
+
+def test_a_window_written_around_by_a_process_that_never_reaches_redis_again_is_dropped(private_redis, namespace):
+    """A process writes a session to PostgreSQL directly (its Redis link cut) and ends before its link comes
+    back: another process's janitor drops the window Redis still holds (the writer marked it in PostgreSQL), so
+    readers do not keep serving it without those writes."""
+    proxy = TcpProxy(private_redis.port).start()
+    settings = {"database_url": PG_URL, "namespace": namespace, **FAST}
+    cut = HybridMemory(HybridConfig(redis_url=f"redis://127.0.0.1:{proxy.port}/0", **settings))
+    reader = HybridMemory(HybridConfig(redis_url=private_redis.url, reclaim_interval=0.2, **settings))
+    try:
+        cut.add_messages("s", [Message("human", f"m{i}") for i in range(4)])
+        cut.flush()
+        assert _contents(reader.get_recent_messages("s")) == [f"m{i}" for i in range(4)]  # cached
+        proxy.hang()
+        cut.add_messages("s", [Message("human", "m4")])  # times out, then PostgreSQL
+        cut.add_messages("s", [Message("human", "m5")])
+        assert cut.get_cache_stats().fallback_writes == 2
+        cut.close()
+        expected = [f"m{i}" for i in range(6)]
+        _wait(lambda: _contents(reader.get_recent_messages("s")) == expected)
+        reader.add_messages("s", [Message("human", "m6")])
+        assert _contents(reader.get_recent_messages("s")) == [*expected, "m6"]
+    finally:
+        reader.close()
+        cut.close()
+        proxy.close()
