@@ -152,15 +152,15 @@ class Health:
     async def purge_dirty(self) -> None:
         """Drop the windows of the sessions any process wrote to PostgreSQL directly (`cache_dirty`): when this
         process's Redis answers again, and on every janitor pass (their writer may never reach Redis again, and
-        a write re-sequenced by the flusher goes around the window too). The marks go first: one made again
-        meanwhile stays for the next pass, and the drop covers every write committed before it."""
+        a write re-sequenced by the flusher goes around the window too). The marks are taken first (a write in
+        progress keeps its mark locked, so it stays for the next pass: store.take_dirty), then the windows
+        dropped, which covers every write committed before."""
         store, cache = self.core.store, self.core.cache
         if store is None or cache is None:
             return
-        dirty = await store.dirty_sessions()
+        dirty = await store.take_dirty()
         if not dirty:
             return
-        await store.clear_dirty(dirty)
         try:
             await self.core.settle_fills(dirty)
             await cache.drop(dirty)

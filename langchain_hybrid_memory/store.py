@@ -42,6 +42,11 @@ def digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
+# A session written around Redis. An update, not DO NOTHING, when the mark exists: the row lock keeps a purge from
+# taking the mark (take_dirty skips locked ones) before the write that made it commits.
+MARK_DIRTY = ("INSERT INTO cache_dirty (session_id) VALUES ($1) ON CONFLICT (session_id) "
+              "DO UPDATE SET session_id = EXCLUDED.session_id")
+
 class StoreDown(Exception):
     """PostgreSQL could not be reached or timed out."""
 
@@ -679,8 +684,7 @@ class PostgresStore:
                     " unindexed_from = LEAST(s.unindexed_from, EXCLUDED.unindexed_from)",
                     session_id, user_id, min((r[1] for r in new_rows), default=None), timeout=t)
                 if mark_dirty:
-                    await conn.execute("INSERT INTO cache_dirty (session_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                                       session_id, timeout=t)
+                    await conn.execute(MARK_DIRTY, session_id, timeout=t)
                 return owner if owner is not None else user_id, seqs
         except _DOWN as exc:
             raise StoreDown(type(exc).__name__) from None
@@ -859,11 +863,12 @@ class PostgresStore:
             "fetchval", "SELECT count(*) FROM sessions WHERE last_active_at < now() - make_interval(secs => $1)",
             older_than_s))
 
-    async def dirty_sessions(self, limit: int = 10_000) -> list[str]:
-        return [r[0] for r in await self._run("fetch", "SELECT session_id FROM cache_dirty LIMIT $1", limit)]
-
-    async def clear_dirty(self, session_ids: Sequence[str]) -> None:
-        await self._run("execute", "DELETE FROM cache_dirty WHERE session_id = ANY($1::text[])", list(session_ids))
+    async def take_dirty(self, limit: int = 10_000) -> list[str]:
+        """Remove and return up to `limit` marks of sessions written around Redis. Marks locked by a write still
+        in progress, or by another process taking them, are left for the next call."""
+        return [r[0] for r in await self._run(
+            "fetch", "DELETE FROM cache_dirty WHERE session_id IN (SELECT session_id FROM cache_dirty LIMIT $1 "
+            "FOR UPDATE SKIP LOCKED) RETURNING session_id", limit)]
 
     async def mark_dirty(self, session_ids: Sequence[str]) -> None:
         await self._run("execute", "INSERT INTO cache_dirty (session_id) SELECT unnest($1::text[]) "

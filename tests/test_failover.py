@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import asyncpg
 import pytest
 import redis
 
@@ -22,6 +23,7 @@ from langchain_hybrid_memory import (
     Message,
     StorageUnavailableError,
 )
+from langchain_hybrid_memory.store import MARK_DIRTY
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
 from hybrid_memory_testing.servers import wait_port
@@ -311,3 +313,26 @@ def test_a_window_written_around_by_a_process_that_never_reaches_redis_again_is_
         reader.close()
         cut.close()
         proxy.close()
+
+
+def test_a_purge_leaves_the_mark_of_a_write_around_redis_still_in_progress(make_memory, namespace):
+    """A session already marked is written around Redis again: until that write commits, its mark is locked and
+    a purge leaves it (the window it drops would otherwise be refilled without the write, with no mark left)."""
+    memory = make_memory()
+    memory.add_messages("s", [Message("human", "x")])
+    store = memory._core.store
+    assert store is not None
+
+    async def race() -> tuple[list[str], list[str]]:
+        await store.mark_dirty(["s"])
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            await conn.execute(f'SET search_path TO "{namespace}"')
+            async with conn.transaction():  # as add_direct marks, before its commit
+                await conn.execute(MARK_DIRTY, "s")
+                during = await store.take_dirty()
+            return during, await store.take_dirty()
+        finally:
+            await conn.close()
+
+    assert memory._run(race()) == ([], ["s"])
