@@ -19,6 +19,7 @@ A call site says what a step may do with one line:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from types import TracebackType
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from .core import Core
 
 log = logging.getLogger("langchain_hybrid_memory")
+
+# cache_dirty marks a checkpoint thread as this prefix + its id: no session id holds a control character.
+THREAD_MARK = "\x1ft:"
 
 
 class RedisStep:
@@ -108,6 +112,16 @@ class Health:
         if self.probe is None or self.probe.done():
             self.probe = asyncio.get_running_loop().create_task(self._probe_redis())
 
+    async def threads_written_around(self, thread_ids: Sequence[str]) -> None:
+        """Checkpoint threads written to PostgreSQL directly: the hot state Redis may hold of them is stale.
+        Remembered here, and marked in PostgreSQL as sessions are, so that any process's janitor drops it
+        even if this one never reaches Redis again."""
+        self.dirty_threads.update(thread_ids)
+        store = self.core.store
+        if store is not None and self.core.config.mode is Mode.HYBRID:
+            with contextlib.suppress(StoreDown):
+                await store.mark_dirty([THREAD_MARK + t for t in thread_ids])
+
     def written_around_redis(self, sid: str) -> None:
         """A session was written to PostgreSQL directly: its cached window (if Redis kept one) is stale."""
         self.dirty.add(sid)
@@ -161,9 +175,12 @@ class Health:
         dirty = await store.take_dirty()
         if not dirty:
             return
+        sessions = [m for m in dirty if not m.startswith(THREAD_MARK)]
+        threads = [m[len(THREAD_MARK):] for m in dirty if m.startswith(THREAD_MARK)]
         try:
-            await self.core.settle_fills(dirty)
-            await cache.drop(dirty)
+            await self.core.settle_fills(sessions)
+            await cache.drop(sessions)
+            await cache.checkpoint_drop(threads)
         except BaseException:
             await store.mark_dirty(dirty)  # not dropped: the next pass tries again
             raise

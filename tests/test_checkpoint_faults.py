@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from langchain_hybrid_memory.checkpoint import HybridSaver
 
 from conftest import PG_URL, REDIS_URL, pg_fetch
 from hybrid_memory_testing.servers import RedisServer
+from hybrid_memory_testing.tcp_proxy import TcpProxy
 
 FAST = {"redis_timeout": 0.3, "health_check_interval": 0.2, "pg_timeout": 2.0, "connect_timeout": 1.0}
 
@@ -193,3 +195,31 @@ def test_a_deleted_thread_stays_deleted_when_another_process_commits_late(
     deleter.flush()
     tup = HybridSaver(make_memory()).get_tuple(copied)
     assert tup is not None and [w[0] for w in tup.pending_writes or []] == ["task-after-copy"]
+
+
+def test_a_thread_written_around_redis_by_a_process_that_ends_is_not_served_stale(redis_server: RedisServer,
+                                                                                  namespace: str) -> None:
+    """A process whose Redis link is cut puts a thread's next checkpoint to PostgreSQL directly, then ends
+    before its link comes back: another process must read that checkpoint, not the older one Redis still holds."""
+    proxy = TcpProxy(redis_server.port).start()
+    settings = {"database_url": PG_URL, "namespace": namespace, **FAST}
+    cut = HybridMemory(HybridConfig(redis_url=f"redis://127.0.0.1:{proxy.port}/0", **settings))
+    other = HybridMemory(HybridConfig(redis_url=redis_server.url, reclaim_interval=0.2, **settings))
+    try:
+        writer, reader = HybridSaver(cut), HybridSaver(other)
+        thread = f"t-{uuid.uuid4().hex[:8]}"
+        _, messages = _step(writer, _cfg(thread), [], _turn(0))
+        cut.flush()
+        assert _ids(reader, thread) == _expected(1)  # from Redis
+        proxy.hang()
+        _step(writer, _cfg(thread), messages, _turn(1))  # times out, then PostgreSQL
+        assert cut.get_cache_stats().redis_errors >= 1
+        cut.close()
+        deadline = time.monotonic() + 15
+        while _ids(reader, thread) != _expected(2) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _ids(reader, thread) == _expected(2)
+    finally:
+        other.close()
+        cut.close()
+        proxy.close()

@@ -637,7 +637,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         with core.health.store_step():
             await commit_records(store.store, [record])
         changed(thread_id)  # no connection of this process answers the thread from what it read before
-        core.health.dirty_threads.add(thread_id)
+        await core.health.threads_written_around([thread_id])
 
     def _direct(self, sync: bool) -> Any:
         """The Redis client a caller uses itself, as the message hot paths do (its loop's, or the blocking one
