@@ -187,7 +187,7 @@ class Eraser:
             with step:
                 await core.cache.checkpoint_drop(thread_ids)
         if step.failed or not core.use_cache():
-            await core.health.threads_written_around(thread_ids)
+            await core.health.drop_later(thread_ids=thread_ids)
 
     async def purge_idle(self, older_than: float, on_progress: ProgressFn | None) -> int:
         core = self.core

@@ -28,15 +28,12 @@ from typing import TYPE_CHECKING
 from .cache import CacheDown
 from .config import Mode, redact_url
 from .errors import StorageUnavailableError
-from .store import StoreDown
+from .store import THREAD_MARK, StoreDown
 
 if TYPE_CHECKING:
     from .core import Core
 
 log = logging.getLogger("langchain_hybrid_memory")
-
-# cache_dirty marks a checkpoint thread as this prefix + its id: no session id holds a control character.
-THREAD_MARK = "\x1ft:"
 
 
 class RedisStep:
@@ -112,15 +109,16 @@ class Health:
         if self.probe is None or self.probe.done():
             self.probe = asyncio.get_running_loop().create_task(self._probe_redis())
 
-    async def threads_written_around(self, thread_ids: Sequence[str]) -> None:
-        """Checkpoint threads written to PostgreSQL directly: the hot state Redis may hold of them is stale.
-        Remembered here, and marked in PostgreSQL as sessions are, so that any process's janitor drops it
-        even if this one never reaches Redis again."""
+    async def drop_later(self, sids: Sequence[str] = (), thread_ids: Sequence[str] = ()) -> None:
+        """Cached windows and checkpoint threads' hot state that Redis could not drop now: remembered here, and
+        marked in PostgreSQL, so that any process's janitor drops them even if this one never reaches Redis
+        again."""
+        self.dirty.update(sids)
         self.dirty_threads.update(thread_ids)
         store = self.core.store
         if store is not None and self.core.config.mode is Mode.HYBRID:
             with contextlib.suppress(StoreDown):
-                await store.mark_dirty([THREAD_MARK + t for t in thread_ids])
+                await store.mark_dirty([*sids, *(THREAD_MARK + t for t in thread_ids)])
 
     def written_around_redis(self, sid: str) -> None:
         """A session was written to PostgreSQL directly: its cached window (if Redis kept one) is stale."""
@@ -198,5 +196,5 @@ class Health:
             self.redis_failed()
             if self.core.config.mode is Mode.SESSION_ONLY:
                 raise StorageUnavailableError("Redis is unreachable") from None
-            self.dirty.update(sids)
+            await self.drop_later(sids)
             return None

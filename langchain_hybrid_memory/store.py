@@ -42,10 +42,14 @@ def digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
-# A session written around Redis. An update, not DO NOTHING, when the mark exists: the row lock keeps a purge from
-# taking the mark (take_dirty skips locked ones) before the write that made it commits.
-MARK_DIRTY = ("INSERT INTO cache_dirty (session_id) VALUES ($1) ON CONFLICT (session_id) "
+# Sessions (and, under THREAD_MARK, checkpoint threads) written around Redis: their cached state is stale. An
+# update, not DO NOTHING, when a mark exists: the row lock keeps a purge from taking the mark (take_dirty skips
+# locked ones) before the write that made it commits.
+MARK_DIRTY = ("INSERT INTO cache_dirty (session_id) SELECT unnest($1::text[]) ON CONFLICT (session_id) "
               "DO UPDATE SET session_id = EXCLUDED.session_id")
+# cache_dirty marks a checkpoint thread as this prefix + its id: no session or thread id holds a control character.
+THREAD_MARK = "\x1ft:"
+
 
 class StoreDown(Exception):
     """PostgreSQL could not be reached or timed out."""
@@ -684,7 +688,7 @@ class PostgresStore:
                     " unindexed_from = LEAST(s.unindexed_from, EXCLUDED.unindexed_from)",
                     session_id, user_id, min((r[1] for r in new_rows), default=None), timeout=t)
                 if mark_dirty:
-                    await conn.execute(MARK_DIRTY, session_id, timeout=t)
+                    await conn.execute(MARK_DIRTY, [session_id], timeout=t)
                 return owner if owner is not None else user_id, seqs
         except _DOWN as exc:
             raise StoreDown(type(exc).__name__) from None
@@ -870,9 +874,8 @@ class PostgresStore:
             "fetch", "DELETE FROM cache_dirty WHERE session_id IN (SELECT session_id FROM cache_dirty LIMIT $1 "
             "FOR UPDATE SKIP LOCKED) RETURNING session_id", limit)]
 
-    async def mark_dirty(self, session_ids: Sequence[str]) -> None:
-        await self._run("execute", "INSERT INTO cache_dirty (session_id) SELECT unnest($1::text[]) "
-                        "ON CONFLICT DO NOTHING", list(session_ids))
+    async def mark_dirty(self, marks: Sequence[str]) -> None:
+        await self._run("execute", MARK_DIRTY, list(marks))
 
     async def prune_tombstones(self, older_than_s: float) -> None:
         await self._run("execute", "WITH t AS (DELETE FROM thread_tombstones"
@@ -895,13 +898,18 @@ class PostgresStore:
         await conn.execute(_LOCK_EXCLUSIVE if exclusive else _LOCK_SHARED, list(session_ids),
                            timeout=self.config.pg_timeout)
 
-    async def run_locked(self, keys: Sequence[str], exclusive: bool, method: str, sql: str, *args: Any) -> Any:
+    async def run_locked(self, keys: Sequence[str], exclusive: bool, method: str, sql: str, *args: Any,
+                         marks: Sequence[str] = ()) -> Any:
         """One statement in a transaction that first takes advisory locks on checkpoint threads (sorted: no
-        deadlock); commits take them shared, deletes exclusive, so a delete never interleaves with a commit."""
+        deadlock); commits take them shared, deletes exclusive, so a delete never interleaves with a commit.
+        `marks` are written to cache_dirty in the same transaction (MARK_DIRTY)."""
         async with self.transaction() as conn:
             t = self.config.pg_timeout
             await conn.execute(_THREAD_LOCKS[exclusive], list(keys), timeout=t)
-            return await getattr(conn, method)(sql, *args, timeout=t)
+            out = await getattr(conn, method)(sql, *args, timeout=t)
+            if marks:
+                await conn.execute(MARK_DIRTY, list(marks), timeout=t)
+            return out
 
     def pool_usage(self) -> tuple[int, int]:
         if self.pool is None:

@@ -329,10 +329,31 @@ def test_a_purge_leaves_the_mark_of_a_write_around_redis_still_in_progress(make_
         try:
             await conn.execute(f'SET search_path TO "{namespace}"')
             async with conn.transaction():  # as add_direct marks, before its commit
-                await conn.execute(MARK_DIRTY, "s")
+                await conn.execute(MARK_DIRTY, ["s"])
                 during = await store.take_dirty()
             return during, await store.take_dirty()
         finally:
             await conn.close()
 
     assert memory._run(race()) == ([], ["s"])
+
+
+def test_a_session_cleared_while_redis_was_cut_is_not_served_after_its_process_ends(private_redis, namespace):
+    """A process clears a session while it cannot reach Redis, then ends: the window Redis still holds is dropped
+    by another process's janitor (the clear marked it in PostgreSQL), never served again."""
+    proxy = TcpProxy(private_redis.port).start()
+    settings = {"database_url": PG_URL, "namespace": namespace, **FAST}
+    cut = HybridMemory(HybridConfig(redis_url=f"redis://127.0.0.1:{proxy.port}/0", **settings))
+    reader = HybridMemory(HybridConfig(redis_url=private_redis.url, reclaim_interval=0.2, **settings))
+    try:
+        cut.add_messages("s", [Message("human", "secret")])
+        cut.flush()
+        assert _contents(reader.get_recent_messages("s")) == ["secret"]  # cached
+        proxy.hang()
+        cut.clear_session("s")
+        cut.close()
+        _wait(lambda: reader.get_recent_messages("s") == [])
+    finally:
+        reader.close()
+        cut.close()
+        proxy.close()

@@ -290,9 +290,9 @@ class RedisCache(Commands):
         """Forget the cached windows (cache only; PostgreSQL is untouched), under a new generation: a window
         loaded before this is not cached after it (while the generation lasts: the session's TTL, or less
         under an evicting memory policy). Returns that generation."""
-        gen = secrets.token_hex(8)
+        gen = secrets.token_hex(8).encode()
         if not session_ids:
-            return gen.encode()
+            return gen
         pipe = self.client.pipeline(transaction=False)
         for sid in session_ids:
             k = self.keys.session(sid)
@@ -303,7 +303,7 @@ class RedisCache(Commands):
             pipe.delete(k.window, k.meta, k.ids)
             pipe.zrem(k.active, sid)
         await self._call(pipe.execute())
-        return gen.encode()
+        return gen
 
     async def active_sessions(self) -> list[str]:
         """Sessions touched within the TTL (session_only mode has no other index)."""

@@ -43,6 +43,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 
 from ..cache import CacheDown
 from ..cache.tracking import changed
+from ..config import Mode
 from ..errors import BacklogFullError, InvalidInputError, StorageUnavailableError
 from ..messages import has_forbidden_chars
 from ..outbox import OutboxEntry
@@ -635,9 +636,9 @@ class HybridSaver(BaseCheckpointSaver[str]):
                 return
         store = await self._store()
         with core.health.store_step():
-            await commit_records(store.store, [record])
+            await commit_records(store.store, [record], around_redis=core.config.mode is Mode.HYBRID)
         changed(thread_id)  # no connection of this process answers the thread from what it read before
-        await core.health.threads_written_around([thread_id])
+        core.health.dirty_threads.add(thread_id)
 
     def _direct(self, sync: bool) -> Any:
         """The Redis client a caller uses itself, as the message hot paths do (its loop's, or the blocking one

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from ..errors import InvalidInputError
-from ..store import PostgresStore
+from ..store import THREAD_MARK, PostgresStore
 
 Blob = tuple[str, str, str, bytes | None]  # channel, version, type, bytes
 Write = tuple[int, str, str, bytes]  # idx, channel, type, bytes
@@ -155,10 +155,12 @@ ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
 """
 
 
-async def commit_records(store: PostgresStore, records: Sequence[bytes]) -> None:
+async def commit_records(store: PostgresStore, records: Sequence[bytes], *, around_redis: bool = False) -> None:
     """Commit outbox records (in their order) in one statement; idempotent, so a replay is harmless. Within the
     batch a re-put checkpoint keeps its last version, a regular write its first, a special write its last (as
-    the single-row statements do one after another). Raises ValueError on a damaged record."""
+    the single-row statements do one after another). `around_redis`: written to PostgreSQL directly, so their
+    threads are marked in cache_dirty in the same transaction (their hot state in Redis is stale). Raises
+    ValueError on a damaged record."""
     blobs: list[tuple[Any, ...]] = []  # and the checkpoint that brought each one
     writes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     puts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
@@ -187,7 +189,9 @@ async def commit_records(store: PostgresStore, records: Sequence[bytes]) -> None
     for rows, width in ((blobs, 7), (list(writes.values()), 9), (list(puts.values()), 11)):
         cols.extend([r[i] for r in rows] for i in range(width))
     threads = {r[0] for r in blobs} | {k[0] for k in writes} | {k[0] for k in puts}
-    await store.run_locked(sorted(t for t in threads if t is not None), False, "execute", _COMMIT, *cols)
+    locked = sorted(t for t in threads if t is not None)
+    await store.run_locked(locked, False, "execute", _COMMIT, *cols,
+                           marks=[THREAD_MARK + t for t in locked] if around_redis else ())
 
 
 # DeltaChannel's history in one round trip: walk the parent chain from the target's parent while some channel

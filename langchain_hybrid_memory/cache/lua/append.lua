@@ -26,7 +26,7 @@ if meta[1] then
   end
 end
 if not zc then
-  if ARGV[9] ~= '1' or stale(11) then return {-1, redis.call('GET', K_GEN) or ''} end
+  if ARGV[9] ~= '1' or stale(11) then return {-1, gen()} end
   i = fill(11)
   meta = redis.call('HMGET', K_META, 'seq', 'uid', 'n', 'unsum')
   zc = redis.call('ZCARD', K_IDS)
@@ -84,7 +84,7 @@ if added > 0 then
   local len = redis.call('RPUSH', K_WINDOW, unpack(push))
   if len ~= tonumber(meta[3] or -1) + added then
     redis.call('DEL', K_WINDOW, K_META, K_IDS)
-    return {-1, redis.call('GET', K_GEN) or ''}
+    return {-1, gen()}
   end
   if len == added then fresh = true end
   if len > cap then

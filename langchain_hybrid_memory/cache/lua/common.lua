@@ -49,8 +49,11 @@ local function outbox_entries()
   end
   return out
 end
+local function gen()
+  return redis.call('GET', K_GEN) or ''
+end
 local function stale(b)
-  return (redis.call('GET', K_GEN) or '') ~= ARGV[b + 7]
+  return gen() ~= ARGV[b + 7]
 end
 local function fill(b)
   local n = tonumber(ARGV[b + 8])

@@ -4,6 +4,6 @@
 -- comes from this script. ARGV: 6 LRANGE start, 7... the meta fields.
 local meta = redis.call('HMGET', K_META, unpack(ARGV, 7))
 local out = {meta, redis.call('LLEN', K_WINDOW), redis.call('LRANGE', K_WINDOW, ARGV[6], -1),
-             redis.call('EXISTS', K_ENTRIES), redis.call('GET', K_GEN)}
+             redis.call('EXISTS', K_ENTRIES), gen()}
 if A_TOUCH == '1' then touch(tonumber(A_TTL_MS), now_us()) end
 return out
