@@ -885,3 +885,17 @@ async def test_a_write_changes_what_a_loop_kept_only_when_it_was_the_only_change
         assert got is not None and got.checkpoint["id"] == newer["id"]
     finally:
         await client.aclose()
+
+
+def test_records_round_trip_and_damaged_ones_raise_value_error() -> None:
+    from langchain_hybrid_memory.checkpoint.store import pack, text, unpack
+
+    parts: list[Any] = ["c", "thread \u00e9", "", None, b"\x00\xff bytes"]
+    assert [text(p) if i < 4 else p for i, p in enumerate(unpack(pack(parts)))] == parts
+    legacy = b"".join(len(p).to_bytes(4, "big") + p for p in (b"w", b"t"))
+    assert unpack(legacy) == [b"w", b"t"]
+    for damaged in (legacy[:-1], b"\x00\x00\x00", pack(parts)[:-3], b"\x01", b"\xc1"):
+        with pytest.raises(ValueError):
+            unpack(damaged)
+    with pytest.raises(ValueError):
+        text(1)  # type: ignore[arg-type]

@@ -223,3 +223,79 @@ def test_a_thread_written_around_redis_by_a_process_that_ends_is_not_served_stal
         other.close()
         cut.close()
         proxy.close()
+
+
+def _legacy(record: bytes) -> bytes:
+    """A record in the format checkpoint records had before MessagePack: each part as a 4-byte big-endian length
+    (0xFFFFFFFF: None) then its bytes."""
+    from langchain_hybrid_memory.checkpoint.store import unpack
+
+    out = []
+    for part in unpack(record):
+        if part is None:
+            out.append(b"\xff\xff\xff\xff")
+        else:
+            data = part.encode() if isinstance(part, str) else part
+            out.append(len(data).to_bytes(4, "big") + data)
+    return b"".join(out)
+
+
+def test_records_in_the_older_format_are_read_and_committed(namespace: str) -> None:
+    """A Redis upgraded in place holds hot state and outbox entries written in the older record format: a process
+    of this version answers the thread from them and its janitor commits them."""
+    import redis
+
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from langchain_core.messages import AIMessage, HumanMessage
+        from langchain_hybrid_memory import HybridConfig, HybridMemory
+        from langchain_hybrid_memory.checkpoint import HybridSaver
+        from test_checkpoint import _step
+        memory = HybridMemory(HybridConfig(database_url={PG_URL!r}, redis_url={REDIS_URL!r},
+                                           namespace={namespace!r}, write_behind_delay=600.0))
+        saver = HybridSaver(memory)
+        messages = []
+        config = {{"configurable": {{"thread_id": {thread!r}, "checkpoint_ns": ""}}}}
+        for i in range(3):
+            config, messages = _step(saver, config, messages,
+                                     [HumanMessage(f"q{{i}}", id=f"h{{i}}"), AIMessage(f"a{{i}}", id=f"a{{i}}")])
+        saver.put_writes(config, [("messages", [AIMessage("pending", id="p")])], task_id="task")
+        os.kill(os.getpid(), 9)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()
+    other = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=REDIS_URL, namespace=namespace))
+    try:
+        k = other._core.keys.thread(thread)
+        r = redis.Redis.from_url(REDIS_URL)
+        try:  # rewrite every record of the thread in the older format
+            for key in (k.checkpoints, k.writes("")):
+                for name, value in r.hgetall(key).items():
+                    if name.startswith((b"c\x1f", b"b\x1f")) or key != k.checkpoints:
+                        r.hset(key, name, _legacy(value))
+            converted = 0
+            for xid in r.smembers(k.entries):
+                [(_, fields)] = r.xrange(k.outbox, xid, xid)
+                r.xdel(k.outbox, xid)
+                r.srem(k.entries, xid)
+                new = r.xadd(k.outbox, {**fields, b"r": _legacy(fields[b"r"])})
+                r.sadd(k.entries, new)
+                converted += 1
+            assert converted == 4  # 3 puts and the writes, none committed
+        finally:
+            r.close()
+        saver = HybridSaver(other)
+        tup = saver.get_tuple(_cfg(thread))  # from Redis
+        assert tup is not None
+        assert [m.id for m in tup.checkpoint["channel_values"]["messages"]] == _expected(3)
+        assert [(t, ch, [m.id for m in v]) for t, ch, v in tup.pending_writes] == [("task", "messages", ["p"])]
+        assert other.reclaim_orphans(0) == 4  # the janitor's pass, now
+        assert pg_fetch(f'SELECT count(*) FROM "{namespace}".checkpoints')[0][0] == 3
+        assert pg_fetch(f'SELECT count(*) FROM "{namespace}".checkpoint_writes')[0][0] == 1
+        tuples = list(saver.list(_cfg(thread)))
+        assert [m.id for m in tuples[0].checkpoint["channel_values"]["messages"]] == _expected(3)
+        assert [[m.id for m in v] for _, _, v in tuples[0].pending_writes] == [["p"]]
+    finally:
+        other.close()

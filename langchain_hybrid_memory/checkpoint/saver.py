@@ -47,7 +47,7 @@ from ..config import Mode
 from ..errors import BacklogFullError, InvalidInputError, StorageUnavailableError
 from ..messages import has_forbidden_chars
 from ..outbox import OutboxEntry
-from .store import Blob, CheckpointStore, commit_records, jsonb, pack, put_record, unpack, writes_record
+from .store import Blob, CheckpointStore, commit_records, jsonb, pack, put_record, text, unpack, writes_record
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import DeltaChannelHistory, PendingWrite  # DeltaChannel's (beta) surface
@@ -118,9 +118,9 @@ def _checkpoint_id(config: RunnableConfig) -> str | None:
     return None if checkpoint_id is None else _name("checkpoint_id", checkpoint_id)
 
 
-def _texts(parts: builtins.list[bytes | None], *text: int) -> builtins.list[Any]:
-    """Record parts with those at the `text` positions decoded (None becomes "" or b"")."""
-    return [(p or b"").decode("utf-8") if i in text else (p or b"") for i, p in enumerate(parts)]
+def _texts(parts: builtins.list[bytes | str | None], *texts: int) -> builtins.list[Any]:
+    """Record parts with those at the `texts` positions as str (None becomes "" or b"")."""
+    return [text(p) or "" if i in texts else (p or b"") for i, p in enumerate(parts)]
 
 
 @dataclass(slots=True)
@@ -360,8 +360,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
         latest, hot, writes = yield ("checkpoint_latest", (thread_id, ns, core.touches.due(thread_id)))
         if hot is None or latest is None or (checkpoint_id and latest.decode() != checkpoint_id):
             return None
-        raw_id, parent, ctype, cdata, mtype, mdata, versions_json, chains_json = unpack(hot)
-        cid = (raw_id or b"").decode("utf-8")
+        raw_id, parent, ctype, cdata, mtype, mdata, versions_json, chains_json = _texts(unpack(hot), 0, 1, 2, 4)
+        cid = raw_id
         known_versions = self._versions.get((thread_id, ns, cid))
         if known_versions is None or known_versions[1] is None:
             versions, chains = orjson.loads(versions_json or b"{}"), orjson.loads(chains_json or b"{}")
@@ -404,9 +404,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
             pending.append((w_path, task_id, int(idx), w_channel, self.serde.loads_typed((w_kind, w_blob))))
         pending.sort(key=lambda w: (w[0], w[1], w[2]))
         return self._make_tuple(
-            thread_id, ns, cid, parent.decode("utf-8") if parent else None,
-            self.serde.loads_typed(((ctype or b"").decode(), cdata or b"")), values,
-            self.serde.loads_typed(((mtype or b"").decode(), mdata or b"")),
+            thread_id, ns, cid, parent or None, self.serde.loads_typed((ctype, cdata)), values,
+            self.serde.loads_typed((mtype, mdata)),
             [(t, ch, value) for _, t, _, ch, value in pending])
 
     def _fold(self, thread_id: str, ns: str, channel: str, versions: builtins.list[str],
@@ -414,8 +413,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         """A channel's value from the blobs of its chain (the first one whole, or a version known here)."""
         value: Any = None
         for version, blob in zip(versions, blobs, strict=True):
-            kind, data = (p or b"" for p in unpack(blob or b""))
-            k = kind.decode()
+            k, data = _texts(unpack(blob or b""), 0)
             known = self._lists.get((thread_id, ns, channel, version))
             if isinstance(known, list):
                 value = list(known)

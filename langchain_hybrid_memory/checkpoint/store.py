@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import ormsgpack
 
 from ..errors import InvalidInputError
 from ..store import THREAD_MARK, PostgresStore
@@ -61,41 +62,57 @@ def jsonb(what: str, value: Any) -> str:
 
 _NONE = 0xFFFFFFFF
 _LEN = struct.Struct(">I")
-_NONE_BYTES = _LEN.pack(_NONE)
 
 
 def pack(parts: Sequence[bytes | str | None]) -> bytes:
-    """Parts (bytes, str as UTF-8, or None) as one bytes value."""
-    out: list[bytes] = []
-    length = _LEN.pack
-    for part in parts:
-        if part is None:
-            out.append(_NONE_BYTES)
-            continue
-        data = part.encode("utf-8") if isinstance(part, str) else part
-        out.append(length(len(data)))
-        out.append(data)
-    return b"".join(out)
+    """Parts (bytes, str or None) as one bytes value: a MessagePack array, packed in C (the step's records are
+    packed on every put and writes)."""
+    return ormsgpack.packb(parts)
 
 
-def unpack(data: bytes) -> list[bytes | None]:
-    parts: list[bytes | None] = []
+def unpack(data: bytes) -> list[bytes | str | None]:
+    """`pack`'s parts back (a str part may come back as bytes: see `text`). Also reads the format records had
+    before (length-prefixed parts, first byte 0: no first part is 16 MiB long), which a Redis upgraded in place
+    may still hold in its outbox or hot state. Raises ValueError on a damaged record."""
+    if data[:1] != b"\x00":
+        try:
+            parts = ormsgpack.unpackb(data) if data else []
+        except ormsgpack.MsgpackDecodeError:
+            raise ValueError("damaged record") from None
+        if not isinstance(parts, list):
+            raise ValueError("damaged record")
+        return parts
+    out: list[bytes | str | None] = []
     i, end = 0, len(data)
     while i < end:
+        if i + 4 > end:
+            raise ValueError("truncated record")
         (n,) = _LEN.unpack_from(data, i)
         i += 4
         if n == _NONE:
-            parts.append(None)
+            out.append(None)
             continue
         if i + n > end:
             raise ValueError("truncated record")
-        parts.append(data[i:i + n])
+        out.append(data[i:i + n])
         i += n
-    return parts
+    return out
 
 
-def _text(part: bytes | None) -> str | None:
-    return None if part is None else part.decode("utf-8")
+def text(part: bytes | str | None) -> str | None:
+    """A str part of an unpacked record (the older format gives every part as bytes). Raises ValueError if it
+    is neither (a damaged record)."""
+    if isinstance(part, bytes):
+        return part.decode("utf-8")
+    if part is None or isinstance(part, str):
+        return part
+    raise ValueError("damaged record")
+
+
+def _blob(part: bytes | str | None) -> bytes | None:
+    if part is not None and not isinstance(part, bytes):
+        raise ValueError("damaged record")
+    return part
 
 
 def put_record(thread_id: str, ns: str, checkpoint_id: str, parent_id: str | None, run_id: str | None,
@@ -166,21 +183,23 @@ async def commit_records(store: PostgresStore, records: Sequence[bytes], *, arou
     puts: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for record in records:
         p = unpack(record)
-        if p[0] == b"c" and len(p) >= 12 and (len(p) - 12) % 4 == 0:
-            thread, ns = _text(p[1]), _text(p[2])
-            puts[(thread, ns, _text(p[3]))] = (thread, ns, _text(p[3]), _text(p[4]), _text(p[5]), _text(p[6]), p[7],
-                                               _text(p[8]), _text(p[9]), p[10], _text(p[11]))
+        kind = text(p[0]) if p else None
+        if kind == "c" and len(p) >= 12 and (len(p) - 12) % 4 == 0:
+            thread, ns = text(p[1]), text(p[2])
+            puts[(thread, ns, text(p[3]))] = (thread, ns, text(p[3]), text(p[4]), text(p[5]), text(p[6]),
+                                               _blob(p[7]), text(p[8]), text(p[9]), _blob(p[10]), text(p[11]))
             for i in range(12, len(p), 4):
-                blobs.append((thread, ns, _text(p[i]), _text(p[i + 1]), _text(p[i + 2]), p[i + 3], _text(p[3])))
-        elif p[0] == b"w" and len(p) >= 6 and (len(p) - 6) % 4 == 0:
-            head = (_text(p[1]), _text(p[2]), _text(p[3]), _text(p[4]), _text(p[5]))
+                blobs.append((thread, ns, text(p[i]), text(p[i + 1]), text(p[i + 2]), _blob(p[i + 3]),
+                              text(p[3])))
+        elif kind == "w" and len(p) >= 6 and (len(p) - 6) % 4 == 0:
+            head = (text(p[1]), text(p[2]), text(p[3]), text(p[4]), text(p[5]))
             for i in range(6, len(p), 4):
                 raw = p[i]
                 idx = int(raw) if raw is not None else 0
                 key = (head[0], head[1], head[2], head[3], idx)
                 if idx >= 0 and key in writes:
                     continue
-                writes[key] = (*head, idx, _text(p[i + 1]), _text(p[i + 2]), p[i + 3])
+                writes[key] = (*head, idx, text(p[i + 1]), text(p[i + 2]), _blob(p[i + 3]))
         else:
             raise ValueError("not a checkpoint record")
     if not (blobs or writes or puts):
