@@ -356,7 +356,7 @@ class RedisCache(Commands):
         """Run a checkpoint script that changes a thread's keys (tracking.py): while another process holds the
         thread's lease the script writes nothing, and is run again once the lease is released (or has expired);
         once it ran, no connection of this process answers the thread from a value read before."""
-        wait = LeaseWait()
+        wait: LeaseWait | None = None
         while True:
             before = version(thread_id)
             try:
@@ -368,6 +368,7 @@ class RedisCache(Commands):
             if left is None:
                 self._written(thread_id, before, track)
                 return out
+            wait = wait or LeaseWait()
             await asyncio.sleep(wait.next(left))
 
     def _written(self, thread_id: str, before: tuple[int, int], track: Track | None) -> None:

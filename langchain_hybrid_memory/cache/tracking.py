@@ -240,15 +240,19 @@ class KeptValues:
         between (a connection's own write ends its tracking of the keys: the thread's lease, still tracked, and
         `changed` stand for it until the value expires)."""
         entry = self._kept.get(track.name) if mirror is not None else None
-        self._forget(track.name)
-        if track.writes:
+        mirrored = None
+        if entry is not None and entry[4] == at and version(track.thread) == at and now() < entry[2]:
+            mirrored = mirror(entry[1], got[0])  # type: ignore[misc]
+        if track.writes:  # the call wrote these keys: what else was read from them goes
             for key in track.keys:
                 for name in list(self._by_key.get(key, ())):
-                    self._forget(name)
-        if entry is not None and entry[4] == at and version(track.thread) == at and now() < entry[2]:
-            value = mirror(entry[1], got[0])  # type: ignore[misc]
-            if value is not None:
-                self._keep(track.name, entry[0], value, entry[2], track.thread, at)
+                    if mirrored is None or name != track.name:
+                        self._forget(name)
+        if mirrored is not None:  # replaced where it is kept (same keys), as the most recently used
+            self._kept[track.name] = (entry[0], mirrored, entry[2], track.thread, at)  # type: ignore[index]
+            self._kept.move_to_end(track.name)
+        else:
+            self._forget(track.name)
         if not track.read_n:
             return got
         at_reply = len(got) - track.read_n - 1

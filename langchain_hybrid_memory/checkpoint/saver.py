@@ -610,13 +610,18 @@ class HybridSaver(BaseCheckpointSaver[str]):
         self._check_room()
         return str((yield call))
 
-    def _put_done(self, p: _Put) -> RunnableConfig:
-        self.memory._core.stats.checkpoint_puts += 1
-        # Remembered once stored: a put that failed must not become the base of a later delta.
+    def _remember_put(self, p: _Put) -> None:
+        """Remember what a put stores, before it is written, so that none of this work waits on the reply. Safe
+        if the put then fails: versions are unique (a random tail) and a checkpoint becomes a parent only once
+        its put returned, so what a failed put left here is never the base of a delta or read as a value; at
+        most it pushes an older version out."""
         for channel, version, kind, data in p.blobs:
             if channel in p.values:
                 self._remember((p.thread_id, p.ns, channel, version), kind, data, p.values[channel])
         self._remember_versions(p.thread_id, p.ns, p.checkpoint_id, p.versions, p.chains)
+
+    def _put_done(self, p: _Put) -> RunnableConfig:
+        self.memory._core.stats.checkpoint_puts += 1
         return {"configurable": {"thread_id": p.thread_id, "checkpoint_ns": p.ns, "checkpoint_id": p.checkpoint_id}}
 
     async def _store_record(self, thread_id: str, record: bytes, call: _Call) -> None:
@@ -694,8 +699,9 @@ class HybridSaver(BaseCheckpointSaver[str]):
                if isinstance(value, list) and all(getattr(item, "id", "") is not None for item in value)}
         return _Writes(thread_id, ns, checkpoint_id, record, fields, own)
 
-    def _writes_done(self, w: _Writes) -> None:
-        self.memory._core.stats.checkpoint_writes += len(w.fields)
+    def _remember_writes(self, w: _Writes) -> None:
+        """Remember a task's list values, before they are written (as `_remember_put`): a read takes them only
+        where Redis holds the very bytes they were stored as."""
         if not w.own:
             return
         with self._lock:
@@ -811,6 +817,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:
         p = self._prepare_put(config, checkpoint, metadata, new_versions)  # bad input fails in the caller
+        self._remember_put(p)
         call = self._put_call(p)
         if not self._store_sync(p.thread_id, p.record, call):
             self.memory._run(self._store_record(p.thread_id, p.record, call))
@@ -819,6 +826,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
         p = self._prepare_put(config, checkpoint, metadata, new_versions)
+        self._remember_put(p)
         call = self._put_call(p)
         if not await self._store_here(p.thread_id, p.record, call):
             await self.memory._arun(self._store_record(p.thread_id, p.record, call))
@@ -827,18 +835,20 @@ class HybridSaver(BaseCheckpointSaver[str]):
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                    task_path: str = "") -> None:
         w = self._prepare_writes(config, writes, task_id, task_path)
+        self._remember_writes(w)
         call = self._writes_call(w)
         if not self._store_sync(w.thread_id, w.record, call):
             self.memory._run(self._store_record(w.thread_id, w.record, call))
-        self._writes_done(w)
+        self.memory._core.stats.checkpoint_writes += len(w.fields)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str,
                           task_path: str = "") -> None:
         w = self._prepare_writes(config, writes, task_id, task_path)
+        self._remember_writes(w)
         call = self._writes_call(w)
         if not await self._store_here(w.thread_id, w.record, call):
             await self.memory._arun(self._store_record(w.thread_id, w.record, call))
-        self._writes_done(w)
+        self.memory._core.stats.checkpoint_writes += len(w.fields)
 
     def delete_thread(self, thread_id: str) -> None:
         self.memory._run(self._delete_threads([thread_id]))
