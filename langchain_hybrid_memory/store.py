@@ -45,7 +45,7 @@ def digest(session_id: str) -> str:
 # Sessions (and, under THREAD_MARK, checkpoint threads) written around Redis: their cached state is stale. An
 # update, not DO NOTHING, when a mark exists: the row lock keeps a purge from taking the mark (take_dirty skips
 # locked ones) before the write that made it commits.
-MARK_DIRTY = ("INSERT INTO cache_dirty (session_id) SELECT unnest($1::text[]) ON CONFLICT (session_id) "
+MARK_DIRTY = ("INSERT INTO cache_dirty (session_id) SELECT DISTINCT unnest($1::text[]) ON CONFLICT (session_id) "
               "DO UPDATE SET session_id = EXCLUDED.session_id")
 # cache_dirty marks a checkpoint thread as this prefix + its id: no session or thread id holds a control character.
 THREAD_MARK = "\x1ft:"
@@ -131,7 +131,7 @@ SELECT session_id, seq FROM ins
 """
 
 def _locks(fn: str, seed: int) -> str:
-    return f"SELECT {fn}(hashtextextended(s, {seed})) FROM (SELECT DISTINCT unnest($1::text[]) AS s ORDER BY 1) q"
+    return f"SELECT {fn}(hashtextextended(s, {seed})) FROM (SELECT unnest($1::text[]) AS s ORDER BY 1) q"
 
 
 # Write-behind batches and erases of the same session serialise on these (sorted: no deadlock).
@@ -172,7 +172,7 @@ def _session_touches(live: Sequence[Row], users: Sequence[str]) -> list[list[Any
 # One row per session (owner, tombstone, latest summary, messages after it), then its last $2 messages: the
 # summary text is sent once, not beside every message.
 _WINDOWS = """
-WITH q AS (SELECT DISTINCT unnest($1::text[]) AS session_id)
+WITH q AS (SELECT unnest($1::text[]) AS session_id)
 SELECT q.session_id, s.session_id IS NOT NULL, s.user_id, coalesce(t.upto_seq, 0),
        coalesce(sm.upto_seq, 0), coalesce(sm.text, ''), coalesce(cnt.n, 0), NULL::bigint, NULL::text, NULL::text
 FROM q

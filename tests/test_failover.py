@@ -338,6 +338,21 @@ def test_a_purge_leaves_the_mark_of_a_write_around_redis_still_in_progress(make_
     assert memory._run(race()) == ([], ["s"])
 
 
+def test_marks_named_twice_in_one_call_are_written_once(make_memory):
+    """The same id twice in one marking (a prune or delete naming a thread twice, while Redis is down) is one
+    mark, not an error (an upsert may not touch a row twice in one statement)."""
+    memory = make_memory()
+    memory.add_messages("s", [Message("human", "x")])  # started
+    store = memory._core.store
+    assert store is not None
+
+    async def mark() -> list[str]:
+        await store.mark_dirty(["a", "b", "a"])
+        return sorted(await store.take_dirty())
+
+    assert memory._run(mark()) == ["a", "b"]
+
+
 def test_a_session_cleared_while_redis_was_cut_is_not_served_after_its_process_ends(private_redis, namespace):
     """A process clears a session while it cannot reach Redis, then ends: the window Redis still holds is dropped
     by another process's janitor (the clear marked it in PostgreSQL), never served again."""
