@@ -80,8 +80,9 @@ def test_redis_killed_mid_conversation_turns_go_on(redis_server: RedisServer, na
         memory.close()
 
 
-def test_a_writer_killed_after_acknowledging_is_committed_by_another_process(namespace: str) -> None:
-    thread = f"t-{uuid.uuid4().hex[:8]}"
+def _killed_writer(namespace: str, thread: str, steps: int, then: str) -> None:
+    """A process that takes `steps` agent steps on `thread` (acknowledged, none committed: the write-behind
+    waits), runs `then` (Python, `saver` and `config` in scope), and is killed (-9)."""
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
@@ -93,14 +94,20 @@ def test_a_writer_killed_after_acknowledging_is_committed_by_another_process(nam
                                            namespace={namespace!r}, write_behind_delay=600.0))
         saver = HybridSaver(memory)
         messages = []
-        for i in range(4):
-            _, messages = _step(saver, {{"configurable": {{"thread_id": {thread!r}, "checkpoint_ns": ""}}}}, messages,
-                                [HumanMessage(f"q{{i}}", id=f"h{{i}}"), AIMessage(f"a{{i}}", id=f"a{{i}}")])
-        assert memory.get_cache_stats().backlog == 4  # acknowledged, nothing committed yet
-        os.kill(os.getpid(), 9)
-    """)
+        config = {{"configurable": {{"thread_id": {thread!r}, "checkpoint_ns": ""}}}}
+        for i in range({steps}):
+            config, messages = _step(saver, config, messages,
+                                     [HumanMessage(f"q{{i}}", id=f"h{{i}}"), AIMessage(f"a{{i}}", id=f"a{{i}}")])
+    """) + textwrap.dedent(then) + "os.kill(os.getpid(), 9)\n"
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()
+
+
+def test_a_writer_killed_after_acknowledging_is_committed_by_another_process(namespace: str) -> None:
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    _killed_writer(namespace, thread, 4, """
+        assert memory.get_cache_stats().backlog == 4  # acknowledged, nothing committed yet
+    """)
     assert pg_fetch(f'SELECT count(*) FROM "{namespace}".checkpoints')[0][0] == 0
     other = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=REDIS_URL, namespace=namespace))
     try:
@@ -246,26 +253,9 @@ def test_records_in_the_older_format_are_read_and_committed(namespace: str) -> N
     import redis
 
     thread = f"t-{uuid.uuid4().hex[:8]}"
-    script = textwrap.dedent(f"""
-        import os, sys
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from langchain_core.messages import AIMessage, HumanMessage
-        from langchain_hybrid_memory import HybridConfig, HybridMemory
-        from langchain_hybrid_memory.checkpoint import HybridSaver
-        from test_checkpoint import _step
-        memory = HybridMemory(HybridConfig(database_url={PG_URL!r}, redis_url={REDIS_URL!r},
-                                           namespace={namespace!r}, write_behind_delay=600.0))
-        saver = HybridSaver(memory)
-        messages = []
-        config = {{"configurable": {{"thread_id": {thread!r}, "checkpoint_ns": ""}}}}
-        for i in range(3):
-            config, messages = _step(saver, config, messages,
-                                     [HumanMessage(f"q{{i}}", id=f"h{{i}}"), AIMessage(f"a{{i}}", id=f"a{{i}}")])
+    _killed_writer(namespace, thread, 3, """
         saver.put_writes(config, [("messages", [AIMessage("pending", id="p")])], task_id="task")
-        os.kill(os.getpid(), 9)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
-    assert proc.returncode == -9, proc.stderr.decode()
     other = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=REDIS_URL, namespace=namespace))
     try:
         k = other._core.keys.thread(thread)
