@@ -131,7 +131,7 @@ SELECT session_id, seq FROM ins
 """
 
 def _locks(fn: str, seed: int) -> str:
-    return f"SELECT {fn}(hashtextextended(s, {seed})) FROM (SELECT unnest($1::text[]) AS s ORDER BY 1) q"
+    return f"SELECT {fn}(hashtextextended(s, {seed})) FROM (SELECT DISTINCT unnest($1::text[]) AS s ORDER BY 1) q"
 
 
 # Write-behind batches and erases of the same session serialise on these (sorted: no deadlock).
@@ -172,7 +172,7 @@ def _session_touches(live: Sequence[Row], users: Sequence[str]) -> list[list[Any
 # One row per session (owner, tombstone, latest summary, messages after it), then its last $2 messages: the
 # summary text is sent once, not beside every message.
 _WINDOWS = """
-WITH q AS (SELECT unnest($1::text[]) AS session_id)
+WITH q AS (SELECT DISTINCT unnest($1::text[]) AS session_id)
 SELECT q.session_id, s.session_id IS NOT NULL, s.user_id, coalesce(t.upto_seq, 0),
        coalesce(sm.upto_seq, 0), coalesce(sm.text, ''), coalesce(cnt.n, 0), NULL::bigint, NULL::text, NULL::text
 FROM q
