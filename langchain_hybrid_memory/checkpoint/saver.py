@@ -360,8 +360,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         latest, hot, writes = yield ("checkpoint_latest", (thread_id, ns, core.touches.due(thread_id)))
         if hot is None or latest is None or (checkpoint_id and latest.decode() != checkpoint_id):
             return None
-        raw_id, parent, ctype, cdata, mtype, mdata, versions_json, chains_json = _texts(unpack(hot), 0, 1, 2, 4)
-        cid = raw_id
+        cid, parent, ctype, cdata, mtype, mdata, versions_json, chains_json = _texts(unpack(hot), 0, 1, 2, 4)
         known_versions = self._versions.get((thread_id, ns, cid))
         if known_versions is None or known_versions[1] is None:
             versions, chains = orjson.loads(versions_json or b"{}"), orjson.loads(chains_json or b"{}")
