@@ -98,10 +98,15 @@ class Series:
         return pct(self.samples, 0.99)
 
 
+def round_ratios(subject: Series, baseline: Series) -> list[float]:
+    """subject / baseline p50 in each round (rounds where the baseline has a time)."""
+    return [s / b for s, b in zip(subject.round_p50, baseline.round_p50, strict=True) if b > 0]
+
+
 def ratio(subject: Series, baseline: Series) -> tuple[float, float]:
     """(p50 ratio, p99 ratio). The p50 ratio is the median of per-round ratios: robust to machine drift,
     since subject and baseline of one round ran back to back."""
-    per_round = [s / b for s, b in zip(subject.round_p50, baseline.round_p50, strict=True) if b > 0]
+    per_round = round_ratios(subject, baseline)
     r50 = statistics.median(per_round) if per_round else float("nan")
     r99 = subject.p99 / baseline.p99 if baseline.p99 > 0 else float("nan")
     return r50, r99

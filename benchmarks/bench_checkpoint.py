@@ -14,9 +14,9 @@ Subjects: HybridSaver (private namespace, dropped at the end), langgraph-checkpo
 and, on 20-message threads, the sync API a sync graph calls (`get_tuple` + `put` + `put_writes`): HybridSaver's and
 langgraph-checkpoint-postgres's PostgresSaver (same schema), timed in the same rounds.
 Steps are timed in interleaved rounds (the order of the savers rotates each round, and each slot starts with a few
-untimed steps: see `Plan.slot_warmup`). Each timed step grows its
-thread by 2 messages, so threads are taken from a pool and retired before they drift far from their size
-(20-message threads after 5 steps, 1,000-message ones after at most 10% growth).
+untimed steps: see `Plan.slot_warmup`). Each timed step grows its thread by 2 messages, so threads are taken from
+a pool and retired before they drift far from their size (20-message threads after 5 steps, 1,000-message ones
+after at most 10% growth).
 
 How the 1,000-message threads are built: HybridSaver's through 500 puts of 2 messages each, as an agent would
 (its delta encoding then has a chain of 500 versions behind the latest); the other two savers store every
@@ -59,7 +59,20 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langchain_hybrid_memory import HybridConfig, HybridMemory
 from langchain_hybrid_memory.checkpoint import HybridSaver
 
-from _common import PG_URL, REDIS_URL, Series, cpu_model, drop_namespace, ms, new_namespace, pct, ratio, table, times
+from _common import (
+    PG_URL,
+    REDIS_URL,
+    Series,
+    cpu_model,
+    drop_namespace,
+    ms,
+    new_namespace,
+    pct,
+    ratio,
+    round_ratios,
+    table,
+    times,
+)
 
 SHAPES = (20, 1000)
 CONTENT_CHARS = 200
@@ -407,7 +420,7 @@ class Bench:
         for size in SHAPES:
             pg, ours = self.timings[(PG, size)].step, self.timings[(OURS, size)].step
             r50, _ = ratio(pg, ours)
-            rounds = sorted(a / b for a, b in zip(pg.round_p50, ours.round_p50, strict=True) if b > 0)
+            rounds = sorted(round_ratios(pg, ours))
             target = TARGET_VS_PG[size]
             checks.append((r50 >= target, f"step at {size} messages: AsyncPostgresSaver / ours = {r50:.2f}x"
                                           f" (p50, median of rounds, which ranged {rounds[0]:.2f}-{rounds[-1]:.2f}x;"
