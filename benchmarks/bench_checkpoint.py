@@ -85,7 +85,10 @@ TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 # Targets (printed as PASS/FAIL; nothing asserts).
 TARGET_VS_PG = {20: 5.0, 1000: 20.0}  # AsyncPostgresSaver's step p50 / ours, at least
 TARGET_PUT_GROWTH = 1.5  # our aput p50 at 1,000 messages / at 20, at most
-TARGET_SYNC = 1.5  # our sync step p50 / our async step p50, at most (as for the message API)
+# PostgresSaver's sync step p50 / ours, at least. Not measured against our async step: the sync get_tuple is a
+# Redis round trip by design (a blocking connection cannot hold a lease, see SyncHotPath), where the async one
+# is usually local, so that ratio follows the host's round-trip time rather than our code.
+TARGET_SYNC_VS_PG = 3.0
 # What a step may write besides 2x its new messages (the channel value's delta and the task's writes): the
 # checkpoint row (thread and checkpoint ids, parent id, the checkpoint without values: versions and
 # versions_seen; the metadata twice, as blob and jsonb; channel_versions as jsonb), the blob and writes rows'
@@ -427,10 +430,10 @@ class Bench:
                                           f" target: ours >= {target:g}x faster)"))
         sync_vs_async, _ = ratio(self.timings[(OURS_SYNC, 20)].step, self.timings[(OURS, 20)].step)
         pg_sync, _ = ratio(self.timings[(PG_SYNC, 20)].step, self.timings[(OURS_SYNC, 20)].step)
-        checks.append((sync_vs_async <= TARGET_SYNC,
-                       f"our sync step at 20 messages is {sync_vs_async:.2f}x our async step"
-                       f" (target <= {TARGET_SYNC}x);"
-                       f" PostgresSaver (sync) / ours (sync) = {pg_sync:.2f}x"))
+        checks.append((pg_sync >= TARGET_SYNC_VS_PG,
+                       f"sync step at 20 messages: PostgresSaver (sync) / ours (sync) = {pg_sync:.2f}x"
+                       f" (target: ours >= {TARGET_SYNC_VS_PG:g}x faster); our sync step is {sync_vs_async:.2f}x our"
+                       " async step (its get_tuple is a Redis round trip)"))
         checks.append((growth[OURS] <= TARGET_PUT_GROWTH,
                        f"our aput at 1,000 messages is {growth[OURS]:.2f}x our aput at 20 (target <= "
                        f"{TARGET_PUT_GROWTH}x)"))

@@ -83,6 +83,7 @@ class Plan:
     warm_sessions: int
     warm_rounds: int
     content_chars: int = 240
+    judged: bool = True  # False: too short a run for the targets (they are printed, not judged)
 
     @classmethod
     def full(cls) -> Plan:
@@ -90,7 +91,7 @@ class Plan:
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(6, 4, 80, 3, 15, 4, 60, 10_000, 100, 10, 16, 1, 400, 3)
+        return cls(6, 4, 80, 3, 15, 4, 60, 10_000, 100, 10, 16, 1, 400, 3, judged=False)
 
 
 @dataclass
@@ -551,7 +552,11 @@ class Bench:
         if w:
             checks.append((f"warm-up: {w['ratio']:.2f}x the sessions/s of the raw query that reads them "
                            f"(target >= {TARGET_WARMUP}x)", w["ratio"] >= TARGET_WARMUP))
-        out += ["", "targets"] + [f"  {'PASS' if ok else 'FAIL'}  {name}" for name, ok in checks]
+        if self.plan.judged:
+            out += ["", "targets"] + [f"  {'PASS' if ok else 'FAIL'}  {name}" for name, ok in checks]
+        else:  # a quick plan persists 10,000 messages, a fraction of a second: start-up weighs on its rates
+            out += ["", "targets (not judged: a --quick run is too short for them)"]
+            out += [f"  {'met' if ok else 'not met'}  {name}" for name, ok in checks]
         data = {"rows": [r.to_dict() for r in self.rows], "persistence": self.persist, "warmup": self.warm,
                 "checks": [{"check": name, "pass": ok} for name, ok in checks]}
         return "\n".join(out), checks, data
