@@ -314,6 +314,61 @@ def test_each_threads_latest_value_stays_remembered_while_other_threads_step(
     assert blob_reads == ["t0"]
 
 
+def test_a_thread_redis_lost_is_served_from_redis_again_after_its_next_put(
+        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis loses a thread (its TTL, eviction): the next read comes from PostgreSQL, and the put after it stores
+    in Redis whole what it cannot build on there (a delta of `messages`, and `summary`, unchanged since), so
+    every later step is read from Redis again."""
+    import redis
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
+
+    from langchain_hybrid_memory.checkpoint import store as store_module
+
+    from conftest import REDIS_URL
+
+    def step(saver: HybridSaver, i: int) -> None:
+        tup = saver.get_tuple(config)
+        base = tup.checkpoint if tup is not None else empty_checkpoint()
+        values = tup.checkpoint["channel_values"] if tup is not None else {"messages": []}
+        new = {"messages": saver.get_next_version(base["channel_versions"].get("messages"), None)}
+        if i == 0:
+            new["summary"] = saver.get_next_version(None, None)
+        checkpoint = create_checkpoint(base, None, i)
+        checkpoint["channel_values"] = {"summary": "so far: nothing", **values,
+                                        "messages": [*values["messages"], HumanMessage(f"m{i}", id=f"m{i}")]}
+        checkpoint["channel_versions"] = {**base["channel_versions"], **new}
+        saver.put(config if tup is None else tup.config, checkpoint, {"source": "loop", "step": i}, new)
+
+    memory = make_memory()
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    saver = HybridSaver(memory)
+    for i in range(3):
+        step(saver, i)
+    memory.flush()
+    keys = memory._core.keys.thread(thread)
+    with redis.Redis.from_url(REDIS_URL) as r:
+        assert r.delete(keys.checkpoints) == 1  # (no writes were put: the thread has no other key)
+    cold_reads: list[str] = []
+    get = store_module.CheckpointStore.get
+
+    async def counted(self: Any, thread_id: str, *args: Any) -> Any:
+        cold_reads.append(thread_id)
+        return await get(self, thread_id, *args)
+
+    monkeypatch.setattr(store_module.CheckpointStore, "get", counted)
+    fresh = HybridSaver(make_memory())  # the process the returning user reaches
+    for i in range(3, 10):
+        step(fresh, i)
+    assert cold_reads == [thread]
+    other = HybridSaver(make_memory())  # remembers nothing: every value comes from Redis
+    tup = other.get_tuple(config)
+    assert tup is not None and cold_reads == [thread]
+    assert [m.id for m in tup.checkpoint["channel_values"]["messages"]] == [f"m{i}" for i in range(10)]
+    assert tup.checkpoint["channel_values"]["summary"] == "so far: nothing"
+
+
 def test_remembered_lists_are_bounded_by_their_items(make_memory: Callable[..., HybridMemory],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Long threads count by their items: remembered values stay within the item bound, the least recently used

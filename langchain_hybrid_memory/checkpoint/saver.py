@@ -426,25 +426,27 @@ class HybridSaver(BaseCheckpointSaver[str]):
 
     def _chains(self, values: dict[str, Any], versions: dict[str, str], blobs: builtins.list[Blob],
                 parent_chains: Chains) -> tuple[Chains, builtins.list[Blob], builtins.list[tuple[str, str]]]:
-        """For Redis: each valued channel's chain at the new checkpoint, the blobs to store (a delta whose chain
-        reached `_CHAIN` versions goes whole, so a read folds at most that many), and the (channel, version)
-        blobs of the parent's chains that a channel stored whole leaves behind."""
+        """For Redis: each valued channel's chain at the new checkpoint, the blobs to store, and the (channel,
+        version) blobs of the parent's chains that a channel stored whole leaves behind. A value goes whole when
+        its parent's chain is not known here (the parent was read from PostgreSQL: Redis may not hold what it
+        builds on, and a chain Redis does not hold would send every later read to PostgreSQL), and a delta when
+        its chain reached `_CHAIN` versions (a read folds at most that many)."""
         new = {b[0]: b for b in blobs}
         chains: Chains = {}
         hot: builtins.list[Blob] = []
         drop: builtins.list[tuple[str, str]] = []
-        for channel in versions:
+        for channel, version in versions.items():
             if channel not in values:
                 continue
             blob = new.get(channel)
             before = parent_chains.get(channel)
-            if blob is None:
+            if blob is None and before:
                 chains[channel] = before
                 continue
-            if blob[2].startswith(DELTA) and before and len(before) >= _CHAIN:
-                blob = (channel, blob[1], *self._dumps(f"channel {channel!r}", values[channel]))
-            if blob[2].startswith(DELTA):
-                chains[channel] = [*before, blob[1]] if before else None
+            if blob is None or (blob[2].startswith(DELTA) and (not before or len(before) >= _CHAIN)):
+                blob = (channel, version, *self._dumps(f"channel {channel!r}", values[channel]))
+            if before and blob[2].startswith(DELTA):
+                chains[channel] = [*before, blob[1]]
             else:
                 chains[channel] = [blob[1]]
                 drop += [(channel, v) for v in before or () if v != blob[1]]
