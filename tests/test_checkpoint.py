@@ -183,6 +183,30 @@ def test_metadata_json_cannot_hold_is_stored_and_filtered_as_langgraph_does(
     assert list(fresh.list(None, filter={"score": float("nan")})) == []
 
 
+def test_list_filters_with_a_limit_as_inmemorysaver_does(make_memory: Callable[..., HybridMemory]) -> None:
+    """A filter matches by equality (a list contained in a longer one does not match; a key a checkpoint lacks
+    matches None) and a limit counts matches only: rows whose metadata column looks like a match but whose
+    metadata is not (NUL mapped in jsonb) are made up for."""
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    metadata: list[dict[str, Any]] = [
+        {"step": 1, "tags": ["a"], "user_id": "u"}, {"step": 2, "tags": ["a", "b"]},
+        {"step": 3, "note": {"n": "a\x00b"}}, {"step": 4, "note": {"n": "a\ufffdb"}},
+        {"step": 5, "note": {"n": "a\ufffdb"}}]
+    filters: list[tuple[dict[str, Any], int | None]] = [
+        ({"tags": ["a"]}, 1), ({"tags": ["a"]}, None), ({"note": {"n": "a\x00b"}}, 1), ({"user_id": None}, 3),
+        ({"user_id": None, "tags": None}, None), ({"step": 4}, 2), ({"tags": ["b", "a"]}, 1)]
+    listed: dict[str, list[list[int]]] = {}
+    for saver in (HybridSaver(make_memory()), InMemorySaver()):
+        config: dict[str, Any] = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        for meta in metadata:
+            config = saver.put(config, empty_checkpoint(), meta, {})
+        listed[type(saver).__name__] = [[t.metadata["step"] for t in saver.list(None, filter=f, limit=limit)]
+                                        for f, limit in filters]
+    assert listed["HybridSaver"] == listed["InMemorySaver"] == [[1], [1], [3], [5, 4, 3], [5, 4, 3], [4], []]
+
+
 def test_delete_user_and_retention_cover_checkpoint_threads(make_memory: Callable[..., HybridMemory]) -> None:
     """A user's threads (LangGraph copies `configurable.user_id` into metadata) go with `delete_user`; threads
     idle longer than the retention period go with `purge_idle_sessions`; stats count the traffic."""

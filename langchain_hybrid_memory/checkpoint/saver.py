@@ -528,17 +528,25 @@ class HybridSaver(BaseCheckpointSaver[str]):
         out = []
         with self.memory._core.health.store_step():
             await self._settle(thread_id)
-            rows = await store.list_checkpoints(thread_id, ns, _checkpoint_id(config) if config else None, filter,
-                                                _checkpoint_id(before) if before else None, limit)
-            for row in rows:
+            # The metadata column maps what jsonb cannot hold (NaN, NUL, other types as text): the filter is checked
+            # again on the metadata itself, and rows it drops are made up for by asking for more.
+            asked = limit
+            while True:
+                rows = await store.list_checkpoints(thread_id, ns, _checkpoint_id(config) if config else None,
+                                                    filter, _checkpoint_id(before) if before else None, asked)
+                matching = [row for row in rows if not filter or self._matches(row, filter)]
+                if limit is None or asked is None or len(matching) >= limit or len(rows) < asked:
+                    break
+                asked += limit - len(matching)
+            for row in matching[:limit]:
                 values = await self._load_values(store, row["thread_id"], row["checkpoint_ns"], row)
-                item = self._tuple(row["thread_id"], row, values)
-                # jsonb containment is looser than equality for nested values: check as LangGraph's savers do
-                if filter and not all(item.metadata.get(k) == v for k, v in filter.items()):
-                    continue
-                out.append(item)
+                out.append(self._tuple(row["thread_id"], row, values))
         self.memory._core.stats.checkpoint_reads += len(out)
         return out
+
+    def _matches(self, row: Any, filter: dict[str, Any]) -> bool:
+        metadata = self.serde.loads_typed((row["metadata_type"], row["metadata_blob"]))
+        return all(metadata.get(k) == v for k, v in filter.items())
 
     async def _delta_history(self, config: RunnableConfig, channels: Sequence[str]
                              ) -> dict[str, DeltaChannelHistory]:

@@ -279,9 +279,9 @@ class CheckpointStore:
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
-        if metadata:
-            args.append(jsonb("the filter", metadata))
-            where.append(f"c.metadata @> ${len(args)}::jsonb")
+        for key, value in (metadata or {}).items():  # equal values, a missing key as None: as InMemorySaver's
+            args += [key, jsonb("the filter", value)]
+            where.append(f"COALESCE(c.metadata -> ${len(args) - 1}, 'null') = ${len(args)}::jsonb")
         if before is not None:
             args.append(before)
             where.append(f"c.checkpoint_id < ${len(args)}")
