@@ -78,11 +78,39 @@ def test_messages_are_stored_as_deltas_and_read_back_whole(make_memory: Callable
     assert got is not None
     assert [message_to_dict(m) for m in got.checkpoint["channel_values"]["messages"]] == [
         message_to_dict(m) for m in messages]
-    # Keeping only the latest checkpoint stores its value whole: it still reads back the same.
+    # Keeping only the latest checkpoint stores its value whole: it still reads back the same, from Redis and
+    # from PostgreSQL (`list` reads PostgreSQL; a saver that remembers nothing cannot fill in a dropped chain).
     fresh.prune([thread], strategy="keep_latest")
     after = HybridSaver(make_memory()).get_tuple(config)
     assert after is not None and len(list(fresh.list(config))) == 1
     assert [m.id for m in after.checkpoint["channel_values"]["messages"]] == [m.id for m in messages]
+    [cold] = HybridSaver(make_memory()).list(config)
+    assert [m.id for m in cold.checkpoint["channel_values"]["messages"]] == [m.id for m in messages]
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+async def test_with_async_writes_off_a_put_and_writes_return_once_postgresql_committed_them(
+        make_memory: Callable[..., HybridMemory], api: str) -> None:
+    """`async_writes=False`: acknowledged after the commit (the write-behind alone would wait 5 s here)."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from conftest import pg_fetch
+
+    memory = make_memory(async_writes=False, write_behind_delay=5.0)
+    saver = HybridSaver(memory)
+    ns = memory.config.namespace
+    config: dict[str, Any] = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    if api == "sync":
+        stored = await asyncio.to_thread(saver.put, config, empty_checkpoint(), {}, {})
+    else:
+        stored = await saver.aput(config, empty_checkpoint(), {}, {})
+    assert [r[0] for r in pg_fetch(f'SELECT checkpoint_id FROM "{ns}".checkpoints')] == [
+        stored["configurable"]["checkpoint_id"]]
+    if api == "sync":
+        await asyncio.to_thread(saver.put_writes, stored, [("a", 1), ("b", 2)], "task")
+    else:
+        await saver.aput_writes(stored, [("a", 1), ("b", 2)], "task")
+    assert pg_fetch(f'SELECT count(*) FROM "{ns}".checkpoint_writes')[0][0] == 2
 
 
 def test_bad_input_is_refused_before_anything_is_written(make_memory: Callable[..., HybridMemory]) -> None:

@@ -384,16 +384,33 @@ def test_forget_user_after_confirmation_or_yes(run, namespace, users, monkeypatc
     assert _count(namespace) == 0
 
 
-def test_retention_erases_only_idle_sessions_after_confirmation(run, namespace, users, monkeypatch):
+def test_retention_erases_only_idle_sessions_after_confirmation(run, namespace, users, make_memory, monkeypatch):
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from langchain_hybrid_memory.checkpoint import HybridSaver
+
+    memory = make_memory()
+    saver = HybridSaver(memory)
+    for thread in ("idle-thread", "active-thread"):
+        saver.put({"configurable": {"thread_id": thread, "checkpoint_ns": ""}}, empty_checkpoint(), {}, {})
+    memory.flush()
     pg_fetch(f"UPDATE \"{namespace}\".sessions SET last_active_at = now() - interval '40 days'"
              " WHERE session_id IN ('a1', 'b1')")
+    pg_fetch(f"UPDATE \"{namespace}\".checkpoints SET created_at = now() - interval '40 days'"
+             " WHERE thread_id = 'idle-thread'")
+
+    def threads() -> set[str]:
+        return {r[0] for r in pg_fetch(f'SELECT thread_id FROM "{namespace}".checkpoints')}
+
     monkeypatch.setattr(sys, "stdin", io.StringIO("n\n"))
     code, _, err = run("--namespace", namespace, "retention", "--days", "30")
-    assert code == 1 and "nothing was deleted" in err and _count(namespace) == 6
+    assert code == 1 and "checkpoint thread" in err and "nothing was deleted" in err
+    assert _count(namespace) == 6 and threads() == {"idle-thread", "active-thread"}
     monkeypatch.setattr(sys, "stdin", _NoStdin())
     code, out, _ = run("--namespace", namespace, "retention", "--days", "30", "--yes")
-    assert code == 0 and "erased 2 sessions idle for more than 30.0 days" in out
+    assert code == 0 and "erased 2 sessions idle for more than 30.0 days" in out and "checkpoint threads" in out
     assert _count(namespace, "session_id = 'a2'") == 2 and _count(namespace) == 2
+    assert threads() == {"active-thread"}
 
 
 # -- settings -----------------------------------------------------------------------------------------------

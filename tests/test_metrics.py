@@ -15,11 +15,20 @@ from hybrid_memory_testing.servers import free_port
 
 
 def test_scrape(make_memory, namespace):
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from langchain_hybrid_memory.checkpoint import HybridSaver
+
     memory = make_memory()
     memory.add_messages("s", [Message("human", "x")])
     memory.get_recent_messages("s")
     memory.invalidate_session("s")
     memory.get_recent_messages("s")
+    saver = HybridSaver(memory)  # checkpoint traffic: 2 puts, 3 pending writes, 1 read
+    config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    config = saver.put(saver.put(config, empty_checkpoint(), {}, {}), empty_checkpoint(), {}, {})
+    saver.put_writes(config, [("a", 1), ("b", 2), ("c", 3)], "task")
+    assert saver.get_tuple(config) is not None
     registry = CollectorRegistry()
     registry.register(HybridMemoryCollector(memory))
     port = free_port()
@@ -35,6 +44,9 @@ def test_scrape(make_memory, namespace):
     assert lines[f"hybrid_memory_misses_total{label}"] == 1
     assert lines[f"hybrid_memory_hit_rate_percent{label}"] == 50.0
     assert lines[f"hybrid_memory_redis_up{label}"] == 1
+    assert lines[f"hybrid_memory_checkpoint_puts_total{label}"] == 2
+    assert lines[f"hybrid_memory_checkpoint_writes_total{label}"] == 3
+    assert lines[f"hybrid_memory_checkpoint_reads_total{label}"] == 1
     assert lines[f"hybrid_memory_redis_memory_megabytes{label}"] > 0
     assert f'hybrid_memory_latency_seconds{{namespace="{namespace}",op="read",quantile="0.99"}}' in lines
     assert "hybrid_memory_write_behind_backlog" in text and "hybrid_memory_pg_pool_size" in text

@@ -152,23 +152,25 @@ def cmd_forget_user(args: argparse.Namespace) -> int:
         known = len(memory.list_sessions(user_id=args.user))
         if not args.yes:
             confirm(f"Erase user {args.user!r} in namespace {ns!r}: {known} sessions (every message, summary and "
-                    "cached window, in Redis and PostgreSQL)?")
+                    "cached window, in Redis and PostgreSQL) and the user's LangGraph checkpoint threads?")
         erased = memory.delete_user(args.user)
-    print(f"erased {erased} sessions of user {args.user!r} from namespace {ns!r}")
+    print(f"erased {erased} sessions of user {args.user!r} from namespace {ns!r}, and the user's checkpoint threads")
     return EXIT_OK
 
 
 def cmd_retention(args: argparse.Namespace) -> int:
-    """Erase sessions idle longer than --days from Redis and PostgreSQL, after confirmation (unless --yes)."""
+    """Erase sessions and checkpoint threads idle longer than --days from Redis and PostgreSQL, after confirmation
+    (unless --yes)."""
     with open_memory(args) as memory:
         ns = memory.config.namespace
         if not args.yes:
             confirm(f"Erase every session of namespace {ns!r} idle for more than {args.days} days (messages, "
-                    "summaries and cached windows)?")
+                    "summaries and cached windows) and every LangGraph checkpoint thread idle as long?")
         bar = Progress("erasing idle sessions")
         erased = memory.purge_idle_sessions(args.days * 86400.0, on_progress=bar.update)
         bar.close()
-    print(f"erased {erased} sessions idle for more than {args.days} days from namespace {ns!r}")
+    print(f"erased {erased} sessions idle for more than {args.days} days from namespace {ns!r}, and the checkpoint"
+          " threads idle as long")
     return EXIT_OK
 
 
