@@ -189,8 +189,11 @@ def booking_graph(saver: BaseCheckpointSaver[Any], calls: list[str]) -> Any:
 
 @pytest.mark.parametrize("use_async", [False, True])
 async def test_interrupt_then_resume_from_another_saver(make_memory, use_async):
+    import redis
+
     calls: list[str] = []
-    graph = booking_graph(HybridSaver(make_memory()), calls)
+    memory = make_memory()
+    graph = booking_graph(HybridSaver(memory), calls)
     h1 = HumanMessage("Book me a flight to Oslo", id="h-1")
     if use_async:
         first = await graph.ainvoke({"messages": [h1]}, _cfg("book"))
@@ -199,7 +202,11 @@ async def test_interrupt_then_resume_from_another_saver(make_memory, use_async):
     assert [i.value for i in first["__interrupt__"]] == [{"question": "book it?", "seen": 2}]
     assert calls == ["prepare", "ask"]
 
-    # A restart: a new engine and saver; the pending interrupt and the state come from PostgreSQL.
+    # A restart of the app and of Redis: a new engine and saver, and the thread's Redis keys gone; the pending
+    # interrupt and the state come from PostgreSQL.
+    memory.flush()
+    with redis.Redis.from_url(REDIS_URL) as r:
+        assert r.delete(*r.keys(memory._core.keys.thread("book").checkpoints[:-1] + "*")) >= 2
     resumed_graph = booking_graph(HybridSaver(make_memory()), calls)
     paused = await resumed_graph.aget_state(_cfg("book"))
     assert paused.next == ("ask",)
