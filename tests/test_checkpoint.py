@@ -366,11 +366,14 @@ def test_each_threads_latest_value_stays_remembered_while_other_threads_step(
     assert blob_reads == ["t0"]
 
 
+@pytest.mark.parametrize("lost", ["thread", "chains"])
 def test_a_thread_redis_lost_is_served_from_redis_again_after_its_next_put(
-        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Redis loses a thread (its TTL, eviction): the next read comes from PostgreSQL, and the put after it stores
-    in Redis whole what it cannot build on there (a delta of `messages`, and `summary`, unchanged since), so
-    every later step is read from Redis again."""
+        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch, lost: str) -> None:
+    """Redis loses a thread (its TTL, eviction), or holds it as an earlier version wrote it (its chains as bare
+    versions): the next read comes from PostgreSQL, and the put after it stores in Redis whole what it cannot
+    build on there (a delta of `messages`, and `summary`, unchanged since), so every later step is read from
+    Redis again."""
+    import orjson
     import redis
     from langchain_core.messages import HumanMessage
     from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
@@ -401,7 +404,12 @@ def test_a_thread_redis_lost_is_served_from_redis_again_after_its_next_put(
     memory.flush()
     keys = memory._core.keys.thread(thread)
     with redis.Redis.from_url(REDIS_URL) as r:
-        assert r.delete(keys.checkpoints) == 1  # (no writes were put: the thread has no other key)
+        if lost == "thread":
+            assert r.delete(keys.checkpoints) == 1  # (no writes were put: the thread has no other key)
+        else:
+            *parts, chains = store_module.unpack(r.hget(keys.checkpoints, "c\x1f"))
+            earlier = {ch: [e[0] for e in chain] for ch, chain in orjson.loads(chains).items()}
+            r.hset(keys.checkpoints, "c\x1f", store_module.pack([*parts, orjson.dumps(earlier)]))
     cold_reads: list[str] = []
     get = store_module.CheckpointStore.get
 
@@ -419,6 +427,77 @@ def test_a_thread_redis_lost_is_served_from_redis_again_after_its_next_put(
     assert tup is not None and cold_reads == [thread]
     assert [m.id for m in tup.checkpoint["channel_values"]["messages"]] == [f"m{i}" for i in range(10)]
     assert tup.checkpoint["channel_values"]["summary"] == "so far: nothing"
+
+
+def test_redis_holds_a_long_thread_in_merged_deltas_and_serializes_each_item_a_few_times(
+        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 puts of one message each: in Redis, 16 deltas of one span in a row become one (16 puts, then 256), so
+    what the puts serialize for Redis stays within a few times what they add (never the whole list again), the
+    thread's hash holds a few dozen blobs, and a process that remembers nothing reads the latest state from
+    Redis alone, whatever the count of puts (before, at and after each merge)."""
+    import redis
+    from langchain_core.messages import HumanMessage
+
+    from langchain_hybrid_memory.checkpoint import saver as saver_module
+    from langchain_hybrid_memory.checkpoint import store as store_module
+
+    from conftest import REDIS_URL
+
+    assert saver_module._MERGE == 16
+    memory = make_memory()
+    saver = HybridSaver(memory)
+    thread = f"t-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+    added: list[int] = []  # bytes of the items each put adds, as stored in PostgreSQL (a delta, or the first whole)
+    for_redis: list[int] = []  # bytes each put serializes for Redis alone (a merged delta; not its own delta)
+    remember = saver._remember_put
+
+    def measured(p: Any) -> None:
+        added.append(sum(len(b[3] or b"") for b in p.blobs))
+        for_redis.append(sum(len(b[3] or b"") for b in p.hot_blobs if b[3] is not p.blobs[0][3]))
+        remember(p)
+
+    monkeypatch.setattr(saver, "_remember_put", measured)
+    cold_reads: list[str] = []
+    get = store_module.CheckpointStore.get
+
+    async def counted(self: Any, thread_id: str, *args: Any) -> Any:
+        cold_reads.append(thread_id)
+        return await get(self, thread_id, *args)
+
+    monkeypatch.setattr(store_module.CheckpointStore, "get", counted)
+    messages: list[Any] = []
+    stored: list[dict[str, Any]] = []
+    fresh_memory = make_memory()
+    for i in range(300):
+        put, messages = _step(saver, config, messages, [HumanMessage(f"m{i}", id=f"m{i}")])
+        stored.append(put)
+        if i + 1 in (15, 16, 17, 32, 255, 256, 257, 300):
+            fresh = HybridSaver(fresh_memory)  # remembers nothing: folds the chain's blobs from Redis
+            tup = fresh.get_tuple(config)
+            assert tup is not None and [m.id for m in tup.checkpoint["channel_values"]["messages"]] == [
+                f"m{j}" for j in range(i + 1)]
+    assert cold_reads == [thread]  # the first step's, of a thread without a checkpoint yet
+    # Each item is serialized again once per merge it takes part in (16 and 256 puts here), never per put.
+    assert sum(for_redis) <= 3 * sum(added[1:]), (sum(for_redis), sum(added))
+    assert max(for_redis) <= 256 * max(added[1:])
+    with redis.Redis.from_url(REDIS_URL) as r:
+        blobs = [f for f in r.hkeys(memory._core.keys.thread(thread).checkpoints) if f.startswith(b"b")]
+    assert len(blobs) <= 1 + 15 + 15  # the first whole, then at most 15 deltas of each span (300 = 1*256 + 2*16 + 12)
+    # A fork from an older checkpoint, whose blobs in Redis later merges dropped: read back right all the same.
+    from langgraph.checkpoint.base import create_checkpoint
+
+    old = saver.get_tuple(stored[249])
+    assert old is not None
+    version = saver.get_next_version(old.checkpoint["channel_versions"]["messages"], None)
+    fork = create_checkpoint(old.checkpoint, None, 1)
+    fork["channel_values"] = {"messages": [*old.checkpoint["channel_values"]["messages"], HumanMessage("f", id="f")]}
+    fork["channel_versions"] = {**old.checkpoint["channel_versions"], "messages": version}
+    saver.put(stored[249], fork, {"source": "fork", "step": 1}, {"messages": version})
+    for reader in (saver, HybridSaver(make_memory())):
+        tup = reader.get_tuple(config)
+        assert tup is not None and [m.id for m in tup.checkpoint["channel_values"]["messages"]] == [
+            *(f"m{j}" for j in range(250)), "f"]
 
 
 def test_remembered_lists_are_bounded_by_their_items(make_memory: Callable[..., HybridMemory],

@@ -12,8 +12,10 @@ PostgreSQL, so every acknowledged write is seen.
 
 A list channel (an agent's messages) is stored as the items appended since its previous version plus a
 reference to that version, so a step writes what it added, not the thread's whole history again; a list that
-was rewritten (`RemoveMessage`, an item replaced by id, summarization) is stored whole. In Redis a chain is
-cut at `_CHAIN` versions (that version is cached whole), which bounds what a read from Redis folds.
+was rewritten (`RemoveMessage`, an item replaced by id, summarization) is stored whole. In Redis, `_MERGE`
+deltas of one span in a row are merged into one delta spanning them all (as a counter carries a digit), so a
+read from Redis folds a few blobs per power of `_MERGE` versions, and each item is serialized again only once
+per such power, never the whole list.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ DELTA = "hm-delta/"  # blob type prefix: (previous version, items kept from it, 
 # that a process stepping thousands of short threads keeps them all and a few long ones do not hold gigabytes.
 _KNOWN, _KNOWN_ITEMS = 4096, 50_000
 _PER_CHANNEL = 2  # versions remembered per channel of a thread
-_CHAIN = 16  # in Redis, a list channel is cached whole at least every this many versions
+_MERGE = 16  # in Redis, this many deltas of one span in a row become one delta (see `_chains`)
 _SEP = "\x1f"  # between the parts of a Redis hash field name
 
 
@@ -67,7 +69,9 @@ class _Serialized(tuple[str, bytes]):
     """A non-list channel value as stored: decoded on every read (the caller may mutate what it gets)."""
 
 
-Chains = dict[str, builtins.list[str] | None]  # channel -> the versions its value folds (None: not known here)
+# channel -> the blobs its value folds in Redis, each [version, the list's length there, span]: the first whole
+# (span 0), each next a delta on the one before it spanning `span` puts (None: not known here)
+Chains = dict[str, builtins.list[builtins.list[Any]] | None]
 
 
 _Own = tuple[bytes, str, str, builtins.list[Any]]  # a pending write's Redis field value, task path, channel, value
@@ -370,15 +374,15 @@ class HybridSaver(BaseCheckpointSaver[str]):
         values: dict[str, Any] = {}
         need: dict[str, builtins.list[str]] = {}
         for channel, chain in chains.items():
-            if not chain:
-                return None  # this version's chain is not in Redis: PostgreSQL has it
-            known = self._lists.get((thread_id, ns, channel, chain[-1]))
+            if not chain or not isinstance(chain[-1], list):
+                return None  # this version's chain is not in Redis (or in an earlier format): PostgreSQL has it
+            known = self._lists.get((thread_id, ns, channel, chain[-1][0]))
             if known is not None:
                 values[channel] = self._value(known)
                 continue
-            start = max((i for i, v in enumerate(chain) if isinstance(
-                self._lists.get((thread_id, ns, channel, v)), list)), default=0)
-            need[channel] = chain[start:]
+            start = max((i for i, e in enumerate(chain) if isinstance(
+                self._lists.get((thread_id, ns, channel, e[0])), list)), default=0)
+            need[channel] = [e[0] for e in chain[start:]]
         if need:
             fields = [_SEP.join(("b", ns, ch, v)) for ch, vs in need.items() for v in vs]
             got = iter((yield ("checkpoint_blobs", (thread_id, fields))))
@@ -427,10 +431,11 @@ class HybridSaver(BaseCheckpointSaver[str]):
     def _chains(self, values: dict[str, Any], versions: dict[str, str], blobs: builtins.list[Blob],
                 parent_chains: Chains) -> tuple[Chains, builtins.list[Blob], builtins.list[tuple[str, str]]]:
         """For Redis: each valued channel's chain at the new checkpoint, the blobs to store, and the (channel,
-        version) blobs of the parent's chains that a channel stored whole leaves behind. A value goes whole when
+        version) blobs of the parent's chain it leaves behind. A delta extends the parent's chain; when the chain
+        then ends in `_MERGE` deltas of one span, they become one delta of the new version on the blob before
+        them (and so on up), serializing only the items they added. A value goes whole when it is not a delta or
         its parent's chain is not known here (the parent was read from PostgreSQL: Redis may not hold what it
-        builds on, and a chain Redis does not hold would send every later read to PostgreSQL), and a delta when
-        its chain reached `_CHAIN` versions (a read folds at most that many)."""
+        builds on, and a chain Redis does not hold would send every later read to PostgreSQL)."""
         new = {b[0]: b for b in blobs}
         chains: Chains = {}
         hot: builtins.list[Blob] = []
@@ -438,18 +443,32 @@ class HybridSaver(BaseCheckpointSaver[str]):
         for channel, version in versions.items():
             if channel not in values:
                 continue
+            value = values[channel]
             blob = new.get(channel)
             before = parent_chains.get(channel)
+            if before and not isinstance(before[0], list):  # an earlier version's chain: start again
+                before = None
             if blob is None and before:
                 chains[channel] = before
                 continue
-            if blob is None or (blob[2].startswith(DELTA) and (not before or len(before) >= _CHAIN)):
-                blob = (channel, version, *self._dumps(f"channel {channel!r}", values[channel]))
-            if before and blob[2].startswith(DELTA):
-                chains[channel] = [*before, blob[1]]
+            if blob is not None and before and blob[2].startswith(DELTA):
+                chain = [*before, [version, len(value), 1]]
+                merged: builtins.list[str] = []
+                # Spans never grow along a chain after its first blob: the last `_MERGE` are equal if both ends are.
+                while len(chain) > _MERGE and chain[-_MERGE][2] == chain[-1][2]:
+                    merged += [e[0] for e in chain[-_MERGE:-1]]
+                    chain[-_MERGE:] = [[version, len(value), chain[-1][2] * _MERGE]]
+                if merged:
+                    base = chain[-2]
+                    kind, data = self._dumps(f"channel {channel!r}", [base[0], base[1], value[base[1]:]])
+                    blob = (channel, version, DELTA + kind, data)
+                    drop += [(channel, v) for v in merged]
             else:
-                chains[channel] = [blob[1]]
-                drop += [(channel, v) for v in before or () if v != blob[1]]
+                if blob is None or blob[2].startswith(DELTA):
+                    blob = (channel, version, *self._dumps(f"channel {channel!r}", value))
+                chain = [[version, len(value) if isinstance(value, list) else 0, 0]]
+                drop += [(channel, e[0]) for e in before or () if e[0] != version]
+            chains[channel] = chain
             hot.append(blob)
         return chains, hot, drop
 

@@ -2,7 +2,7 @@
 -- KEYS: 1 the thread's checkpoint hash, 2 this namespace's writes hash, 3 the bucket's outbox, 4 the thread's
 -- entry set, 5 its lease (keys.py ThreadKeys). ARGV: 1 namespace, 2 checkpoint id, 3 the hot record, 4 TTL
 -- (ms), 5 the outbox record, 6 thread id, 7 n blobs, then n (field, value), then m, then m blob fields to delete
--- (a delta chain replaced by a whole value), then this process's token.
+-- (blobs the new chain no longer folds), then this process's token.
 -- The hash keeps, per namespace, only the newest checkpoint ('i' its id, 'c' its record): ids sort in time
 -- order, so an older checkpoint put late (a replay, a copy) never replaces a newer one. Pending writes are
 -- named '<checkpoint id> US <task id> US <idx>'; a new latest checkpoint drops those of older ones, and only
