@@ -212,19 +212,21 @@ def test_metadata_json_cannot_hold_is_stored_and_filtered_as_langgraph_does(
 
 
 def test_list_filters_with_a_limit_as_inmemorysaver_does(make_memory: Callable[..., HybridMemory]) -> None:
-    """A filter matches by equality (a list contained in a longer one does not match; a key a checkpoint lacks
-    matches None) and a limit counts matches only: rows whose metadata column looks like a match but whose
-    metadata is not (NUL mapped in jsonb) are made up for."""
+    """A filter matches by equality, Python's (a list contained in a longer one does not match; a key a
+    checkpoint lacks matches None; True equals 1) and a limit counts matches only: rows whose metadata column
+    looks like a match but whose metadata is not (NUL mapped in jsonb) are made up for."""
     from langgraph.checkpoint.base import empty_checkpoint
     from langgraph.checkpoint.memory import InMemorySaver
 
     metadata: list[dict[str, Any]] = [
         {"step": 1, "tags": ["a"], "user_id": "u"}, {"step": 2, "tags": ["a", "b"]},
         {"step": 3, "note": {"n": "a\x00b"}}, {"step": 4, "note": {"n": "a\ufffdb"}},
-        {"step": 5, "note": {"n": "a\ufffdb"}}]
+        {"step": 5, "note": {"n": "a\ufffdb"}, "flag": 1, "on": [True]}]
     filters: list[tuple[dict[str, Any], int | None]] = [
         ({"tags": ["a"]}, 1), ({"tags": ["a"]}, None), ({"note": {"n": "a\x00b"}}, 1), ({"user_id": None}, 3),
-        ({"user_id": None, "tags": None}, None), ({"step": 4}, 2), ({"tags": ["b", "a"]}, 1)]
+        ({"user_id": None, "tags": None}, None), ({"step": 4}, 2), ({"tags": ["b", "a"]}, 1),
+        ({"k\x00ey": None}, 2), ({"it's $1 -> x": None}, 1), ({"step": 4}, -1), ({"step": 4}, 0),
+        ({"flag": True, "on": [1]}, 1)]
     listed: dict[str, list[list[int]]] = {}
     for saver in (HybridSaver(make_memory()), InMemorySaver()):
         config: dict[str, Any] = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
@@ -232,7 +234,8 @@ def test_list_filters_with_a_limit_as_inmemorysaver_does(make_memory: Callable[.
             config = saver.put(config, empty_checkpoint(), meta, {})
         listed[type(saver).__name__] = [[t.metadata["step"] for t in saver.list(None, filter=f, limit=limit)]
                                         for f, limit in filters]
-    assert listed["HybridSaver"] == listed["InMemorySaver"] == [[1], [1], [3], [5, 4, 3], [5, 4, 3], [4], []]
+    assert listed["HybridSaver"] == listed["InMemorySaver"] == [
+        [1], [1], [3], [5, 4, 3], [5, 4, 3], [4], [], [5, 4], [5], [], [], [5]]
 
 
 def test_delete_user_and_retention_cover_checkpoint_threads(make_memory: Callable[..., HybridMemory]) -> None:
@@ -427,6 +430,35 @@ def test_a_thread_redis_lost_is_served_from_redis_again_after_its_next_put(
     assert tup is not None and cold_reads == [thread]
     assert [m.id for m in tup.checkpoint["channel_values"]["messages"]] == [f"m{i}" for i in range(10)]
     assert tup.checkpoint["channel_values"]["summary"] == "so far: nothing"
+
+
+def test_a_fork_from_a_checkpoint_read_from_postgresql_that_leaves_the_messages_is_read_back_from_redis(
+        make_memory: Callable[..., HybridMemory]) -> None:
+    """A fork (`update_state` on an older checkpoint) changing another channel only: its put stores `messages`
+    whole in Redis under the version Redis holds as a delta, which the whole value replaces, so a process that
+    remembers nothing folds the right list (not a delta taken for a whole value)."""
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.base import create_checkpoint
+
+    writer = HybridSaver(make_memory())
+    config: dict[str, Any] = {"configurable": {"thread_id": f"t-{uuid.uuid4().hex[:8]}", "checkpoint_ns": ""}}
+    messages: list[Any] = []
+    stored = []
+    for i in range(5):  # in Redis: the first version whole, then deltas
+        put, messages = _step(writer, config, messages, [HumanMessage(f"m{i}", id=f"m{i}")])
+        stored.append(put)
+    forker = HybridSaver(make_memory())
+    old = forker.get_tuple(stored[2])  # not the latest: read from PostgreSQL, its chains unknown
+    assert old is not None
+    fork = create_checkpoint(old.checkpoint, None, 3)
+    version = forker.get_next_version(None, None)
+    fork["channel_values"] = {**old.checkpoint["channel_values"], "note": "x"}
+    fork["channel_versions"] = {**old.checkpoint["channel_versions"], "note": version}
+    forker.put(old.config, fork, {"source": "update", "step": 3}, {"note": version})
+    for reader in (forker, HybridSaver(make_memory())):
+        tup = reader.get_tuple(config)
+        assert tup is not None and tup.checkpoint["channel_values"]["note"] == "x"
+        assert [m.id for m in tup.checkpoint["channel_values"]["messages"]] == ["m0", "m1", "m2"]
 
 
 def test_redis_holds_a_long_thread_in_merged_deltas_and_serializes_each_item_a_few_times(
@@ -1071,6 +1103,26 @@ async def test_a_write_changes_what_a_loop_kept_only_when_it_was_the_only_change
         assert got is not None and got.checkpoint["id"] == newer["id"]
     finally:
         await client.aclose()
+
+
+async def test_commits_of_the_same_records_in_other_orders_never_deadlock(
+        make_memory: Callable[..., HybridMemory]) -> None:
+    """Two processes may commit the same records at once in different orders (one's write-behind batch, the
+    other's settling of a thread before a read): each table's rows go in one order, so they never deadlock."""
+    from langchain_hybrid_memory.checkpoint.store import commit_records, put_record, writes_record
+
+    memory = make_memory()
+    await memory.aclear_session("warm-up")  # starts the engine: its store is used directly below
+    store = memory._core.need_store()
+    for attempt in range(10):
+        records = []
+        for i in range(40):
+            thread, cid = f"t{i}", f"{attempt:04}.{i:04}"
+            records.append(put_record(thread, "", cid, None, None, ("json", b"{}"), "{}", ("json", b"{}"), "{}",
+                                      [("messages", f"{cid}.v", "json", b"[]")]))
+            records.append(writes_record(thread, "", cid, "task", "", [(0, "messages", "json", b"[]")]))
+        await asyncio.gather(*(memory._core.engine.arun(commit_records(store, order))
+                               for order in (records, records[::-1], records[1::2] + records[::2])))
 
 
 def test_records_round_trip_and_damaged_ones_raise_value_error() -> None:

@@ -380,7 +380,7 @@ class RedisCache(Commands):
             pipe.values.restamp(track.name, before, after)
 
     async def checkpoint_put(self, thread_id: str, ns: str, checkpoint_id: str, hot: bytes, record: bytes,
-                             blobs: Sequence[tuple[str, bytes]], drop: Sequence[str]) -> str:
+                             blobs: Sequence[tuple[str, bytes, bool]], drop: Sequence[str]) -> str:
         """Make a checkpoint the namespace's hot latest one (unless a newer one is) and queue its record;
         returns the outbox entry id."""
         args = self.checkpoint_put_args(thread_id, ns, checkpoint_id, hot, record, blobs, drop)

@@ -232,10 +232,10 @@ class Commands:
         return [k.checkpoints, k.writes(ns), k.outbox, k.entries, k.lease]
 
     def checkpoint_put_args(self, thread_id: str, ns: str, checkpoint_id: str, hot: bytes, record: bytes,
-                            blobs: Sequence[tuple[str, bytes]], drop: Sequence[str]) -> list[Any]:
+                            blobs: Sequence[tuple[str, bytes, bool]], drop: Sequence[str]) -> list[Any]:
         args: list[Any] = [ns, checkpoint_id, hot, self._ttl_ms, record, thread_id, len(blobs)]
-        for field_, value in blobs:
-            args += (field_, value)
+        for field_, value, whole in blobs:
+            args += (field_, value, "1" if whole else "0")
         args += (len(drop), *drop, token())
         return args
 

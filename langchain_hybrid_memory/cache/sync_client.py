@@ -187,7 +187,7 @@ class SyncHotPath(Commands):
     # -- checkpoint threads (HybridSaver): as RedisCache's, without keeping values (a blocking connection
     # reads notices only during its own calls: it could not release a lease in time) ----------------------
     def checkpoint_put(self, thread_id: str, ns: str, checkpoint_id: str, hot: bytes, record: bytes,
-                       blobs: Sequence[tuple[str, bytes]], drop: Sequence[str]) -> str:
+                       blobs: Sequence[tuple[str, bytes, bool]], drop: Sequence[str]) -> str:
         args = self.checkpoint_put_args(thread_id, ns, checkpoint_id, hot, record, blobs, drop)
         with self._down():
             return self.entry_id(self._change(thread_id, self._checkpoint_put, self.thread_keys(thread_id, ns), args))

@@ -548,16 +548,16 @@ class HybridSaver(BaseCheckpointSaver[str]):
         with self.memory._core.health.store_step():
             await self._settle(thread_id)
             # The metadata column maps what jsonb cannot hold (NaN, NUL, other types as text): the filter is checked
-            # again on the metadata itself, and rows it drops are made up for by asking for more.
-            asked = limit
+            # again on the metadata itself, and rows it drops are made up for by asking for twice as many.
+            want = asked = None if limit is None else max(limit, 0)  # a limit below 0 as 0 (as InMemorySaver)
             while True:
                 rows = await store.list_checkpoints(thread_id, ns, _checkpoint_id(config) if config else None,
                                                     filter, _checkpoint_id(before) if before else None, asked)
                 matching = [row for row in rows if not filter or self._matches(row, filter)]
-                if limit is None or asked is None or len(matching) >= limit or len(rows) < asked:
+                if want is None or asked is None or len(matching) >= want or len(rows) < asked:
                     break
-                asked += limit - len(matching)
-            for row in matching[:limit]:
+                asked *= 2
+            for row in matching[:want]:
                 values = await self._load_values(store, row["thread_id"], row["checkpoint_ns"], row)
                 out.append(self._tuple(row["thread_id"], row, values))
         self.memory._core.stats.checkpoint_reads += len(out)
@@ -630,7 +630,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
         """The Redis script of a put (it returns the outbox entry id)."""
         return ("checkpoint_put", (
             p.thread_id, p.ns, p.checkpoint_id, p.hot, p.record,
-            [(_SEP.join(("b", p.ns, b[0], b[1])), pack([b[2], b[3]])) for b in p.hot_blobs if b[3] is not None],
+            [(_SEP.join(("b", p.ns, b[0], b[1])), pack([b[2], b[3]]), not b[2].startswith(DELTA))
+             for b in p.hot_blobs if b[3] is not None],
             [_SEP.join(("b", p.ns, ch, v)) for ch, v in p.drop]))
 
     def _stored(self, call: _Call) -> Generator[_Call, Any, str]:

@@ -60,6 +60,15 @@ def jsonb(what: str, value: Any) -> str:
     return out.decode("utf-8")
 
 
+def _bool_or_bit(value: Any) -> bool:
+    """Whether a filter value holds a bool, 0 or 1 (at any depth)."""
+    if isinstance(value, dict):
+        return any(_bool_or_bit(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_bool_or_bit(v) for v in value)
+    return isinstance(value, (bool, int, float)) and value in (0, 1)
+
+
 _NONE = 0xFFFFFFFF
 _LEN = struct.Struct(">I")
 
@@ -134,7 +143,9 @@ def writes_record(thread_id: str, ns: str, checkpoint_id: str, task_id: str, tas
 
 
 # Records of a deleted thread up to its newest checkpoint (a tombstone's `upto`) are left out: another process
-# may commit what it acknowledged before the delete only now.
+# may commit what it acknowledged before the delete only now. Each table's rows go in key order: two processes
+# committing some of the same records at once (one's write-behind batch, the other's settling of a thread before
+# a read) then wait on each other's rows in one order, never in a cycle (a deadlock).
 _LIVE = """NOT EXISTS (SELECT 1 FROM thread_tombstones t
                    WHERE t.thread_id = encode(sha256(convert_to(u.thread_id, 'UTF8')), 'hex')
                      AND u.checkpoint_id COLLATE "C" <= t.upto)"""
@@ -146,6 +157,7 @@ WITH b AS (
       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::text[])
         AS u(thread_id, checkpoint_ns, channel, version, type, blob, checkpoint_id)
      WHERE """ + _LIVE + """
+     ORDER BY 1, 2, 3, 4
     ON CONFLICT DO NOTHING
 ), w AS (
     INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type,
@@ -154,6 +166,7 @@ WITH b AS (
                          $15::text[], $16::bytea[])
         AS u(thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
      WHERE """ + _LIVE + """
+     ORDER BY 1, 2, 3, 4, 6
     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE SET
         channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob, task_path = EXCLUDED.task_path
         WHERE checkpoint_writes.idx < 0
@@ -165,6 +178,7 @@ SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::text[], $21::te
     AS u(thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type, checkpoint, channel_versions,
          metadata_type, metadata_blob, metadata)
  WHERE """ + _LIVE + """
+ ORDER BY 1, 2, 3
 ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
     parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, run_id = EXCLUDED.run_id, type = EXCLUDED.type,
     checkpoint = EXCLUDED.checkpoint, channel_versions = EXCLUDED.channel_versions,
@@ -280,8 +294,11 @@ class CheckpointStore:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
         for key, value in (metadata or {}).items():  # equal values, a missing key as None: as InMemorySaver's
-            args += [key, jsonb("the filter", value)]
-            where.append(f"COALESCE(c.metadata -> ${len(args) - 1}, 'null') = ${len(args)}::jsonb")
+            if _bool_or_bit(value):
+                continue  # Python's True == 1 and False == 0, not jsonb's: left to the check on the metadata
+            # The key as the column holds it (jsonb's mapping: NUL as U+FFFD), taken out of a JSON string.
+            args += [jsonb("the filter", str(key)), jsonb("the filter", value)]
+            where.append(f"COALESCE(c.metadata -> (${len(args) - 1}::jsonb #>> '{{}}'), 'null') = ${len(args)}::jsonb")
         if before is not None:
             args.append(before)
             where.append(f"c.checkpoint_id < ${len(args)}")
