@@ -239,8 +239,9 @@ def test_list_filters_with_a_limit_as_inmemorysaver_does(make_memory: Callable[.
 
 
 def test_delete_user_and_retention_cover_checkpoint_threads(make_memory: Callable[..., HybridMemory]) -> None:
-    """A user's threads (LangGraph copies `configurable.user_id` into metadata) go with `delete_user`; threads
-    idle longer than the retention period go with `purge_idle_sessions`; stats count the traffic."""
+    """A user's threads (LangGraph copies `configurable.user_id` into metadata) are listed by it and go with
+    `delete_user`; threads idle longer than the retention period go with `purge_idle_sessions`; stats count the
+    traffic."""
     from langchain_core.messages import HumanMessage
 
     from conftest import pg_fetch
@@ -264,6 +265,12 @@ def test_delete_user_and_retention_cover_checkpoint_threads(make_memory: Callabl
     assert (stats.checkpoint_puts, stats.checkpoint_writes, stats.checkpoint_reads) == (4, 4, 1)
     assert {t.config["configurable"]["thread_id"] for t in saver.list(None, filter={"user_id": "alice"})} == {
         "alice-1", "alice-2"}
+    # Threads by metadata, the most recently written first (bob-1 was written after alice-2: none of
+    # LangGraph's checkpoint ids repeat and they grow with time); a fresh process lists the same.
+    assert saver.list_threads(filter={"user_id": "alice"}) == ["alice-2", "alice-1"]
+    assert saver.list_threads(filter={"user_id": "alice"}, limit=1) == ["alice-2"]
+    assert HybridSaver(make_memory()).list_threads() == ["nobody", "bob-1", "alice-2", "alice-1"]
+    assert asyncio.run(saver.alist_threads(filter={"user_id": "carol"})) == []
     memory.delete_user("alice")
     ns = memory.config.namespace
     left = {r["thread_id"] for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes")

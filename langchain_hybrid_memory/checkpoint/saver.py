@@ -25,7 +25,7 @@ import contextlib
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -547,21 +547,34 @@ class HybridSaver(BaseCheckpointSaver[str]):
         out = []
         with self.memory._core.health.store_step():
             await self._settle(thread_id)
-            # The metadata column maps what jsonb cannot hold (NaN, NUL, other types as text): the filter is checked
-            # again on the metadata itself, and rows it drops are made up for by asking for twice as many.
-            want = asked = None if limit is None else max(limit, 0)  # a limit below 0 as 0 (as InMemorySaver)
-            while True:
-                rows = await store.list_checkpoints(thread_id, ns, _checkpoint_id(config) if config else None,
-                                                    filter, _checkpoint_id(before) if before else None, asked)
-                matching = [row for row in rows if not filter or self._matches(row, filter)]
-                if want is None or asked is None or len(matching) >= want or len(rows) < asked:
-                    break
-                asked *= 2
-            for row in matching[:want]:
+            rows = await self._matching(lambda n: store.list_checkpoints(
+                thread_id, ns, _checkpoint_id(config) if config else None, filter,
+                _checkpoint_id(before) if before else None, n), filter, limit)
+            for row in rows:
                 values = await self._load_values(store, row["thread_id"], row["checkpoint_ns"], row)
                 out.append(self._tuple(row["thread_id"], row, values))
         self.memory._core.stats.checkpoint_reads += len(out)
         return out
+
+    async def _list_threads(self, filter: dict[str, Any] | None, limit: int | None) -> builtins.list[str]:
+        store = await self._store()
+        with self.memory._core.health.store_step():
+            await self._settle(None)
+            rows = await self._matching(lambda n: store.list_threads(filter, n), filter, limit)
+        return [row["thread_id"] for row in rows]
+
+    async def _matching(self, fetch: Callable[[int | None], Awaitable[builtins.list[Any]]],
+                        filter: dict[str, Any] | None, limit: int | None) -> builtins.list[Any]:
+        """Rows `fetch(n)` returns (n at most; None: all) whose metadata matches `filter` exactly, `limit` at most
+        (below 0 as 0, as InMemorySaver). The metadata column maps what jsonb cannot hold (NaN, NUL, other types
+        as text): rows that match there only are dropped here and made up for by asking for twice as many."""
+        want = asked = None if limit is None else max(limit, 0)
+        while True:
+            rows = await fetch(asked)
+            matching = [row for row in rows if not filter or self._matches(row, filter)]
+            if want is None or asked is None or len(matching) >= want or len(rows) < asked:
+                return matching[:want]
+            asked *= 2
 
     def _matches(self, row: Any, filter: dict[str, Any]) -> bool:
         metadata = self.serde.loads_typed((row["metadata_type"], row["metadata_blob"]))
@@ -842,6 +855,15 @@ class HybridSaver(BaseCheckpointSaver[str]):
                     before: RunnableConfig | None = None, limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
         for item in await self.memory._arun(self._list(config, filter, before, limit)):
             yield item
+
+    def list_threads(self, *, filter: dict[str, Any] | None = None, limit: int | None = None) -> builtins.list[str]:
+        """Ids of the threads with a checkpoint whose metadata matches `filter` (as `list`'s, e.g. `{"user_id":
+        "alice"}`, which LangGraph copies from the config), the most recently written first; from PostgreSQL."""
+        return self.memory._run(self._list_threads(filter, limit))
+
+    async def alist_threads(self, *, filter: dict[str, Any] | None = None, limit: int | None = None
+                            ) -> builtins.list[str]:
+        return await self.memory._arun(self._list_threads(filter, limit))
 
     def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> RunnableConfig:

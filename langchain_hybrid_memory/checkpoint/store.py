@@ -60,6 +60,17 @@ def jsonb(what: str, value: Any) -> str:
     return out.decode("utf-8")
 
 
+def _match_metadata(metadata: dict[str, Any] | None, where: list[str], args: list[Any]) -> None:
+    """SQL conditions (and their arguments) for a metadata filter: each key's value equal, a missing key as None,
+    as InMemorySaver's. The caller checks the metadata itself too: the jsonb column maps what it cannot hold."""
+    for key, value in (metadata or {}).items():
+        if _bool_or_bit(value):
+            continue  # Python's True == 1 and False == 0, not jsonb's: left to the check on the metadata
+        # The key as the column holds it (jsonb's mapping: NUL as U+FFFD), taken out of a JSON string.
+        args += [jsonb("the filter", str(key)), jsonb("the filter", value)]
+        where.append(f"COALESCE(c.metadata -> (${len(args) - 1}::jsonb #>> '{{}}'), 'null') = ${len(args)}::jsonb")
+
+
 def _bool_or_bit(value: Any) -> bool:
     """Whether a filter value holds a bool, 0 or 1 (at any depth)."""
     if isinstance(value, dict):
@@ -293,17 +304,26 @@ class CheckpointStore:
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
-        for key, value in (metadata or {}).items():  # equal values, a missing key as None: as InMemorySaver's
-            if _bool_or_bit(value):
-                continue  # Python's True == 1 and False == 0, not jsonb's: left to the check on the metadata
-            # The key as the column holds it (jsonb's mapping: NUL as U+FFFD), taken out of a JSON string.
-            args += [jsonb("the filter", str(key)), jsonb("the filter", value)]
-            where.append(f"COALESCE(c.metadata -> (${len(args) - 1}::jsonb #>> '{{}}'), 'null') = ${len(args)}::jsonb")
+        _match_metadata(metadata, where, args)
         if before is not None:
             args.append(before)
             where.append(f"c.checkpoint_id < ${len(args)}")
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY c.thread_id, c.checkpoint_ns, c.checkpoint_id DESC"
+        if limit is not None:
+            args.append(limit)
+            sql += f" LIMIT ${len(args)}"
+        return list(await self.store._run("fetch", sql, *args))
+
+    async def list_threads(self, metadata: dict[str, Any] | None, limit: int | None) -> list[Any]:
+        """Per thread with a checkpoint matching `metadata`: its newest such checkpoint's id and metadata, the
+        most recent first."""
+        where: list[str] = []
+        args: list[Any] = []
+        _match_metadata(metadata, where, args)
+        sql = ("SELECT * FROM (SELECT DISTINCT ON (c.thread_id) c.thread_id, c.checkpoint_id, c.metadata_type,"
+               " c.metadata_blob FROM checkpoints c" + (" WHERE " + " AND ".join(where) if where else "") +
+               " ORDER BY c.thread_id, c.checkpoint_id DESC) t ORDER BY t.checkpoint_id DESC, t.thread_id")
         if limit is not None:
             args.append(limit)
             sql += f" LIMIT ${len(args)}"
