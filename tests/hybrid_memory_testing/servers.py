@@ -15,13 +15,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+_GIVEN: set[int] = set()  # ports handed out in this process, maybe not bound yet
+
 
 def free_port(below: int = 65536) -> int:
+    """A port free now and not handed out before in this process: servers set up together (a sentinel, its
+    primary and replica) choose their ports before any of them binds, and the kernel may offer one port twice."""
     for _ in range(200):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port < below:
+        if port < below and port not in _GIVEN:
+            _GIVEN.add(port)
             return port
     raise RuntimeError(f"no free port below {below}")
 
