@@ -336,6 +336,21 @@ async def test_a_cached_threads_steps_never_hop_to_the_engine_loop(make_memory: 
     assert len([t async for t in saver.alist(config)]) == 6  # and every one of them is in PostgreSQL
 
 
+def _cold_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The threads whose latest checkpoint is read from PostgreSQL from now on (by any saver of the process)."""
+    from langchain_hybrid_memory.checkpoint import store as store_module
+
+    reads: list[str] = []
+    get = store_module.CheckpointStore.get
+
+    async def counted(self: Any, thread_id: str, *args: Any) -> Any:
+        reads.append(thread_id)
+        return await get(self, thread_id, *args)
+
+    monkeypatch.setattr(store_module.CheckpointStore, "get", counted)
+    return reads
+
+
 def _blob_reads(memory: HybridMemory, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The threads whose channel blobs the sync API fetches from Redis from now on (a list it had to fold)."""
     sync = memory._core.sync
@@ -420,14 +435,7 @@ def test_a_thread_redis_lost_is_served_from_redis_again_after_its_next_put(
             *parts, chains = store_module.unpack(r.hget(keys.checkpoints, "c\x1f"))
             earlier = {ch: [e[0] for e in chain] for ch, chain in orjson.loads(chains).items()}
             r.hset(keys.checkpoints, "c\x1f", store_module.pack([*parts, orjson.dumps(earlier)]))
-    cold_reads: list[str] = []
-    get = store_module.CheckpointStore.get
-
-    async def counted(self: Any, thread_id: str, *args: Any) -> Any:
-        cold_reads.append(thread_id)
-        return await get(self, thread_id, *args)
-
-    monkeypatch.setattr(store_module.CheckpointStore, "get", counted)
+    cold_reads = _cold_reads(monkeypatch)
     fresh = HybridSaver(make_memory())  # the process the returning user reaches
     for i in range(3, 10):
         step(fresh, i)
@@ -478,7 +486,6 @@ def test_redis_holds_a_long_thread_in_merged_deltas_and_serializes_each_item_a_f
     from langchain_core.messages import HumanMessage
 
     from langchain_hybrid_memory.checkpoint import saver as saver_module
-    from langchain_hybrid_memory.checkpoint import store as store_module
 
     from conftest import REDIS_URL
 
@@ -497,14 +504,7 @@ def test_redis_holds_a_long_thread_in_merged_deltas_and_serializes_each_item_a_f
         remember(p)
 
     monkeypatch.setattr(saver, "_remember_put", measured)
-    cold_reads: list[str] = []
-    get = store_module.CheckpointStore.get
-
-    async def counted(self: Any, thread_id: str, *args: Any) -> Any:
-        cold_reads.append(thread_id)
-        return await get(self, thread_id, *args)
-
-    monkeypatch.setattr(store_module.CheckpointStore, "get", counted)
+    cold_reads = _cold_reads(monkeypatch)
     messages: list[Any] = []
     stored: list[dict[str, Any]] = []
     fresh_memory = make_memory()
