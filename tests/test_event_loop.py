@@ -206,6 +206,7 @@ def calls(memory: HybridMemory) -> dict[type, dict[str, Call]]:
             "aput": checkpointed,
             "aget_tuple": lambda: run(saver.aget_tuple, checkpointed),
             "alist": alist_all,
+            "alist_threads": lambda: run(lambda c: saver.alist_threads(filter={"run_id": "r"}, limit=1), checkpointed),
             "aput_writes": lambda: run(lambda c: saver.aput_writes(c, [("ch", 1)], "task"), checkpointed),
             "adelete_thread": lambda: saver.adelete_thread(fresh()),
             "adelete_for_runs": lambda: saver.adelete_for_runs(["r"]),
