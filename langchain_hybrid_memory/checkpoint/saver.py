@@ -316,8 +316,9 @@ class HybridSaver(BaseCheckpointSaver[str]):
             prev, kept, items = self.serde.loads_typed((kind[len(DELTA):], data))
             parts.append((kept, items))
             current = prev
-        for kept, items in reversed(parts):
-            value = value[:kept] + list(items)
+        for kept, items in reversed(parts):  # in place (`value` is this call's own list): linear in the chain
+            del value[kept:]
+            value.extend(items)
         self._keep((thread_id, ns, channel, version), value)
         return value
 
