@@ -369,14 +369,16 @@ class HybridSaver(BaseCheckpointSaver[str]):
         known_versions = self._versions.get((thread_id, ns, cid))
         if known_versions is None or known_versions[1] is None:
             versions, chains = orjson.loads(versions_json or b"{}"), orjson.loads(chains_json or b"{}")
+            if any(chain and not isinstance(chain[0], list) for chain in chains.values()):
+                return None  # chains of bare versions, as an earlier version wrote them: read PostgreSQL once
             self._remember_versions(thread_id, ns, cid, versions, chains)
         else:
             chains = known_versions[1]
         values: dict[str, Any] = {}
         need: dict[str, builtins.list[str]] = {}
         for channel, chain in chains.items():
-            if not chain or not isinstance(chain[-1], list):
-                return None  # this version's chain is not in Redis (or in an earlier format): PostgreSQL has it
+            if not chain:
+                return None  # this version's chain is not in Redis: PostgreSQL has it
             known = self._lists.get((thread_id, ns, channel, chain[-1][0]))
             if known is not None:
                 values[channel] = self._value(known)
@@ -447,8 +449,6 @@ class HybridSaver(BaseCheckpointSaver[str]):
             value = values[channel]
             blob = new.get(channel)
             before = parent_chains.get(channel)
-            if before and not isinstance(before[0], list):  # an earlier version's chain: start again
-                before = None
             if blob is None and before:
                 chains[channel] = before
                 continue
