@@ -648,10 +648,11 @@ class HybridSaver(BaseCheckpointSaver[str]):
              for b in p.hot_blobs if b[3] is not None],
             [_SEP.join(("b", p.ns, ch, v)) for ch, v in p.drop]))
 
-    def _stored(self, call: _Call) -> Generator[_Call, Any, str]:
-        """A put's or writes' script, if the write-behind queue has room; its outbox entry id."""
+    def _stored(self, call: _Call, cache: Any) -> Any:
+        """A put's or writes' script on `cache` (its reply, awaitable on an async client), if the write-behind
+        queue has room."""
         self._check_room()
-        return str((yield call))
+        return getattr(cache, call[0])(*call[1])
 
     def _remember_put(self, p: _Put) -> None:
         """Remember what a put stores, before it is written, so that none of this work waits on the reply. Safe
@@ -676,7 +677,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         if cache is not None:
             step = core.health.redis_step()
             with step:
-                entry_id = await _adrive(self._stored(call), cache)
+                entry_id = await self._stored(call, cache)
             if not step.failed:
                 await self._enqueue(thread_id, entry_id, record)
                 return
@@ -705,7 +706,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         if cache is None:
             return False
         try:
-            self._queued(thread_id, _drive(self._stored(call), cache), record)
+            self._queued(thread_id, self._stored(call, cache), record)
         except CacheDown:
             return False
         return True
@@ -716,7 +717,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         if cache is None:
             return False
         try:
-            self._queued(thread_id, await _adrive(self._stored(call), cache), record)
+            self._queued(thread_id, await self._stored(call, cache), record)
         except CacheDown:
             return False
         return True
