@@ -13,6 +13,12 @@ Subjects: HybridSaver (private namespace, dropped at the end), langgraph-checkpo
 (on a throwaway schema of its own, dropped at the end) and InMemorySaver, on threads of 20 and 1,000 messages;
 and, on 20-message threads, the sync API a sync graph calls (`get_tuple` + `put` + `put_writes`): HybridSaver's and
 langgraph-checkpoint-postgres's PostgresSaver (same schema), timed in the same rounds.
+And a floor, timed in the same rounds at both sizes: the least any checkpointer that acknowledges from Redis
+does per step on this loop and this Redis (`RedisFloor`): the step's new items, the checkpoint and the metadata
+serialized by the same serde, then two round trips on the same kind of connection as ours, each one script that
+stores the value in a hash and queues the record on a stream (no lease, no change count, no TTL, no delta chain,
+no check of what is latest); its read is free (the tuple it was handed). What ours adds to it is the price of its
+guarantees; what a PostgreSQL saver adds to it is the margin there is to beat it by.
 Steps are timed in interleaved rounds (the order of the savers rotates each round, and each slot starts with a few
 untimed steps: see `Plan.slot_warmup`). Each timed step grows its thread by 2 messages, so threads are taken from
 a pool and retired before they drift far from their size (20-message threads after 5 steps, 1,000-message ones
@@ -52,13 +58,22 @@ from urllib.parse import quote
 
 import asyncpg
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langgraph.checkpoint.base import BaseCheckpointSaver, Checkpoint, create_checkpoint, empty_checkpoint
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    Checkpoint,
+    CheckpointTuple,
+    create_checkpoint,
+    empty_checkpoint,
+)
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from langchain_hybrid_memory import HybridConfig, HybridMemory
+from langchain_hybrid_memory.cache import RedisCache
 from langchain_hybrid_memory.checkpoint import HybridSaver
+from langchain_hybrid_memory.checkpoint.store import pack
 
 from _common import (
     PG_URL,
@@ -79,8 +94,9 @@ SHAPES = (20, 1000)
 CONTENT_CHARS = 200
 OURS, PG, MEM = "HybridSaver", "AsyncPostgresSaver", "InMemorySaver"
 OURS_SYNC, PG_SYNC = "HybridSaver (sync)", "PostgresSaver (sync)"
+FLOOR = "Redis floor"
 SAVERS = (OURS, PG, MEM)
-SUBJECTS = {20: (*SAVERS, OURS_SYNC, PG_SYNC), 1000: SAVERS}  # timed per thread size
+SUBJECTS = {20: (*SAVERS, OURS_SYNC, PG_SYNC, FLOOR), 1000: (*SAVERS, FLOOR)}  # timed per thread size
 TABLES = ("checkpoints", "checkpoint_blobs", "checkpoint_writes")
 
 # Targets (printed as PASS/FAIL; nothing asserts).
@@ -173,6 +189,75 @@ class SyncCalls:
         return self.saver.get_next_version(current, channel)
 
 
+# The floor's scripts: what is left of a put and a task's writes once every guarantee is taken away.
+_FLOOR_PUT = """redis.call('HSET', KEYS[1], 'c', ARGV[1], ARGV[2], ARGV[3])
+local xid = redis.call('XADD', KEYS[2], '*', 'r', ARGV[4])
+redis.call('SADD', KEYS[3], xid)
+return xid"""
+_FLOOR_WRITES = """redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local xid = redis.call('XADD', KEYS[2], '*', 'r', ARGV[3])
+redis.call('SADD', KEYS[3], xid)
+return xid"""
+
+
+class RedisFloor:
+    """The floor of a step (see the module docstring), under the saver names `Bench.step` calls. Its Redis
+    connection is a client of the engine's own kind (one shared connection per loop, commands packed by
+    hiredis), opened for it alone."""
+
+    def __init__(self, memory: HybridMemory, namespace: str) -> None:
+        core = memory._core
+        self.cache = RedisCache(core.config, core.keys)
+        self.serde = HybridSaver(memory).serde
+        self.ns = namespace
+        self.latest: dict[str, CheckpointTuple] = {}
+        self.lengths: dict[str, int] = {}
+        self.versions = InMemorySaver()
+        self.sha: dict[str, str] = {}
+
+    async def start(self) -> None:
+        for name, script in (("put", _FLOOR_PUT), ("writes", _FLOOR_WRITES)):
+            self.sha[name] = (await self.cache._exchange([("SCRIPT", "LOAD", script)]))[0].decode()
+
+    async def close(self) -> None:
+        await self.cache.close()
+
+    def keys(self, thread_id: str) -> list[str]:
+        base = f"{self.ns}:floor:{{{thread_id}}}"
+        return [f"{base}:h", f"{base}:o", f"{base}:e"]
+
+    async def aget_tuple(self, config: Any) -> CheckpointTuple | None:
+        return self.latest.get(config["configurable"]["thread_id"])
+
+    async def aput(self, config: Any, checkpoint: Checkpoint, metadata: Any, versions: Any) -> Any:
+        thread_id = config["configurable"]["thread_id"]
+        values = checkpoint["channel_values"]["messages"]
+        rest = {k: v for k, v in checkpoint.items() if k != "channel_values"}
+        kept = self.lengths.get(thread_id, 0)
+        _, blob = self.serde.dumps_typed([versions["messages"], kept, values[kept:]])
+        _, cdata = self.serde.dumps_typed(rest)
+        _, mdata = self.serde.dumps_typed(metadata)
+        version = f"b:{versions['messages']}"
+        record = pack([cdata, mdata, version, blob])
+        await self.cache._exchange([("EVALSHA", self.sha["put"], 3, *self.keys(thread_id), cdata + mdata,
+                                     version, blob, record)])
+        out: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "",
+                                                "checkpoint_id": checkpoint["id"]}}
+        self.latest[thread_id] = CheckpointTuple(out, checkpoint, metadata, config, [])
+        self.lengths[thread_id] = len(values)
+        return out
+
+    async def aput_writes(self, config: Any, writes: Any, task_id: str, task_path: str = "") -> None:
+        thread_id = config["configurable"]["thread_id"]
+        data = [self.serde.dumps_typed(value)[1] for _, value in writes]
+        name = f"w:{config['configurable']['checkpoint_id']}:{task_id}"
+        await self.cache._exchange([("EVALSHA", self.sha["writes"], 3, *self.keys(thread_id), name,
+                                     pack(data), pack([name, *data]))])
+
+    def get_next_version(self, current: Any, channel: Any) -> Any:
+        return self.versions.get_next_version(current, channel)
+
+
 class Bench:
     def __init__(self, plan: Plan, namespace: str, pg_schema: str) -> None:
         self.plan = plan
@@ -189,6 +274,7 @@ class Bench:
         self.conn: asyncpg.Connection | None = None
         self.made = 0
         self.per_thread: dict[int, int] = {}
+        self.floor: RedisFloor | None = None
 
     # -- setup -------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -207,6 +293,9 @@ class Bench:
         self.savers[OURS_SYNC] = SyncCalls(self.savers[OURS])  # type: ignore[assignment]
         self._pg_sync_cm = PostgresSaver.from_conn_string(url)
         self.savers[PG_SYNC] = SyncCalls(self._pg_sync_cm.__enter__())  # type: ignore[assignment]
+        self.floor = RedisFloor(self.memory, self.ns)
+        await self.floor.start()
+        self.savers[FLOOR] = self.floor  # type: ignore[assignment]
 
     async def close(self) -> None:
         try:
@@ -214,6 +303,8 @@ class Bench:
                 await self._pg_cm.__aexit__(None, None, None)
             if self._pg_sync_cm is not None:
                 self._pg_sync_cm.__exit__(None, None, None)
+            if self.floor is not None:
+                await self.floor.close()
             if self.memory is not None:
                 await self.memory.aclose()
         finally:
@@ -447,11 +538,18 @@ class Bench:
             checks.append((b["logical"] <= limit,
                            f"our bytes per step at {size} messages: {b['logical']:.0f} logical <= 2 x "
                            f"{b['new_messages']:.0f} (new messages) + {FIXED_OVERHEAD} (fixed overhead) = {limit:.0f}"))
+        floor = {size: (ratio(self.timings[(OURS, size)].step, self.timings[(FLOOR, size)].step)[0],
+                        ratio(self.timings[(PG, size)].step, self.timings[(FLOOR, size)].step)[0]) for size in SHAPES}
+        out.append("\nAgainst the floor (medians of per-round ratios): " + "; ".join(
+            f"at {size} messages ours {o:.2f}x, AsyncPostgresSaver {g:.2f}x" for size, (o, g) in floor.items()) +
+            f". So the {TARGET_VS_PG[20]:g}x line at 20 messages needs ours within"
+            f" {floor[20][1] / TARGET_VS_PG[20]:.2f}x of the floor on this machine.")
         out.append("")
         out.extend(f"{'PASS' if ok else 'FAIL'}  {what}" for ok, what in checks)
         data = {"steps": data_rows, "aput_growth_1000_vs_20": growth, "aput_mean_growth_1000_vs_20": mean_growth,
                 "bytes": [{"messages": size, "saver": name, **b} for (name, size), b in self.bytes.items()],
                 "fixed_overhead_bytes": FIXED_OVERHEAD,
+                "vs_floor": {str(size): {"ours": o, "AsyncPostgresSaver": g} for size, (o, g) in floor.items()},
                 "checks": [{"pass": ok, "what": what} for ok, what in checks]}
         return "\n".join(out), checks, data
 
