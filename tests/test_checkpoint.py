@@ -632,6 +632,35 @@ async def test_reading_the_latest_checkpoint_slides_its_threads_ttl(make_memory:
         await client.aclose()
 
 
+async def test_a_session_and_a_thread_of_one_id_slide_their_ttls_apart(
+        make_memory: Callable[..., HybridMemory]) -> None:
+    """A chat session and a checkpoint thread may share an id (one conversation seen both ways). Reading one
+    slides its own keys' TTL and must not count as the other's slide: the thread's read right after the
+    session's still slides the thread's keys."""
+    import redis.asyncio as aioredis
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from conftest import REDIS_URL
+
+    ttl_s = 600
+    memory = make_memory(session_ttl=ttl_s)
+    shared = f"c-{uuid.uuid4().hex[:8]}"
+    saver = HybridSaver(memory)
+    config: dict[str, Any] = {"configurable": {"thread_id": shared, "checkpoint_ns": ""}}
+    await saver.aput(config, empty_checkpoint(), {"step": 0}, {})
+    await memory.aadd_messages(shared, [{"role": "user", "content": "hi"}])
+    keys = memory._core.keys.thread(shared)
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        await client.pexpire(keys.checkpoints, 5_000)
+        reader = HybridSaver(make_memory(session_ttl=ttl_s))  # its own process: nothing slid there yet
+        assert [m.content for m in await reader.memory.aget_recent_messages(shared)] == ["hi"]  # its slide
+        assert await reader.aget_tuple(config) is not None
+        assert await client.pttl(keys.checkpoints) > 500_000
+    finally:
+        await client.aclose()
+
+
 async def _astep(saver: HybridSaver, config: dict[str, Any], i: int) -> dict[str, Any]:
     """An async agent step: read the latest checkpoint, put the next (one new message), write a task's output."""
     from langchain_core.messages import HumanMessage

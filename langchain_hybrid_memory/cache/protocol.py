@@ -7,7 +7,7 @@ exchange differs (`sync_client.py` blocks on a kept connection, `async_client.py
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +88,8 @@ class AppendResult:
 
 
 class TouchLog:
-    """When this process last slid each session's TTLs (a bounded map, shared by all clients of one memory).
+    """When this process last slid each session's and checkpoint thread's TTLs (a bounded map, shared by all
+    clients of one memory).
 
     A TTL slid at t keeps the keys until t + ttl, so sliding at most every ttl/10 keeps every key alive for at
     least 0.9 x ttl after its last use, and spares most calls three PEXPIREs and a ZADD. Keys are only ever
@@ -97,17 +98,23 @@ class TouchLog:
 
     def __init__(self, ttl_s: float) -> None:
         self._every = ttl_s / 10
-        self._last: dict[str, float] = {}
+        self._last: dict[Hashable, float] = {}
 
-    def due(self, session_id: str) -> bool:
+    def due(self, key: Hashable) -> bool:
+        """Whether `key`'s slide is due (and, if so, it counts as done now). `key`: a session id, or a
+        checkpoint thread's `thread_key` (a session and a thread may have the same id)."""
         now = time.monotonic()
-        last = self._last.get(session_id)
+        last = self._last.get(key)
         if last is not None and now - last < self._every:
             return False
         if len(self._last) >= 100_000:  # bounded: a long-running process sees unbounded session ids
             self._last.clear()
-        self._last[session_id] = now
+        self._last[key] = now
         return True
+
+    @staticmethod
+    def thread_key(thread_id: str) -> Hashable:
+        return ("thread", thread_id)
 
 
 class Commands:

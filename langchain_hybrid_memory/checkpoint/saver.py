@@ -362,7 +362,8 @@ class HybridSaver(BaseCheckpointSaver[str]):
         """The latest checkpoint from Redis, or None when Redis cannot answer it alone (the calls it makes raise
         CacheDown)."""
         core = self.memory._core
-        latest, hot, writes = yield ("checkpoint_latest", (thread_id, ns, core.touches.due(thread_id)))
+        touch = core.touches.due(core.touches.thread_key(thread_id))
+        latest, hot, writes = yield ("checkpoint_latest", (thread_id, ns, touch))
         if hot is None or latest is None or (checkpoint_id and latest.decode() != checkpoint_id):
             return None
         cid, parent, ctype, cdata, mtype, mdata, versions_json, chains_json = _texts(unpack(hot), 0, 1, 2, 4)
