@@ -5,8 +5,8 @@ A miss is one PostgreSQL query (plus an outbox lookup when the read saw entries 
 rows merged with the writes still waiting while the window is cached in the background (refill.py); an async
 caller's loop runs it itself once it has a PostgreSQL connection of its own (`*_here`), otherwise it
 continues on the engine loop (`recent`, `context`), as does anything else (a partial or damaged window, Redis
-down, a read deeper than the window). With Redis down, reads answer from PostgreSQL with the writes still
-waiting merged in.
+down, a read deeper than the window). A read that queries PostgreSQL merges in the writes still waiting: this
+process's queue and, Redis up, every process's outbox entries of the session (`waiting`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .core import CORRUPT, UNKNOWN
 from .errors import InvalidInputError, StorageUnavailableError
 from .messages import Context, CorruptEntry, Message, decode, decode_rows, decode_window
 from .refill import Refiller, merge_waiting
-from .store import StoreDown
+from .store import Row, StoreDown
 
 if TYPE_CHECKING:
     from .cache import RedisCache
@@ -37,6 +37,18 @@ class ReadPath:
     def __init__(self, core: Core, refill: Refiller) -> None:
         self.core = core
         self.refill = refill
+
+    async def waiting(self, sid: str) -> tuple[list[Row], str | None]:
+        """The writes of `sid` PostgreSQL may not have yet, for a read that queries it (take them before the
+        query, as Refiller.load does): this process's queue and, Redis up, every process's entries in the
+        outbox; and the owner those name."""
+        core = self.core
+        waiting, owner = core.queued_rows(sid), None
+        if core.use_cache():
+            assert core.cache is not None
+            with core.health.redis_step():
+                waiting, owner = await self.refill.with_outbox(sid, waiting, core.cache)
+        return waiting, owner
 
     # -- in the caller's thread or loop: what one Redis reply gives ---------------------------------------
     def finish_hot_read(self, got: Any, uid: str | None, t0: float) -> list[Message] | Any:
@@ -189,10 +201,10 @@ class ReadPath:
         store = core.need_store()
         if core.config.mode is Mode.HYBRID:
             core.stats.fallback_reads += 1
-        waiting = core.queued_rows(sid)
+        waiting, owner = await self.waiting(sid)
         with core.health.store_step():
             w = (await store.windows([sid], limit))[sid]
-        core.check_owner(w.owner, uid)
+        core.check_owner(w.owner or owner, uid)
         fill = self.refill.merged_fill(w.owner, w.floor_seq, w.rows, waiting, limit)
         return decode_rows(fill.rows[-limit:])
 
@@ -264,10 +276,10 @@ class ReadPath:
                     core.stats.read_lat.append(time.perf_counter() - t0)
                     return ctx
         store = core.need_store()
-        waiting = core.queued_rows(sid)
+        waiting, owner = await self.waiting(sid)
         with core.health.store_step():
             if uid is not None:
-                core.check_owner((await store.owner(sid))[1], uid)
+                core.check_owner((await store.owner(sid))[1] or owner, uid)
             if cfg.enable_auto_summarize:  # everything after the summary (bounded by summarization)
                 _, upto, text, _, rows = await store.summary_state(sid, 100_000)
             else:  # the window after the summary
@@ -290,11 +302,11 @@ class ReadPath:
             msgs = await self.window(sid, uid, core.config.max_session_messages)
             msgs = [m for m in msgs if after_seq is None or (m.seq or 0) > after_seq]
             return msgs[:limit] if limit is not None else msgs
-        waiting = core.queued_rows(sid)
+        waiting, pending_owner = await self.waiting(sid)
         with core.health.store_step():
             if uid is not None:
                 _, owner = await core.store.owner(sid)
-                core.check_owner(owner or (await core.cached_owner(sid)), uid)
+                core.check_owner(owner or pending_owner or (await core.cached_owner(sid)), uid)
             rows = await core.store.page(sid, after_seq, limit)
         # Stored rows carry no message id here: waiting writes are merged by seq.
         merged = merge_waiting(((seq, "", body) for seq, body in rows), waiting,

