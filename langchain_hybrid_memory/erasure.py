@@ -114,6 +114,8 @@ class Eraser:
         core = self.core
         await core.ensure_started()
         if core.store is not None:
+            # Every write acknowledged so far committed first, any process's: PostgreSQL then lists them all.
+            await self.settle()
             # Queued first: a session whose first commit lands during the query is then in one of the two.
             found = set(core.wb.queued_sessions()) if core.wb is not None and uid is None else set()
             with core.health.store_step():
@@ -140,16 +142,15 @@ class Eraser:
             with core.health.redis_step():
                 await core.cache.forget_user(uid)
         if core.store is not None:  # the user's LangGraph threads (HybridSaver) too
-            await self.settle_threads()
+            await self.settle()
             with core.health.store_step():
                 threads = await delete_user_threads(core.store, uid)
             await self.forget_threads(threads)
         return len(sids)
 
-    # -- checkpoint threads (HybridSaver) ----------------------------------------------------------------
-    async def settle_threads(self) -> None:
-        """Commit every waiting checkpoint record (this process's queue, then any process's outbox entries),
-        so that PostgreSQL shows every acknowledged checkpoint before a query over all threads."""
+    async def settle(self) -> None:
+        """Commit every waiting write, messages and checkpoint records (this process's queue, then any process's
+        outbox entries), so that PostgreSQL shows every acknowledged write before a query over all of them."""
         core = self.core
         if core.wb is None:
             return
@@ -159,6 +160,7 @@ class Eraser:
             with core.health.redis_step():
                 await core.wb.reclaim(0.0)
 
+    # -- checkpoint threads (HybridSaver) ----------------------------------------------------------------
     async def forget_threads(self, thread_ids: Sequence[str]) -> None:
         """Drop erased threads' queued records, outbox entries and hot state, so nothing brings them back."""
         core = self.core
@@ -193,7 +195,7 @@ class Eraser:
         core = self.core
         await core.ensure_started()
         store = core.need_store()
-        await self.settle_threads()
+        await self.settle()
         with core.health.store_step():
             threads = await purge_idle_threads(store, older_than)  # LangGraph threads (HybridSaver) idle as long
         await self.forget_threads(threads)

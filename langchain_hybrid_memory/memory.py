@@ -473,8 +473,8 @@ class HybridMemory:
         return await self._arun(self._erasure.delete_messages(sid, uid, [int(s) for s in seqs]))
 
     def list_sessions(self, *, user_id: str | None = None, limit: int | None = None) -> list[str]:
-        """Ids of the sessions holding messages (of one user, if given), sorted; from PostgreSQL (plus this
-        process's queued writes), or Redis in session_only mode."""
+        """Ids of the sessions holding messages (of one user, if given), sorted; from PostgreSQL once every
+        waiting write (any process's) is committed, or Redis in session_only mode."""
         uid = check_user_id(user_id, self.config.max_session_id_length)
         return self._run(self._erasure.list_sessions(uid, limit))
 

@@ -137,17 +137,11 @@ async def aread(memory: HybridMemory, sid: str, uid: str | None, limit: int | No
 
 
 def list_keys(memory: HybridMemory, uid: str | None) -> list[str]:
-    """Session ids, after committing this process's queued writes: the engine lists PostgreSQL's sessions and
-    then its queued ones, so a session whose first commit completes in between is missed (seen under load;
-    reported)."""
-    if memory.config.mode is not Mode.SESSION_ONLY:
-        memory.flush(memory.config.pg_timeout)
+    """Session ids (the engine commits every waiting write first, any process's, then lists PostgreSQL's)."""
     return memory.list_sessions(user_id=uid)
 
 
 async def alist_keys(memory: HybridMemory, uid: str | None) -> list[str]:
-    if memory.config.mode is not Mode.SESSION_ONLY:
-        await memory.aflush(memory.config.pg_timeout)
     return await memory.alist_sessions(user_id=uid)
 
 

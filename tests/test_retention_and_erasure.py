@@ -41,6 +41,17 @@ def test_delete_single_messages_and_list_sessions(make_memory, namespace):
         memory.delete_messages("s", [sent[0].seq], user_id="intruder")  # type: ignore[list-item]
 
 
+def test_list_sessions_includes_other_processes_sessions_not_committed_yet(make_memory):
+    """Sessions another process wrote (acknowledged, its batches still waiting) are listed, with and without a
+    user."""
+    writer = make_memory(write_behind_delay=30)  # nothing reaches PostgreSQL unless something commits it
+    reader = make_memory()
+    writer.add_messages("new-a", [Message("human", "a")], user_id="u")
+    writer.add_messages("new-b", [Message("human", "b")])
+    assert reader.list_sessions() == ["new-a", "new-b"]
+    assert reader.list_sessions(user_id="u") == ["new-a"]
+
+
 def test_retention_purges_idle_sessions(make_memory, namespace):
     memory = make_memory()
     memory.add_messages("old", [Message("human", "x")])

@@ -496,7 +496,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         """Commit what waits for `thread_id` (every thread: None) before PostgreSQL is read: this process's
         queue and any process's outbox entries (idempotent), so PostgreSQL shows every acknowledged write."""
         if thread_id is None:
-            await self.memory._erasure.settle_threads()
+            await self.memory._erasure.settle()
             return
         core = self.memory._core
         wb = core.wb
@@ -776,7 +776,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
             return
         store = await self._store()
         with self.memory._core.health.store_step():
-            await self.memory._erasure.settle_threads()
+            await self.memory._erasure.settle()
             threads = await store.delete_runs(list(run_ids))
         await self.memory._erasure.drop_hot_threads(threads)
 
