@@ -365,7 +365,17 @@ class Core:
         return None
 
     async def owner_of(self, sid: str) -> str | None:
+        """The session's owner: as the cached window names it, else as writes still waiting name it (this
+        process's queue, any process's outbox: a dropped window took the binding with it, and PostgreSQL has it
+        only once they commit; asked before PostgreSQL, so one committed meanwhile is in one of the two), else
+        as PostgreSQL names it."""
         owner = await self.cached_owner(sid)
+        if owner is None and self.wb is not None:
+            owner = self.wb.queued_owner(sid)
+            if owner is None and self.use_cache():
+                assert self.cache is not None
+                with self.health.redis_step():
+                    owner = next((uid for *_, uid in await self.cache.session_outbox(sid) if uid), None)
         if owner is None and self.store is not None:
             with self.health.store_step():
                 owner = (await self.store.owner(sid))[1]

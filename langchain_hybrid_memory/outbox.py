@@ -159,6 +159,14 @@ class WriteBehind:
                 continue
         return rows + list(self._by_session.get(session_id, ()))
 
+    def queued_owner(self, session_id: str) -> str | None:
+        """The user this process's uncommitted writes of `session_id` name, if any (engine loop; scans the
+        queue: asked only when neither Redis nor PostgreSQL names the session's owner)."""
+        self._drain()
+        if session_id not in self._by_session:
+            return None
+        return next((e.user_id for e in self._queue if e.session_id == session_id and e.user_id), None)
+
     def queued_sessions(self) -> list[str]:
         self._drain()
         return list(self._by_session)

@@ -284,8 +284,7 @@ class ReadPath:
                 _, upto, text, _, rows = await store.summary_state(sid, 100_000)
             else:  # the window after the summary
                 _, upto, text, _, rows = await store.summary_state(sid, cfg.max_session_messages, tail=True)
-        # Stored rows carry no message id here: waiting writes are merged by seq.
-        merged = merge_waiting(((seq, "", body) for seq, _, body in rows), waiting, above=upto)
+        merged = merge_waiting(((seq, msg_id, body) for seq, _, body, msg_id in rows), waiting, above=upto)
         ordered = sorted(merged.items())
         if not cfg.enable_auto_summarize:
             ordered = ordered[-cfg.max_session_messages:]
@@ -308,9 +307,7 @@ class ReadPath:
                 _, owner = await core.store.owner(sid)
                 core.check_owner(owner or pending_owner or (await core.cached_owner(sid)), uid)
             rows = await core.store.page(sid, after_seq, limit)
-        # Stored rows carry no message id here: waiting writes are merged by seq.
-        merged = merge_waiting(((seq, "", body) for seq, body in rows), waiting,
-                               above=after_seq if after_seq is not None else -1)
+        merged = merge_waiting(rows, waiting, above=after_seq if after_seq is not None else -1)
         ordered = sorted(merged.items())
         if limit is not None:
             ordered = ordered[:limit]

@@ -716,10 +716,11 @@ class PostgresStore:
         return window_of(await self._run("fetchrow", _WINDOW[self.config.enable_auto_summarize], session_id, limit))
 
     async def page(self, session_id: str, after_seq: int | None, limit: int | None
-                   ) -> list[tuple[int, str]]:
-        return [(r[0], r[1]) for r in await self._run(
+                   ) -> list[tuple[int, str, str]]:
+        """(seq, message id, body) after `after_seq`, oldest first."""
+        return [(r[0], r[1], r[2]) for r in await self._run(
             "fetch",
-            "SELECT seq, body FROM messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT seq, msg_id, body FROM messages WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             session_id, after_seq if after_seq is not None else -1, limit)]
 
     async def owner(self, session_id: str) -> tuple[bool, str | None]:
@@ -775,9 +776,9 @@ class PostgresStore:
 
     # -- summaries ---------------------------------------------------------------------------------------
     async def summary_state(self, session_id: str, limit: int, tail: bool = False
-                            ) -> tuple[bool, int, str, int, list[tuple[int, str, str]]]:
+                            ) -> tuple[bool, int, str, int, list[tuple[int, str, str, str]]]:
         """(enabled, upto_seq, text, messages after it, the first (or with `tail`, last) `limit` of them as
-        (seq, role, body), oldest first)."""
+        (seq, role, body, message id), oldest first)."""
         rec = await self._run(
             "fetchrow",
             "SELECT coalesce((SELECT summarize_enabled FROM sessions WHERE session_id = $1), true),"
@@ -787,9 +788,9 @@ class PostgresStore:
             " ORDER BY upto_seq DESC LIMIT 1) sm ON true", session_id)
         order = "DESC" if tail else "ASC"
         rows = await self._run(
-            "fetch", f"SELECT seq, role, body FROM messages WHERE session_id = $1 AND seq > $2 ORDER BY seq {order}"
-            " LIMIT $3", session_id, rec[1], limit)
-        out = [(r[0], r[1], r[2]) for r in rows]
+            "fetch", f"SELECT seq, role, body, msg_id FROM messages WHERE session_id = $1 AND seq > $2"
+            f" ORDER BY seq {order} LIMIT $3", session_id, rec[1], limit)
+        out = [(r[0], r[1], r[2], r[3]) for r in rows]
         if tail:
             out.reverse()
         return rec[0], rec[1], rec[2], rec[3], out

@@ -153,7 +153,7 @@ class SummaryWorker:
                 if not enabled or after < cfg.summary_threshold:
                     return made
                 end = chunk_end([r[1] for r in rows], cfg.summarize_chunk_size)
-                chunk: list[Message] = [decode(seq, body) for seq, _, body in rows[:end]]
+                chunk: list[Message] = [decode(seq, body) for seq, _, body, _ in rows[:end]]
                 request = SummaryRequest(session_id, text or None, chunk, cfg.summary_max_tokens)
                 result = await asyncio.wait_for(self.summarizer.summarize(request), cfg.summary_timeout)
                 if not result.text:

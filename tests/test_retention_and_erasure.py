@@ -52,6 +52,25 @@ def test_list_sessions_includes_other_processes_sessions_not_committed_yet(make_
     assert reader.list_sessions(user_id="u") == ["new-a"]
 
 
+def test_a_session_bound_by_a_write_still_waiting_refuses_other_users(make_memory):
+    """A session whose owner only waiting writes name (another process's batch not committed yet, its cached
+    window dropped) still belongs to that user: another user's clear, summary or switch is refused, and the
+    session is intact once the batch commits."""
+    writer = make_memory(write_behind_delay=30)  # nothing reaches PostgreSQL unless something commits it
+    reader = make_memory()
+    writer.add_messages("s", [Message("human", "hello there")], user_id="alice")
+    for memory in (reader, writer):  # another process, and the writer itself (its own queue names alice)
+        memory.invalidate_session("s")  # the cached window (and the owner it names) goes
+        with pytest.raises(SessionOwnershipError):
+            memory.clear_session("s", user_id="mallory")
+        with pytest.raises(SessionOwnershipError):
+            memory.get_summaries("s", user_id="mallory")
+        with pytest.raises(SessionOwnershipError):
+            memory.set_auto_summarize("s", False, user_id="mallory")
+    writer.flush()
+    assert [m.content for m in reader.get_messages("s", user_id="alice")] == ["hello there"]
+
+
 def test_retention_purges_idle_sessions(make_memory, namespace):
     memory = make_memory()
     memory.add_messages("old", [Message("human", "x")])
