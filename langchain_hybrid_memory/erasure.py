@@ -14,13 +14,21 @@ from typing import TYPE_CHECKING
 from .cache import CacheDown, Refill
 from .checkpoint.store import delete_user_threads, purge_idle_threads
 from .errors import StorageUnavailableError
-from .messages import encode
+from .messages import encode, split_element
 from .outbox import OutboxEntry
 from .refill import ProgressFn
 
 if TYPE_CHECKING:
     from .core import Core
     from .reads import ReadPath
+
+
+def _seq(element: bytes) -> int:
+    """An outbox element's sequence number (0 if damaged: the janitor sets such an entry aside)."""
+    try:
+        return split_element(element)[0]
+    except (ValueError, UnicodeDecodeError):
+        return 0
 
 
 class Eraser:
@@ -60,11 +68,15 @@ class Eraser:
     async def erase(self, sids: Sequence[str]) -> int:
         """Delete sessions everywhere; returns how many stored messages PostgreSQL deleted."""
         core = self.core
+        # The tombstone covers every write acknowledged so far: sequence numbers come from Redis's clock, and
+        # another process's writes may wait in the outbox after the window (and the last seq its meta held) went.
         upto = [time.time_ns() // 1000 for _ in sids]
         if core.cache is not None and core.use_cache():
             with core.health.redis_step():
                 metas = await core.cache.last_seqs(sids)
-                upto = [max(u, m) for u, m in zip(upto, metas, strict=True)]
+                for i, sid in enumerate(sids):
+                    waiting = [el for *_, el, _ in await core.cache.session_outbox(sid)]
+                    upto[i] = max(upto[i], metas[i], *(_seq(el) for el in waiting))
         gone: list[OutboxEntry] = []
         if core.wb is not None:
             for i, sid in enumerate(sids):

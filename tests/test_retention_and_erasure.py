@@ -7,6 +7,8 @@ Deleting a user (`delete_user` leaves no trace anywhere) is checked with user is
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from langchain_hybrid_memory import Message, SessionOwnershipError
@@ -69,6 +71,30 @@ def test_a_session_bound_by_a_write_still_waiting_refuses_other_users(make_memor
             memory.set_auto_summarize("s", False, user_id="mallory")
     writer.flush()
     assert [m.content for m in reader.get_messages("s", user_id="alice")] == ["hello there"]
+
+
+def test_a_clear_from_a_host_whose_clock_lags_keeps_out_writes_still_waiting(make_memory, monkeypatch):
+    """A session cleared by a process whose clock is behind Redis's (sequence numbers come from Redis's clock)
+    while another process's writes wait, its cached window already gone: the waiting writes stay deleted once
+    they commit (the tombstone covers their sequence numbers, not only the eraser's clock)."""
+    import langchain_hybrid_memory.erasure as erasure
+
+    writer = make_memory(write_behind_delay=30)  # nothing reaches PostgreSQL unless something commits it
+    reader = make_memory()
+    writer.add_messages("s", [Message("human", f"m{i}") for i in range(3)])
+    reader.invalidate_session("s")  # the window, and the last seq its meta held, are gone
+
+    class Lagging:  # this host's clock, 5 s behind
+        @staticmethod
+        def time_ns() -> int:
+            return time.time_ns() - 5_000_000_000
+
+    monkeypatch.setattr(erasure, "time", Lagging)
+    reader.clear_session("s")
+    writer.flush()
+    assert reader.get_messages("s") == []
+    ns = reader.config.namespace
+    assert pg_fetch(f'SELECT count(*) FROM "{ns}".messages WHERE session_id = $1', "s")[0][0] == 0
 
 
 def test_retention_purges_idle_sessions(make_memory, namespace):
