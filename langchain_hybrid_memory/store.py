@@ -881,7 +881,8 @@ class PostgresStore:
 
     async def prune_tombstones(self, older_than_s: float) -> None:
         await self._run("execute", "WITH t AS (DELETE FROM thread_tombstones"
-                        " WHERE deleted_at < now() - make_interval(secs => $1))"
+                        " WHERE deleted_at < now() - make_interval(secs => $1)),"
+                        " k AS (DELETE FROM checkpoint_tombstones WHERE deleted_at < now() - make_interval(secs => $1))"
                         " DELETE FROM tombstones WHERE deleted_at < now() - make_interval(secs => $1)", older_than_s)
 
     @contextlib.asynccontextmanager

@@ -661,6 +661,50 @@ async def test_a_session_and_a_thread_of_one_id_slide_their_ttls_apart(
         await client.aclose()
 
 
+def _checkpoints_of(saver: HybridSaver, thread_id: str) -> list[str]:
+    """The thread's checkpoint ids as PostgreSQL holds them, oldest first."""
+    from conftest import pg_fetch
+
+    ns = saver.memory.config.namespace
+    return [r[0] for r in pg_fetch(f'SELECT checkpoint_id FROM "{ns}".checkpoints WHERE thread_id = $1 ORDER BY 1',
+                                   thread_id)]
+
+
+@pytest.mark.parametrize("how", ["prune keep_latest", "delete_for_runs"])
+def test_checkpoints_another_process_deleted_stay_deleted_when_their_writer_commits(
+        make_memory: Callable[..., HybridMemory], how: str) -> None:
+    """Checkpoints a process deletes (prune keeping the latest, or a run's) while another process's records of
+    them still wait (in its queue and the outbox) stay deleted: a later read that commits what waits, and the
+    writer's own commit, do not bring them back."""
+    from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
+
+    writer = HybridSaver(make_memory(write_behind_delay=30))  # nothing reaches PostgreSQL unless committed
+    reader = HybridSaver(make_memory())
+    thread_id = f"t-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""},
+                              "metadata": {"run_id": "run-1"}}
+    checkpoint = empty_checkpoint()
+    ids = []
+    for step in range(3):
+        checkpoint = create_checkpoint(checkpoint, None, step)
+        config = {**writer.put(config, checkpoint, {"step": step, "run_id": "run-1"}, {}),
+                  "metadata": {"run_id": "run-1"}}
+        writer.put_writes(config, [("x", step)], f"task-{step}")
+        ids.append(checkpoint["id"])
+    if how == "delete_for_runs":
+        reader.delete_for_runs(["run-1"])
+        kept: list[str] = []
+    else:
+        reader.prune([thread_id])
+        kept = ids[-1:]
+    assert _checkpoints_of(reader, thread_id) == kept
+    older = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": ids[0]}}
+    assert reader.get_tuple(older) is None  # commits what waits for the thread first
+    writer.memory.flush()
+    assert _checkpoints_of(reader, thread_id) == kept
+    assert [t.checkpoint["id"] for t in reader.list({"configurable": {"thread_id": thread_id}})] == kept
+
+
 async def _astep(saver: HybridSaver, config: dict[str, Any], i: int) -> dict[str, Any]:
     """An async agent step: read the latest checkpoint, put the next (one new message), write a task's output."""
     from langchain_core.messages import HumanMessage

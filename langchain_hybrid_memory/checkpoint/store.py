@@ -159,7 +159,16 @@ def writes_record(thread_id: str, ns: str, checkpoint_id: str, task_id: str, tas
 # a read) then wait on each other's rows in one order, never in a cycle (a deadlock).
 _LIVE = """NOT EXISTS (SELECT 1 FROM thread_tombstones t
                    WHERE t.thread_id = encode(sha256(convert_to(u.thread_id, 'UTF8')), 'hex')
-                     AND u.checkpoint_id COLLATE "C" <= t.upto)"""
+                     AND u.checkpoint_id COLLATE "C" <= t.upto)
+       AND NOT EXISTS (SELECT 1 FROM checkpoint_tombstones k
+                        WHERE k.thread_id = encode(sha256(convert_to(u.thread_id, 'UTF8')), 'hex')
+                          AND k.checkpoint_ns = u.checkpoint_ns AND k.checkpoint_id = u.checkpoint_id)"""
+
+# Tombstones for the checkpoints a statement deleted one by one (its `gone` CTE): a record of one that another
+# process commits later stays out (_LIVE).
+_BURY = """bury AS (INSERT INTO checkpoint_tombstones (thread_id, checkpoint_ns, checkpoint_id)
+    SELECT encode(sha256(convert_to(thread_id, 'UTF8')), 'hex'), checkpoint_ns, checkpoint_id FROM gone
+    ON CONFLICT DO NOTHING)"""
 
 _COMMIT = """
 WITH b AS (
@@ -346,14 +355,14 @@ class CheckpointStore:
         await drop_threads(self.store, thread_ids)
 
     async def delete_runs(self, run_ids: Sequence[str]) -> list[str]:
-        """Delete the runs' checkpoints and writes; returns the threads they were in."""
+        """Delete the runs' checkpoints and writes, leaving each a tombstone; returns the threads they were in."""
         # Blobs stay: a later checkpoint's delta may be built on them (they go with the thread).
         rows = await self.store._run(
             "fetch", "WITH gone AS (DELETE FROM checkpoints WHERE run_id = ANY($1)"
             " RETURNING thread_id, checkpoint_ns, checkpoint_id),"
             " w AS (DELETE FROM checkpoint_writes w USING gone g WHERE w.thread_id = g.thread_id"
-            " AND w.checkpoint_ns = g.checkpoint_ns AND w.checkpoint_id = g.checkpoint_id)"
-            " SELECT DISTINCT thread_id FROM gone", list(run_ids))
+            " AND w.checkpoint_ns = g.checkpoint_ns AND w.checkpoint_id = g.checkpoint_id),"
+            " " + _BURY + " SELECT DISTINCT thread_id FROM gone", list(run_ids))
         return [r[0] for r in rows]
 
     async def copy_thread(self, source: str, target: str) -> None:
@@ -365,7 +374,9 @@ class CheckpointStore:
             " FROM checkpoint_blobs WHERE thread_id = $1 ON CONFLICT DO NOTHING),"
             " b AS (INSERT INTO checkpoint_writes SELECT $2, checkpoint_ns, checkpoint_id, task_id, idx, channel,"
             " type, blob, task_path FROM checkpoint_writes WHERE thread_id = $1 ON CONFLICT DO NOTHING),"
-            " c AS (DELETE FROM thread_tombstones WHERE thread_id = encode(sha256(convert_to($2, 'UTF8')), 'hex'))"
+            " c AS (DELETE FROM thread_tombstones WHERE thread_id = encode(sha256(convert_to($2, 'UTF8')), 'hex')),"
+            " k AS (DELETE FROM checkpoint_tombstones"
+            " WHERE thread_id = encode(sha256(convert_to($2, 'UTF8')), 'hex'))"
             " INSERT INTO checkpoints SELECT $2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, run_id, type,"
             " checkpoint, channel_versions, metadata_type, metadata_blob, metadata, created_at"
             " FROM checkpoints WHERE thread_id = $1 ON CONFLICT DO NOTHING", source, target)
@@ -379,10 +390,11 @@ class CheckpointStore:
             "WITH w AS (UPDATE checkpoint_blobs b SET type = u.t, blob = u.x"
             " FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[]) AS u(c, v, t, x)"
             " WHERE b.thread_id = $1 AND b.checkpoint_ns = $2 AND b.channel = u.c AND b.version = u.v),"
-            " c AS (DELETE FROM checkpoints WHERE thread_id = $1 AND checkpoint_ns = $2"
-            " AND checkpoint_id <> ALL ($3::text[])),"
+            " gone AS (DELETE FROM checkpoints WHERE thread_id = $1 AND checkpoint_ns = $2"
+            " AND checkpoint_id <> ALL ($3::text[]) RETURNING thread_id, checkpoint_ns, checkpoint_id),"
             " d AS (DELETE FROM checkpoint_writes WHERE thread_id = $1 AND checkpoint_ns = $2"
-            " AND checkpoint_id <> ALL ($3::text[]))"
+            " AND checkpoint_id <> ALL ($3::text[])),"
+            " " + _BURY +
             " DELETE FROM checkpoint_blobs b WHERE b.thread_id = $1 AND b.checkpoint_ns = $2"
             " AND (b.channel, b.version) NOT IN (SELECT * FROM unnest($8::text[], $9::text[]))",
             thread_id, ns, list(checkpoint_ids), [b[0] for b in whole], [b[1] for b in whole], [b[2] for b in whole],
