@@ -169,7 +169,7 @@ class Eraser:
         if not await core.wb.flush(core.config.pg_timeout):
             raise StorageUnavailableError("PostgreSQL did not take the waiting writes in time")
         if core.use_cache():
-            with core.health.redis_step():
+            with core.health.store_step(), core.health.redis_step():
                 await core.wb.reclaim(0.0)
 
     # -- checkpoint threads (HybridSaver) ----------------------------------------------------------------

@@ -161,11 +161,13 @@ class WriteBehind:
 
     def queued_owner(self, session_id: str) -> str | None:
         """The user this process's uncommitted writes of `session_id` name, if any (engine loop; scans the
-        queue: asked only when neither Redis nor PostgreSQL names the session's owner)."""
+        queue, so it is asked only when the cached window names no owner). Entries an erase emptied name no
+        one: they wait only to be acknowledged."""
         self._drain()
         if session_id not in self._by_session:
             return None
-        return next((e.user_id for e in self._queue if e.session_id == session_id and e.user_id), None)
+        return next((e.user_id for e in self._queue
+                     if e.session_id == session_id and e.rows and e.user_id), None)
 
     def queued_sessions(self) -> list[str]:
         self._drain()

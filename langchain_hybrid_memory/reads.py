@@ -43,11 +43,13 @@ class ReadPath:
         query, as Refiller.load does): this process's queue and, Redis up, every process's entries in the
         outbox; and the owner those name."""
         core = self.core
-        waiting, owner = core.queued_rows(sid), None
+        waiting = core.queued_rows(sid)
+        owner = core.wb.queued_owner(sid) if core.wb is not None else None
         if core.use_cache():
             assert core.cache is not None
             with core.health.redis_step():
-                waiting, owner = await self.refill.with_outbox(sid, waiting, core.cache)
+                waiting, named = await self.refill.with_outbox(sid, waiting, core.cache)
+                owner = owner or named
         return waiting, owner
 
     # -- in the caller's thread or loop: what one Redis reply gives ---------------------------------------

@@ -661,6 +661,72 @@ async def test_a_session_and_a_thread_of_one_id_slide_their_ttls_apart(
         await client.aclose()
 
 
+async def test_each_namespace_of_a_thread_slides_its_pending_writes(make_memory: Callable[..., HybridMemory]) -> None:
+    """A read of a subgraph's namespace right after the root's slides that namespace's pending writes too (each
+    namespace has its own key)."""
+    import redis.asyncio as aioredis
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from conftest import REDIS_URL
+
+    writer = HybridSaver(make_memory(session_ttl=600))
+    thread_id = f"t-{uuid.uuid4().hex[:8]}"
+    configs = [{"configurable": {"thread_id": thread_id, "checkpoint_ns": ns}} for ns in ("", "sub")]
+    for config in configs:
+        stored = await writer.aput(config, empty_checkpoint(), {"step": 0}, {})
+        await writer.aput_writes(stored, [("x", 1)], "task")
+    keys = writer.memory._core.keys.thread(thread_id)
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        for ns in ("", "sub"):
+            await client.pexpire(keys.writes(ns), 5_000)
+        reader = HybridSaver(make_memory(session_ttl=600))  # its own process: both slides are due
+        for config in configs:
+            got = await reader.aget_tuple(config)
+            assert got is not None and got.pending_writes == [("task", "x", 1)]
+        assert [await client.pttl(keys.writes(ns)) > 500_000 for ns in ("", "sub")] == [True, True]
+    finally:
+        await client.aclose()
+
+
+def test_prune_keeps_a_checkpoint_committed_after_it_read_the_latest(make_memory: Callable[..., HybridMemory]) -> None:
+    """What prune keeps is decided from the latest checkpoint it read; one committed meanwhile is newer, and
+    stays (with its values), untombstoned."""
+    import redis
+    from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
+
+    from langchain_hybrid_memory.checkpoint.store import CheckpointStore
+
+    from conftest import REDIS_URL
+
+    saver = HybridSaver(make_memory())
+    thread_id = f"t-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    checkpoint, ids = empty_checkpoint(), []
+    for step in range(3):
+        checkpoint = create_checkpoint(checkpoint, None, step)
+        checkpoint["channel_values"] = {"x": step}
+        version = saver.get_next_version(checkpoint["channel_versions"].get("x"), None)
+        checkpoint["channel_versions"] = {"x": version}
+        config = saver.put(config, checkpoint, {"step": step}, {"x": version})
+        ids.append(checkpoint["id"])
+    saver.memory.flush()
+    core = saver.memory._core
+    store = CheckpointStore(core.need_store())
+    kept = ids[1]  # the latest as a pruner saw it before ids[2] was committed
+    row = core.engine.run(store.get(thread_id, "", kept))
+    keep = [(channel, version) for channel, version, _ in row["blobs"]]
+    core.engine.run(store.keep_latest(thread_id, "", [kept], keep, []))
+    assert _checkpoints_of(saver, thread_id) == ids[1:]
+    keys = core.keys.thread(thread_id)
+    client = redis.Redis.from_url(REDIS_URL)
+    client.delete(keys.checkpoints, keys.writes(""))  # what Redis held of the thread: read PostgreSQL's
+    client.close()
+    reader = HybridSaver(make_memory())
+    latest = reader.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": ids[2]}})
+    assert latest is not None and latest.checkpoint["channel_values"] == {"x": 2}
+
+
 def _checkpoints_of(saver: HybridSaver, thread_id: str) -> list[str]:
     """The thread's checkpoint ids as PostgreSQL holds them, oldest first."""
     from conftest import pg_fetch

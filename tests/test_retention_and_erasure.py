@@ -97,6 +97,19 @@ def test_a_clear_from_a_host_whose_clock_lags_keeps_out_writes_still_waiting(mak
     assert pg_fetch(f'SELECT count(*) FROM "{ns}".messages WHERE session_id = $1', "s")[0][0] == 0
 
 
+def test_an_erased_owner_does_not_own_the_session_written_again_by_another(make_memory):
+    """A session erased while its writes waited, then written by another user: the erased writes (still queued,
+    to be acknowledged) name no owner any more."""
+    memory = make_memory(write_behind_delay=30)
+    memory.add_messages("s", [Message("human", "a")], user_id="alice")
+    memory.clear_session("s", user_id="alice")
+    memory.add_messages("s", [Message("human", "b")], user_id="bob")
+    memory.invalidate_session("s")  # only the queue names the owner now
+    assert memory.get_summaries("s", user_id="bob") == []
+    with pytest.raises(SessionOwnershipError):
+        memory.set_auto_summarize("s", False, user_id="alice")
+
+
 def test_retention_purges_idle_sessions(make_memory, namespace):
     memory = make_memory()
     memory.add_messages("old", [Message("human", "x")])

@@ -113,8 +113,9 @@ class TouchLog:
         return True
 
     @staticmethod
-    def thread_key(thread_id: str) -> Hashable:
-        return ("thread", thread_id)
+    def thread_key(thread_id: str, ns: str) -> Hashable:
+        """A thread namespace's slide (it slides the thread's hash and the namespace's pending writes)."""
+        return ("thread", thread_id, ns)
 
 
 class Commands:

@@ -362,7 +362,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         """The latest checkpoint from Redis, or None when Redis cannot answer it alone (the calls it makes raise
         CacheDown)."""
         core = self.memory._core
-        touch = core.touches.due(core.touches.thread_key(thread_id))
+        touch = core.touches.due(core.touches.thread_key(thread_id, ns))
         latest, hot, writes = yield ("checkpoint_latest", (thread_id, ns, touch))
         if hot is None or latest is None or (checkpoint_id and latest.decode() != checkpoint_id):
             return None

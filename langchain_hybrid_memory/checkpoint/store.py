@@ -383,22 +383,26 @@ class CheckpointStore:
 
     async def keep_latest(self, thread_id: str, ns: str, checkpoint_ids: Sequence[str],
                           keep: Sequence[tuple[str, str]], whole: Sequence[Blob]) -> None:
-        """Drop every checkpoint of (thread, ns) but `checkpoint_ids` and every blob but those they reference
-        (`keep`: channel, version); `whole` rewrites their delta-encoded blobs as whole values first."""
+        """Drop every checkpoint of (thread, ns) older than the newest of `checkpoint_ids` but those, and every
+        blob but those they reference (`keep`: channel, version); `whole` rewrites their delta-encoded blobs as
+        whole values first. A checkpoint committed since the caller read the latest stays."""
         await self.store._run(
             "execute",
             "WITH w AS (UPDATE checkpoint_blobs b SET type = u.t, blob = u.x"
             " FROM unnest($4::text[], $5::text[], $6::text[], $7::bytea[]) AS u(c, v, t, x)"
             " WHERE b.thread_id = $1 AND b.checkpoint_ns = $2 AND b.channel = u.c AND b.version = u.v),"
             " gone AS (DELETE FROM checkpoints WHERE thread_id = $1 AND checkpoint_ns = $2"
-            " AND checkpoint_id <> ALL ($3::text[]) RETURNING thread_id, checkpoint_ns, checkpoint_id),"
+            " AND checkpoint_id <> ALL ($3::text[]) AND checkpoint_id COLLATE \"C\" < $10"
+            " RETURNING thread_id, checkpoint_ns, checkpoint_id),"
             " d AS (DELETE FROM checkpoint_writes WHERE thread_id = $1 AND checkpoint_ns = $2"
-            " AND checkpoint_id <> ALL ($3::text[])),"
+            " AND checkpoint_id <> ALL ($3::text[]) AND checkpoint_id COLLATE \"C\" < $10),"
             " " + _BURY +
             " DELETE FROM checkpoint_blobs b WHERE b.thread_id = $1 AND b.checkpoint_ns = $2"
-            " AND (b.channel, b.version) NOT IN (SELECT * FROM unnest($8::text[], $9::text[]))",
+            " AND (b.channel, b.version) NOT IN (SELECT * FROM unnest($8::text[], $9::text[]))"
+            " AND NOT EXISTS (SELECT 1 FROM checkpoints n WHERE n.thread_id = $1 AND n.checkpoint_ns = $2"
+            " AND n.checkpoint_id COLLATE \"C\" > $10 AND n.channel_versions ->> b.channel = b.version)",
             thread_id, ns, list(checkpoint_ids), [b[0] for b in whole], [b[1] for b in whole], [b[2] for b in whole],
-            [b[3] for b in whole], [k[0] for k in keep], [k[1] for k in keep])
+            [b[3] for b in whole], [k[0] for k in keep], [k[1] for k in keep], max(checkpoint_ids))
 
     async def namespaces(self, thread_id: str) -> list[tuple[str, str]]:
         """(namespace, latest checkpoint id) of each namespace of a thread."""
