@@ -150,6 +150,8 @@ class WritePath:
         """Redis down (or persistent mode): straight to PostgreSQL, above every seq still waiting."""
         core = self.core
         store = core.need_store()
+        if uid is not None and core.wb is not None:  # PostgreSQL may not know the owner yet: the queue may
+            core.check_owner(core.wb.queued_owner(sid), uid)
         floor = core.wb.queued_max_seq(sid) if core.wb is not None else 0
         hybrid = core.config.mode is Mode.HYBRID
         with core.health.store_step():

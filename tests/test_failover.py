@@ -21,6 +21,7 @@ from langchain_hybrid_memory import (
     HybridConfig,
     HybridMemory,
     Message,
+    SessionOwnershipError,
     StorageUnavailableError,
 )
 from langchain_hybrid_memory.store import MARK_DIRTY
@@ -68,6 +69,28 @@ def test_redis_killed_then_restarted(private_redis, namespace):
         memory.flush()
         rows = pg_fetch(f'SELECT body FROM "{namespace}".messages WHERE session_id = $1 ORDER BY seq', "s")
         assert [r[0].split('"c":"')[1].split('"')[0] for r in rows] == ["before", "during", "after"]
+    finally:
+        memory.close()
+
+
+def test_redis_killed_while_the_owners_writes_wait_refuses_another_user(private_redis, namespace):
+    """Redis dies while alice's acknowledged writes still wait in this process's queue: with only PostgreSQL
+    left, which does not know her yet, mallory can neither read the session nor write to it."""
+    memory = HybridMemory(HybridConfig(database_url=PG_URL, redis_url=private_redis.url, namespace=namespace,
+                                       write_behind_delay=30, **FAST))
+    try:
+        memory.add_messages("s", [Message("human", "secret")], user_id="alice")
+        private_redis.kill()
+        reads = (lambda u: memory.get_messages("s", user_id=u), lambda u: memory.get_recent_messages("s", user_id=u),
+                 lambda u: memory.get_context("s", user_id=u))
+        for read in reads:
+            with pytest.raises(SessionOwnershipError):
+                read("mallory")
+        with pytest.raises(SessionOwnershipError):
+            memory.add_messages("s", [Message("human", "mine now")], user_id="mallory")
+        memory.add_messages("s", [Message("human", "more")], user_id="alice")
+        memory.flush()
+        assert _contents(memory.get_messages("s", user_id="alice")) == ["secret", "more"]
     finally:
         memory.close()
 
