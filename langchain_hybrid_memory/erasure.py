@@ -14,21 +14,13 @@ from typing import TYPE_CHECKING
 from .cache import CacheDown, Refill
 from .checkpoint.store import delete_user_threads, purge_idle_threads
 from .errors import StorageUnavailableError
-from .messages import encode, split_element
+from .messages import encode
 from .outbox import OutboxEntry
 from .refill import ProgressFn
 
 if TYPE_CHECKING:
     from .core import Core
     from .reads import ReadPath
-
-
-def _seq(element: bytes) -> int:
-    """An outbox element's sequence number (0 if damaged: the janitor sets such an entry aside)."""
-    try:
-        return split_element(element)[0]
-    except (ValueError, UnicodeDecodeError):
-        return 0
 
 
 class Eraser:
@@ -74,13 +66,13 @@ class Eraser:
         if core.cache is not None and core.use_cache():
             with core.health.redis_step():
                 metas = await core.cache.last_seqs(sids)
-                for i, sid in enumerate(sids):
-                    waiting = [el for *_, el, _ in await core.cache.session_outbox(sid)]
-                    upto[i] = max(upto[i], metas[i], *(_seq(el) for el in waiting))
+                upto = [max(u, m) for u, m in zip(upto, metas, strict=True)]
+        for i, sid in enumerate(sids):
+            waiting, _ = await self.reads.waiting(sid)  # this process's queue, any process's outbox
+            upto[i] = max([upto[i], *(r.seq for r in waiting)])
         gone: list[OutboxEntry] = []
         if core.wb is not None:
-            for i, sid in enumerate(sids):
-                upto[i] = max(upto[i], core.wb.queued_max_seq(sid))
+            for sid in sids:
                 gone += core.wb.drop_session(sid)
         deleted = 0
         if core.store is not None:
