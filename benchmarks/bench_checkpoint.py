@@ -6,8 +6,8 @@ A step is what LangGraph asks of its checkpointer per super-step: `aget_tuple` (
 `aput` (the next one, whose `messages` channel is the previous list plus 2 new messages of ~200 characters,
 real `HumanMessage` / `AIMessage` objects with ids) and `aput_writes` (the task's writes: those 2 messages).
 Checkpoints are built with `langgraph.checkpoint.base.empty_checkpoint()` / `create_checkpoint`. A step's time is
-that of its three calls: building the next checkpoint between the read and the put (LangGraph's work, the same
-for every saver) is not timed.
+that of its three calls: building the next checkpoint, its metadata and the task id between the read and the put
+(LangGraph's work, the same for every saver) is not timed.
 
 Subjects: HybridSaver (private namespace, dropped at the end), langgraph-checkpoint-postgres's AsyncPostgresSaver
 (on a throwaway schema of its own, dropped at the end) and InMemorySaver, on threads of 20 and 1,000 messages;
@@ -345,10 +345,11 @@ class Bench:
         step = tup.metadata.get("step", 0) + 1
         messages = [*tup.checkpoint["channel_values"]["messages"], *new]
         checkpoint, versions = self.next_checkpoint(saver, tup.checkpoint, messages, step)
+        metadata, task_id = self.metadata(step), str(uuid.uuid4())  # LangGraph's work, as the checkpoint
         t2 = clock()
-        config = await saver.aput(tup.config, checkpoint, self.metadata(step), versions)  # type: ignore[arg-type]
+        config = await saver.aput(tup.config, checkpoint, metadata, versions)  # type: ignore[arg-type]
         t3 = clock()
-        await saver.aput_writes(config, [("messages", new)], task_id=str(uuid.uuid4()))
+        await saver.aput_writes(config, [("messages", new)], task_id=task_id)
         t4 = clock()
         thread.steps += 1
         if t is not None:

@@ -88,6 +88,43 @@ def test_messages_are_stored_as_deltas_and_read_back_whole(make_memory: Callable
     assert [m.id for m in cold.checkpoint["channel_values"]["messages"]] == [m.id for m in messages]
 
 
+def test_a_runs_next_put_stays_a_delta_when_other_threads_fill_the_versions_it_remembers(
+        make_memory: Callable[..., HybridMemory], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within a run LangGraph puts each checkpoint on the one it put before, reading nothing between: the parent's
+    versions must still be remembered when other threads' puts reach the bound, or the list is stored whole."""
+    from langchain_core.messages import HumanMessage
+    from langgraph.checkpoint.base import create_checkpoint, empty_checkpoint
+
+    from langchain_hybrid_memory.checkpoint import saver as saver_module
+
+    from conftest import pg_fetch
+
+    monkeypatch.setattr(saver_module, "_KNOWN", 4)  # at most 8 checkpoints' versions
+    memory = make_memory()
+    saver = HybridSaver(memory)
+    runs: dict[str, tuple[Any, Any, list[Any]]] = {}
+
+    def put(thread: str) -> None:
+        config, base, messages = runs.get(thread) or ({"configurable": {"thread_id": thread, "checkpoint_ns": ""}},
+                                                      empty_checkpoint(), [])
+        messages = [*messages, HumanMessage(f"{thread}-{len(messages)}", id=f"{thread}-{len(messages)}")]
+        version = saver.get_next_version(base["channel_versions"].get("messages"), None)
+        checkpoint = create_checkpoint(base, None, len(messages))
+        checkpoint["channel_values"] = {"messages": messages}
+        checkpoint["channel_versions"] = {**base["channel_versions"], "messages": version}
+        runs[thread] = saver.put(config, checkpoint, {"source": "loop", "step": len(messages)},
+                                 {"messages": version}), checkpoint, messages
+
+    for i in range(8):
+        put(f"t{i}")
+    put("t8")  # the ninth checkpoint: the oldest remembered (t0's) goes, not t7's, the newest
+    put("t7")
+    memory.flush()
+    rows = pg_fetch(f'SELECT type FROM "{memory.config.namespace}".checkpoint_blobs WHERE thread_id = $1'
+                    " AND channel = 'messages' ORDER BY version", "t7")
+    assert [r["type"].startswith(saver_module.DELTA) for r in rows] == [False, True]
+
+
 @pytest.mark.parametrize("api", ["sync", "async"])
 async def test_with_async_writes_off_a_put_and_writes_return_once_postgresql_committed_them(
         make_memory: Callable[..., HybridMemory], api: str) -> None:

@@ -170,7 +170,7 @@ class HybridSaver(BaseCheckpointSaver[str]):
         self._held: dict[tuple[str, str, str], builtins.list[str]] = {}  # the versions `_lists` holds, by channel
         self._items = 0  # in `_lists` (see _KNOWN_ITEMS)
         # Per checkpoint: its channel versions and, where known (a put or a Redis read), its chains.
-        self._versions: dict[tuple[str, str, str | None], tuple[dict[str, str], Chains | None]] = {}
+        self._versions: OrderedDict[tuple[str, str, str | None], tuple[dict[str, str], Chains | None]] = OrderedDict()
         # The list values of the pending writes this process last stored for each thread namespace, with the
         # field as stored in Redis: a read finding the same bytes there takes the items rather than decode them.
         self._written: dict[tuple[str, str], tuple[str, dict[str, _Own]]] = {}
@@ -825,9 +825,12 @@ class HybridSaver(BaseCheckpointSaver[str]):
 
     def _remember_versions(self, thread_id: str, ns: str, checkpoint_id: str, versions: dict[str, str],
                            chains: Chains | None) -> None:
-        if len(self._versions) >= _KNOWN * 2:
-            self._versions.clear()
-        self._versions[(thread_id, ns, checkpoint_id)] = (versions, chains)
+        with self._lock:
+            # The oldest go first: were they all cleared, a run's next put (LangGraph reads nothing between its
+            # puts) would find no parent versions and store its lists whole.
+            while len(self._versions) >= _KNOWN * 2:
+                self._versions.popitem(last=False)
+            self._versions[(thread_id, ns, checkpoint_id)] = (versions, chains)
 
     # -- the interface ---------------------------------------------------------------------------------
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
