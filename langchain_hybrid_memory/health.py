@@ -129,18 +129,24 @@ class Health:
         assert cache is not None
         while not self.core.closed:
             await asyncio.sleep(self.core.config.health_check_interval)
+            stage = "ping"
             try:
                 await cache.ping()
                 # Sessions written while Redis was away may still have a pre-outage window there (a network
                 # cut keeps data): drop them before the cache serves anything.
+                stage = "dropping the windows written around it"
                 await self.drop_dirty()
                 try:
+                    stage = "dropping other processes' marked windows"
                     await self.purge_dirty()  # other processes' (marked in PostgreSQL)
                 except StoreDown:
                     pass  # the next janitor pass of any process drops them
+                stage = "dropping the windows written around it meanwhile"
                 await self.drop_dirty()  # ours written meanwhile
+                stage = "checking the eviction policy"
                 await self.core.check_eviction_policy()  # it may have changed while Redis was away
-            except CacheDown:
+            except CacheDown as exc:
+                log.debug("hybrid-memory: Redis probe: %s failed (%s)", stage, exc)
                 continue
             # No await since drop_dirty found none left: a write still in flight drops its own session
             # (WritePath.add_direct).
@@ -153,6 +159,7 @@ class Health:
         (direct writes go on while it runs)."""
         cache = self.core.cache
         assert cache is not None
+        passes = dropped = 0
         while self.dirty or self.dirty_threads:
             dirty, threads = list(self.dirty), list(self.dirty_threads)
             await self.core.settle_fills(dirty)
@@ -160,6 +167,10 @@ class Health:
             await cache.checkpoint_drop(threads)
             self.dirty.difference_update(dirty)
             self.dirty_threads.difference_update(threads)
+            passes, dropped = passes + 1, dropped + len(dirty) + len(threads)
+        if passes > 1:
+            log.debug("hybrid-memory: Redis probe: dropped %d windows written around Redis in %d passes", dropped,
+                      passes)
 
     async def purge_dirty(self) -> None:
         """Drop the windows of the sessions any process wrote to PostgreSQL directly (`cache_dirty`): when this

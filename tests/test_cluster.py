@@ -3,6 +3,7 @@ LangGraph thread's keys share one slot too."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -83,7 +84,8 @@ async def test_langgraph_threads_on_a_cluster(cluster, namespace):
         fresh.close()
 
 
-def test_master_killed_mid_load_loses_nothing(cluster, namespace):
+def test_master_killed_mid_load_loses_nothing(cluster, namespace, caplog):
+    caplog.set_level(logging.DEBUG, logger="langchain_hybrid_memory")  # the probe's tries, shown if it fails
     memory = _memory(cluster, namespace)
     acked: list[Message] = []
     stop = threading.Event()
@@ -111,7 +113,9 @@ def test_master_killed_mid_load_loses_nothing(cluster, namespace):
         deadline = time.monotonic() + 20
         while not memory.redis_available and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert memory.redis_available  # the health check found the new topology
+        probe = [r.getMessage() for r in caplog.records if "probe" in r.getMessage()][-5:]
+        assert memory.redis_available, (  # the health check found the new topology
+            probe, memory.get_cache_stats(), len(memory._core.health.dirty))
         time.sleep(0.5)
         stop.set()
         writer.join(30)
