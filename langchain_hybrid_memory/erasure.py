@@ -67,8 +67,8 @@ class Eraser:
             with core.health.redis_step():
                 metas = await core.cache.last_seqs(sids)
                 upto = [max(u, m) for u, m in zip(upto, metas, strict=True)]
-        for i, sid in enumerate(sids):
-            waiting, _ = await self.reads.waiting(sid)  # this process's queue, any process's outbox
+        # It covers the writes still waiting too: this process's queue, any process's outbox (one exchange)
+        for i, (waiting, _) in enumerate(await self.reads.waiting_many(sids)):
             upto[i] = max([upto[i], *(r.seq for r in waiting)])
         gone: list[OutboxEntry] = []
         if core.wb is not None:

@@ -63,6 +63,7 @@ class WriteBehind:
         self._purge_dirty = purge_dirty  # the janitor's other duty: windows written around (health.py)
         self._queue: deque[OutboxEntry] = deque()
         self._by_session: dict[str, deque[Row]] = {}
+        self._owners: dict[str, str] = {}  # the user the queued rows of a session name (see queued_owner)
         self._threads: dict[str, int] = {}  # thread id -> index of its last queued checkpoint record
         self._backlog = 0
         self._enqueued = 0
@@ -120,6 +121,8 @@ class WriteBehind:
             self._threads[entry.session_id] = entry.index
         else:
             self._by_session.setdefault(entry.session_id, deque()).extend(entry.rows)
+            if entry.rows and entry.user_id:
+                self._owners.setdefault(entry.session_id, entry.user_id)
         self._backlog += entry.weight
         self._wake.set()
         return entry.index
@@ -160,14 +163,10 @@ class WriteBehind:
         return rows + list(self._by_session.get(session_id, ()))
 
     def queued_owner(self, session_id: str) -> str | None:
-        """The user this process's uncommitted writes of `session_id` name, if any (engine loop; scans the
-        queue, so it is asked only when the cached window names no owner). Entries an erase emptied name no
-        one: they wait only to be acknowledged."""
+        """The user this process's uncommitted writes of `session_id` name, if any (engine loop). Entries an
+        erase emptied name no one: they wait only to be acknowledged."""
         self._drain()
-        if session_id not in self._by_session:
-            return None
-        return next((e.user_id for e in self._queue
-                     if e.session_id == session_id and e.rows and e.user_id), None)
+        return self._owners.get(session_id)
 
     def queued_sessions(self) -> list[str]:
         self._drain()
@@ -187,6 +186,7 @@ class WriteBehind:
         for e in gone:
             e.rows = []
         self._backlog -= len(self._by_session.pop(session_id))
+        self._owners.pop(session_id, None)
         return gone
 
     # -- waiting -----------------------------------------------------------------------------------------
@@ -376,6 +376,7 @@ class WriteBehind:
                     rows.popleft()
                 if not rows:
                     del self._by_session[entry.session_id]
+                    self._owners.pop(entry.session_id, None)
                 self._backlog -= len(entry.rows)
             self._committed = entry.index
         asyncio.get_running_loop().create_task(self._notify())

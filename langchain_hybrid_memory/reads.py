@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError
@@ -42,15 +43,21 @@ class ReadPath:
         """The writes of `sid` PostgreSQL may not have yet, for a read that queries it (take them before the
         query, as Refiller.load does): this process's queue and, Redis up, every process's entries in the
         outbox; and the owner those name."""
+        return (await self.waiting_many([sid]))[0]
+
+    async def waiting_many(self, sids: Sequence[str]) -> list[tuple[list[Row], str | None]]:
+        """`waiting` of each session, the outbox looked up in one exchange."""
         core = self.core
-        waiting = core.queued_rows(sid)
-        owner = core.wb.queued_owner(sid) if core.wb is not None else None
-        if core.use_cache():
+        wb = core.wb
+        out = [(core.queued_rows(sid), wb.queued_owner(sid) if wb is not None else None) for sid in sids]
+        if core.use_cache() and sids:
             assert core.cache is not None
             with core.health.redis_step():
-                waiting, named = await self.refill.with_outbox(sid, waiting, core.cache)
-                owner = owner or named
-        return waiting, owner
+                found = await core.cache.sessions_outbox(sids)
+                for i, (sid, items) in enumerate(zip(sids, found, strict=True)):
+                    rows, named = self.refill.merge_outbox(sid, out[i][0], items)
+                    out[i] = rows, out[i][1] or named
+        return out
 
     # -- in the caller's thread or loop: what one Redis reply gives ---------------------------------------
     def finish_hot_read(self, got: Any, uid: str | None, t0: float) -> list[Message] | Any:

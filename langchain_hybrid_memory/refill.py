@@ -22,6 +22,7 @@ from .store import Row, StoreDown, Window
 
 if TYPE_CHECKING:
     from .cache import RedisCache
+    from .cache.async_client import OutboxItem
     from .core import Core
 
 ProgressFn = Callable[[int, int], None]
@@ -89,9 +90,14 @@ class Refiller:
     async def with_outbox(sid: str, waiting: list[Row], cache: RedisCache) -> tuple[list[Row], str | None]:
         """`waiting` plus the session's entries in the Redis outbox (any writer's), and the user those name (a
         write names the session's owner, or no one). Raises CacheDown."""
+        return Refiller.merge_outbox(sid, waiting, await cache.session_outbox(sid))
+
+    @staticmethod
+    def merge_outbox(sid: str, waiting: list[Row], items: list[OutboxItem]) -> tuple[list[Row], str | None]:
+        """`with_outbox` from the session's outbox entries as `RedisCache.session_outbox` gives them."""
         by_seq = {r.seq: r for r in waiting}
         owner = None
-        for _, msg_id, el, uid in await cache.session_outbox(sid):
+        for _, msg_id, el, uid in items:
             try:
                 seq, body = split_element(el)
             except (ValueError, UnicodeDecodeError):

@@ -122,3 +122,45 @@ def test_retention_purges_idle_sessions(make_memory, namespace):
     assert seen == [(1, 1)]
     assert memory.get_messages("old") == [] and memory.get_recent_messages("old") == []
     assert [m.content for m in memory.get_messages("new")] == ["y"]
+
+
+async def test_an_erase_of_many_sessions_looks_up_the_outbox_in_one_exchange_and_keeps_their_writes_out(
+        make_memory, namespace):
+    """Erasing a user's sessions (or a retention pass's batch) takes each session's waiting writes, any process's,
+    from one outbox exchange, not one per session; each session's tombstone still covers its own."""
+    import asyncio
+
+    from langchain_hybrid_memory.cache.shared_connection import SharedConnection
+
+    writer = make_memory(write_behind_delay=30)  # another process: its batches wait in the outbox
+    eraser = make_memory()
+    sids = [f"s{i}" for i in range(20)]
+    for i, sid in enumerate(sids):
+        await writer.aadd_messages(sid, [Message("human", f"{sid}-{k}") for k in range(i % 3 + 1)], user_id="u")
+    await eraser.aget_recent_messages("s0", user_id="u")  # the loop's first call goes to the engine loop
+    await eraser.aget_recent_messages("s0", user_id="u")
+    cache = eraser._core.loop_cache()
+    assert cache is not None
+    await cache.session_outbox("s0")  # the loop's connection opened, the script loaded
+    sent: list[int] = []
+    call, loop = SharedConnection.call, asyncio.get_running_loop()
+
+    def counted(self, *args):
+        if self._loop is loop:
+            sent.append(1)
+        return call(self, *args)
+
+    SharedConnection.call = counted
+    try:
+        batched = await cache.sessions_outbox(sids)
+    finally:
+        SharedConnection.call = call
+    assert len(sent) == 1
+    assert batched == [await cache.session_outbox(sid) for sid in sids]
+    assert [len(items) for items in batched] == [i % 3 + 1 for i in range(len(sids))]
+
+    assert await eraser.adelete_user("u") == len(sids)  # known from the user index: none is committed yet
+    await writer.aflush()
+    assert pg_fetch(f'SELECT count(*) FROM "{namespace}".messages')[0][0] == 0
+    for sid in sids:
+        assert await eraser.aget_messages(sid) == []
