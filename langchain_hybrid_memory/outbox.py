@@ -63,7 +63,8 @@ class WriteBehind:
         self._purge_dirty = purge_dirty  # the janitor's other duty: windows written around (health.py)
         self._queue: deque[OutboxEntry] = deque()
         self._by_session: dict[str, deque[Row]] = {}
-        self._owners: dict[str, str] = {}  # the user the queued rows of a session name (see queued_owner)
+        # Per session, the users its queued entries with rows name, in queue order (see queued_owner).
+        self._owners: dict[str, deque[str]] = {}
         self._threads: dict[str, int] = {}  # thread id -> index of its last queued checkpoint record
         self._backlog = 0
         self._enqueued = 0
@@ -122,7 +123,7 @@ class WriteBehind:
         else:
             self._by_session.setdefault(entry.session_id, deque()).extend(entry.rows)
             if entry.rows and entry.user_id:
-                self._owners.setdefault(entry.session_id, entry.user_id)
+                self._owners.setdefault(entry.session_id, deque()).append(entry.user_id)
         self._backlog += entry.weight
         self._wake.set()
         return entry.index
@@ -163,10 +164,11 @@ class WriteBehind:
         return rows + list(self._by_session.get(session_id, ()))
 
     def queued_owner(self, session_id: str) -> str | None:
-        """The user this process's uncommitted writes of `session_id` name, if any (engine loop). Entries an
-        erase emptied name no one: they wait only to be acknowledged."""
+        """The user this process's uncommitted writes of `session_id` name, if any: the first still queued that
+        names one (engine loop). Entries an erase emptied name no one: they wait only to be acknowledged."""
         self._drain()
-        return self._owners.get(session_id)
+        owners = self._owners.get(session_id)
+        return owners[0] if owners else None
 
     def queued_sessions(self) -> list[str]:
         self._drain()
@@ -376,8 +378,12 @@ class WriteBehind:
                     rows.popleft()
                 if not rows:
                     del self._by_session[entry.session_id]
-                    self._owners.pop(entry.session_id, None)
                 self._backlog -= len(entry.rows)
+                owners = self._owners.get(entry.session_id)
+                if owners and entry.user_id:  # committed in queue order: it is the first named
+                    owners.popleft()
+                    if not owners:
+                        del self._owners[entry.session_id]
             self._committed = entry.index
         asyncio.get_running_loop().create_task(self._notify())
 

@@ -164,3 +164,37 @@ async def test_an_erase_of_many_sessions_looks_up_the_outbox_in_one_exchange_and
     assert pg_fetch(f'SELECT count(*) FROM "{namespace}".messages')[0][0] == 0
     for sid in sids:
         assert await eraser.aget_messages(sid) == []
+
+
+def test_a_session_erased_by_another_process_and_taken_by_another_user_is_the_new_users(make_memory, monkeypatch):
+    """alice's write waits in this process when another process erases the session; bob then writes it here. Once
+    alice's (tombstoned) batch is committed and bob's still waits, the queue names bob as the owner: bob reads his
+    session, alice is refused."""
+    from langchain_hybrid_memory.store import StoreDown
+
+    writer = make_memory(write_behind_delay=600, persist_batch_size=3, persist_concurrency=1)
+    other = make_memory()
+    writer.add_messages("s", [Message("human", "alice-1"), Message("human", "alice-2")], user_id="alice")
+    other.clear_session("s", user_id="alice")  # alice's batch still waits here
+    wb = writer._core.wb
+    assert wb is not None
+    persist = wb.store.persist
+
+    async def bob_held(rows, users):  # PostgreSQL refuses bob's batch for now (briefly away)
+        if "bob" in users:
+            raise StoreDown("held")
+        return await persist(rows, users)
+
+    monkeypatch.setattr(wb.store, "persist", bob_held)
+    # s is free again: bob binds it. 4 rows >= persist_batch_size wakes the flusher: alice's batch commits
+    # (nothing of it is stored: the tombstone), bob's is retried
+    writer.add_messages("s", [Message("human", "bob-1"), Message("human", "bob-2")], user_id="bob")
+    alice = next(e.index for e in list(wb._queue) if e.user_id == "alice")
+    assert writer._run(wb.wait_for(alice, 5))
+    other.invalidate_session("s")  # the cached window, which names bob, goes: only the queue names him now
+    assert [m.content for m in writer.get_messages("s", user_id="bob")] == ["bob-1", "bob-2"]
+    with pytest.raises(SessionOwnershipError):
+        writer.get_messages("s", user_id="alice")
+    monkeypatch.setattr(wb.store, "persist", persist)
+    writer.flush()
+    assert [m.content for m in other.get_messages("s", user_id="bob")] == ["bob-1", "bob-2"]
