@@ -825,12 +825,14 @@ class HybridSaver(BaseCheckpointSaver[str]):
 
     def _remember_versions(self, thread_id: str, ns: str, checkpoint_id: str, versions: dict[str, str],
                            chains: Chains | None) -> None:
+        key = (thread_id, ns, checkpoint_id)
         with self._lock:
-            # The oldest go first: were they all cleared, a run's next put (LangGraph reads nothing between its
-            # puts) would find no parent versions and store its lists whole.
-            while len(self._versions) >= _KNOWN * 2:
+            # The least recently stored go first: were they all cleared, a run's next put (LangGraph reads nothing
+            # between its puts) would find no parent versions and store its lists whole.
+            while key not in self._versions and len(self._versions) >= _KNOWN * 2:
                 self._versions.popitem(last=False)
-            self._versions[(thread_id, ns, checkpoint_id)] = (versions, chains)
+            self._versions[key] = (versions, chains)
+            self._versions.move_to_end(key)
 
     # -- the interface ---------------------------------------------------------------------------------
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
